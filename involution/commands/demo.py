@@ -1,0 +1,42 @@
+"""The main job: a short tour of the involution op, its output-size rule and a gradient check."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from involution.reference import involution2d, involution2d_backward, output_size
+from involution.reference.gradcheck import involution_gradients_fd
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def op_tour(seed: int) -> None:
+    """Run the op on a small odd-sized input with stride and dilation and check both gradients."""
+    rng = np.random.default_rng(seed)
+    batch, channels, groups, height, width = 2, 8, 2, 9, 7
+    kh, kw, stride, padding, dilation = 3, 3, (2, 1), 1, (1, 2)
+    out_h = output_size(height, kh, stride[0], padding, dilation[0])
+    out_w = output_size(width, kw, stride[1], padding, dilation[1])
+    x = rng.standard_normal((batch, channels, height, width))
+    kernel = rng.standard_normal((batch, groups, kh, kw, out_h, out_w))
+    print("== involution2d (NumPy reference) ==")
+    print(f"x {x.shape}, kernel {kernel.shape} (B, G, Kh, Kw, Ho, Wo), stride {stride}, padding {padding}, "
+          f"dilation {dilation}")
+    started = time.perf_counter()
+    out = involution2d(x, kernel, stride, padding, dilation)
+    print(f"out {out.shape} in {1e3 * (time.perf_counter() - started):.2f} ms; channel c uses group c // (C // G)")
+
+    grad_out = rng.standard_normal(out.shape)
+    grad_x, grad_kernel = involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
+    fd_x, fd_kernel = involution_gradients_fd(involution2d, grad_out, x, kernel, stride, padding, dilation)
+    for name, analytic, numeric in (("grad_x", grad_x, fd_x), ("grad_kernel", grad_kernel, fd_kernel)):
+        error = np.max(np.abs(analytic - numeric)) / max(np.max(np.abs(numeric)), 1e-300)
+        print(f"{name:12s} analytic vs central differences (float64): max relative error {error:.1e}")
+
+
+def run(args) -> int:
+    op_tour(args.seed)
+    return 0

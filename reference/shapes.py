@@ -1,0 +1,159 @@
+"""Argument checking and shape arithmetic for the involution op: one place for each rule.
+
+Every backend (the NumPy reference, the numba CPU and CUDA kernels, the conformance adapters) validates
+through :func:`check_involution2d` before it computes, so bad input gets the same clear error everywhere.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """Return ``value`` as an ``(h, w)`` pair of ints, each ``>= minimum``; ``value`` is an int or a pair."""
+    items = value if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or an (h, w) pair, got {value!r}")
+    result = []
+    for item in items:
+        if isinstance(item, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
+        try:
+            item = operator.index(item)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}") from None
+        if item < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        result.append(item)
+    return result[0], result[1]
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length along one axis: ``(size + 2*padding - dilation*(kernel-1) - 1) // stride + 1``.
+
+    The one output-size rule of the project (same as ``torch.nn.functional.unfold`` and ``conv2d``).
+    May be < 1, meaning the window does not fit; callers decide whether that is an error.
+    """
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def group_of_channel(channel, channels: int, groups: int):
+    """Group index of ``channel``: contiguous blocks of ``channels // groups`` (the official layout)."""
+    return channel // (channels // groups)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Every size of one involution call, validated.
+
+    ``x (batch, channels, height, width)``, ``kernel (batch, groups, kernel_h, kernel_w, out_h, out_w)``.
+    """
+
+    batch: int
+    channels: int
+    groups: int
+    height: int
+    width: int
+    kernel_h: int
+    kernel_w: int
+    out_h: int
+    out_w: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    @property
+    def group_channels(self) -> int:
+        """Channels per group, ``C // G``."""
+        return self.channels // self.groups
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of the forward op: ``B * C * Kh * Kw * Ho * Wo``."""
+        return self.batch * self.channels * self.kernel_h * self.kernel_w * self.out_h * self.out_w
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.channels, self.height, self.width)
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int, int, int]:
+        return (self.batch, self.groups, self.kernel_h, self.kernel_w, self.out_h, self.out_w)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.channels, self.out_h, self.out_w)
+
+
+def as_float_array(value, name: str, ndim: int, layout: str) -> np.ndarray:
+    """``value`` as an ndarray of float32/float64 with ``ndim`` dimensions, else a named error."""
+    if not isinstance(value, np.ndarray):
+        if hasattr(value, "__cuda_array_interface__") or not hasattr(value, "__array__"):
+            raise TypeError(f"{name} must be a NumPy array {layout}, got {type(value).__name__}")
+        value = np.asarray(value)
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
+    if value.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {value.shape}")
+    return value
+
+
+def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry:
+    """Validate the sizes of an involution call given only shapes; return its :class:`Geometry`."""
+    stride = pair(stride, "stride", minimum=1)
+    padding = pair(padding, "padding", minimum=0)
+    dilation = pair(dilation, "dilation", minimum=1)
+    batch, channels, height, width = x_shape
+    k_batch, groups, kernel_h, kernel_w, k_out_h, k_out_w = kernel_shape
+    if min(x_shape) < 1:
+        raise ValueError(f"x must have no empty dimension, got shape {tuple(x_shape)}")
+    if min(kernel_shape) < 1:
+        raise ValueError(f"kernel must have no empty dimension, got shape {tuple(kernel_shape)}")
+    if k_batch != batch:
+        raise ValueError(f"kernel batch size {k_batch} does not match x batch size {batch}")
+    if channels % groups:
+        raise ValueError(f"kernel groups G={groups} (kernel.shape[1]) must divide x channels C={channels}")
+    out_h = output_size(height, kernel_h, stride[0], padding[0], dilation[0])
+    out_w = output_size(width, kernel_w, stride[1], padding[1], dilation[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"output size would be {out_h}x{out_w} (< 1): input {height}x{width}, kernel {kernel_h}x{kernel_w}, "
+            f"stride {stride}, padding {padding}, dilation {dilation}"
+        )
+    if (k_out_h, k_out_w) != (out_h, out_w):
+        raise ValueError(
+            f"kernel spatial size must equal the output size {out_h}x{out_w} "
+            f"(input {height}x{width}, kernel {kernel_h}x{kernel_w}, stride {stride}, padding {padding}, "
+            f"dilation {dilation}), got kernel shape {tuple(kernel_shape)}"
+        )
+    return Geometry(batch, channels, groups, height, width, kernel_h, kernel_w, out_h, out_w,
+                    stride, padding, dilation)
+
+
+def check_involution2d(x, kernel, stride=1, padding=0, dilation=1):
+    """Validate the arguments of ``involution2d``; return ``(x, kernel, geometry)`` as float ndarrays.
+
+    Raises ``TypeError`` for non-float dtypes or mismatched dtypes and ``ValueError`` for bad shapes or
+    hyper-parameters, naming the argument, what was expected and what came.
+    """
+    x = as_float_array(x, "x", 4, "(B, C, H, W)")
+    kernel = as_float_array(kernel, "kernel", 6, "(B, G, Kh, Kw, Ho, Wo)")
+    if x.dtype != kernel.dtype:
+        raise TypeError(f"x and kernel must have the same dtype, got x {x.dtype} and kernel {kernel.dtype}")
+    geometry = check_geometry(x.shape, kernel.shape, stride, padding, dilation)
+    return x, kernel, geometry
+
+
+def check_involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1):
+    """Validate the arguments of ``involution2d_backward``; return ``(grad_out, x, kernel, geometry)``."""
+    x, kernel, geometry = check_involution2d(x, kernel, stride, padding, dilation)
+    grad_out = as_float_array(grad_out, "grad_out", 4, "(B, C, Ho, Wo)")
+    if grad_out.dtype != x.dtype:
+        raise TypeError(f"grad_out must have the dtype of x ({x.dtype}), got {grad_out.dtype}")
+    if grad_out.shape != geometry.out_shape:
+        raise ValueError(f"grad_out must have the output shape {geometry.out_shape}, got {grad_out.shape}")
+    return grad_out, x, kernel, geometry
