@@ -25,7 +25,15 @@ def output_of_input(in_index, tap, stride, dilation, padding, out_size):
     return out_index if out_index < out_size else -1
 
 
-SHARED = (input_coordinate, group_of_channel, output_of_input)
+def output_range(tap, stride, dilation, padding, in_size, out_size):
+    """Half-open range ``(lo, hi)`` of the outputs whose tap ``tap`` reads inside ``[0, in_size)``: clipped taps."""
+    offset = tap * dilation - padding
+    lo = 0 if offset >= 0 else (stride - 1 - offset) // stride
+    hi = min((in_size - 1 - offset) // stride + 1, out_size)
+    return lo, max(hi, lo)
+
+
+SHARED = (input_coordinate, group_of_channel, output_of_input, output_range)
 
 
 def _compile(decorate):

@@ -89,16 +89,24 @@ class Geometry:
         return (self.batch, self.channels, self.out_h, self.out_w)
 
 
+def check_float_layout(value, name: str, ndim: int, layout: str) -> None:
+    """Check that ``value`` (anything with a NumPy ``dtype`` and a ``shape``) is float32/float64 and ``ndim``-D.
+
+    Works on host and device arrays alike (e.g. numba device arrays), so devices validate without a copy.
+    """
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
+    if len(value.shape) != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(value.shape)}")
+
+
 def as_float_array(value, name: str, ndim: int, layout: str) -> np.ndarray:
     """``value`` as an ndarray of float32/float64 with ``ndim`` dimensions, else a named error."""
     if not isinstance(value, np.ndarray):
         if hasattr(value, "__cuda_array_interface__") or not hasattr(value, "__array__"):
             raise TypeError(f"{name} must be a NumPy array {layout}, got {type(value).__name__}")
         value = np.asarray(value)
-    if value.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
-    if value.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {value.shape}")
+    check_float_layout(value, name, ndim, layout)
     return value
 
 
@@ -134,26 +142,28 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
                     stride, padding, dilation)
 
 
-def check_involution2d(x, kernel, stride=1, padding=0, dilation=1):
+def check_involution2d(x, kernel, stride=1, padding=0, dilation=1, *, as_array=as_float_array):
     """Validate the arguments of ``involution2d``; return ``(x, kernel, geometry)`` as float ndarrays.
 
     Raises ``TypeError`` for non-float dtypes or mismatched dtypes and ``ValueError`` for bad shapes or
-    hyper-parameters, naming the argument, what was expected and what came.
+    hyper-parameters, naming the argument, what was expected and what came. ``as_array`` converts and
+    checks each array (signature of :func:`as_float_array`); a device backend passes its own.
     """
-    x = as_float_array(x, "x", 4, "(B, C, H, W)")
-    kernel = as_float_array(kernel, "kernel", 6, "(B, G, Kh, Kw, Ho, Wo)")
+    x = as_array(x, "x", 4, "(B, C, H, W)")
+    kernel = as_array(kernel, "kernel", 6, "(B, G, Kh, Kw, Ho, Wo)")
     if x.dtype != kernel.dtype:
         raise TypeError(f"x and kernel must have the same dtype, got x {x.dtype} and kernel {kernel.dtype}")
-    geometry = check_geometry(x.shape, kernel.shape, stride, padding, dilation)
+    geometry = check_geometry(tuple(x.shape), tuple(kernel.shape), stride, padding, dilation)
     return x, kernel, geometry
 
 
-def check_involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1):
+def check_involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1, *,
+                                as_array=as_float_array):
     """Validate the arguments of ``involution2d_backward``; return ``(grad_out, x, kernel, geometry)``."""
-    x, kernel, geometry = check_involution2d(x, kernel, stride, padding, dilation)
-    grad_out = as_float_array(grad_out, "grad_out", 4, "(B, C, Ho, Wo)")
+    x, kernel, geometry = check_involution2d(x, kernel, stride, padding, dilation, as_array=as_array)
+    grad_out = as_array(grad_out, "grad_out", 4, "(B, C, Ho, Wo)")
     if grad_out.dtype != x.dtype:
         raise TypeError(f"grad_out must have the dtype of x ({x.dtype}), got {grad_out.dtype}")
-    if grad_out.shape != geometry.out_shape:
-        raise ValueError(f"grad_out must have the output shape {geometry.out_shape}, got {grad_out.shape}")
+    if tuple(grad_out.shape) != geometry.out_shape:
+        raise ValueError(f"grad_out must have the output shape {geometry.out_shape}, got {tuple(grad_out.shape)}")
     return grad_out, x, kernel, geometry

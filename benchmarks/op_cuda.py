@@ -1,0 +1,272 @@
+"""GPU benchmark of the involution op on RedNet-50's layers: numba.cuda kernels v1 and v2 vs PyTorch unfold.
+
+Every implementation is first checked against the NumPy reference (at batch 2), then timed with CUDA
+events: the median of ``--repeats`` calls after ``--warmup``, forward and backward (grad_x + grad_kernel),
+with GFLOP/s (2 FLOPs per multiply-add, ``Geometry.macs`` per pass) and GB/s (the bytes each pass must read
+and write at least). v1 follows the official CUDA kernel's strategy (one thread per result element); a
+CuPy port of that kernel is not part of this benchmark. Without a CUDA GPU (or under numba's simulator)
+it exits with status 2 and one line on stderr.
+
+Run: ``python -m involution bench --backend cuda [--batch 32 1] [--dtype float32] [--json results.json]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from involution.reference.shapes import Geometry, check_geometry, output_size
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One involution of RedNet-50 at 224x224 input: ``channels`` at ``size x size``, ``kernel x kernel`` taps."""
+
+    channels: int
+    size: int
+    stride: int
+    kernel: int = 7
+    group_channels: int = 16
+
+
+# The stem's 3x3 involution on 32 channels at 112x112, then the 7x7 involution of each stage's blocks
+# (stride 2 in the first block of stages 2-4), 16 channels per group, padding (K-1)//2.
+REDNET_LAYERS = (
+    Layer(32, 112, 1, kernel=3),
+    Layer(64, 56, 1),
+    Layer(128, 56, 2),
+    Layer(128, 28, 1),
+    Layer(256, 28, 2),
+    Layer(256, 14, 1),
+    Layer(512, 14, 2),
+    Layer(512, 7, 1),
+)
+
+
+def layer_name(layer: Layer) -> str:
+    """``"64@56 K7 s1"``: channels @ input size, kernel, stride."""
+    return f"{layer.channels}@{layer.size} K{layer.kernel} s{layer.stride}"
+
+
+def layer_geometry(layer: Layer, batch: int) -> Geometry:
+    """The validated geometry of ``layer`` at ``batch``."""
+    padding = (layer.kernel - 1) // 2
+    out = output_size(layer.size, layer.kernel, layer.stride, padding, 1)
+    groups = layer.channels // layer.group_channels
+    return check_geometry((batch, layer.channels, layer.size, layer.size),
+                          (batch, groups, layer.kernel, layer.kernel, out, out), layer.stride, padding, 1)
+
+
+def random_inputs(geometry: Geometry, dtype, seed: int = 0):
+    """Standard normal ``(x, kernel, grad_out)`` of ``geometry`` as ``dtype`` ndarrays."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(shape).astype(dtype)
+                 for shape in (geometry.x_shape, geometry.kernel_shape, geometry.out_shape))
+
+
+def traffic_bytes(geometry: Geometry, itemsize: int, direction: str) -> int:
+    """Bytes a pass must move at least: forward reads x, kernel and writes out; backward reads grad_out, x,
+    kernel and writes grad_x, grad_kernel."""
+    x, kernel, out = (int(np.prod(shape)) for shape in (geometry.x_shape, geometry.kernel_shape, geometry.out_shape))
+    return itemsize * (x + kernel + out if direction == "forward" else out + 2 * x + 2 * kernel)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, nargs="+", default=[32, 1], help="batch sizes (default 32 1)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default float32")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+
+
+def main(argv=None) -> int:
+    """Parse ``argv``, check for a GPU, validate and time every layer; return the exit status."""
+    parser = argparse.ArgumentParser(prog="involution bench --backend cuda", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args) -> int:
+    """Benchmark with parsed ``args``; 2 with one line on stderr when there is no CUDA GPU."""
+    missing = _no_gpu_reason()
+    if missing:
+        print(f"involution bench --backend cuda: no CUDA GPU is available: {missing}", file=sys.stderr)
+        return 2
+    import torch
+    from numba import cuda
+
+    device = cuda.get_current_device()
+    results = {
+        "device": device.name.decode() if isinstance(device.name, bytes) else str(device.name),
+        "compute_capability": list(device.compute_capability),
+        "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.cuda.is_available(),
+        "dtype": args.dtype, "repeats": args.repeats, "warmup": args.warmup,
+        "cupy_official_port": "skipped: not part of this benchmark (v1 follows the official kernel's strategy)",
+        "rows": [],
+    }
+    for batch in args.batch:
+        for layer in REDNET_LAYERS:
+            geometry = layer_geometry(layer, batch)
+            validate(layer, args.dtype)
+            for row in time_layer(geometry, args.dtype, args.repeats, args.warmup):
+                row = {"layer": layer_name(layer), "batch": batch, **row}
+                results["rows"].append(row)
+                print(f"{row['layer']:>16s} B{batch:<3d} {row['direction']:8s} {row['impl']:12s} "
+                      f"{row['median_ms']:9.3f} ms {row['gflops']:8.1f} GFLOP/s {row['gbps']:7.1f} GB/s"
+                      + (f"  x{row['speedup_vs_unfold']:.2f} vs unfold" if "speedup_vs_unfold" in row else ""))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(results, file, indent=1)
+    print(json.dumps(results))
+    return 0
+
+
+def _no_gpu_reason() -> str | None:
+    """Why the kernels cannot be timed here (no GPU, or numba's simulator), or None."""
+    try:
+        from involution.fast import cuda as fast_cuda
+    except ImportError as error:
+        return str(error)
+    if fast_cuda.is_simulator():
+        return "numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1) and cannot time kernels"
+    return None
+
+
+def validate(layer: Layer, dtype: str) -> None:
+    """Check every implementation against the NumPy reference on ``layer`` at batch 2; raise on a mismatch."""
+    from involution.conformance import tolerances
+    from involution.reference import involution2d, involution2d_backward
+
+    geometry = layer_geometry(layer, batch=2)
+    x, kernel, grad_out = random_inputs(geometry, dtype, seed=1)
+    params = (geometry.stride, geometry.padding, geometry.dilation)
+    as64 = [array.astype(np.float64) for array in (grad_out, x, kernel)]
+    expected = (involution2d(as64[1], as64[2], *params), *involution2d_backward(*as64, *params))
+    magnitudes = tolerances.magnitudes(x, kernel, geometry, grad_out)
+    terms = (tolerances.forward_terms(geometry), tolerances.grad_x_terms(geometry),
+             tolerances.grad_kernel_terms(geometry))
+    for impl, (forward, backward) in _implementations(geometry, dtype).items():
+        inputs = _on_device(impl, x, kernel, grad_out)
+        got = [_to_host(result) for result in (*forward(*inputs), *backward(*inputs))]
+        for name, actual, wanted, n, magnitude in zip(("out", "grad_x", "grad_kernel"), got, expected, terms,
+                                                       magnitudes):
+            tolerances.assert_within(actual, wanted, tolerances.bound(n, np.dtype(dtype), magnitude),
+                                     f"{impl} {name}", f"layer {layer_name(layer)}, batch 2, {dtype}")
+
+
+def time_layer(geometry: Geometry, dtype: str, repeats: int, warmup: int) -> list[dict]:
+    """Median time, GFLOP/s and GB/s of each implementation's forward and backward on ``geometry``."""
+    x, kernel, grad_out = random_inputs(geometry, dtype)
+    rows = []
+    for impl, (forward, backward) in _implementations(geometry, dtype).items():
+        inputs = _on_device(impl, x, kernel, grad_out)
+        for direction, call in (("forward", lambda: forward(*inputs)), ("backward", lambda: backward(*inputs))):
+            milliseconds = _median_ms(impl, call, repeats, warmup)
+            flops = 2 * geometry.macs * (1 if direction == "forward" else 2)
+            rows.append({"direction": direction, "impl": impl, "median_ms": milliseconds,
+                         "gflops": flops / milliseconds / 1e6,
+                         "gbps": traffic_bytes(geometry, np.dtype(dtype).itemsize, direction) / milliseconds / 1e6})
+    unfold = {row["direction"]: row["median_ms"] for row in rows if row["impl"] == "torch unfold"}
+    for row in rows:
+        if row["direction"] in unfold and row["impl"] != "torch unfold":
+            row["speedup_vs_unfold"] = unfold[row["direction"]] / row["median_ms"]
+    return rows
+
+
+def _implementations(geometry: Geometry, dtype: str) -> dict:
+    """name -> (forward(x, kernel, grad_out), backward(x, kernel, grad_out)) on device inputs."""
+    from numba import cuda
+
+    from involution.fast import cuda_kernels
+
+    implementations = {}
+    for version in cuda_kernels.VERSIONS:
+        out = cuda.device_array(geometry.out_shape, dtype)
+        grad_x = cuda.device_array(geometry.x_shape, dtype)
+        grad_kernel = cuda.device_array(geometry.kernel_shape, dtype)
+
+        def forward(x, kernel, grad_out, version=version, out=out):
+            cuda_kernels.forward(x, kernel, out, geometry, version=version)
+            return (out,)
+
+        def backward(x, kernel, grad_out, version=version, grad_x=grad_x, grad_kernel=grad_kernel):
+            cuda_kernels.grad_x(grad_out, kernel, grad_x, geometry, version=version)
+            cuda_kernels.grad_kernel(grad_out, x, grad_kernel, geometry, version=version)
+            return grad_x, grad_kernel
+
+        implementations[f"numba v{version}"] = (forward, backward)
+    import torch
+
+    if torch.cuda.is_available():
+        implementations["torch unfold"] = _torch_unfold(geometry)
+    return implementations
+
+
+def _torch_unfold(geometry: Geometry):
+    """The PyTorch oracle (``F.unfold`` formulation) as forward and autograd backward on CUDA tensors."""
+    import torch
+
+    from involution.conformance.oracle import involution2d
+
+    params = (geometry.stride, geometry.padding, geometry.dilation)
+
+    def forward(x, kernel, grad_out):
+        with torch.no_grad():
+            return (involution2d(x, kernel, *params),)
+
+    def backward(x, kernel, grad_out):
+        x, kernel = x.detach().requires_grad_(), kernel.detach().requires_grad_()
+        out = involution2d(x, kernel, *params)
+        return torch.autograd.grad(out, (x, kernel), grad_out)
+
+    return forward, backward
+
+
+def _on_device(impl: str, *arrays):
+    """Copies of ``arrays`` on the GPU: torch tensors for the torch implementation, numba device arrays else."""
+    if impl.startswith("torch"):
+        import torch
+
+        return tuple(torch.from_numpy(array).cuda() for array in arrays)
+    from numba import cuda
+
+    return tuple(cuda.to_device(array) for array in arrays)
+
+
+def _to_host(result) -> np.ndarray:
+    """A torch tensor or numba device array copied to an ndarray."""
+    return result.detach().cpu().numpy() if hasattr(result, "detach") else result.copy_to_host()
+
+
+def _median_ms(impl: str, call, repeats: int, warmup: int) -> float:
+    """Median milliseconds of ``call()`` over ``repeats`` calls, each timed with CUDA events."""
+    if impl.startswith("torch"):
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        synchronize, elapsed = torch.cuda.synchronize, lambda: start.elapsed_time(end)
+    else:
+        from numba import cuda
+
+        start, end = cuda.event(), cuda.event()
+        synchronize, elapsed = cuda.synchronize, lambda: cuda.event_elapsed_time(start, end)
+    for _ in range(warmup):
+        call()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        times.append(elapsed())
+    return statistics.median(times)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""Hypothesis strategies for the conformance suite: every shape, hyper-parameter, dtype and memory layout it draws.
+
+Tests draw with labels (``data.draw(cases(limits), label="case")``) so a failing example prints as
+``Draw 1 (case): Case(x (2, 4, 7, 5) float32 sliced, kernel (2, 2, 3, 1, 4, 5), stride=(2, 1), ...)``;
+the array values are reproducible from the printed ``seed``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import assume
+from hypothesis import strategies as st
+
+from involution.reference.shapes import Geometry, check_geometry, output_size
+
+DTYPES = ("float32", "float64")
+# How an input array is laid out in memory; every layout holds the same values.
+LAYOUTS = ("contiguous", "sliced", "reversed", "channels_last", "fortran")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an implementation can take: the strategies only draw cases inside these limits.
+
+    ``max_work`` caps ``x.size + kernel.size + B*C*Kh*Kw*Ho*Wo`` (the CUDA simulator runs a Python thread
+    per output element, so it gets a small cap); ``max_fd_elements`` caps ``x.size + kernel.size`` for
+    finite differences (two forward calls per element). ``square_only``, ``max_dilation`` and
+    ``same_padding_only`` restrict the geometry for implementations that cannot express the rest
+    (the official naive code). ``max_examples`` caps hypothesis' examples per property.
+    """
+
+    max_work: int = 20_000
+    max_fd_elements: int = 160
+    max_extent: int = 7
+    max_groups: int = 4
+    max_group_channels: int = 4
+    max_batch: int = 3
+    max_kernel: int = 5
+    max_stride: int = 3
+    max_dilation: int = 3
+    square_only: bool = False
+    same_padding_only: bool = False
+    max_examples: int | None = None
+    dtypes: tuple[str, ...] = DTYPES
+
+
+def work(geometry: Geometry) -> int:
+    """The size measure that :attr:`Limits.max_work` caps."""
+    x_size = geometry.batch * geometry.channels * geometry.height * geometry.width
+    kernel_size = int(np.prod(geometry.kernel_shape))
+    return x_size + kernel_size + geometry.macs
+
+
+def same_padding(kernel: int, dilation: int) -> int:
+    """The padding that keeps the size at stride 1 for odd kernels: ``dilation * (kernel - 1) // 2``."""
+    return dilation * (kernel - 1) // 2
+
+
+@st.composite
+def geometries(draw, limits: Limits = Limits(), max_elements: int | None = None) -> Geometry:
+    """A valid involution geometry: odd and unequal H, W, H smaller than the kernel, 1x1 sizes, all groups.
+
+    ``max_elements`` (optional) additionally caps ``x.size + kernel.size``.
+    """
+    square = limits.square_only or draw(st.booleans())
+    kernel_h = draw(st.integers(1, limits.max_kernel))
+    kernel_w = kernel_h if square else draw(st.integers(1, limits.max_kernel))
+    stride_h = draw(st.integers(1, limits.max_stride))
+    stride_w = stride_h if square else draw(st.integers(1, limits.max_stride))
+    dilation_h = draw(st.integers(1, limits.max_dilation))
+    dilation_w = dilation_h if square else draw(st.integers(1, limits.max_dilation))
+    padding_mode = "same" if limits.same_padding_only else draw(st.sampled_from(["same", "zero", "any"]))
+    paddings = []
+    for kernel, dilation in ((kernel_h, dilation_h), (kernel_w, dilation_w)):
+        if padding_mode == "same":
+            paddings.append(same_padding(kernel, dilation))
+        elif padding_mode == "zero":
+            paddings.append(0)
+        else:
+            paddings.append(draw(st.integers(0, dilation * (kernel - 1) // 2 + 1)))
+    if square and padding_mode == "any":
+        paddings[1] = paddings[0]
+    # The smallest input with an output of at least 1 (smaller than the kernel when padded).
+    min_h = max(1, dilation_h * (kernel_h - 1) + 1 - 2 * paddings[0])
+    min_w = max(1, dilation_w * (kernel_w - 1) + 1 - 2 * paddings[1])
+    height = draw(st.integers(min_h, min_h + limits.max_extent))
+    width = draw(st.integers(min_w, min_w + limits.max_extent))
+    # G and C // G drawn separately, so that 1 < G < C (where group rules differ) is common.
+    groups = draw(st.integers(1, limits.max_groups))
+    channels = groups * draw(st.integers(1, limits.max_group_channels))
+    batch = draw(st.integers(1, limits.max_batch))
+    stride, padding, dilation = (stride_h, stride_w), tuple(paddings), (dilation_h, dilation_w)
+    out_h = output_size(height, kernel_h, stride_h, paddings[0], dilation_h)
+    out_w = output_size(width, kernel_w, stride_w, paddings[1], dilation_w)
+    geometry = check_geometry((batch, channels, height, width), (batch, groups, kernel_h, kernel_w, out_h, out_w),
+                              stride, padding, dilation)
+    assume(work(geometry) <= limits.max_work)
+    if max_elements is not None:
+        assume(batch * channels * height * width + int(np.prod(geometry.kernel_shape)) <= max_elements)
+    return geometry
+
+
+def as_layout(array: np.ndarray, layout: str) -> np.ndarray:
+    """The values of ``array`` in the memory ``layout`` (one of :data:`LAYOUTS`)."""
+    if layout == "contiguous":
+        return np.ascontiguousarray(array)
+    if layout == "sliced":
+        buffer = np.full(array.shape[:-1] + (2 * array.shape[-1],), np.nan, dtype=array.dtype)
+        buffer[..., ::2] = array
+        return buffer[..., ::2]
+    if layout == "reversed":
+        return np.flip(np.flip(array).copy())
+    if layout == "channels_last":
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(array, 1, -1)), -1, 1)
+    if layout == "fortran":
+        return np.asfortranarray(array)
+    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One drawn call: ``involution2d(x, kernel, stride, padding, dilation)``; prints shapes, not values."""
+
+    geometry: Geometry
+    dtype: str
+    seed: int
+    layout: str = "contiguous"
+    x: np.ndarray = field(repr=False, compare=False, default=None)
+    kernel: np.ndarray = field(repr=False, compare=False, default=None)
+
+    @property
+    def params(self) -> tuple:
+        """``(stride, padding, dilation)`` as pairs."""
+        g = self.geometry
+        return g.stride, g.padding, g.dilation
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return (f"Case(x {g.x_shape} {self.dtype} {self.layout}, kernel {g.kernel_shape} (B, G, Kh, Kw, Ho, Wo), "
+                f"stride={g.stride}, padding={g.padding}, dilation={g.dilation}, seed={self.seed})")
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """Hypothesis prints draws with this (its printer would otherwise list every dataclass field)."""
+        printer.text(repr(self))
+
+
+def random_arrays(geometry: Geometry, dtype: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal ``x`` and ``kernel`` for ``geometry``, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(geometry.x_shape).astype(dtype)
+    kernel = rng.standard_normal(geometry.kernel_shape).astype(dtype)
+    return x, kernel
+
+
+@st.composite
+def cases(draw, limits: Limits = Limits(), dtypes=None, layouts=("contiguous",), max_elements=None) -> Case:
+    """A :class:`Case` with random values: a geometry, a dtype, a seed and a memory layout for both arrays."""
+    geometry = draw(geometries(limits, max_elements))
+    dtype = draw(st.sampled_from(dtypes or limits.dtypes))
+    seed = draw(st.integers(0, 2**32 - 1))
+    layout = draw(st.sampled_from(layouts))
+    x, kernel = random_arrays(geometry, dtype, seed)
+    return Case(geometry, dtype, seed, layout, as_layout(x, layout), as_layout(kernel, layout))
+
+
+def scalars() -> st.SearchStrategy[float]:
+    """Coefficients for linearity checks: small, signed, zero included."""
+    return st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0, -3.0, 0.25])

@@ -1,0 +1,64 @@
+"""Gradients: each analytic backward equals autograd through the oracle and float64 finite differences."""
+import numpy as np
+
+from involution.conformance.adapters import torch_oracle
+from involution.conformance.strategies import cases
+from involution.conformance.tolerances import (
+    assert_within, bound, finite_difference_bound, grad_kernel_terms, grad_x_terms, magnitudes,
+)
+from involution.reference.gradcheck import involution_gradients_fd
+
+FD_STEP = 1e-6
+
+
+def random_grad_out(case) -> np.ndarray:
+    """An upstream gradient of the output's shape and the case's dtype, reproducible from the case's seed."""
+    rng = np.random.default_rng(case.seed + 1)
+    return rng.standard_normal(case.geometry.out_shape).astype(case.dtype)
+
+
+def test_backward_matches_autograd(impl, prove):
+    """``(grad_x, grad_kernel)`` equal torch autograd through the float64 oracle within the dtype's bound."""
+    prove.require_backward()
+
+    def check(data):
+        case = data.draw(cases(impl.limits), label="case")
+        grad_out = random_grad_out(case)
+        grad_x, grad_kernel = prove.backward(grad_out, case.x, case.kernel, *case.params)
+        expected_x, expected_kernel = torch_oracle.involution2d_backward(
+            grad_out.astype(np.float64), case.x.astype(np.float64), case.kernel.astype(np.float64), *case.params)
+        _, magnitude_x, magnitude_kernel = magnitudes(case.x, case.kernel, case.geometry, grad_out)
+        for name, grad in (("grad_x", grad_x), ("grad_kernel", grad_kernel)):
+            assert isinstance(grad, np.ndarray) and grad.dtype == case.dtype, \
+                f"{name} is {type(grad).__name__} {getattr(grad, 'dtype', '')}, expected {case.dtype} ndarray; {case}"
+        assert_within(grad_x, expected_x, bound(grad_x_terms(case.geometry), case.dtype, magnitude_x),
+                      "grad_x vs autograd", case)
+        assert_within(grad_kernel, expected_kernel,
+                      bound(grad_kernel_terms(case.geometry), case.dtype, magnitude_kernel), "grad_kernel vs autograd",
+                      case)
+
+    prove(check)
+
+
+def test_backward_matches_finite_differences(impl, prove):
+    """float64 central differences of the implementation's own forward equal its analytic backward."""
+    prove.require_backward()
+
+    def check(data):
+        case = data.draw(cases(impl.limits, dtypes=("float64",), max_elements=impl.limits.max_fd_elements),
+                         label="case")
+        grad_out = random_grad_out(case)
+        grad_x, grad_kernel = prove.backward(grad_out, case.x, case.kernel, *case.params)
+        fd_x, fd_kernel = involution_gradients_fd(prove.forward, grad_out, case.x, case.kernel, *case.params,
+                                                  eps=FD_STEP)
+        out_magnitude, magnitude_x, magnitude_kernel = magnitudes(case.x, case.kernel, case.geometry, grad_out)
+        loss_l1 = float(np.sum(np.abs(grad_out) * out_magnitude))
+        for name, analytic, numeric, magnitude, values in (
+            ("grad_x", grad_x, fd_x, magnitude_x, case.x),
+            ("grad_kernel", grad_kernel, fd_kernel, magnitude_kernel, case.kernel),
+        ):
+            tolerance = finite_difference_bound(case.geometry, magnitude, loss_l1, grad_out.size,
+                                                float(np.abs(values).max()), FD_STEP)
+            assert_within(analytic, numeric, tolerance, f"{name} vs finite differences", case)
+
+    prove(check)

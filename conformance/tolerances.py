@@ -1,0 +1,102 @@
+"""Every tolerance of the conformance suite, derived from the dtype and the length of each reduction.
+
+A sum of ``n`` products computed in floating point with unit round-off ``u = eps / 2``, in any order,
+errs by at most ``gamma_n * sum(|products|)`` with ``gamma_n = n*u / (1 - n*u)`` (Higham, *Accuracy and
+Stability of Numerical Algorithms*, Thm. 3.1), plus ``u * |result|`` for the final rounding. So each check
+compares elementwise against ``(n + 2) * eps * magnitude``, where ``magnitude`` is the same computation on
+absolute values (``sum |products|``, computed exactly enough in float64 by the oracle). ``eps`` rather than
+``u`` leaves a factor 2 for the float64 oracle's own rounding. The reduction lengths ``n``:
+
+* forward: ``Kh * Kw`` taps per output;
+* ``grad_kernel``: ``C // G`` channels of a group per kernel entry;
+* ``grad_x``: the taps that land on one input pixel, at most ``ceil(Kh / (sh / gcd(sh, dh)))`` per axis
+  (``ceil(Kh / sh)`` for dilation 1), times the same for the width.
+
+Finite differences of a bilinear op have no truncation error, only round-off: the loss is computed with
+error ``< (Kh*Kw + 2 + log2 N) * u * L1`` (``L1 = sum |grad_out * products|``, numpy's pairwise sum of N terms)
+and central differences divide that by ``eps_fd``; the step ``x +- eps_fd`` itself rounds with ``u * |x|``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from involution.conformance import oracle
+from involution.reference.shapes import Geometry
+
+
+def eps(dtype) -> float:
+    """Machine epsilon of ``dtype`` (float32: 1.19e-7, float64: 2.22e-16)."""
+    return float(np.finfo(dtype).eps)
+
+
+def forward_terms(geometry: Geometry) -> int:
+    """Products summed per output element: ``Kh * Kw``."""
+    return geometry.kernel_h * geometry.kernel_w
+
+
+def grad_kernel_terms(geometry: Geometry) -> int:
+    """Products summed per ``grad_kernel`` element: the ``C // G`` channels of its group."""
+    return geometry.group_channels
+
+
+def grad_x_terms(geometry: Geometry) -> int:
+    """Most products summed into one ``grad_x`` element: kernel taps ``u`` with ``u*dh = r (mod sh)``."""
+    per_axis = [
+        math.ceil(kernel / (stride // math.gcd(stride, dilation)))
+        for kernel, stride, dilation in zip((geometry.kernel_h, geometry.kernel_w), geometry.stride, geometry.dilation)
+    ]
+    return per_axis[0] * per_axis[1]
+
+
+def _tensor(array) -> torch.Tensor:
+    return torch.from_numpy(np.abs(np.asarray(array, dtype=np.float64)))
+
+
+def magnitudes(x, kernel, geometry: Geometry, grad_out=None):
+    """``sum |products|`` of the forward (and, with ``grad_out``, of ``grad_x`` and ``grad_kernel``), float64.
+
+    Returns ``out_magnitude`` or ``(out_magnitude, grad_x_magnitude, grad_kernel_magnitude)``.
+    """
+    x_abs = _tensor(x).requires_grad_(grad_out is not None)
+    kernel_abs = _tensor(kernel).requires_grad_(grad_out is not None)
+    out = oracle.involution2d(x_abs, kernel_abs, *_params(geometry))
+    if grad_out is None:
+        return out.detach().numpy()
+    grad_x, grad_kernel = torch.autograd.grad(out, (x_abs, kernel_abs), _tensor(grad_out))
+    return out.detach().numpy(), grad_x.numpy(), grad_kernel.numpy()
+
+
+def _params(geometry: Geometry) -> tuple:
+    return geometry.stride, geometry.padding, geometry.dilation
+
+
+def bound(terms: int, dtype, magnitude: np.ndarray) -> np.ndarray:
+    """Elementwise tolerance ``(terms + 2) * eps(dtype) * magnitude`` plus the smallest normal number."""
+    return (terms + 2) * eps(dtype) * magnitude + np.finfo(dtype).tiny
+
+
+def finite_difference_bound(geometry: Geometry, grad_magnitude, loss_l1: float, loss_terms: int, value_max: float,
+                            step: float) -> np.ndarray:
+    """Tolerance of a float64 central-difference gradient against the analytic one (see module docstring)."""
+    unit = eps(np.float64) / 2
+    loss_error = (forward_terms(geometry) + 2 + math.log2(max(loss_terms, 2))) * unit * loss_l1
+    return 2 * (loss_error / step + 2 * unit * value_max / step * grad_magnitude) + np.finfo(np.float64).tiny
+
+
+def assert_within(actual, expected, tolerance, what: str, case) -> None:
+    """Assert ``|actual - expected| <= tolerance`` elementwise (NaN fails) with the shapes, dtypes and worst value."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}; {case}"
+    error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    bad = ~(error <= tolerance)
+    if bad.any():
+        worst = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(error, nan=np.inf), -1.0)), error.shape)
+        tol = np.broadcast_to(tolerance, error.shape)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {error.size} elements off; worst at {tuple(map(int, worst))}: "
+            f"got {actual[worst]!r}, expected {expected[worst]!r}, error {error[worst]:.3e} > tolerance "
+            f"{tol[worst]:.3e}; {case}"
+        )

@@ -1,0 +1,283 @@
+"""PyTorch twins of the reference network: RedNet and ResNet as ``torch.nn.Module`` trees.
+
+Same constructor arguments and the same ``state_dict`` keys as the NumPy reference, which are the official
+mmcls keys (``backbone.stem.1.conv2.conv.bias``, ``backbone.layer1.0.conv2.conv1.bn.running_mean``,
+``head.fc.weight``...), so an official checkpoint loads without renaming. Built from standard torch layers;
+the involution itself calls ``involution.conformance.oracle.involution2d`` (``backend="unfold"``) or the
+numba kernels of ``involution.fast.torch_ops`` (``backend="fast"``).
+
+One deliberate difference from the official code: the kernel-generation pool of a strided involution is
+``nn.AvgPool2d(stride, stride, ceil_mode=True)``. The official floor-mode pool gives ``H // s`` rows while the
+strided involution gives ``ceil(H / s)``, so the official layer breaks for odd sizes; for even sizes both agree.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from involution.reference.rednet import EXPANSION, stage_blocks_for
+
+BACKENDS = ("unfold", "fast")
+KERNEL_GENERATORS = ("bottleneck", "linear")
+
+
+def _involution_function(backend: str):
+    """The ``involution2d(x, kernel, stride, padding, dilation)`` of ``backend``, imported on first use."""
+    if backend == "unfold":
+        from involution.conformance.oracle import involution2d
+        return involution2d
+    if backend == "fast":
+        try:
+            from involution.fast.torch_ops import involution2d
+        except ImportError as error:
+            raise ImportError(
+                f"backend='fast' needs involution.fast.torch_ops (numba kernels), which failed to import: {error}"
+            ) from error
+        return involution2d
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+class ConvModule(nn.Sequential):
+    """Conv2d, then optional BatchNorm2d and ReLU: mmcv's ``ConvModule`` (children ``conv``, ``bn``, ``activate``).
+
+    The conv has a bias exactly when there is no norm (mmcv's ``bias="auto"``).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, norm=True, activate=True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=not norm)
+        if norm:
+            self.bn = nn.BatchNorm2d(out_channels)
+        if activate:
+            self.activate = nn.ReLU()
+
+
+class Involution2d(nn.Module):
+    """Involution layer: a kernel generated from the input, then ``involution2d`` with it.
+
+    Parameters
+    ----------
+    channels : int
+        ``C``, in and out channels.
+    kernel_size : int
+        ``K``, odd; padding ``dilation * (K - 1) // 2`` keeps ``H`` at stride 1.
+    stride, dilation : int
+    group_channels : int or "all"
+        Channels sharing one kernel; ``G = C // group_channels`` groups ("all": one group).
+    reduction : int
+        The bottleneck generator's ``C -> C // reduction`` squeeze.
+    kernel_gen : {"bottleneck", "linear"}
+        "bottleneck": ``conv1`` (1x1, BN, ReLU) then ``conv2`` (1x1 with bias to ``K*K*G``); "linear": ``conv2`` only.
+    backend : {"unfold", "fast"}
+
+    Shapes: x ``(B, C, H, W)`` -> ``(B, C, ceil(H / stride), ceil(W / stride))``.
+    """
+
+    def __init__(self, channels, kernel_size=7, stride=1, group_channels=16, reduction=4, kernel_gen="bottleneck",
+                 dilation=1, backend="unfold"):
+        super().__init__()
+        if group_channels == "all":
+            group_channels = channels
+        if kernel_gen not in KERNEL_GENERATORS:
+            raise ValueError(f"kernel_gen must be one of {KERNEL_GENERATORS}, got {kernel_gen!r}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+        if group_channels < 1 or channels % group_channels:
+            raise ValueError(f"group_channels must divide channels={channels}, got {group_channels!r}")
+        if kernel_gen == "bottleneck" and (reduction < 1 or channels % reduction):
+            raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
+        self.channels, self.kernel_size, self.stride, self.dilation = channels, kernel_size, stride, dilation
+        self.group_channels, self.groups = group_channels, channels // group_channels
+        self.reduction, self.kernel_gen = reduction, kernel_gen
+        self.set_backend(backend)
+        if stride > 1:
+            self.avgpool = nn.AvgPool2d(stride, stride, ceil_mode=True)
+        hidden = channels
+        if kernel_gen == "bottleneck":
+            hidden = channels // reduction
+            self.conv1 = ConvModule(channels, hidden, 1)
+        self.conv2 = ConvModule(hidden, kernel_size * kernel_size * self.groups, 1, norm=False, activate=False)
+
+    def set_backend(self, backend: str) -> None:
+        """Use ``backend`` ("unfold" or "fast") for the involution op from now on."""
+        self._involution2d = _involution_function(backend)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.avgpool(x) if self.stride > 1 else x
+        weight = self.conv2(self.conv1(pooled) if self.kernel_gen == "bottleneck" else pooled)
+        batch, _, out_h, out_w = weight.shape
+        kernel = weight.view(batch, self.groups, self.kernel_size, self.kernel_size, out_h, out_w)
+        padding = self.dilation * (self.kernel_size - 1) // 2
+        return self._involution2d(x, kernel, self.stride, padding, self.dilation)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (1x1, mixer, 1x1, residual add); the mixer is an involution or a 3x3 conv.
+
+    ``in_channels -> out_channels`` with ``mid = out_channels // expansion``; the mixer carries the stride
+    (pytorch style). ``downsample`` (1x1 conv with stride, BN) when the shape changes. ``involution_options``
+    (``kernel_size, group_channels, reduction, kernel_gen, dilation, backend``) go to the involution and are
+    ignored by the conv mixer. Three ReLU children as in the reference, so hooks see the same names.
+    """
+
+    def __init__(self, in_channels, out_channels, stride=1, expansion=EXPANSION, mixer="involution",
+                 **involution_options):
+        super().__init__()
+        mid = out_channels // expansion
+        self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        if mixer == "involution":
+            self.conv2 = Involution2d(mid, stride=stride, **involution_options)
+        elif mixer == "conv":
+            self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)
+        else:
+            raise ValueError(f"mixer must be 'involution' or 'conv', got {mixer!r}")
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                            nn.BatchNorm2d(out_channels))
+        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu3(out + identity)
+
+
+def _stages(stage_blocks, stem_channels, base_channels, **block_args) -> list[nn.Sequential]:
+    """The residual stages (stride 1, then 2), each doubling the width of the one before."""
+    stages, in_channels, out_channels = [], stem_channels, base_channels * EXPANSION
+    for index, blocks in enumerate(stage_blocks):
+        stride = 1 if index == 0 else 2
+        layers = [Bottleneck(in_channels, out_channels, stride, **block_args)]
+        layers += [Bottleneck(out_channels, out_channels, 1, **block_args) for _ in range(blocks - 1)]
+        stages.append(nn.Sequential(*layers))
+        in_channels, out_channels = out_channels, out_channels * 2
+    return stages
+
+
+class _Backbone(nn.Module):
+    """A container with the stages ``layer1``..``layerN`` run in order after its stem."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.stem_forward(x))
+        for index in range(self.num_stages):
+            x = getattr(self, f"layer{index + 1}")(x)
+        return x
+
+
+class RedNetBackbone(_Backbone):
+    """RedNet's backbone: the involution stem, a 3x3/2 max-pool and four stages of involution bottlenecks."""
+
+    def __init__(self, stage_blocks, kernel_size, group_channels, reduction, kernel_gen, in_channels,
+                 stem_channels, base_channels, backend):
+        super().__init__()
+        half = stem_channels // 2
+        self.stem = nn.Sequential(
+            ConvModule(in_channels, half, 3, stride=2, padding=1),
+            Involution2d(half, 3, 1, group_channels, reduction, kernel_gen, backend=backend),
+            nn.BatchNorm2d(half),
+            nn.ReLU(),
+            ConvModule(half, stem_channels, 3, padding=1),
+        )
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.num_stages = len(stage_blocks)
+        stages = _stages(stage_blocks, stem_channels, base_channels, mixer="involution", kernel_size=kernel_size,
+                         group_channels=group_channels, reduction=reduction, kernel_gen=kernel_gen,
+                         backend=backend)
+        for index, stage in enumerate(stages):
+            self.add_module(f"layer{index + 1}", stage)
+
+    def stem_forward(self, x):
+        return self.stem(x)
+
+
+class ResNetBackbone(_Backbone):
+    """ResNet's backbone: 7x7/2 conv, BN, ReLU, 3x3/2 max-pool and four stages of 3x3-conv bottlenecks."""
+
+    def __init__(self, stage_blocks, in_channels, stem_channels, base_channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, stem_channels, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_channels)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.num_stages = len(stage_blocks)
+        for index, stage in enumerate(_stages(stage_blocks, stem_channels, base_channels, mixer="conv")):
+            self.add_module(f"layer{index + 1}", stage)
+
+    def stem_forward(self, x):
+        return self.relu(self.bn1(self.conv1(x)))
+
+
+class GlobalAvgPool2d(nn.Module):
+    """``(B, C, H, W) -> (B, C)``: mmcls' ``GlobalAveragePooling`` neck (no parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class LinearHead(nn.Module):
+    """mmcls' ``LinearClsHead``: one ``fc`` layer to the class scores."""
+
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class _Classifier(nn.Module):
+    """``head(neck(backbone(x)))``: mmcls' ``ImageClassifier``."""
+
+    def _finish(self, backbone, stage_blocks, base_channels, num_classes, dtype):
+        self.backbone = backbone
+        self.neck = GlobalAvgPool2d()
+        self.head = LinearHead(base_channels * EXPANSION * 2 ** (len(stage_blocks) - 1), num_classes)
+        self.to(dtype if isinstance(dtype, torch.dtype) else getattr(torch, np.dtype(dtype).name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.neck(self.backbone(x)))
+
+
+class RedNet(_Classifier):
+    """RedNet classifier; arguments as in ``involution.reference.rednet.RedNet``, plus ``backend``.
+
+    ``x (B, in_channels, H, W) -> scores (B, num_classes)``. ``seed`` seeds torch's default initialisation.
+    """
+
+    def __init__(self, depth=50, num_classes=1000, kernel_size=7, group_channels=16, reduction=4,
+                 kernel_gen="bottleneck", in_channels=3, stem_channels=64, base_channels=64, stage_blocks=None,
+                 dtype=torch.float32, seed=0, backend="unfold"):
+        super().__init__()
+        torch.manual_seed(seed)
+        stage_blocks = stage_blocks_for(depth, stage_blocks)
+        backbone = RedNetBackbone(stage_blocks, kernel_size, group_channels, reduction, kernel_gen, in_channels,
+                                  stem_channels, base_channels, backend)
+        self._finish(backbone, stage_blocks, base_channels, num_classes, dtype)
+
+    def set_backend(self, backend: str) -> None:
+        """Switch every involution layer to ``backend`` ("unfold" or "fast")."""
+        _involution_function(backend)
+        for module in self.modules():
+            if isinstance(module, Involution2d):
+                module.set_backend(backend)
+
+
+class ResNet(_Classifier):
+    """ResNet classifier with bottleneck blocks (the convolution baseline of the RedNet tables)."""
+
+    def __init__(self, depth=50, num_classes=1000, in_channels=3, stem_channels=64, base_channels=64,
+                 stage_blocks=None, dtype=torch.float32, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        stage_blocks = stage_blocks_for(depth, stage_blocks)
+        backbone = ResNetBackbone(stage_blocks, in_channels, stem_channels, base_channels)
+        self._finish(backbone, stage_blocks, base_channels, num_classes, dtype)

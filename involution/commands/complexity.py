@@ -1,0 +1,202 @@
+"""Parameters, MACs and FLOPs of RedNet / ResNet variants, counted analytically (no forward pass).
+
+Models: rednet26 .. rednet152 and resnet26 .. resnet152 ("all" or none: the five RedNets). Conventions
+(docs/complexity.md): "full" counts every multiply-add of inference (FLOPs = 2 x MACs + element-wise ops);
+"published" reproduces the official RedNet table (mmcv's counter, FLOPs = MACs + element-wise terms);
+"fvcore" counts conv/linear MACs only (FLOPs = MACs), what common tools report.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+
+DEPTHS = (26, 38, 50, 101, 152)
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help="rednet26..rednet152, resnet26..resnet152 or 'all' (default: the five RedNets)")
+    parser.add_argument("--depth-list", help="comma-separated RedNet depths, e.g. 26,50 (adds rednet<depth>)")
+    parser.add_argument("--kernel-size", type=int, default=7, help="involution kernel size K (default 7)")
+    parser.add_argument("--group-channels", type=group_channels, default=16,
+                        help="channels per involution group, or 'all' (default 16)")
+    parser.add_argument("--reduction", type=int, default=4, help="kernel-generation reduction ratio (default 4)")
+    parser.add_argument("--kernel-gen", choices=("bottleneck", "linear"), default="bottleneck",
+                        help="kernel generator (default bottleneck)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    parser.add_argument("--input-size", default="224", help="H or H,W (default 224)")
+    parser.add_argument("--convention", choices=("full", "published", "fvcore"), default="full",
+                        help="what MACs and FLOPs count (default full)")
+    parser.add_argument("--per-layer", action="store_true", help="also list every layer")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    parser.add_argument("--compare", choices=("resnet",), help="add ResNets of the same depths and the %% saved")
+
+
+def model_names(args) -> list[str]:
+    """The models to count, in order, without repeats."""
+    names = []
+    for name in args.models or (["all"] if not args.depth_list else []):
+        names += [f"rednet{depth}" for depth in DEPTHS] if name == "all" else [name]
+    if args.depth_list:
+        names += [f"rednet{int(depth)}" for depth in args.depth_list.split(",")]
+    if args.compare == "resnet":
+        names += [f"resnet{name[len('rednet'):]}" for name in names if name.startswith("rednet")]
+    return list(dict.fromkeys(names))
+
+
+def group_channels(text: str):
+    """``"all"`` or a positive int."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'all', got {text!r}") from None
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """``"224"`` or ``"224,192"`` as ``(H, W)``."""
+    sizes = [int(part) for part in text.split(",")]
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise ValueError(f"--input-size must be H or H,W with positive ints, got {text!r}")
+    return (sizes[0], sizes[-1])
+
+
+def config_of(name: str, args) -> dict:
+    """Constructor options of ``name`` (the involution options only for RedNets)."""
+    from involution.reference.complexity import parse_model_name
+
+    family, depth = parse_model_name(name)
+    config = {"depth": depth, "num_classes": args.num_classes}
+    if family == "rednet":
+        config.update(kernel_size=args.kernel_size, group_channels=args.group_channels, reduction=args.reduction,
+                      kernel_gen=args.kernel_gen)
+    return config
+
+
+def summarize(args) -> list[dict]:
+    """One record per model: counts under the chosen convention, its config and (optionally) its layers."""
+    from involution.reference.complexity import PUBLISHED, build, count
+
+    input_size = parse_input_size(args.input_size)
+    records = []
+    for name in model_names(args):
+        config = config_of(name, args)
+        options = {key: value for key, value in config.items() if key != "depth"}
+        report = count(build(name, **options), input_size, name=name)
+        totals = report.total(args.convention)
+        record = {"model": name, "params": totals.params, "macs": totals.macs, "flops": totals.flops,
+                  "convention": args.convention, "input_size": list(input_size), "config": config}
+        standard = {"depth": config["depth"], "num_classes": 1000, "kernel_size": 7, "group_channels": 16,
+                    "reduction": 4, "kernel_gen": "bottleneck"}
+        if config == standard and input_size == (224, 224):
+            record["published"] = PUBLISHED[config["depth"]]
+        if args.per_layer:
+            record["layers"] = report.rows(args.convention)
+        records.append(record)
+    return records
+
+
+def summary_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table (published figures and differences where they exist)."""
+    header = ["model", "params (M)", "MACs (G)", "FLOPs (G)", "published params (M)", "published FLOPs (G)",
+              "Δ params (M)", "Δ FLOPs (G)"]
+    by_name = {record["model"]: record for record in records}
+    compare = any(name.startswith("resnet") for name in by_name) and any(name.startswith("rednet") for name in by_name)
+    if compare:
+        header += ["fewer params vs ResNet", "fewer FLOPs vs ResNet", "published fewer params/FLOPs"]
+    rows = []
+    for record in records:
+        params, flops = record["params"] / 1e6, record["flops"] / 1e9
+        row = [record["model"], f"{params:.4f}", f"{record['macs'] / 1e9:.4f}", f"{flops:.4f}"]
+        published = record.get("published")
+        if published:
+            row += [f"{published['params_m']:.2f}", f"{published['flops_g']:.2f}",
+                    f"{params - published['params_m']:+.4f}", f"{flops - published['flops_g']:+.4f}"]
+        else:
+            row += ["", "", "", ""]
+        if compare:
+            baseline = by_name.get("resnet" + record["model"][len("rednet"):]) if record["model"].startswith("rednet") else None
+            if baseline:
+                row += [f"{100 * (1 - record['params'] / baseline['params']):.1f}%",
+                        f"{100 * (1 - record['flops'] / baseline['flops']):.1f}%",
+                        f"{published['fewer_params_pct']}% / {published['fewer_flops_pct']}%" if published else ""]
+            else:
+                row += ["", "", ""]
+        rows.append(row)
+    return header, rows
+
+
+def layer_rows(record: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one model's per-layer table."""
+    header = ["layer", "type", "input", "output", "params", "MACs", "FLOPs"]
+    rows = [[layer["name"], layer["type"], "x".join(map(str, layer["input_shape"])),
+             "x".join(map(str, layer["output_shape"])), str(layer["params"]), str(layer["macs"]), str(layer["flops"])]
+            for layer in record["layers"]]
+    return header, rows
+
+
+def text_table(header, rows) -> str:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(cell.ljust(width) if index == 0 else cell.rjust(width)
+                       for index, (cell, width) in enumerate(zip(line, widths))) for line in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(header, rows) -> str:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return "\n".join("| " + " | ".join(line) + " |" for line in [header, align, *rows])
+
+
+def render(records: list[dict], args) -> str:
+    """The records in ``args.format``."""
+    from involution.reference.complexity import FLOPS_DEFINITION
+
+    if args.format == "json":
+        return json.dumps(records, indent=2)
+    if args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        if args.per_layer:
+            writer.writerow(["model", "convention", "layer", "type", "input_shape", "output_shape", "params", "macs",
+                             "flops"])
+            for record in records:
+                for layer in record["layers"]:
+                    writer.writerow([record["model"], record["convention"], layer["name"], layer["type"],
+                                     "x".join(map(str, layer["input_shape"])),
+                                     "x".join(map(str, layer["output_shape"])),
+                                     layer["params"], layer["macs"], layer["flops"]])
+        else:
+            writer.writerow(["model", "convention", "input_h", "input_w", "params", "macs", "flops"])
+            for record in records:
+                writer.writerow([record["model"], record["convention"], *record["input_size"], record["params"],
+                                 record["macs"], record["flops"]])
+        return buffer.getvalue().rstrip("\n")
+    table = markdown_table if args.format == "markdown" else text_table
+    height, width = records[0]["input_size"]
+    parts = [f"convention {args.convention!r} at {height}x{width}: {FLOPS_DEFINITION[args.convention]}.",
+             table(*summary_rows(records))]
+    if any("published" in record for record in records):
+        parts.append("published: the official RedNet README (params of the whole model; FLOPs of mmcv's counter, "
+                     "1 MAC = 1 FLOP); Δ = ours - published under this convention "
+                     "(--convention published reproduces the published FLOPs).")
+    if args.per_layer:
+        for record in records:
+            parts += [f"\n{record['model']}: per layer", table(*layer_rows(record))]
+    return "\n".join(parts)
+
+
+def run(args) -> int:
+    try:
+        records = summarize(args)
+    except (ValueError, TypeError) as error:
+        print(f"involution complexity: error: {error}", file=sys.stderr)
+        return 2
+    print(render(records, args))
+    return 0

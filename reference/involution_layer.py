@@ -1,0 +1,128 @@
+"""``Involution2d``: the involution layer of RedNet -- a kernel generated from each pixel, then the op.
+
+Kernel generation, as the official code (d-li14/involution, mmcls ``involution``):
+
+* ``avgpool``: ``AvgPool2d(stride, stride, ceil_mode=True)`` when ``stride > 1`` (brings the input to the output grid);
+* ``conv1``: ``ConvModule(C, C // reduction, 1)`` with BN and ReLU, no bias (only for ``kernel_gen="bottleneck"``);
+* ``conv2``: ``ConvModule(C // reduction, K*K*G, 1, bias=True, norm=False, act=False)`` (from ``C`` channels
+  for ``kernel_gen="linear"``, the paper's ablation with a single linear map);
+* the ``(B, K*K*G, Ho, Wo)`` result is read as the kernel ``(B, G, K, K, Ho, Wo)`` of
+  ``involution2d(x, kernel, stride, padding=(K-1)//2 * dilation, dilation)``.
+
+Difference from the official code: it pools with floor-mode ``nn.AvgPool2d(stride, stride)``, whose output
+``floor(H / s)`` differs from the op's ``ceil(H / s)`` for odd sizes, so it crashes there. The ceil-mode pool
+(divisor = in-bounds elements) gives the op's size for every input; for even sizes the two are identical.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from .conv import ConvModule
+from .module import Module
+from .op import involution2d, involution2d_backward
+from .pool import AvgPool2d
+from .shapes import pair
+
+BACKENDS = ("numpy", "fast-cpu")
+KERNEL_GENERATORS = ("bottleneck", "linear")
+
+
+def op_functions(backend: str):
+    """``(involution2d, involution2d_backward)`` of ``backend``: ``"numpy"`` or ``"fast-cpu"`` (numba)."""
+    if backend == "numpy":
+        return involution2d, involution2d_backward
+    if backend == "fast-cpu":
+        try:
+            module = importlib.import_module("involution.fast.cpu")
+            return module.involution2d, module.involution2d_backward
+        except (ImportError, AttributeError) as error:
+            raise ImportError(f"backend 'fast-cpu' needs involution.fast.cpu with involution2d and "
+                              f"involution2d_backward (and numba: pip install 'involution[fast]'): {error}") from error
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+class Involution2d(Module):
+    """Involution layer: ``x (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))``.
+
+    Parameters
+    ----------
+    channels : int
+        ``C``, input and output channels.
+    kernel_size : int
+        ``K``, odd (the "same" padding ``(K-1)//2 * dilation`` keeps the size only for odd K).
+    stride, dilation : int
+    group_channels : int or "all"
+        Channels sharing one kernel; ``G = C // group_channels`` groups (``"all"``: ``G = 1``).
+    reduction : int
+        ``conv1`` reduces ``C`` to ``C // reduction`` channels (bottleneck kernel generation only).
+    kernel_gen : "bottleneck" or "linear"
+    backend : "numpy" (``involution.reference.op``) or "fast-cpu" (``involution.fast.cpu``, numba)
+    dtype, rng : parameter dtype and initialisation generator
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1, group_channels=16, reduction: int = 4,
+                 kernel_gen: str = "bottleneck", dilation: int = 1, backend: str = "numpy", *,
+                 dtype=np.float32, rng=None):
+        super().__init__()
+        channels = pair(channels, "channels", minimum=1)[0]
+        kernel_size = pair(kernel_size, "kernel_size", minimum=1)[0]
+        stride = pair(stride, "stride", minimum=1)[0]
+        dilation = pair(dilation, "dilation", minimum=1)[0]
+        reduction = pair(reduction, "reduction", minimum=1)[0]
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
+        if group_channels == "all":
+            group_channels = channels
+        group_channels = pair(group_channels, "group_channels", minimum=1)[0]
+        if channels % group_channels:
+            raise ValueError(f"channels ({channels}) must be divisible by group_channels ({group_channels})")
+        if kernel_gen not in KERNEL_GENERATORS:
+            raise ValueError(f"kernel_gen must be one of {KERNEL_GENERATORS}, got {kernel_gen!r}")
+        if kernel_gen == "bottleneck" and channels % reduction:
+            raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
+        self.forward_op, self.backward_op = op_functions(backend)
+        self.channels, self.kernel_size, self.stride, self.dilation = channels, kernel_size, stride, dilation
+        self.group_channels, self.groups = group_channels, channels // group_channels
+        self.reduction, self.kernel_gen, self.backend = reduction, kernel_gen, backend
+        taps = kernel_size * kernel_size * self.groups
+        if stride > 1:
+            self.avgpool = AvgPool2d(stride, stride, ceil_mode=True)
+        if kernel_gen == "bottleneck":
+            self.conv1 = ConvModule(channels, channels // reduction, 1, dtype=dtype, rng=rng)
+            self.conv2 = ConvModule(channels // reduction, taps, 1, bias=True, norm=False, act=False,
+                                    dtype=dtype, rng=rng)
+        else:
+            self.conv2 = ConvModule(channels, taps, 1, bias=True, norm=False, act=False, dtype=dtype, rng=rng)
+
+    def extra_repr(self) -> str:
+        return (f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"group_channels={self.group_channels}, groups={self.groups}, reduction={self.reduction}, "
+                f"kernel_gen={self.kernel_gen!r}, dilation={self.dilation}, backend={self.backend!r}")
+
+    @property
+    def padding(self) -> int:
+        return (self.kernel_size - 1) // 2 * self.dilation
+
+    def generator(self) -> list[Module]:
+        """The kernel-generating modules in order: ``[avgpool,] [conv1,] conv2``."""
+        return [child for name, child in self._modules.items() if name in ("avgpool", "conv1", "conv2")]
+
+    def forward(self, x):
+        x = self.check_input(x, self.channels)
+        features = x
+        for module in self.generator():
+            features = module(features)
+        batch, _, out_h, out_w = features.shape
+        kernel = features.reshape(batch, self.groups, self.kernel_size, self.kernel_size, out_h, out_w)
+        self._cache = (x, kernel)
+        return self.forward_op(x, kernel, self.stride, self.padding, self.dilation)
+
+    def backward(self, grad_output):
+        x, kernel = self._cache
+        grad_x, grad_kernel = self.backward_op(grad_output, x, kernel, self.stride, self.padding, self.dilation)
+        grad_features = grad_kernel.reshape(kernel.shape[0], -1, *kernel.shape[4:])
+        for module in reversed(self.generator()):
+            grad_features = module.backward(grad_features)
+        return grad_x + grad_features
