@@ -77,11 +77,14 @@ def traffic_bytes(geometry: Geometry, itemsize: int, direction: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's options on ``parser``."""
     parser.add_argument("--batch", type=int, nargs="+", default=[32, 1], help="batch sizes (default 32 1)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default float32")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--plan", action="store_true",
+                        help="print each layer's v2 launch plan, MACs and minimum traffic (no GPU needed) and exit")
 
 
 def main(argv=None) -> int:
@@ -93,6 +96,9 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     """Benchmark with parsed ``args``; 2 with one line on stderr when there is no CUDA GPU."""
+    if args.plan:
+        print(json.dumps(plans(args.batch, np.dtype(args.dtype).itemsize), indent=1))
+        return 0
     missing = _no_gpu_reason()
     if missing:
         print(f"involution bench --backend cuda: no CUDA GPU is available: {missing}", file=sys.stderr)
@@ -124,6 +130,22 @@ def run(args) -> int:
             json.dump(results, file, indent=1)
     print(json.dumps(results))
     return 0
+
+
+def plans(batches, itemsize: int) -> list[dict]:
+    """Per layer and batch: MACs, the minimum bytes each pass moves, and the v2 block of each kernel."""
+    from involution.fast.cuda_kernels import plan_tiles
+
+    rows = []
+    for batch in batches:
+        for layer in REDNET_LAYERS:
+            geometry = layer_geometry(layer, batch)
+            rows.append({"layer": layer_name(layer), "batch": batch, "macs": geometry.macs,
+                         **{f"{direction}_bytes": traffic_bytes(geometry, itemsize, direction)
+                            for direction in ("forward", "backward")},
+                         **{kind: vars(plan_tiles(kind, geometry, itemsize))
+                            for kind in ("forward", "grad_x", "grad_kernel")}})
+    return rows
 
 
 def _no_gpu_reason() -> str | None:
@@ -249,12 +271,12 @@ def _median_ms(impl: str, call, repeats: int, warmup: int) -> float:
         import torch
 
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        synchronize, elapsed = torch.cuda.synchronize, lambda: start.elapsed_time(end)
+        synchronize = torch.cuda.synchronize
     else:
         from numba import cuda
 
         start, end = cuda.event(), cuda.event()
-        synchronize, elapsed = cuda.synchronize, lambda: cuda.event_elapsed_time(start, end)
+        synchronize = cuda.synchronize
     for _ in range(warmup):
         call()
     synchronize()
@@ -264,7 +286,7 @@ def _median_ms(impl: str, call, repeats: int, warmup: int) -> float:
         call()
         end.record()
         end.synchronize()
-        times.append(elapsed())
+        times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 

@@ -24,8 +24,8 @@ PROJECT_BACKENDS = {
 }
 
 # The CUDA simulator interprets every thread in Python: tiny shapes and few examples keep CI in budget.
-CUDA_SIMULATOR_LIMITS = dict(max_work=600, max_fd_elements=40, max_extent=3, max_groups=2, max_group_channels=2, max_batch=2,
-                             max_kernel=3, max_examples=6)
+CUDA_SIMULATOR_LIMITS = dict(max_work=600, max_fd_elements=40, max_extent=3, max_groups=2, max_group_channels=2,
+                             max_batch=2, max_kernel=3, max_examples=6)
 
 
 @dataclass

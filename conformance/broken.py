@@ -41,7 +41,8 @@ def _dilation_ignored_forward(x, kernel, stride=1, padding=0, dilation=1):
 def _float32_accumulation_forward(x, kernel, stride=1, padding=0, dilation=1):
     """Computes in float32 whatever the input dtype, then casts back."""
     x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
-    return involution2d(x.astype(np.float32), kernel.astype(np.float32), g.stride, g.padding, g.dilation).astype(x.dtype)
+    out = involution2d(x.astype(np.float32), kernel.astype(np.float32), g.stride, g.padding, g.dilation)
+    return out.astype(x.dtype)
 
 
 def _stride_ignored_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1):

@@ -8,8 +8,10 @@ only those. Tests take the ``impl`` fixture (parametrized with readable ids) and
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -92,11 +94,21 @@ class Prover:
             self.unsupported.append(str(error))
             reject()
 
-    def __call__(self, test, max_examples: int | None = None) -> None:
-        """Run ``test(data)`` for up to ``max_examples`` drawn examples; skip if every case was unsupported."""
-        examples = min(self.max_examples, max_examples or self.max_examples)
-        config = settings(settings(), max_examples=examples, deadline=None,
+    def __call__(self, test, *, single_threaded: bool = False) -> None:
+        """Run ``test(data)`` on ``max_examples`` drawn examples; skip if every drawn case was unsupported.
+
+        The oracle's tensors are tiny, so torch runs on one thread (waking its pool costs more than the work).
+        ``single_threaded`` also runs numba's parallel kernels on one thread, for properties that
+        call the implementation hundreds of times per example; the others keep every thread, so races show.
+        """
+        config = settings(settings(), max_examples=self.max_examples, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        numba = sys.modules.get("numba") if single_threaded else None
+        numba_threads = numba.get_num_threads() if numba else None
+        if numba:
+            numba.set_num_threads(1)
         try:
             config(given(data=st.data())(test))()
         except Unsatisfiable:
@@ -104,6 +116,9 @@ class Prover:
                 raise
             pytest.skip(f"unsupported by {self.impl.name}: {self.unsupported[-1]}")
         finally:
+            torch.set_num_threads(threads)
+            if numba:
+                numba.set_num_threads(numba_threads)
             # The runner's report counts the drawn cases the implementation declined.
             self.node.user_properties.append(("unsupported", len(self.unsupported)))
 

@@ -99,10 +99,11 @@ class SuiteResult:
         columns = list(self.implementations)
         width = max([len("property")] + [len(p) for p in self.properties])
         widths = [max(len(c), len(UNSUPPORTED)) for c in columns]
-        lines = ["  ".join(["property".ljust(width)] + [c.ljust(w) for c, w in zip(columns, widths)])]
+        lines = ["  ".join(["property".ljust(width)] + [c.ljust(w) for c, w in zip(columns, widths)]).rstrip()]
         for prop in self.properties:
             row = self.matrix[prop]
-            lines.append("  ".join([prop.ljust(width)] + [row.get(c, "-").ljust(w) for c, w in zip(columns, widths)]))
+            cells = [row.get(c, "-").ljust(w) for c, w in zip(columns, widths)]
+            lines.append("  ".join([prop.ljust(width)] + cells).rstrip())
         return "\n".join(lines)
 
 

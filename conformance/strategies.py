@@ -31,7 +31,7 @@ class Limits:
     """
 
     max_work: int = 20_000
-    max_fd_elements: int = 160
+    max_fd_elements: int = 100
     max_extent: int = 7
     max_groups: int = 4
     max_group_channels: int = 4

@@ -171,3 +171,14 @@ def test_state_dict_keys_and_shapes_equal_torch():
         theirs = {key: tuple(value.shape) for key, value in torch_model.state_dict().items()}
         assert list(ours) == list(theirs), f"key order differs: {set(ours) ^ set(theirs)}"
         assert ours == theirs, {key: (ours[key], theirs[key]) for key in ours if ours[key] != theirs[key]}
+
+
+def test_state_dict_from_torch_reads_checkpoint_files(tmp_path):
+    torch_model = randomize(torch_models.RedNet(26, num_classes=10), seed=2)
+    torch.save({"meta": {"epoch": 1}, "state_dict": torch_model.state_dict()}, tmp_path / "rednet26.pth")
+    model = RedNet(26, num_classes=10)
+    model.load_state_dict(state_dict_from_torch(tmp_path / "rednet26.pth"))
+    for key, value in torch_model.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value.numpy(), err_msg=key)
+    with pytest.raises(TypeError, match="expected a state dict"):
+        state_dict_from_torch(3)

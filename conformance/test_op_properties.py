@@ -44,7 +44,7 @@ def test_linear_in_kernel(impl, prove):
 
 
 def test_constant_kernel_equals_depthwise_conv2d(impl, prove):
-    """A kernel constant over batch and positions is a depthwise ``conv2d`` whose channel c has group c // (C//G)'s weights.
+    """A kernel constant over batch and positions is a depthwise ``conv2d``, channel c with group c // (C//G)'s weights.
 
     ``conv2d`` is cross-correlation, the same tap order as involution, so no kernel flip.
     """

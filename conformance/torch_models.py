@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from involution.reference.involution_layer import KERNEL_GENERATORS
 from involution.reference.rednet import EXPANSION, stage_blocks_for
 
 BACKENDS = ("unfold", "fast")
-KERNEL_GENERATORS = ("bottleneck", "linear")
 
 
 def _involution_function(backend: str):
@@ -82,9 +82,9 @@ class Involution2d(nn.Module):
         if kernel_gen not in KERNEL_GENERATORS:
             raise ValueError(f"kernel_gen must be one of {KERNEL_GENERATORS}, got {kernel_gen!r}")
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
         if group_channels < 1 or channels % group_channels:
-            raise ValueError(f"group_channels must divide channels={channels}, got {group_channels!r}")
+            raise ValueError(f"channels ({channels}) must be divisible by group_channels ({group_channels})")
         if kernel_gen == "bottleneck" and (reduction < 1 or channels % reduction):
             raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
         self.channels, self.kernel_size, self.stride, self.dilation = channels, kernel_size, stride, dilation
@@ -250,18 +250,20 @@ class _Classifier(nn.Module):
 class RedNet(_Classifier):
     """RedNet classifier; arguments as in ``involution.reference.rednet.RedNet``, plus ``backend``.
 
-    ``x (B, in_channels, H, W) -> scores (B, num_classes)``. ``seed`` seeds torch's default initialisation.
+    ``x (B, in_channels, H, W) -> scores (B, num_classes)``. ``seed`` seeds torch's default initialisation
+    (in a forked RNG: the global torch RNG is left as it was).
     """
 
     def __init__(self, depth=50, num_classes=1000, kernel_size=7, group_channels=16, reduction=4,
                  kernel_gen="bottleneck", in_channels=3, stem_channels=64, base_channels=64, stage_blocks=None,
                  dtype=torch.float32, seed=0, backend="unfold"):
         super().__init__()
-        torch.manual_seed(seed)
         stage_blocks = stage_blocks_for(depth, stage_blocks)
-        backbone = RedNetBackbone(stage_blocks, kernel_size, group_channels, reduction, kernel_gen, in_channels,
-                                  stem_channels, base_channels, backend)
-        self._finish(backbone, stage_blocks, base_channels, num_classes, dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = RedNetBackbone(stage_blocks, kernel_size, group_channels, reduction, kernel_gen, in_channels,
+                                      stem_channels, base_channels, backend)
+            self._finish(backbone, stage_blocks, base_channels, num_classes, dtype)
 
     def set_backend(self, backend: str) -> None:
         """Switch every involution layer to ``backend`` ("unfold" or "fast")."""
@@ -277,7 +279,8 @@ class ResNet(_Classifier):
     def __init__(self, depth=50, num_classes=1000, in_channels=3, stem_channels=64, base_channels=64,
                  stage_blocks=None, dtype=torch.float32, seed=0):
         super().__init__()
-        torch.manual_seed(seed)
         stage_blocks = stage_blocks_for(depth, stage_blocks)
-        backbone = ResNetBackbone(stage_blocks, in_channels, stem_channels, base_channels)
-        self._finish(backbone, stage_blocks, base_channels, num_classes, dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            backbone = ResNetBackbone(stage_blocks, in_channels, stem_channels, base_channels)
+            self._finish(backbone, stage_blocks, base_channels, num_classes, dtype)

@@ -5,6 +5,7 @@ identical from run to run and for any thread count, since every output element h
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from involution.reference.shapes import Geometry, check_involution2d, check_involution2d_backward
@@ -13,15 +14,23 @@ from . import cpu_kernels
 
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
 VERSIONS = (1, 2, 3)
-BEST_VERSION = 3
+# v3 (wide rows) everywhere but grad_x on output rows narrower than 8, where v3's padded wide rows are mostly
+# padding and v2 (row-wise) wins (see docs/performance.md, --kernel-versions).
+NARROW_OUTPUT = 8
 
 
-def _kernel(name: str, version: int | None):
-    """``cpu_kernels.<name>_v<version>``; ``None`` means the best version."""
-    version = BEST_VERSION if version is None else version
+def best_version(name: str, geometry: Geometry) -> int:
+    """The fastest numbered version of kernel ``name`` ("forward", "grad_x", "grad_kernel") for ``geometry``."""
+    return 2 if name == "grad_x" and geometry.out_w < NARROW_OUTPUT else 3
+
+
+def _run(name: str, version: int | None, geometry: Geometry, *arrays) -> None:
+    """Run ``cpu_kernels.<name>_v<version>`` (``None``: the best) on validated C-contiguous ``arrays``."""
+    version = best_version(name, geometry) if version is None else version
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS} or None, got {version!r}")
-    return getattr(cpu_kernels, f"{name}_v{version}")
+    workers = (numba.get_num_threads(),) if version >= 3 else ()  # v3 keeps one scratch set per thread
+    getattr(cpu_kernels, f"{name}_v{version}")(*arrays, *_hyper_parameters(geometry), *workers)
 
 
 def _hyper_parameters(geometry: Geometry) -> tuple[int, int, int, int, int, int]:
@@ -41,7 +50,8 @@ def involution2d(x, kernel, stride=1, padding=0, dilation=1, *, version: int | N
     kernel : ndarray, shape (B, G, Kh, Kw, Ho, Wo), dtype of ``x``; ``G`` divides ``C``
     stride, padding, dilation : int or (h, w) pair
     version : int, optional
-        Numbered kernel of :mod:`involution.fast.cpu_kernels` to run (one of ``VERSIONS``); default the best.
+        Numbered kernel of :mod:`involution.fast.cpu_kernels` to run (one of ``VERSIONS``); default
+        :func:`best_version`.
 
     Returns
     -------
@@ -50,7 +60,7 @@ def involution2d(x, kernel, stride=1, padding=0, dilation=1, *, version: int | N
     x, kernel, geometry = check_involution2d(x, kernel, stride, padding, dilation)
     x, kernel = np.ascontiguousarray(x), np.ascontiguousarray(kernel)
     out = np.empty(geometry.out_shape, x.dtype)
-    _kernel("forward", version)(x, kernel, out, *_hyper_parameters(geometry))
+    _run("forward", version, geometry, x, kernel, out)
     return out
 
 
@@ -70,7 +80,6 @@ def involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1, 
     grad_out, x, kernel, geometry = check_involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
     grad_out, x, kernel = (np.ascontiguousarray(array) for array in (grad_out, x, kernel))
     grad_x, grad_kernel = np.empty(x.shape, x.dtype), np.empty(kernel.shape, x.dtype)
-    hyper_parameters = _hyper_parameters(geometry)
-    _kernel("grad_x", version)(grad_out, kernel, grad_x, *hyper_parameters)
-    _kernel("grad_kernel", version)(grad_out, x, grad_kernel, *hyper_parameters)
+    _run("grad_x", version, geometry, grad_out, kernel, grad_x)
+    _run("grad_kernel", version, geometry, grad_out, x, grad_kernel)
     return grad_x, grad_kernel

@@ -1,8 +1,8 @@
 """Numbered numba CPU kernels for the involution op (llm.c style: v1 naive, higher versions faster).
 
 Every kernel takes validated C-contiguous arrays and a preallocated C-contiguous result it overwrites
-completely; ``prange`` hands each thread whole output rows, so every element has one writer (no atomics)
-and a fixed summation order (bitwise reproducible for any thread count). ``involution.fast.cpu`` validates,
+completely; each result element is computed and written by one ``prange`` iteration (no atomics), in a
+fixed summation order (bitwise reproducible for any thread count). ``involution.fast.cpu`` validates,
 allocates and picks the version; ``tests/test_fast_cpu.py`` checks each version against the NumPy reference.
 
 Sizes: ``x (B, C, H, W)``, ``kernel (B, G, Kh, Kw, Ho, Wo)``, ``out / grad_out (B, C, Ho, Wo)``,
@@ -11,6 +11,7 @@ channel ``c`` in group ``c // (C // G)``; ``sh, sw`` stride, ``ph, pw`` padding,
 from __future__ import annotations
 
 import numba
+import numpy as np
 from numba import prange
 
 from .index import cpu_helpers
@@ -22,13 +23,6 @@ output_of_input = _helpers["output_of_input"]
 output_range = _helpers["output_range"]
 
 jit = numba.njit(parallel=True, cache=True, nogil=True)
-
-
-@numba.njit(inline="always", cache=True)
-def multiply_add(target, left, right):
-    """``target += left * right`` on equal-length 1-D views; a 0-based loop, so LLVM emits SIMD."""
-    for j in range(target.size):
-        target[j] += left[j] * right[j]
 
 
 @numba.njit(inline="always", cache=True)
@@ -63,30 +57,6 @@ def forward_v1(x, kernel, out, sh, sw, ph, pw, dh, dw):
                             out[b, c, i, j] += kernel[b, g, u, v, i, j] * x[b, c, row, col]
 
 
-@jit
-def forward_v2(x, kernel, out, sh, sw, ph, pw, dh, dw):
-    """Row-wise: threads over (b, g, i); per tap, the kernel row is reused by the group's channels, the
-    W loop is clipped to the taps inside the input (no branch) and contiguous for stride 1 (SIMD)."""
-    batch, channels, height, width = x.shape
-    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
-    group_channels = channels // groups
-    for unit in prange(batch * groups * out_h):
-        b, g, i = unit // (groups * out_h), unit // out_h % groups, unit % out_h
-        first = g * group_channels
-        for c in range(first, first + group_channels):
-            out[b, c, i, :] = 0
-        for u in range(kernel_h):
-            row = input_coordinate(i, u, sh, dh, ph)
-            if row < 0 or row >= height:
-                continue
-            for v in range(kernel_w):
-                lo, hi = output_range(v, sw, dw, pw, width, out_w)
-                col0 = input_coordinate(0, v, sw, dw, pw)
-                kernel_taps = kernel[b, g, u, v, i, lo:hi]
-                for c in range(first, first + group_channels):
-                    multiply_add(out[b, c, i, lo:hi], kernel_taps, x[b, c, row, col0 + lo * sw:col0 + hi * sw:sw])
-
-
 # ------------------------------------------------------------------------------------ grad wrt kernel
 @jit
 def grad_kernel_v1(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
@@ -106,30 +76,6 @@ def grad_kernel_v1(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
                         if 0 <= row < height and 0 <= col < width:
                             for c in range(g * group_channels, (g + 1) * group_channels):
                                 grad_kernel[b, g, u, v, i, j] += grad_out[b, c, i, j] * x[b, c, row, col]
-
-
-@jit
-def grad_kernel_v2(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
-    """Row-wise like ``forward_v2``: threads over (b, g, i); each kernel row sums the group's channels
-    along the clipped, contiguous-for-stride-1 W range."""
-    batch, channels, height, width = x.shape
-    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
-    group_channels = channels // groups
-    for unit in prange(batch * groups * out_h):
-        b, g, i = unit // (groups * out_h), unit // out_h % groups, unit % out_h
-        first = g * group_channels
-        for u in range(kernel_h):
-            row = input_coordinate(i, u, sh, dh, ph)
-            for v in range(kernel_w):
-                grad_row = grad_kernel[b, g, u, v, i]
-                grad_row[:] = 0
-                if row < 0 or row >= height:
-                    continue
-                lo, hi = output_range(v, sw, dw, pw, width, out_w)
-                col0 = input_coordinate(0, v, sw, dw, pw)
-                grad_taps = grad_row[lo:hi]
-                for c in range(first, first + group_channels):
-                    multiply_add(grad_taps, grad_out[b, c, i, lo:hi], x[b, c, row, col0 + lo * sw:col0 + hi * sw:sw])
 
 
 # ------------------------------------------------------------------------------------- grad wrt input
@@ -152,34 +98,11 @@ def grad_x_v1(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
                             grad_x[b, c, y, z] += kernel[b, g, u, v, i, j] * grad_out[b, c, i, j]
 
 
+# ------------------------------------------------------------------------- v2: row-wise, flat arrays
 @jit
-def grad_x_v2(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
-    """Row gather: threads over input rows (b, g, y); row ``y`` collects every tap row ``u`` whose output row
-    reads it, along the clipped W range (contiguous for stride 1)."""
-    batch, channels, height, width = grad_x.shape
-    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
-    group_channels = channels // groups
-    for unit in prange(batch * groups * height):
-        b, g, y = unit // (groups * height), unit // height % groups, unit % height
-        first = g * group_channels
-        for c in range(first, first + group_channels):
-            grad_x[b, c, y, :] = 0
-        for u in range(kernel_h):
-            i = output_of_input(y, u, sh, dh, ph, out_h)
-            if i < 0:
-                continue
-            for v in range(kernel_w):
-                lo, hi = output_range(v, sw, dw, pw, width, out_w)
-                col0 = input_coordinate(0, v, sw, dw, pw)
-                kernel_taps = kernel[b, g, u, v, i, lo:hi]
-                for c in range(first, first + group_channels):
-                    multiply_add(grad_x[b, c, y, col0 + lo * sw:col0 + hi * sw:sw], kernel_taps, grad_out[b, c, i, lo:hi])
-
-
-# ------------------------------------------------------------------ v3: v2 on flat arrays, no views
-@jit
-def forward_v3(x, kernel, out, sh, sw, ph, pw, dh, dw):
-    """``forward_v2`` indexing flat arrays by offset: no view (and no refcount) per tap and channel."""
+def forward_v2(x, kernel, out, sh, sw, ph, pw, dh, dw):
+    """Row-wise: threads over (b, g, i); per tap, the kernel row is reused by the group's channels, the W
+    loop is clipped to the taps inside the input (no branch) and contiguous for stride 1 (SIMD)."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
@@ -203,8 +126,9 @@ def forward_v3(x, kernel, out, sh, sw, ph, pw, dh, dw):
 
 
 @jit
-def grad_kernel_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
-    """``grad_kernel_v2`` indexing flat arrays by offset."""
+def grad_kernel_v2(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
+    """Row-wise like ``forward_v2``: threads over (b, g, i); each kernel row sums the group's channels along
+    the clipped W range."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
     group_channels = channels // groups
@@ -227,8 +151,9 @@ def grad_kernel_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
 
 
 @jit
-def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
-    """``grad_x_v2`` indexing flat arrays by offset."""
+def grad_x_v2(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
+    """Row gather: threads over input rows (b, g, y); row ``y`` collects every tap row ``u`` whose output row
+    reads it (``output_of_input``), along the clipped W range."""
     batch, channels, height, width = grad_x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
@@ -249,3 +174,210 @@ def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
                 for c in range(first, first + group_channels):
                     multiply_add_flat(grad_x_flat, (c * height + y) * width + col0 + lo * sw, sw, grad_out_flat,
                                       (c * out_h + i) * out_w + lo, kernel_flat, kernel_start, 1, hi - lo)
+
+
+# ------------------------------------------------ v3: stride-phase tiles and wide rows, long SIMD loops
+# v2's SIMD loops run along one output row: 7 or 14 elements on RedNet's late stages, where LLVM's
+# vector body (8 lanes, unrolled) never starts. v3 copies, per (b, g, band of rows), the zero-padded input
+# split by stride phase, P[c, ru, rv, r, q] = x[c, sh*r + ru - ph, sw*q + rv - pw], and lays outputs,
+# kernels and P out "wide" (row pitch Wq = Wo + (Kw-1)*dw // sw): then tap (u, v) with u*dh = sh*qu + ru,
+# v*dw = sw*qv + rv reads P[c, ru, rv] at the flat offset qu*Wq + qv from the output's flat index, so each
+# tap of each channel is ONE contiguous multiply-add over the whole band; columns j >= Wo are dropped.
+# Scratch is allocated once per worker (``workers``: the thread count, an argument so the kernels stay
+# cacheable), and units are dealt round-robin, so the result does not depend on the worker count.
+BAND_ELEMENTS = 512  # wide elements per band: long enough for SIMD, small enough for L1/L2
+SIMD_BLOCK = 32  # LLVM's vector body (8 float32 lanes x 4) takes this many elements; loops round up to it
+
+
+@numba.njit(inline="always", cache=True)
+def simd_length(length):
+    """``length`` rounded up to whole vector bodies: the extra lanes compute junk nobody reads, no scalar tail."""
+    return (length + SIMD_BLOCK - 1) // SIMD_BLOCK * SIMD_BLOCK
+
+
+@numba.njit(inline="always", cache=True)
+def wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw):
+    """``(reach_h, wide, band)``: phase rows past a band, the wide row pitch, output rows per band."""
+    reach_h, reach_w = (kernel_h - 1) * dh // sh, (kernel_w - 1) * dw // sw
+    wide = out_w + reach_w
+    band = min(out_h, max(1, (BAND_ELEMENTS + wide - 1) // wide))
+    return reach_h, wide, band
+
+
+@numba.njit(inline="always", cache=True)
+def load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, row0, phase_rows, wide):
+    """``phases[c, ru, rv, r, q] = x[first + c, sh*(row0 + r) + ru - ph, sw*q + rv - pw]``, zero outside x."""
+    phases[:] = 0
+    plane = phase_rows * wide
+    for c in range(group_channels):
+        for ru in range(sh):
+            for rv in range(sw):
+                lo, hi = output_range(rv, sw, 1, pw, width, wide)
+                col0 = input_coordinate(0, rv, sw, 1, pw)
+                start = ((c * sh + ru) * sw + rv) * plane
+                for r in range(phase_rows):
+                    y = input_coordinate(row0 + r, ru, sh, 1, ph)
+                    if 0 <= y < height:
+                        source = ((first + c) * height + y) * width + col0
+                        for q in range(lo, hi):
+                            phases[numba.uint64(start + r * wide + q)] = x_flat[numba.uint64(source + q * sw)]
+
+
+@numba.njit(inline="always", cache=True)
+def load_wide_rows(source_flat, source_start, wide_flat, wide_start, out_h, out_w, wide, row0, rows):
+    """``wide[r*wide + j] = source[row0 + r, j]`` for ``j < out_w``; zero for junk columns and rows outside."""
+    for r in range(rows):
+        target = wide_start + r * wide
+        if 0 <= row0 + r < out_h:
+            source = source_start + (row0 + r) * out_w
+            for j in range(out_w):
+                wide_flat[numba.uint64(target + j)] = source_flat[numba.uint64(source + j)]
+            wide_flat[target + out_w:target + wide] = 0
+        else:
+            wide_flat[target:target + wide] = 0
+
+
+@jit
+def forward_v3(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
+    """Wide rows: per (b, g, band), every (tap, channel) is one contiguous multiply-add over the band."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    group_channels = channels // groups
+    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    bands = (out_h + band - 1) // band
+    plane, span, taps = (band + reach_h) * wide, band * wide, kernel_h * kernel_w
+    x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
+    units = batch * groups * bands
+    workers = min(workers, units)
+    for worker in prange(workers):  # one scratch set per thread, units dealt round-robin
+        phases = np.empty(group_channels * sh * sw * plane + SIMD_BLOCK, x.dtype)
+        kernel_wide = np.empty(taps * span + SIMD_BLOCK, x.dtype)
+        kernel_wide[taps * span:] = 0
+        out_wide = np.empty(span + SIMD_BLOCK, x.dtype)
+        for unit in range(worker, units, workers):
+            b, g, i0 = unit // (groups * bands), unit // bands % groups, unit % bands * band
+            rows = min(band, out_h - i0)
+            length = simd_length((rows - 1) * wide + out_w)
+            first = b * channels + g * group_channels
+            load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h,
+                        wide)
+            for tap in range(taps):
+                load_wide_rows(kernel_flat, ((b * groups + g) * taps + tap) * out_h * out_w, kernel_wide, tap * span,
+                               out_h, out_w, wide, i0, rows)
+                kernel_wide[tap * span + rows * wide:(tap + 1) * span] = 0  # rows past a short last band
+            for c in range(group_channels):
+                out_wide[:] = 0
+                for u in range(kernel_h):
+                    qu, ru = u * dh // sh, u * dh % sh
+                    for v in range(kernel_w):
+                        qv, rv = v * dw // sw, v * dw % sw
+                        start = ((c * sh + ru) * sw + rv) * plane + qu * wide + qv
+                        multiply_add_flat(out_wide, 0, 1, kernel_wide, (u * kernel_w + v) * span, phases, start, 1,
+                                          length)
+                target = ((first + c) * out_h + i0) * out_w
+                for r in range(rows):
+                    out_flat[target + r * out_w:target + (r + 1) * out_w] = out_wide[r * wide:r * wide + out_w]
+
+
+@jit
+def grad_kernel_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers):
+    """Wide rows like ``forward_v3``: each kernel tap's band sums the group's channels in contiguous loops."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
+    group_channels = channels // groups
+    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    bands = (out_h + band - 1) // band
+    plane, span, taps = (band + reach_h) * wide, band * wide, kernel_h * kernel_w
+    x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
+    units = batch * groups * bands
+    workers = min(workers, units)
+    for worker in prange(workers):
+        phases = np.empty(group_channels * sh * sw * plane + SIMD_BLOCK, x.dtype)
+        grad_out_wide = np.empty(group_channels * span + SIMD_BLOCK, x.dtype)
+        grad_out_wide[group_channels * span:] = 0
+        grad_wide = np.empty(span + SIMD_BLOCK, x.dtype)
+        for unit in range(worker, units, workers):
+            b, g, i0 = unit // (groups * bands), unit // bands % groups, unit % bands * band
+            rows = min(band, out_h - i0)
+            length = simd_length((rows - 1) * wide + out_w)
+            first = b * channels + g * group_channels
+            load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h,
+                        wide)
+            for c in range(group_channels):
+                load_wide_rows(grad_out_flat, (first + c) * out_h * out_w, grad_out_wide, c * span, out_h, out_w,
+                               wide, i0, rows)
+                grad_out_wide[c * span + rows * wide:(c + 1) * span] = 0
+            for u in range(kernel_h):
+                qu, ru = u * dh // sh, u * dh % sh
+                for v in range(kernel_w):
+                    qv, rv = v * dw // sw, v * dw % sw
+                    grad_wide[:] = 0
+                    for c in range(group_channels):
+                        start = ((c * sh + ru) * sw + rv) * plane + qu * wide + qv
+                        multiply_add_flat(grad_wide, 0, 1, grad_out_wide, c * span, phases, start, 1, length)
+                    target = ((((b * groups + g) * kernel_h + u) * kernel_w + v) * out_h + i0) * out_w
+                    for r in range(rows):
+                        grad_kernel_flat[target + r * out_w:target + (r + 1) * out_w] = \
+                            grad_wide[r * wide:r * wide + out_w]
+
+
+@jit
+def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, workers):
+    """Wide rows, gathered: per (b, g, band of phase rows r), phase (ru, rv) of the padded input collects the
+    taps with that phase, ``P'[r, q] += kernel[u, v, r - qu, q - qv] * grad_out[c, r - qu, q - qv]``, from
+    wide copies of kernel and grad_out that are zero in junk columns and outside the output (one leading
+    zero row absorbs ``q - qv < 0``); each input element is written once, by the unit owning its row."""
+    batch, channels, height, width = grad_x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    group_channels = channels // groups
+    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    phase_rows = (height + ph - 1) // sh + 1  # phase rows holding input rows (r = (y + ph) // sh)
+    band = min(band, phase_rows)
+    bands = (phase_rows + band - 1) // band
+    source_rows = band + reach_h + 1
+    span, taps = source_rows * wide, kernel_h * kernel_w
+    kernel_flat, grad_out_flat, grad_x_flat = kernel.reshape(-1), grad_out.reshape(-1), grad_x.reshape(-1)
+    units = batch * groups * bands
+    workers = min(workers, units)
+    for worker in prange(workers):
+        kernel_wide = np.empty(taps * span + SIMD_BLOCK, kernel.dtype)
+        kernel_wide[taps * span:] = 0
+        grad_out_wide = np.empty(group_channels * span + SIMD_BLOCK, kernel.dtype)
+        grad_out_wide[group_channels * span:] = 0
+        gathered = np.empty(simd_length(band * wide), kernel.dtype)
+        for unit in range(worker, units, workers):
+            b, g, r0 = unit // (groups * bands), unit // bands % groups, unit % bands * band
+            rows = min(band, phase_rows - r0)
+            length = simd_length(rows * wide)
+            first = b * channels + g * group_channels
+            row0 = r0 - reach_h - 1  # output row of the sources' first (zero) row
+            for tap in range(taps):
+                load_wide_rows(kernel_flat, ((b * groups + g) * taps + tap) * out_h * out_w, kernel_wide, tap * span,
+                               out_h, out_w, wide, row0, source_rows)
+            for c in range(group_channels):
+                load_wide_rows(grad_out_flat, (first + c) * out_h * out_w, grad_out_wide, c * span, out_h, out_w,
+                               wide, row0, source_rows)
+            for c in range(group_channels):
+                for ru in range(sh):
+                    for rv in range(sw):
+                        gathered[:] = 0
+                        for u in range(kernel_h):
+                            if u * dh % sh != ru:
+                                continue
+                            for v in range(kernel_w):
+                                if v * dw % sw != rv:
+                                    continue
+                                offset = (reach_h + 1 - u * dh // sh) * wide - v * dw // sw
+                                multiply_add_flat(gathered, 0, 1, kernel_wide, (u * kernel_w + v) * span + offset,
+                                                  grad_out_wide, c * span + offset, 1, length)
+                        # Input columns past the wide rows (q >= Wq) are read by no tap: their gradient is 0.
+                        lo, hi = output_range(rv, sw, 1, pw, width, width + pw)
+                        col0 = input_coordinate(0, rv, sw, 1, pw)
+                        for r in range(rows):
+                            y = input_coordinate(r0 + r, ru, sh, 1, ph)
+                            if 0 <= y < height:
+                                target = ((first + c) * height + y) * width + col0
+                                for q in range(lo, min(hi, wide)):
+                                    grad_x_flat[numba.uint64(target + q * sw)] = gathered[numba.uint64(r * wide + q)]
+                                for q in range(max(lo, wide), hi):
+                                    grad_x_flat[numba.uint64(target + q * sw)] = 0

@@ -4,12 +4,16 @@ NumPy in, NumPy out: the arrays are copied to the GPU and the results back. Devi
 ``__cuda_array_interface__``: numba device arrays, CuPy arrays, torch CUDA tensors), numba device arrays
 out: nothing is copied and the kernels run asynchronously on ``stream`` (a numba stream, e.g.
 ``numba.cuda.external_stream(torch.cuda.current_stream().cuda_stream)``; default: the default stream).
-Device inputs must be C-contiguous; others get a ValueError (call ``.contiguous()`` first), so no hidden
-copy or slow strided kernel ever runs. Under numba's simulator (``NUMBA_ENABLE_CUDASIM=1``) the same code
-runs on the CPU, one Python thread per CUDA thread. Without either, importing this module raises
-ImportError saying so (the conformance suite then reports the backend as skipped).
+With ``stream=None`` numba first waits for the stream a ``__cuda_array_interface__`` producer names; with a
+stream, ordering the producers before it is the caller's job. Device inputs must live on numba's current
+device (``with numba.cuda.gpus[i]:`` selects another) and be C-contiguous: others get a ValueError (call
+``.contiguous()`` first), so no hidden copy or slow strided kernel ever runs. Under numba's simulator
+(``NUMBA_ENABLE_CUDASIM=1``) the same code runs on the CPU, one Python thread per CUDA thread. Without
+either, importing this module raises ImportError saying so (the conformance suite then skips the backend).
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import cuda
@@ -54,7 +58,8 @@ def involution2d(x, kernel, stride=1, padding=0, dilation=1, *, stream=None, ver
     out : shape (B, C, Ho, Wo), dtype of ``x``; an ndarray for NumPy inputs, else a numba device array
     """
     on_device = _on_device(x=x, kernel=kernel)
-    x, kernel, geometry = check_involution2d(x, kernel, stride, padding, dilation, as_array=_as_array(on_device))
+    as_array = _as_array(on_device, stream)
+    x, kernel, geometry = check_involution2d(x, kernel, stride, padding, dilation, as_array=as_array)
     stream = _check_launch(version, stream)
     x, kernel = _to_device((x, kernel), on_device, stream)
     out = cuda.device_array(geometry.out_shape, x.dtype, stream=stream)
@@ -78,7 +83,7 @@ def involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1, 
     """
     on_device = _on_device(grad_out=grad_out, x=x, kernel=kernel)
     grad_out, x, kernel, geometry = check_involution2d_backward(grad_out, x, kernel, stride, padding, dilation,
-                                                                as_array=_as_array(on_device))
+                                                                as_array=_as_array(on_device, stream))
     stream = _check_launch(version, stream)
     grad_out, x, kernel = _to_device((grad_out, x, kernel), on_device, stream)
     grad_x = cuda.device_array(geometry.x_shape, x.dtype, stream=stream)
@@ -102,18 +107,27 @@ def _on_device(**arrays) -> bool:
     return all(placement.values())
 
 
-def _as_array(on_device: bool):
-    """The per-array check for ``check_involution2d``: the reference's for the host, a no-copy one for devices."""
-    return as_device_float_array if on_device else as_float_array
+def _as_array(on_device: bool, stream):
+    """The per-array check for ``check_involution2d``: the reference's for the host, a no-copy one for devices.
+
+    With an explicit ``stream`` the caller orders the inputs' producers before it (as the torch bridge does by
+    passing torch's current stream), so importing them skips numba's synchronization of their stream.
+    """
+    if not on_device:
+        return as_float_array
+    return functools.partial(as_device_float_array, sync=stream is None)
 
 
-def as_device_float_array(value, name: str, ndim: int, layout: str):
-    """``value`` as a numba device array (no copy), float32/float64, ``ndim``-D and C-contiguous, else a named error."""
+def as_device_float_array(value, name: str, ndim: int, layout: str, *, sync: bool = True):
+    """``value`` as a numba device array (no copy), float32/float64, ``ndim``-D and C-contiguous, else a named error.
+
+    ``sync``: wait for the stream a ``__cuda_array_interface__`` producer names (numba's default) before use.
+    """
     if not getattr(value, "__cuda_ndarray__", False):
         if not hasattr(cuda, "as_cuda_array"):
             raise TypeError(f"{name}: numba's CUDA simulator accepts only its own device arrays, "
                             f"got {type(value).__name__}")
-        value = cuda.as_cuda_array(value)
+        value = cuda.as_cuda_array(value, sync=sync)
     check_float_layout(value, name, ndim, layout)
     if not value.is_c_contiguous():
         raise ValueError(f"{name} must be C-contiguous on the device {layout}, got shape {tuple(value.shape)} "

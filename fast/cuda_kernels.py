@@ -316,6 +316,7 @@ class TilePlan:
 
 
 def _next_power_of_two(n: int) -> int:
+    """Smallest power of two >= ``n`` (1 for n <= 1)."""
     return 1 << max(n - 1, 0).bit_length()
 
 

@@ -37,8 +37,9 @@ def _cuda_call(function, tensors, hyper_parameters):
     from numba import cuda
 
     device = tensors[0].device
-    with torch.cuda.device(device):
-        stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    with torch.cuda.device(index), cuda.gpus[index]:  # torch's and numba's current device: the tensors'
+        stream = cuda.external_stream(torch.cuda.current_stream(index).cuda_stream)
         results = function(*(tensor.detach().contiguous() for tensor in tensors), *hyper_parameters, stream=stream)
     if isinstance(results, tuple):
         return tuple(torch.as_tensor(result, device=device) for result in results)

@@ -37,8 +37,8 @@ FLOPS_DEFINITION = {
             "window element read, residual add 1/element); MACs include the involution op and the head",
     "published": "FLOPs = MACs + mmcv's element-wise terms (conv bias, BN 2/element, ReLU, pooling 1 per input "
                  "element), backbone + neck only, involution op at input resolution (mmcv: 1 MAC = 1 FLOP)",
-    "fvcore": "FLOPs = MACs of conv and linear layers only (no bias, no involution op), as fvcore reports; "
-              "torch's FlopCounterMode reports 2 x this",
+    "fvcore": "FLOPs = MACs of conv and linear layers only (no bias, no involution op): fvcore's conv + linear "
+              "entries (its total adds BN); torch's FlopCounterMode reports 2 x this",
 }
 # The official README (d-li14/involution): params (M) and FLOPs (G) at 224x224, and the "% fewer" than ResNet.
 PUBLISHED = {

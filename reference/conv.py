@@ -94,7 +94,8 @@ def col2im(grad_cols: np.ndarray, g: Geometry) -> np.ndarray:
     for u in range(g.kernel_h):
         for v in range(g.kernel_w):
             # One tap touches each position of its strided slice once, so += on the view is exact.
-            grad_padded[:, :, u:u + (g.out_h - 1) * sh + 1:sh, v:v + (g.out_w - 1) * sw + 1:sw] += grad_cols[:, :, u, v]
+            rows, cols = slice(u, u + (g.out_h - 1) * sh + 1, sh), slice(v, v + (g.out_w - 1) * sw + 1, sw)
+            grad_padded[:, :, rows, cols] += grad_cols[:, :, u, v]
     return grad_padded[:, :, ph:ph + g.height, pw:pw + g.width]
 
 

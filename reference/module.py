@@ -179,7 +179,7 @@ class Module:
         return self.forward(x)
 
     def check_input(self, x, channels: int | None = None, ndim: int = 4, layout: str = "(B, C, H, W)"):
-        """``x`` as a float ndarray with ``ndim`` dims, ``channels`` channels and the layer's dtype, else a named error."""
+        """``x`` as a float ndarray of ``ndim`` dims, ``channels`` channels and the layer's dtype, else a named error."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self.describe()}: input must be a NumPy array {layout}, got {type(x).__name__}")
         if x.ndim != ndim:

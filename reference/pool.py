@@ -60,7 +60,8 @@ class _Pool2d(Module):
         grad_padded = np.zeros(padded_shape, grad_taps.dtype)
         for u in range(g.kernel_h):
             for v in range(g.kernel_w):
-                grad_padded[:, :, u:u + (g.out_h - 1) * sh + 1:sh, v:v + (g.out_w - 1) * sw + 1:sw] += grad_taps[:, :, u, v]
+                rows, cols = slice(u, u + (g.out_h - 1) * sh + 1, sh), slice(v, v + (g.out_w - 1) * sw + 1, sw)
+                grad_padded[:, :, rows, cols] += grad_taps[:, :, u, v]
         return grad_padded[:, :, ph:ph + g.height, pw:pw + g.width]
 
 

@@ -35,8 +35,8 @@ def load_digits_split(size: int = 16, seed: int = 0):
     x_train, x_test, y_train, y_test = train_test_split(images, digits.target, test_size=0.25, random_state=seed,
                                                         stratify=digits.target)
     mean, std = x_train.mean(), x_train.std()
-    scale = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
-    return scale(x_train), y_train.astype(np.int64), scale(x_test), y_test.astype(np.int64)
+    x_train, x_test = (((x - mean) / std).astype(np.float32) for x in (x_train, x_test))
+    return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
 
 
 def tiny_rednet(backend: str = "numpy", seed: int = 0) -> RedNet:

@@ -32,7 +32,11 @@ def make_case(case, dtype, seed=0):
     return x, kernel, grad_out, stride, padding, dilation
 
 
-@pytest.mark.parametrize("case", CASES[:2], ids=IDS[:2])
+# Small: gradcheck calls the op twice per input element.
+GRADCHECK_CASES = [(1, 2, 1, 4, 5, 3, 3, (1, 1), (1, 1), (1, 1)), (1, 2, 2, 5, 4, 3, 2, (2, 1), (1, 2), (1, 2))]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda case: "s{}p{}d{}".format(*case[7:]).replace(" ", ""))
 def test_gradcheck_float64(case):
     x, kernel, _, stride, padding, dilation = make_case(case, torch.float64)
     assert torch.autograd.gradcheck(

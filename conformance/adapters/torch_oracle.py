@@ -19,7 +19,7 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def involution2d(x, kernel, stride=1, padding=0, dilation=1) -> np.ndarray:
-    """``oracle.involution2d`` on NumPy arrays: ``x (B, C, H, W)``, ``kernel (B, G, Kh, Kw, Ho, Wo)`` -> ``(B, C, Ho, Wo)``."""
+    """``oracle.involution2d`` on NumPy: ``x (B, C, H, W)``, ``kernel (B, G, Kh, Kw, Ho, Wo)`` -> ``(B, C, Ho, Wo)``."""
     x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
     out = oracle.involution2d(as_tensor(x), as_tensor(kernel), g.stride, g.padding, g.dilation)
     return out.numpy()

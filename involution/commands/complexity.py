@@ -101,14 +101,14 @@ def summarize(args) -> list[dict]:
     return records
 
 
-def summary_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the summary table (published figures and differences where they exist)."""
+def summary_rows(records: list[dict], compare: bool) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table: published figures and differences where they exist, and with
+    ``compare`` how much smaller each RedNet is than the ResNet of its depth."""
     header = ["model", "params (M)", "MACs (G)", "FLOPs (G)", "published params (M)", "published FLOPs (G)",
               "Δ params (M)", "Δ FLOPs (G)"]
-    by_name = {record["model"]: record for record in records}
-    compare = any(name.startswith("resnet") for name in by_name) and any(name.startswith("rednet") for name in by_name)
     if compare:
         header += ["fewer params vs ResNet", "fewer FLOPs vs ResNet", "published fewer params/FLOPs"]
+    by_name = {record["model"]: record for record in records}
     rows = []
     for record in records:
         params, flops = record["params"] / 1e6, record["flops"] / 1e9
@@ -118,25 +118,27 @@ def summary_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
             row += [f"{published['params_m']:.2f}", f"{published['flops_g']:.2f}",
                     f"{params - published['params_m']:+.4f}", f"{flops - published['flops_g']:+.4f}"]
         else:
-            row += ["", "", "", ""]
-        if compare:
-            baseline = by_name.get("resnet" + record["model"][len("rednet"):]) if record["model"].startswith("rednet") else None
-            if baseline:
-                row += [f"{100 * (1 - record['params'] / baseline['params']):.1f}%",
-                        f"{100 * (1 - record['flops'] / baseline['flops']):.1f}%",
-                        f"{published['fewer_params_pct']}% / {published['fewer_flops_pct']}%" if published else ""]
-            else:
-                row += ["", "", ""]
+            row += [""] * 4
+        baseline = by_name.get(record["model"].replace("rednet", "resnet")) if compare else None
+        if baseline and baseline is not record:
+            row += [f"{100 * (1 - record['params'] / baseline['params']):.1f}%",
+                    f"{100 * (1 - record['flops'] / baseline['flops']):.1f}%",
+                    f"{published['fewer_params_pct']}% / {published['fewer_flops_pct']}%" if published else ""]
+        elif compare:
+            row += [""] * 3
         rows.append(row)
     return header, rows
+
+
+def shape_text(shape) -> str:
+    return "x".join(map(str, shape))
 
 
 def layer_rows(record: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one model's per-layer table."""
     header = ["layer", "type", "input", "output", "params", "MACs", "FLOPs"]
-    rows = [[layer["name"], layer["type"], "x".join(map(str, layer["input_shape"])),
-             "x".join(map(str, layer["output_shape"])), str(layer["params"]), str(layer["macs"]), str(layer["flops"])]
-            for layer in record["layers"]]
+    rows = [[layer["name"], layer["type"], shape_text(layer["input_shape"]), shape_text(layer["output_shape"]),
+             str(layer["params"]), str(layer["macs"]), str(layer["flops"])] for layer in record["layers"]]
     return header, rows
 
 
@@ -169,8 +171,7 @@ def render(records: list[dict], args) -> str:
             for record in records:
                 for layer in record["layers"]:
                     writer.writerow([record["model"], record["convention"], layer["name"], layer["type"],
-                                     "x".join(map(str, layer["input_shape"])),
-                                     "x".join(map(str, layer["output_shape"])),
+                                     shape_text(layer["input_shape"]), shape_text(layer["output_shape"]),
                                      layer["params"], layer["macs"], layer["flops"]])
         else:
             writer.writerow(["model", "convention", "input_h", "input_w", "params", "macs", "flops"])
@@ -181,7 +182,7 @@ def render(records: list[dict], args) -> str:
     table = markdown_table if args.format == "markdown" else text_table
     height, width = records[0]["input_size"]
     parts = [f"convention {args.convention!r} at {height}x{width}: {FLOPS_DEFINITION[args.convention]}.",
-             table(*summary_rows(records))]
+             table(*summary_rows(records, args.compare == "resnet"))]
     if any("published" in record for record in records):
         parts.append("published: the official RedNet README (params of the whole model; FLOPs of mmcv's counter, "
                      "1 MAC = 1 FLOP); Δ = ours - published under this convention "

@@ -1,0 +1,256 @@
+"""CPU benchmark of the involution op on RedNet-50's layers: fast numba kernels vs NumPy reference vs torch unfold.
+
+Every implementation is first checked against the float64 NumPy reference (rounding bounds of
+``involution.conformance.tolerances``), then timed in this one process with one thread count: the median of
+``repeats`` calls after a warm-up, forward and backward (grad_x + grad_kernel), GFLOP/s from
+``Geometry.macs`` (2 FLOPs per multiply-add; backward twice the forward's), and the peak memory a forward
+call adds (resident-set high-water mark, glibc told to unmap every freed block above 64 KiB). The machine's
+ceiling is a NumPy float32 matmul measured in the same run.
+
+Run: ``python -m involution bench [--quick] [--batch 1 8] [--repeats 5] [--kernel-versions] [--json PATH]``
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from involution.benchmarks.op_cuda import REDNET_LAYERS, layer_geometry, layer_name, random_inputs
+from involution.reference.shapes import Geometry
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def median_seconds(call, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``call()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def sgemm_gflops(size: int = 1024, repeats: int = 10) -> float:
+    """GFLOP/s of NumPy's float32 ``size x size`` matmul: the machine's practical ceiling."""
+    a, b = (np.random.default_rng(seed).standard_normal((size, size), dtype=np.float32) for seed in (0, 1))
+    return 2 * size**3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
+
+
+def unmap_freed_memory() -> bool:
+    """Make glibc return every freed block above 64 KiB to the OS, so the resident set tracks live memory."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024))
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_extra_bytes(call) -> int | None:
+    """Peak resident memory ``call()`` adds, result included (Linux: reset and read ``VmHWM``); else None."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets the high-water mark to the current resident set
+        before = _status_kib("VmRSS")
+    except OSError:
+        return None
+    result = call()
+    extra = (_status_kib("VmHWM") - before) * 1024
+    del result
+    return extra
+
+
+def validate(geometry: Geometry, x, kernel, grad_out, implementations: dict) -> None:
+    """Check every implementation's forward and both gradients against the float64 reference; raise on a miss."""
+    from involution.conformance import tolerances
+    from involution.reference import involution2d, involution2d_backward
+
+    params = (geometry.stride, geometry.padding, geometry.dilation)
+    as64 = [array.astype(np.float64) for array in (grad_out, x, kernel)]
+    expected = (involution2d(*as64[1:], *params), *involution2d_backward(*as64, *params))
+    magnitudes = tolerances.magnitudes(x, kernel, geometry, grad_out)
+    terms = (tolerances.forward_terms(geometry), tolerances.grad_x_terms(geometry),
+             tolerances.grad_kernel_terms(geometry))
+    for name, (forward, backward) in implementations.items():
+        results = (forward(x, kernel), *backward(grad_out, x, kernel))
+        for what, actual, wanted, n, magnitude in zip(("out", "grad_x", "grad_kernel"), results, expected, terms,
+                                                       magnitudes):
+            tolerances.assert_within(actual, wanted, tolerances.bound(n, x.dtype, magnitude), f"{name} {what}",
+                                     f"geometry {geometry}")
+
+
+def implementations(geometry: Geometry, versions=()) -> dict:
+    """name -> ``(forward(x, kernel), backward(grad_out, x, kernel))`` on NumPy arrays, for timing."""
+    import torch
+
+    from involution.conformance import oracle
+    from involution.fast import cpu
+    from involution.reference import involution2d, involution2d_backward
+
+    params = (geometry.stride, geometry.padding, geometry.dilation)
+
+    def unfold_forward(x, kernel):
+        with torch.no_grad():
+            return oracle.involution2d(torch.from_numpy(x), torch.from_numpy(kernel), *params).numpy()
+
+    def unfold_backward(grad_out, x, kernel):
+        x_leaf, kernel_leaf = (torch.from_numpy(a).requires_grad_() for a in (x, kernel))
+        out = oracle.involution2d(x_leaf, kernel_leaf, *params)
+        return tuple(g.numpy() for g in torch.autograd.grad(out, (x_leaf, kernel_leaf), torch.from_numpy(grad_out)))
+
+    result = {
+        "fast-cpu": (lambda x, k: cpu.involution2d(x, k, *params),
+                     lambda go, x, k: cpu.involution2d_backward(go, x, k, *params)),
+        "reference": (lambda x, k: involution2d(x, k, *params),
+                      lambda go, x, k: involution2d_backward(go, x, k, *params)),
+        "unfold": (unfold_forward, unfold_backward),
+    }
+    for version in versions:
+        result[f"fast-cpu v{version}"] = (
+            lambda x, k, v=version: cpu.involution2d(x, k, *params, version=v),
+            lambda go, x, k, v=version: cpu.involution2d_backward(go, x, k, *params, version=v))
+    return result
+
+
+def time_backward_only(geometry: Geometry, name: str, backward, inputs, repeats: int) -> float:
+    """Median seconds of the backward pass alone; for unfold, autograd's backward of a recorded forward."""
+    grad_out, x, kernel = inputs
+    if name != "unfold":
+        return median_seconds(lambda: backward(grad_out, x, kernel), repeats)
+    import torch
+
+    from involution.conformance import oracle
+
+    x_leaf, kernel_leaf = (torch.from_numpy(a).requires_grad_() for a in (x, kernel))
+    out = oracle.involution2d(x_leaf, kernel_leaf, geometry.stride, geometry.padding, geometry.dilation)
+    grad = torch.from_numpy(grad_out)
+    return median_seconds(lambda: torch.autograd.grad(out, (x_leaf, kernel_leaf), grad, retain_graph=True), repeats)
+
+
+def bench_layer(layer, batch: int, repeats: int, versions=(), measure_memory: bool = True) -> dict:
+    """Validate, then time every implementation on one layer at ``batch``; one JSON-ready row."""
+    geometry = layer_geometry(layer, batch)
+    x, kernel, grad_out = random_inputs(geometry, np.float32, seed=batch)
+    impls = implementations(geometry, versions)
+    validate(geometry, x, kernel, grad_out, impls)
+    row = {"layer": layer_name(layer), "batch": batch, "macs": geometry.macs,
+           "input_bytes": x.nbytes, "output_bytes": x.itemsize * math.prod(geometry.out_shape),
+           "kernel_bytes": kernel.nbytes}
+    slow_repeats = max(1, repeats // 3)  # the NumPy reference takes up to seconds per call
+    for name, (forward, backward) in impls.items():
+        count = slow_repeats if name == "reference" or name == "fast-cpu v1" else repeats
+        forward_s = median_seconds(lambda: forward(x, kernel), count)
+        backward_s = time_backward_only(geometry, name, backward, (grad_out, x, kernel), count)
+        row[name] = {"forward_ms": 1e3 * forward_s, "backward_ms": 1e3 * backward_s,
+                     "forward_gflops": 2 * geometry.macs / forward_s / 1e9,
+                     "backward_gflops": 4 * geometry.macs / backward_s / 1e9}
+        if measure_memory:
+            row[name]["forward_peak_extra_bytes"] = peak_extra_bytes(lambda: forward(x, kernel))
+    for name in ("reference", "unfold"):
+        for direction in ("forward", "backward"):
+            row[f"{direction}_speedup_vs_{name}"] = row[name][f"{direction}_ms"] / row["fast-cpu"][f"{direction}_ms"]
+    return row
+
+
+def geometric_mean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def summarize(rows: list[dict], sgemm: float) -> dict:
+    """Per batch: geometric means of the speedups and of the fast forward's GFLOP/s, and the memory check."""
+    summary = {}
+    for batch in sorted({row["batch"] for row in rows}):
+        chosen = [row for row in rows if row["batch"] == batch]
+        forward_gflops = geometric_mean(row["fast-cpu"]["forward_gflops"] for row in chosen)
+        summary[f"batch {batch}"] = {
+            "forward_speedup_vs_unfold": geometric_mean(row["forward_speedup_vs_unfold"] for row in chosen),
+            "backward_speedup_vs_unfold": geometric_mean(row["backward_speedup_vs_unfold"] for row in chosen),
+            "forward_speedup_vs_reference": geometric_mean(row["forward_speedup_vs_reference"] for row in chosen),
+            "backward_speedup_vs_reference": geometric_mean(row["backward_speedup_vs_reference"] for row in chosen),
+            "forward_gflops": forward_gflops,
+            "forward_fraction_of_sgemm": forward_gflops / sgemm,
+            "backward_gflops": geometric_mean(row["fast-cpu"]["backward_gflops"] for row in chosen),
+            "forward_memory_within_input_plus_output": all(
+                row["fast-cpu"].get("forward_peak_extra_bytes") is not None
+                and row["fast-cpu"]["forward_peak_extra_bytes"] <= row["input_bytes"] + row["output_bytes"]
+                for row in chosen),
+        }
+    return summary
+
+
+def _mib(value) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.1f}"
+
+
+def format_rows(rows: list[dict], versions=()) -> str:
+    """The per-layer table: milliseconds, GFLOP/s, speedups and forward peak memory (MiB)."""
+    header = (f"{'layer':>14s} {'B':>2s} | {'fwd ms':>7s} {'GF/s':>5s} {'ref':>8s} {'unfold':>8s} {'x ref':>6s} "
+              f"{'x unf':>5s} | {'bwd ms':>7s} {'GF/s':>5s} {'ref':>8s} {'unfold':>8s} {'x ref':>6s} {'x unf':>5s} | "
+              f"{'in+out':>6s} {'fast':>5s} {'unf':>6s} MiB")
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        fast, ref, unfold = row["fast-cpu"], row["reference"], row["unfold"]
+        cells = [f"{row['layer']:>14s} {row['batch']:>2d} |"]
+        for direction in ("forward", "backward"):
+            cells.append(f"{fast[direction + '_ms']:7.2f} {fast[direction + '_gflops']:5.1f} "
+                         f"{ref[direction + '_ms']:8.1f} {unfold[direction + '_ms']:8.1f} "
+                         f"{row[direction + '_speedup_vs_reference']:6.0f} {row[direction + '_speedup_vs_unfold']:5.1f} |")
+        cells.append(f"{_mib(row['input_bytes'] + row['output_bytes']):>6s} "
+                     f"{_mib(fast.get('forward_peak_extra_bytes')):>5s} {_mib(unfold.get('forward_peak_extra_bytes')):>6s}")
+        lines.append(" ".join(cells))
+        for version in versions:
+            timing = row[f"fast-cpu v{version}"]
+            lines.append(f"{'v' + str(version):>17s} | {timing['forward_ms']:7.2f} {timing['forward_gflops']:5.1f} "
+                         f"{'':30s}| {timing['backward_ms']:7.2f} {timing['backward_gflops']:5.1f}")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    """CPU model, cores and the thread counts used."""
+    import numba
+    import torch
+
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+            "numba_threading_layer": numba.threading_layer(),
+            "torch_threads": torch.get_num_threads(), "numpy": np.__version__, "numba": numba.__version__,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), log=print) -> dict:
+    """Validate and time every layer at every batch size; return rows, summary, sgemm and machine."""
+    import numba
+    import torch
+
+    torch.set_num_threads(numba.get_num_threads())  # same thread count for every implementation
+    unmap_freed_memory()
+    sgemm = sgemm_gflops()
+    log(f"numpy float32 matmul 1024^3: {sgemm:.1f} GFLOP/s (this run's ceiling)")
+    rows = []
+    for batch in batches:
+        for layer in layers:
+            rows.append(bench_layer(layer, batch, repeats, versions))
+            log("\n".join(format_rows(rows[-1:], versions).splitlines()[2:]))
+    return {"machine": machine(), "sgemm_gflops": sgemm, "rows": rows, "summary": summarize(rows, sgemm)}

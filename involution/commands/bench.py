@@ -1,0 +1,60 @@
+"""Benchmark the involution op on RedNet-50's layers (fast CPU kernels vs NumPy reference vs torch unfold) and
+whole networks (RedNet-50 with each op, ResNet-50); validated against the reference before any timing.
+``--backend cuda`` runs the GPU benchmark (involution.benchmarks.op_cuda) instead."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--backend", choices=["cpu", "cuda"], default="cpu", help="which kernels (default cpu)")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (cpu default: 1 8)")
+    parser.add_argument("--repeats", type=int, help="timed calls per measurement, median reported (cpu default 5)")
+    parser.add_argument("--quick", action="store_true", help="cpu: batch 1, 2 repeats, no networks (a smoke run)")
+    parser.add_argument("--kernel-versions", action="store_true", help="cpu: also time every numbered kernel")
+    parser.add_argument("--no-networks", action="store_true", help="cpu: skip the whole-network table")
+    parser.add_argument("--threads", type=int, help="cpu: numba and torch threads (default numba's setting)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON (cpu default out/bench_cpu.json)")
+
+
+def _run_cuda(args) -> int:
+    from involution.benchmarks import op_cuda
+
+    argv = []
+    if args.batch:
+        argv += ["--batch", *map(str, args.batch)]
+    if args.repeats:
+        argv += ["--repeats", str(args.repeats)]
+    if args.json:
+        argv += ["--json", args.json]
+    return op_cuda.main(argv)
+
+
+def run(args) -> int:
+    if args.backend == "cuda":
+        return _run_cuda(args)
+    import numba
+
+    from involution.benchmarks import networks, op_cpu
+    from involution.fast import cpu
+
+    if args.threads:
+        numba.set_num_threads(args.threads)  # op_cpu and networks give torch the same count
+
+    batches = args.batch or ([1] if args.quick else [1, 8])
+    repeats = args.repeats or (2 if args.quick else 5)
+    versions = cpu.VERSIONS if args.kernel_versions else ()
+    print(op_cpu.format_rows([], versions))
+    results = {"command": " ".join(["python -m involution", *sys.argv[1:]]),
+               **op_cpu.run(batches, repeats, versions=versions)}
+    print(json.dumps(results["summary"], indent=1))
+    if not (args.quick or args.no_networks):
+        results["networks"] = networks.run(batch=1, repeats=repeats)
+    path = args.json or os.path.join("out", "bench_cpu.json")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as file:
+        json.dump(results, file, indent=1)
+    print(f"wrote {path}")
+    return 0
