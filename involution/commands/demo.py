@@ -1,4 +1,5 @@
-"""The main job: a short tour of the involution op, its output-size rule and a gradient check."""
+"""The main job: the op with a gradient check, the RedNet complexity table against the published one, the
+conformance matrix of every available backend and a short op benchmark."""
 from __future__ import annotations
 
 import time
@@ -8,9 +9,15 @@ import numpy as np
 from involution.reference import involution2d, involution2d_backward, output_size
 from involution.reference.gradcheck import involution_gradients_fd
 
+SECTIONS = ("complexity", "conformance", "bench")
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--max-examples", type=int, default=5,
+                        help="hypothesis examples per conformance property and backend (default 5)")
+    parser.add_argument("--skip", action="append", default=[], choices=SECTIONS,
+                        help="leave out a section (repeatable)")
 
 
 def op_tour(seed: int) -> None:
@@ -38,5 +45,18 @@ def op_tour(seed: int) -> None:
 
 
 def run(args) -> int:
+    from involution.cli import main
+
     op_tour(args.seed)
-    return 0
+    commands = {
+        "complexity": ["complexity", "--convention", "published", "--compare", "resnet"],
+        "conformance": ["conformance", "--max-examples", str(args.max_examples)],
+        "bench": ["bench", "--quick"],
+    }
+    status = 0
+    for section in SECTIONS:
+        if section in args.skip:
+            continue
+        print(f"\n== python -m involution {' '.join(commands[section])} ==", flush=True)
+        status = max(status, main(commands[section]))
+    return status
