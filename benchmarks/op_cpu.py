@@ -208,12 +208,13 @@ def format_rows(rows: list[dict], versions=()) -> str:
     for row in rows:
         fast, ref, unfold = row["fast-cpu"], row["reference"], row["unfold"]
         cells = [f"{row['layer']:>14s} {row['batch']:>2d} |"]
-        for direction in ("forward", "backward"):
-            cells.append(f"{fast[direction + '_ms']:7.2f} {fast[direction + '_gflops']:5.1f} "
-                         f"{ref[direction + '_ms']:8.1f} {unfold[direction + '_ms']:8.1f} "
-                         f"{row[direction + '_speedup_vs_reference']:6.0f} {row[direction + '_speedup_vs_unfold']:5.1f} |")
-        cells.append(f"{_mib(row['input_bytes'] + row['output_bytes']):>6s} "
-                     f"{_mib(fast.get('forward_peak_extra_bytes')):>5s} {_mib(unfold.get('forward_peak_extra_bytes')):>6s}")
+        for way in ("forward", "backward"):
+            cells.append(f"{fast[way + '_ms']:7.2f} {fast[way + '_gflops']:5.1f} {ref[way + '_ms']:8.1f} "
+                         f"{unfold[way + '_ms']:8.1f} {row[way + '_speedup_vs_reference']:6.0f} "
+                         f"{row[way + '_speedup_vs_unfold']:5.1f} |")
+        fast_peak, unfold_peak = fast.get("forward_peak_extra_bytes"), unfold.get("forward_peak_extra_bytes")
+        cells.append(f"{_mib(row['input_bytes'] + row['output_bytes']):>6s} {_mib(fast_peak):>5s} "
+                     f"{_mib(unfold_peak):>6s}")
         lines.append(" ".join(cells))
         for version in versions:
             timing = row[f"fast-cpu v{version}"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("numba")
+pytest.importorskip("torch")  # the tolerance magnitudes come from the torch oracle
 
 from involution.conformance import tolerances  # noqa: E402
 from involution.fast import cpu  # noqa: E402
@@ -16,7 +17,7 @@ from involution.reference import involution2d, involution2d_backward  # noqa: E4
 from involution.reference.shapes import check_geometry, output_size  # noqa: E402
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation): odd sizes, strides 1-3, dilations 1-2, rectangular
-# kernels, G = 1 and G = C, group sizes below, at and above the 8-channel blocks, taps reading past every edge.
+# kernels, G = 1 and G = C, taps reading past every edge, images tall enough for several v3 bands.
 CASES = [
     (1, 4, 1, 5, 5, 3, 3, (1, 1), (1, 1), (1, 1)),
     (2, 6, 3, 7, 4, 3, 3, (2, 2), (1, 1), (1, 1)),
@@ -29,6 +30,8 @@ CASES = [
     (2, 32, 2, 13, 11, 7, 5, (2, 2), (3, 2), (1, 1)),  # 16 channels per group, stride 2, odd sizes
     (1, 5, 5, 12, 7, 3, 3, (3, 1), (0, 4), (2, 2)),  # padding wider than the kernel's reach
     (1, 4, 2, 5, 7, 2, 2, (2, 3), (0, 0), (1, 1)),  # last input row and columns read by no tap
+    (1, 4, 2, 37, 30, 3, 3, (1, 1), (1, 1), (1, 1)),  # 3 bands of wide rows, the last one short
+    (1, 4, 1, 70, 33, 3, 5, (2, 2), (1, 2), (1, 1)),  # 2 bands, stride 2
 ]
 IDS = ["B{}C{}G{}H{}W{}K{}x{}s{}p{}d{}".format(*case).replace(" ", "") for case in CASES]
 DTYPES = [np.float32, np.float64]
