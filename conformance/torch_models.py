@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from involution.reference.involution_layer import KERNEL_GENERATORS
+from involution.reference.involution_layer import check_involution_options
 from involution.reference.rednet import EXPANSION, stage_blocks_for
 
 BACKENDS = ("unfold", "fast")
@@ -77,27 +77,18 @@ class Involution2d(nn.Module):
     def __init__(self, channels, kernel_size=7, stride=1, group_channels=16, reduction=4, kernel_gen="bottleneck",
                  dilation=1, backend="unfold"):
         super().__init__()
-        if group_channels == "all":
-            group_channels = channels
-        if kernel_gen not in KERNEL_GENERATORS:
-            raise ValueError(f"kernel_gen must be one of {KERNEL_GENERATORS}, got {kernel_gen!r}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
-        if group_channels < 1 or channels % group_channels:
-            raise ValueError(f"channels ({channels}) must be divisible by group_channels ({group_channels})")
-        if kernel_gen == "bottleneck" and (reduction < 1 or channels % reduction):
-            raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
-        self.channels, self.kernel_size, self.stride, self.dilation = channels, kernel_size, stride, dilation
-        self.group_channels, self.groups = group_channels, channels // group_channels
-        self.reduction, self.kernel_gen = reduction, kernel_gen
+        options = check_involution_options(channels, kernel_size, stride, group_channels, reduction, kernel_gen,
+                                           dilation)
+        self.channels, self.kernel_size, self.stride, self.dilation = (options.channels, options.kernel_size,
+                                                                       options.stride, options.dilation)
+        self.group_channels, self.groups = options.group_channels, options.groups
+        self.reduction, self.kernel_gen = options.reduction, options.kernel_gen
         self.set_backend(backend)
-        if stride > 1:
-            self.avgpool = nn.AvgPool2d(stride, stride, ceil_mode=True)
-        hidden = channels
-        if kernel_gen == "bottleneck":
-            hidden = channels // reduction
-            self.conv1 = ConvModule(channels, hidden, 1)
-        self.conv2 = ConvModule(hidden, kernel_size * kernel_size * self.groups, 1, norm=False, activate=False)
+        if options.stride > 1:
+            self.avgpool = nn.AvgPool2d(options.stride, options.stride, ceil_mode=True)
+        if options.kernel_gen == "bottleneck":
+            self.conv1 = ConvModule(options.channels, options.hidden, 1)
+        self.conv2 = ConvModule(options.hidden, options.taps, 1, norm=False, activate=False)
 
     def set_backend(self, backend: str) -> None:
         """Use ``backend`` ("unfold" or "fast") for the involution op from now on."""

@@ -16,6 +16,7 @@ Difference from the official code: it pools with floor-mode ``nn.AvgPool2d(strid
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +44,77 @@ def op_functions(backend: str):
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+@dataclass(frozen=True)
+class InvolutionOptions:
+    """Checked constructor options of an involution layer and the sizes derived from them."""
+
+    channels: int
+    kernel_size: int
+    stride: int
+    dilation: int
+    group_channels: int
+    reduction: int
+    kernel_gen: str
+
+    @property
+    def groups(self) -> int:
+        """``G = C // group_channels``, the number of kernels per pixel."""
+        return self.channels // self.group_channels
+
+    @property
+    def hidden(self) -> int:
+        """Channels into ``conv2``: ``C // reduction`` after the bottleneck's ``conv1``, else ``C``."""
+        return self.channels // self.reduction if self.kernel_gen == "bottleneck" else self.channels
+
+    @property
+    def taps(self) -> int:
+        """Channels out of ``conv2``: ``K * K * G``, one kernel of ``K x K`` taps per group."""
+        return self.kernel_size * self.kernel_size * self.groups
+
+
+def check_involution_options(channels, kernel_size, stride, group_channels, reduction, kernel_gen,
+                             dilation) -> InvolutionOptions:
+    """Validate the options of an involution layer (NumPy or torch) and derive its sizes.
+
+    Parameters
+    ----------
+    channels, kernel_size, stride, reduction, dilation : int
+        Each ``>= 1``; ``kernel_size`` odd; ``channels`` divisible by ``reduction`` for ``"bottleneck"``.
+    group_channels : int or "all"
+        Divides ``channels``; ``"all"`` means ``channels`` (one group).
+    kernel_gen : "bottleneck" or "linear"
+
+    Returns
+    -------
+    InvolutionOptions
+        The options as ints, with ``groups``, ``hidden`` and ``taps``.
+
+    Raises
+    ------
+    TypeError
+        An option that is not an int (``group_channels`` may also be ``"all"``).
+    ValueError
+        An option out of range, an even ``kernel_size``, a divisibility that fails, an unknown ``kernel_gen``.
+    """
+    channels = pair(channels, "channels", minimum=1)[0]
+    kernel_size = pair(kernel_size, "kernel_size", minimum=1)[0]
+    stride = pair(stride, "stride", minimum=1)[0]
+    dilation = pair(dilation, "dilation", minimum=1)[0]
+    reduction = pair(reduction, "reduction", minimum=1)[0]
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
+    if group_channels == "all":
+        group_channels = channels
+    group_channels = pair(group_channels, "group_channels", minimum=1)[0]
+    if channels % group_channels:
+        raise ValueError(f"channels ({channels}) must be divisible by group_channels ({group_channels})")
+    if kernel_gen not in KERNEL_GENERATORS:
+        raise ValueError(f"kernel_gen must be one of {KERNEL_GENERATORS}, got {kernel_gen!r}")
+    if kernel_gen == "bottleneck" and channels % reduction:
+        raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
+    return InvolutionOptions(channels, kernel_size, stride, dilation, group_channels, reduction, kernel_gen)
+
+
 class Involution2d(Module):
     """Involution layer: ``x (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))``.
 
@@ -66,35 +138,18 @@ class Involution2d(Module):
                  kernel_gen: str = "bottleneck", dilation: int = 1, backend: str = "numpy", *,
                  dtype=np.float32, rng=None):
         super().__init__()
-        channels = pair(channels, "channels", minimum=1)[0]
-        kernel_size = pair(kernel_size, "kernel_size", minimum=1)[0]
-        stride = pair(stride, "stride", minimum=1)[0]
-        dilation = pair(dilation, "dilation", minimum=1)[0]
-        reduction = pair(reduction, "reduction", minimum=1)[0]
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
-        if group_channels == "all":
-            group_channels = channels
-        group_channels = pair(group_channels, "group_channels", minimum=1)[0]
-        if channels % group_channels:
-            raise ValueError(f"channels ({channels}) must be divisible by group_channels ({group_channels})")
-        if kernel_gen not in KERNEL_GENERATORS:
-            raise ValueError(f"kernel_gen must be one of {KERNEL_GENERATORS}, got {kernel_gen!r}")
-        if kernel_gen == "bottleneck" and channels % reduction:
-            raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
+        options = check_involution_options(channels, kernel_size, stride, group_channels, reduction, kernel_gen,
+                                           dilation)
         self.forward_op, self.backward_op = op_functions(backend)
-        self.channels, self.kernel_size, self.stride, self.dilation = channels, kernel_size, stride, dilation
-        self.group_channels, self.groups = group_channels, channels // group_channels
-        self.reduction, self.kernel_gen, self.backend = reduction, kernel_gen, backend
-        taps = kernel_size * kernel_size * self.groups
-        if stride > 1:
-            self.avgpool = AvgPool2d(stride, stride, ceil_mode=True)
-        if kernel_gen == "bottleneck":
-            self.conv1 = ConvModule(channels, channels // reduction, 1, dtype=dtype, rng=rng)
-            self.conv2 = ConvModule(channels // reduction, taps, 1, bias=True, norm=False, act=False,
-                                    dtype=dtype, rng=rng)
-        else:
-            self.conv2 = ConvModule(channels, taps, 1, bias=True, norm=False, act=False, dtype=dtype, rng=rng)
+        self.channels, self.kernel_size, self.stride, self.dilation = (options.channels, options.kernel_size,
+                                                                       options.stride, options.dilation)
+        self.group_channels, self.groups = options.group_channels, options.groups
+        self.reduction, self.kernel_gen, self.backend = options.reduction, options.kernel_gen, backend
+        if options.stride > 1:
+            self.avgpool = AvgPool2d(options.stride, options.stride, ceil_mode=True)
+        if options.kernel_gen == "bottleneck":
+            self.conv1 = ConvModule(options.channels, options.hidden, 1, dtype=dtype, rng=rng)
+        self.conv2 = ConvModule(options.hidden, options.taps, 1, bias=True, norm=False, act=False, dtype=dtype, rng=rng)
 
     def extra_repr(self) -> str:
         return (f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("numba")
 pytest.importorskip("torch")  # the tolerance magnitudes come from the torch oracle
 
-from involution.conformance import tolerances  # noqa: E402
 from involution.fast import cpu  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
-from involution.reference.shapes import check_geometry, output_size  # noqa: E402
+
+from cases import assert_backward_matches, assert_forward_matches, case_id, good_args, make_case  # noqa: E402
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation): odd sizes, strides 1-3, dilations 1-2, rectangular
 # kernels, G = 1 and G = C, taps reading past every edge, images tall enough for several v3 bands.
@@ -33,43 +33,8 @@ CASES = [
     (1, 4, 2, 37, 30, 3, 3, (1, 1), (1, 1), (1, 1)),  # 3 bands of wide rows, the last one short
     (1, 4, 1, 70, 33, 3, 5, (2, 2), (1, 2), (1, 1)),  # 2 bands, stride 2
 ]
-IDS = ["B{}C{}G{}H{}W{}K{}x{}s{}p{}d{}".format(*case).replace(" ", "") for case in CASES]
+IDS = [case_id(case) for case in CASES]
 DTYPES = [np.float32, np.float64]
-
-
-def make_case(case, dtype, seed=0):
-    """``(x, kernel, grad_out, stride, padding, dilation)`` of ``case`` with standard normal values."""
-    batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
-    out_h, out_w = (output_size(n, k, s, p, d) for n, k, s, p, d in
-                    zip((height, width), (kh, kw), stride, padding, dilation))
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
-    kernel = rng.standard_normal((batch, groups, kh, kw, out_h, out_w)).astype(dtype)
-    grad_out = rng.standard_normal((batch, channels, out_h, out_w)).astype(dtype)
-    return x, kernel, grad_out, stride, padding, dilation
-
-
-def assert_forward_matches(out, x, kernel, stride, padding, dilation, context):
-    """``out`` equals the float64 reference within the rounding bound of ``Kh*Kw`` terms in ``out.dtype``."""
-    geometry = check_geometry(x.shape, kernel.shape, stride, padding, dilation)
-    expected = involution2d(x.astype(np.float64), kernel.astype(np.float64), stride, padding, dilation)
-    assert out.dtype == x.dtype, f"out dtype {out.dtype}, expected {x.dtype}; {context}"
-    tolerance = tolerances.bound(tolerances.forward_terms(geometry), x.dtype,
-                                 tolerances.magnitudes(x, kernel, geometry))
-    tolerances.assert_within(out, expected, tolerance, "forward", context)
-
-
-def assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation, context):
-    """``(grad_x, grad_kernel)`` equal the float64 reference within their reductions' rounding bounds."""
-    geometry = check_geometry(x.shape, kernel.shape, stride, padding, dilation)
-    as64 = [array.astype(np.float64) for array in (grad_out, x, kernel)]
-    expected = involution2d_backward(*as64, stride, padding, dilation)
-    _, grad_x_magnitude, grad_kernel_magnitude = tolerances.magnitudes(x, kernel, geometry, grad_out)
-    terms = (tolerances.grad_x_terms(geometry), tolerances.grad_kernel_terms(geometry))
-    for name, actual, wanted, n, magnitude in zip(("grad_x", "grad_kernel"), grads, expected, terms,
-                                                   (grad_x_magnitude, grad_kernel_magnitude)):
-        assert actual.dtype == x.dtype, f"{name} dtype {actual.dtype}, expected {x.dtype}; {context}"
-        tolerances.assert_within(actual, wanted, tolerances.bound(n, x.dtype, magnitude), name, context)
 
 
 @pytest.mark.parametrize("version", cpu.VERSIONS)
@@ -192,8 +157,7 @@ def test_kernels_never_read_out_of_bounds(boundscheck_run):
 
 def bad_inputs():
     """(description, kwargs of a call) that the reference rejects."""
-    x, kernel, grad_out, stride, padding, dilation = make_case((2, 4, 2, 6, 6, 3, 3, (1, 1), (1, 1), (1, 1)),
-                                                               np.float64)
+    x, kernel, stride, padding, dilation = good_args()
     good = dict(x=x, kernel=kernel, stride=stride, padding=padding, dilation=dilation)
     return [
         ("x 3-D", {**good, "x": x[0]}),

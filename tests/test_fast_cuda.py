@@ -17,17 +17,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 pytest.importorskip("numba")
+pytest.importorskip("torch")  # the tolerance magnitudes come from the torch oracle
 
 from numba import cuda  # noqa: E402
 
-from involution.benchmarks import op_cuda  # noqa: E402
+from involution.benchmarks import layers, op_cuda  # noqa: E402
 from involution.fast import cuda_kernels  # noqa: E402
 from involution.fast.index import output_of_input  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
 from involution.reference.shapes import check_geometry  # noqa: E402
 
-from test_fast_cpu import assert_backward_matches, assert_forward_matches, make_case  # noqa: E402
-from test_reference_op import ERROR_INPUTS, good_args  # noqa: E402
+from cases import (ERROR_INPUTS, assert_backward_matches, assert_forward_matches, case_id, good_args,  # noqa: E402
+                   make_case)
 
 try:
     from involution.fast import cuda as fast_cuda
@@ -49,7 +50,7 @@ CASES = [
     (1, 2, 1, 7, 7, 1, 1, (3, 3), (0, 0), (1, 1)),  # 1x1 kernel, stride 3
     (2, 8, 2, 5, 3, 2, 3, (1, 3), (1, 2), (2, 1)),  # rectangular, padding wider than the kernel's reach
 ]
-IDS = ["B{}C{}G{}H{}W{}K{}x{}s{}p{}d{}".format(*case).replace(" ", "") for case in CASES]
+IDS = [case_id(case) for case in CASES]
 DTYPES = [np.float32, np.float64]
 KINDS = ("forward", "grad_x", "grad_kernel")
 
@@ -148,8 +149,8 @@ def test_staged_tiles_hold_every_tap(kernel_len, stride, dilation, padding, tile
 @pytest.mark.parametrize("itemsize", [4, 8])
 @pytest.mark.parametrize("kind", KINDS)
 def test_rednet_layers_get_a_tiled_plan_within_shared_memory(kind, itemsize):
-    for layer in op_cuda.REDNET_LAYERS:
-        geometry = op_cuda.layer_geometry(layer, batch=32)
+    for layer in layers.REDNET_LAYERS:
+        geometry = layers.layer_geometry(layer, batch=32)
         plan = cuda_kernels.plan_tiles(kind, geometry, itemsize)
         assert plan is not None, f"{kind} of {layer} would fall back to v1"
         assert plan.shared_bytes <= cuda_kernels.SHARED_BYTES and plan.tile_w * plan.tile_h <= 256, plan
@@ -228,6 +229,17 @@ def test_benchmark_refuses_the_simulator(capsys):
     assert err.count("\n") == 0 and "no CUDA GPU is available" in err and "simulator" in err, err
 
 
+def test_bench_command_passes_dtype_and_plan_to_the_cuda_benchmark(capsys):
+    from involution.cli import main
+
+    assert main(["bench", "--backend", "cuda", "--plan", "--dtype", "float64", "--batch", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == op_cuda.plans([2], 8), printed
+    assert printed != op_cuda.plans([2], 4), "float64 and float32 plans should differ in shared bytes"
+    assert main(["bench", "--plan"]) == 2
+    assert "--dtype and --plan are for --backend cuda" in capsys.readouterr().err
+
+
 def run_without_simulator(code: str) -> dict:
     """Run ``code`` (which prints one JSON line) in a fresh Python with numba's simulator off."""
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
@@ -292,14 +304,14 @@ def test_kernels_compile_to_ptx_for_a_real_gpu():
 # ------------------------------------------------------------------------------------------- real GPU only
 @pytest.mark.gpu
 @requires_gpu
-@pytest.mark.parametrize("layer", [0, 2, 7], ids=lambda index: op_cuda.layer_name(op_cuda.REDNET_LAYERS[index]))
+@pytest.mark.parametrize("layer", [0, 2, 7], ids=lambda index: layers.layer_name(layers.REDNET_LAYERS[index]))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("version", cuda_kernels.VERSIONS)
 def test_gpu_rednet_layers_match_reference(layer, dtype, version):
-    geometry = op_cuda.layer_geometry(op_cuda.REDNET_LAYERS[layer], batch=2)
-    x, kernel, grad_out = op_cuda.random_inputs(geometry, dtype, seed=layer)
+    geometry = layers.layer_geometry(layers.REDNET_LAYERS[layer], batch=2)
+    x, kernel, grad_out = layers.random_inputs(geometry, dtype, seed=layer)
     args = (geometry.stride, geometry.padding, geometry.dilation)
-    context = f"cuda version {version}, {np.dtype(dtype)}, RedNet layer {op_cuda.REDNET_LAYERS[layer]}"
+    context = f"cuda version {version}, {np.dtype(dtype)}, RedNet layer {layers.REDNET_LAYERS[layer]}"
     out = fast_cuda.involution2d(x, kernel, *args, version=version)
     assert_forward_matches(out, x, kernel, *args, context)
     grads = fast_cuda.involution2d_backward(grad_out, x, kernel, *args, version=version)
@@ -309,8 +321,8 @@ def test_gpu_rednet_layers_match_reference(layer, dtype, version):
 @pytest.mark.gpu
 @requires_gpu
 def test_gpu_results_are_bitwise_reproducible():
-    geometry = op_cuda.layer_geometry(op_cuda.REDNET_LAYERS[1], batch=4)
-    x, kernel, grad_out = (cuda.to_device(array) for array in op_cuda.random_inputs(geometry, np.float32, seed=1))
+    geometry = layers.layer_geometry(layers.REDNET_LAYERS[1], batch=4)
+    x, kernel, grad_out = (cuda.to_device(array) for array in layers.random_inputs(geometry, np.float32, seed=1))
     args = (geometry.stride, geometry.padding, geometry.dilation)
     first = [fast_cuda.involution2d(x, kernel, *args), *fast_cuda.involution2d_backward(grad_out, x, kernel, *args)]
     second = [fast_cuda.involution2d(x, kernel, *args), *fast_cuda.involution2d_backward(grad_out, x, kernel, *args)]
@@ -326,8 +338,8 @@ def test_gpu_torch_cuda_tensors_go_in_without_a_copy():
         pytest.skip("torch has no CUDA")
     from involution.conformance.oracle import involution2d as oracle_involution2d
 
-    geometry = op_cuda.layer_geometry(op_cuda.REDNET_LAYERS[3], batch=2)
-    x, kernel, _ = (torch.from_numpy(a).cuda() for a in op_cuda.random_inputs(geometry, np.float64, seed=2))
+    geometry = layers.layer_geometry(layers.REDNET_LAYERS[3], batch=2)
+    x, kernel, _ = (torch.from_numpy(a).cuda() for a in layers.random_inputs(geometry, np.float64, seed=2))
     args = (geometry.stride, geometry.padding, geometry.dilation)
     stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
     out = torch.as_tensor(fast_cuda.involution2d(x, kernel, *args, stream=stream), device="cuda")

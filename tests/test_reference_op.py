@@ -7,6 +7,7 @@ import pytest
 from involution.reference import involution2d, involution2d_backward, output_size
 from involution.reference.gradcheck import involution_gradients_fd
 
+from cases import ERROR_INPUTS, case_id, good_args, make_case
 from loop_definition import involution2d_loops
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation)
@@ -20,23 +21,13 @@ CASES = [
     (2, 4, 2, 11, 5, 3, 2, (2, 3), (1, 2), (2, 1)),  # rectangular kernel
     (1, 4, 2, 1, 1, 1, 1, (1, 1), (0, 0), (1, 1)),  # 1x1 spatial
 ]
-IDS = [f"B{c[0]}C{c[1]}G{c[2]}H{c[3]}W{c[4]}K{c[5]}x{c[6]}s{c[7]}p{c[8]}d{c[9]}" for c in CASES]
-
-
-def make_case(case, dtype=np.float64, seed=0):
-    batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
-    out_h = output_size(height, kh, stride[0], padding[0], dilation[0])
-    out_w = output_size(width, kw, stride[1], padding[1], dilation[1])
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
-    kernel = rng.standard_normal((batch, groups, kh, kw, out_h, out_w)).astype(dtype)
-    return x, kernel, stride, padding, dilation
+IDS = [case_id(case) for case in CASES]
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_forward_equals_loop_definition(case, dtype):
-    x, kernel, stride, padding, dilation = make_case(case, dtype)
+    x, kernel, _, stride, padding, dilation = make_case(case, dtype)
     out = involution2d(x, kernel, stride, padding, dilation)
     expected = involution2d_loops(x.astype(np.float64), kernel.astype(np.float64), stride, padding, dilation)
     assert out.dtype == dtype and out.shape == expected.shape
@@ -49,7 +40,7 @@ def test_forward_equals_loop_definition(case, dtype):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_backward_equals_finite_differences(case):
-    x, kernel, stride, padding, dilation = make_case(case)
+    x, kernel, _, stride, padding, dilation = make_case(case)
     grad_out = np.random.default_rng(1).standard_normal(involution2d(x, kernel, stride, padding, dilation).shape)
     grad_x, grad_kernel = involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
     fd_x, fd_kernel = involution_gradients_fd(involution2d, grad_out, x, kernel, stride, padding, dilation)
@@ -64,7 +55,7 @@ def test_backward_equals_finite_differences(case):
 @pytest.mark.parametrize("size", [(6, 6), (7, 5)])
 def test_backward_sweep_strides_dilations_sizes(stride, dilation, size):
     case = (1, 4, 2, *size, 3, 3, (stride, stride), (dilation, dilation), (dilation, dilation))
-    x, kernel, stride, padding, dilation = make_case(case, seed=stride * 10 + dilation)
+    x, kernel, _, stride, padding, dilation = make_case(case, seed=stride * 10 + dilation)
     grad_out = np.random.default_rng(2).standard_normal(involution2d(x, kernel, stride, padding, dilation).shape)
     grad_x, grad_kernel = involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
     fd_x, fd_kernel = involution_gradients_fd(involution2d, grad_out, x, kernel, stride, padding, dilation)
@@ -73,14 +64,14 @@ def test_backward_sweep_strides_dilations_sizes(stride, dilation, size):
 
 
 def test_float32_backward_keeps_dtype():
-    x, kernel, stride, padding, dilation = make_case(CASES[1], np.float32)
+    x, kernel, _, stride, padding, dilation = make_case(CASES[1], np.float32)
     grad_out = np.ones(involution2d(x, kernel, stride, padding, dilation).shape, np.float32)
     grad_x, grad_kernel = involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
     assert grad_x.dtype == np.float32 and grad_kernel.dtype == np.float32
 
 
 def test_non_contiguous_inputs_equal_contiguous():
-    x, kernel, stride, padding, dilation = make_case(CASES[1])
+    x, kernel, _, stride, padding, dilation = make_case(CASES[1])
     x_strided = np.asfortranarray(x)[:, ::-1][:, ::-1]
     kernel_strided = np.repeat(kernel, 2, axis=-1)[..., ::2]
     assert not x_strided.flags.c_contiguous and not kernel_strided.flags.c_contiguous
@@ -90,42 +81,12 @@ def test_non_contiguous_inputs_equal_contiguous():
 
 
 def test_nan_propagates_only_where_it_is_read():
-    x, kernel, stride, padding, dilation = make_case(CASES[0])
+    x, kernel, _, stride, padding, dilation = make_case(CASES[0])
     x[0, 1, 2, 2] = np.nan
     out = involution2d(x, kernel, stride, padding, dilation)
     assert np.isnan(out[0, 1, 1:4, 1:4]).all()
     assert np.isfinite(np.delete(out[0], 1, axis=0)).all()
     assert np.isfinite(out[0, 1, 0, 0])
-
-
-def good_args():
-    return make_case((2, 4, 2, 6, 6, 3, 3, (1, 1), (1, 1), (1, 1)))
-
-
-ERROR_INPUTS = [
-    # (description, mutate(args dict) -> None, error type, text in message)
-    ("x 3-D", lambda a: a.update(x=a["x"][0]), ValueError, "x must be 4-D"),
-    ("kernel 5-D", lambda a: a.update(kernel=a["kernel"][0]), ValueError, "kernel must be 6-D"),
-    ("G not dividing C", lambda a: a.update(kernel=np.zeros((2, 3, 3, 3, 6, 6))), ValueError, "must divide"),
-    ("kernel spatial != output", lambda a: a.update(kernel=np.zeros((2, 2, 3, 3, 5, 6))), ValueError,
-     "must equal the output size 6x6"),
-    ("stride 0", lambda a: a.update(stride=0), ValueError, "stride must be >= 1"),
-    ("dilation -1", lambda a: a.update(dilation=(1, -1)), ValueError, "dilation must be >= 1"),
-    ("padding -1", lambda a: a.update(padding=-1), ValueError, "padding must be >= 0"),
-    ("stride float", lambda a: a.update(stride=1.5), TypeError, "stride must be an int"),
-    ("stride triple", lambda a: a.update(stride=(1, 1, 1)), ValueError, "stride must be an int or an (h, w) pair"),
-    ("stride bool", lambda a: a.update(stride=True), TypeError, "stride"),
-    ("output < 1", lambda a: a.update(x=np.zeros((2, 4, 1, 1)), padding=0), ValueError, "output size would be"),
-    ("int x", lambda a: a.update(x=a["x"].astype(np.int64)), TypeError, "x must have dtype float32 or float64"),
-    ("complex kernel", lambda a: a.update(kernel=a["kernel"].astype(complex)), TypeError, "kernel must have dtype"),
-    ("object x", lambda a: a.update(x=a["x"].astype(object)), TypeError, "x must have dtype"),
-    ("float16 x", lambda a: a.update(x=a["x"].astype(np.float16)), TypeError, "got float16"),
-    ("mixed dtypes", lambda a: a.update(x=a["x"].astype(np.float32)), TypeError, "same dtype"),
-    ("batch mismatch", lambda a: a.update(kernel=a["kernel"][:1]), ValueError, "batch size 1 does not match"),
-    ("x not an array", lambda a: a.update(x="abc"), TypeError, "x must be a NumPy array"),
-    ("empty channels", lambda a: a.update(x=np.zeros((2, 0, 6, 6)), kernel=np.zeros((2, 1, 3, 3, 6, 6))),
-     ValueError, "no empty dimension"),
-]
 
 
 @pytest.mark.parametrize("description, mutate, error, text", ERROR_INPUTS, ids=[e[0] for e in ERROR_INPUTS])

@@ -17,6 +17,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-networks", action="store_true", help="cpu: skip the whole-network table")
     parser.add_argument("--threads", type=int, help="cpu: numba and torch threads (default numba's setting)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (cpu default out/bench_cpu.json)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], help="for --backend cuda: default float32")
+    parser.add_argument("--plan", action="store_true",
+                        help="for --backend cuda: print each layer's v2 launch plan (no GPU needed) and exit")
 
 
 def _run_cuda(args) -> int:
@@ -29,12 +32,20 @@ def _run_cuda(args) -> int:
         argv += ["--repeats", str(args.repeats)]
     if args.json:
         argv += ["--json", args.json]
+    if args.dtype:
+        argv += ["--dtype", args.dtype]
+    if args.plan:
+        argv += ["--plan"]
     return op_cuda.main(argv)
 
 
 def run(args) -> int:
     if args.backend == "cuda":
         return _run_cuda(args)
+    if args.dtype or args.plan:
+        print("involution bench: --dtype and --plan are for --backend cuda (the cpu benchmark times float32)",
+              file=sys.stderr)
+        return 2
     import numba
 
     from involution.benchmarks import networks, op_cpu
