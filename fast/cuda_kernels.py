@@ -55,6 +55,17 @@ def first_output_reaching(in_start, kernel_len, stride, dilation, padding):
     return -(((kernel_len - 1) * dilation - padding - in_start) // stride)
 
 
+def split_block(block, tiles_w, tiles_h, chunks, groups):
+    """``(b, g, chunk, tile_row, tile_col)`` of a v2 block index, tile columns fastest, batch slowest."""
+    tile_col = block % tiles_w
+    tile_row = block // tiles_w % tiles_h
+    chunk = block // (tiles_w * tiles_h) % chunks
+    g = block // (tiles_w * tiles_h * chunks) % groups
+    b = block // (tiles_w * tiles_h * chunks * groups)
+    return b, g, chunk, tile_row, tile_col
+
+
+_split_block = cuda.jit(device=True, inline=True)(split_block)
 _input_tile_extent = cuda.jit(device=True, inline=True)(input_tile_extent)
 _output_tile_extent = cuda.jit(device=True, inline=True)(output_tile_extent)
 _first_output_reaching = cuda.jit(device=True, inline=True)(first_output_reaching)
@@ -170,11 +181,8 @@ def kernels(dtype) -> SimpleNamespace:
         accumulators = cuda.local.array(MAX_CHANNELS, element)
         blocks = batch * groups * chunks * tiles_h * tiles_w
         for block in range(int64(cuda.blockIdx.x), blocks, cuda.gridDim.x):
-            i0 = block // tiles_w % tiles_h * tile_h
-            j0 = block % tiles_w * tile_w
-            chunk = block // (tiles_w * tiles_h) % chunks
-            g = block // (tiles_w * tiles_h * chunks) % groups
-            b = block // (tiles_w * tiles_h * chunks * groups)
+            b, g, chunk, tile_row, tile_col = _split_block(block, tiles_w, tiles_h, chunks, groups)
+            i0, j0 = tile_row * tile_h, tile_col * tile_w
             first = g * group_channels + chunk * block_channels
             count = min(block_channels, (g + 1) * group_channels - first)
             stage_tile(staged, x, b, first, count, input_coordinate(i0, 0, sh, dh, ph),
@@ -218,11 +226,8 @@ def kernels(dtype) -> SimpleNamespace:
         accumulators = cuda.local.array(MAX_CHANNELS, element)
         blocks = batch * groups * chunks * tiles_h * tiles_w
         for block in range(int64(cuda.blockIdx.x), blocks, cuda.gridDim.x):
-            row0 = block // tiles_w % tiles_h * tile_h
-            col0 = block % tiles_w * tile_w
-            chunk = block // (tiles_w * tiles_h) % chunks
-            g = block // (tiles_w * tiles_h * chunks) % groups
-            b = block // (tiles_w * tiles_h * chunks * groups)
+            b, g, chunk, tile_row, tile_col = _split_block(block, tiles_w, tiles_h, chunks, groups)
+            row0, col0 = tile_row * tile_h, tile_col * tile_w
             first = g * group_channels + chunk * block_channels
             count = min(block_channels, (g + 1) * group_channels - first)
             i0 = _first_output_reaching(row0, kernel_h, sh, dh, ph)
@@ -271,10 +276,8 @@ def kernels(dtype) -> SimpleNamespace:
         grad_out_values = cuda.local.array(MAX_CHANNELS, element)
         blocks = batch * groups * tiles_h * tiles_w
         for block in range(int64(cuda.blockIdx.x), blocks, cuda.gridDim.x):
-            i0 = block // tiles_w % tiles_h * tile_h
-            j0 = block % tiles_w * tile_w
-            g = block // (tiles_w * tiles_h) % groups
-            b = block // (tiles_w * tiles_h * groups)
+            b, g, _, tile_row, tile_col = _split_block(block, tiles_w, tiles_h, 1, groups)
+            i0, j0 = tile_row * tile_h, tile_col * tile_w
             i, j = i0 + ty, j0 + tx
             inside = i < out_h and j < out_w
             for done in range(0, group_channels, block_channels):
