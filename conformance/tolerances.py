@@ -100,3 +100,25 @@ def assert_within(actual, expected, tolerance, what: str, case) -> None:
             f"got {actual[worst]!r}, expected {expected[worst]!r}, error {error[worst]:.3e} > tolerance "
             f"{tol[worst]:.3e}; {case}"
         )
+
+
+def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, context, grad_out=None) -> None:
+    """Each of ``results`` (``"out"``, ``"grad_x"``, ``"grad_kernel"`` -> array; the gradients need ``grad_out``)
+    has ``x``'s dtype and equals the float64 NumPy reference within its reduction's rounding bound."""
+    from involution.reference import involution2d, involution2d_backward
+
+    x64, kernel64 = x.astype(np.float64), kernel.astype(np.float64)
+    expected, terms = {}, {"out": forward_terms(geometry), "grad_x": grad_x_terms(geometry),
+                           "grad_kernel": grad_kernel_terms(geometry)}
+    if "out" in results:
+        expected["out"] = involution2d(x64, kernel64, *_params(geometry))
+    if grad_out is None:
+        magnitude = {"out": magnitudes(x, kernel, geometry)}
+    else:
+        grad_out64 = grad_out.astype(np.float64)
+        expected["grad_x"], expected["grad_kernel"] = involution2d_backward(grad_out64, x64, kernel64,
+                                                                            *_params(geometry))
+        magnitude = dict(zip(("out", "grad_x", "grad_kernel"), magnitudes(x, kernel, geometry, grad_out)))
+    for name, actual in results.items():
+        assert actual.dtype == x.dtype, f"{name} dtype {actual.dtype}, expected {x.dtype}; {context}"
+        assert_within(actual, expected[name], bound(terms[name], x.dtype, magnitude[name]), name, context)

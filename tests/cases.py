@@ -1,7 +1,6 @@
 """Test cases shared by the op tests: case tuples to arrays, reference-matching assertions, error inputs."""
 import numpy as np
 
-from involution.reference import involution2d, involution2d_backward
 from involution.reference.shapes import check_geometry, output_size
 
 try:
@@ -30,24 +29,14 @@ def make_case(case, dtype=np.float64, seed=0):
 def assert_forward_matches(out, x, kernel, stride, padding, dilation, context):
     """``out`` equals the float64 reference within the rounding bound of ``Kh*Kw`` terms in ``out.dtype``."""
     geometry = check_geometry(x.shape, kernel.shape, stride, padding, dilation)
-    expected = involution2d(x.astype(np.float64), kernel.astype(np.float64), stride, padding, dilation)
-    assert out.dtype == x.dtype, f"out dtype {out.dtype}, expected {x.dtype}; {context}"
-    tolerance = tolerances.bound(tolerances.forward_terms(geometry), x.dtype,
-                                 tolerances.magnitudes(x, kernel, geometry))
-    tolerances.assert_within(out, expected, tolerance, "forward", context)
+    tolerances.assert_matches_reference({"out": out}, x, kernel, geometry, context)
 
 
 def assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation, context):
     """``(grad_x, grad_kernel)`` equal the float64 reference within their reductions' rounding bounds."""
     geometry = check_geometry(x.shape, kernel.shape, stride, padding, dilation)
-    as64 = [array.astype(np.float64) for array in (grad_out, x, kernel)]
-    expected = involution2d_backward(*as64, stride, padding, dilation)
-    _, grad_x_magnitude, grad_kernel_magnitude = tolerances.magnitudes(x, kernel, geometry, grad_out)
-    terms = (tolerances.grad_x_terms(geometry), tolerances.grad_kernel_terms(geometry))
-    for name, actual, wanted, n, magnitude in zip(("grad_x", "grad_kernel"), grads, expected, terms,
-                                                   (grad_x_magnitude, grad_kernel_magnitude)):
-        assert actual.dtype == x.dtype, f"{name} dtype {actual.dtype}, expected {x.dtype}; {context}"
-        tolerances.assert_within(actual, wanted, tolerances.bound(n, x.dtype, magnitude), name, context)
+    tolerances.assert_matches_reference(dict(zip(("grad_x", "grad_kernel"), grads)), x, kernel, geometry, context,
+                                        grad_out)
 
 
 def good_args():
