@@ -13,14 +13,17 @@ from involution.reference.shapes import Geometry, check_involution2d, check_invo
 from . import cpu_kernels
 
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
-VERSIONS = (1, 2, 3)
-# v3 (wide rows) everywhere but grad_x on output rows narrower than 8, where v3's padded wide rows are mostly
-# padding and v2 (row-wise) wins (see docs/performance.md, --kernel-versions).
+VERSIONS = (1, 2, 3, 4)
+# v4 (kernel rows in registers) for the forward; v3 (wide rows) for the gradients but grad_x on output rows
+# narrower than 8, where v3's padded wide rows are mostly padding and v2 (row-wise) wins (see
+# docs/performance.md, --kernel-versions). v4's gradients are v3's.
 NARROW_OUTPUT = 8
 
 
 def best_version(name: str, geometry: Geometry) -> int:
     """The fastest numbered version of kernel ``name`` ("forward", "grad_x", "grad_kernel") for ``geometry``."""
+    if name == "forward":
+        return 4
     return 2 if name == "grad_x" and geometry.out_w < NARROW_OUTPUT else 3
 
 
@@ -29,7 +32,7 @@ def _run(name: str, version: int | None, geometry: Geometry, *arrays) -> None:
     version = best_version(name, geometry) if version is None else version
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS} or None, got {version!r}")
-    workers = (numba.get_num_threads(),) if version >= 3 else ()  # v3 keeps one scratch set per thread
+    workers = (numba.get_num_threads(),) if version >= 3 else ()  # v3 and v4 keep one scratch set per thread
     getattr(cpu_kernels, f"{name}_v{version}")(*arrays, *_hyper_parameters(geometry), *workers)
 
 

@@ -287,7 +287,7 @@ def grad_kernel_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers):
     group_channels = channels // groups
     reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
     bands = (out_h + band - 1) // band
-    plane, span, taps = (band + reach_h) * wide, band * wide, kernel_h * kernel_w
+    plane, span = (band + reach_h) * wide, band * wide
     x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
     units = batch * groups * bands
     workers = min(workers, units)
@@ -381,3 +381,82 @@ def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, workers):
                                     grad_x_flat[numba.uint64(target + q * sw)] = gathered[numba.uint64(r * wide + q)]
                                 for q in range(max(lo, wide), hi):
                                     grad_x_flat[numba.uint64(target + q * sw)] = 0
+
+
+# ------------------------------------------------------- v4: a kernel row per pass, two channels per load
+# v3's loop loads and stores its accumulator for every tap. v4 keeps v3's bands, phases and wide kernel copies
+# but runs one loop per kernel row u: it sums the row's Kw taps in registers (Kw is the length of the tuple
+# arguments, a compile-time constant, so LLVM unrolls the tap loop and vectorises along the band) for
+# CHANNEL_BLOCK channels at once, each kernel value loaded once for them. Same summation order as v3.
+CHANNEL_BLOCK = 2  # channels per pass; larger blocks need more alias checks than LLVM's vectoriser allows
+
+
+@numba.njit(inline="always", cache=True)
+def multiply_add_tap_row(out_wide, pitch, kernel_wide, kernel_start, span, phases, start, channel_step, plane,
+                         column_phase, column_shift, length):
+    """``out_wide[n*pitch + j] += sum_v kernel_wide[kernel_start + v*span + j]
+    * phases[start + n*channel_step + column_phase[v]*plane + column_shift[v] + j]`` for channels ``n < 2``."""
+    for j in range(length):
+        first_channel = out_wide[numba.uint64(j)]
+        second_channel = out_wide[numba.uint64(pitch + j)]
+        for v in range(len(column_phase)):
+            weight = kernel_wide[numba.uint64(kernel_start + v * span + j)]
+            offset = start + column_phase[v] * plane + column_shift[v] + j
+            first_channel += weight * phases[numba.uint64(offset)]
+            second_channel += weight * phases[numba.uint64(offset + channel_step)]
+        out_wide[numba.uint64(j)] = first_channel
+        out_wide[numba.uint64(pitch + j)] = second_channel
+
+
+@jit
+def forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, column_phase, column_shift):
+    """``forward_v4`` given tap column ``v``'s stride phase ``v*dw % sw`` and shift ``v*dw // sw`` as tuples."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    group_channels = channels // groups
+    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    bands = (out_h + band - 1) // band
+    plane, span, taps = (band + reach_h) * wide, band * wide, kernel_h * kernel_w
+    channel_step, pitch = sh * sw * plane, span + SIMD_BLOCK
+    x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
+    units = batch * groups * bands
+    workers = min(workers, units)
+    for worker in prange(workers):  # one scratch set per thread, units dealt round-robin
+        # one spare channel of zero phases: an odd group's last pass reads it and drops the result
+        phases = np.empty((group_channels + CHANNEL_BLOCK - 1) * channel_step + SIMD_BLOCK, x.dtype)
+        kernel_wide = np.empty(taps * span + SIMD_BLOCK, x.dtype)
+        kernel_wide[taps * span:] = 0
+        out_wide = np.empty(CHANNEL_BLOCK * pitch, x.dtype)
+        for unit in range(worker, units, workers):
+            b, g, i0 = unit // (groups * bands), unit // bands % groups, unit % bands * band
+            rows = min(band, out_h - i0)
+            length = simd_length((rows - 1) * wide + out_w)
+            first = b * channels + g * group_channels
+            load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h,
+                        wide)
+            for tap in range(taps):
+                load_wide_rows(kernel_flat, ((b * groups + g) * taps + tap) * out_h * out_w, kernel_wide, tap * span,
+                               out_h, out_w, wide, i0, rows)
+                kernel_wide[tap * span + rows * wide:(tap + 1) * span] = 0  # rows past a short last band
+            for c in range(0, group_channels, CHANNEL_BLOCK):
+                out_wide[:] = 0
+                for u in range(kernel_h):
+                    qu, ru = u * dh // sh, u * dh % sh
+                    multiply_add_tap_row(out_wide, pitch, kernel_wide, u * kernel_w * span, span, phases,
+                                         (c * sh + ru) * sw * plane + qu * wide, channel_step, plane, column_phase,
+                                         column_shift, length)
+                for n in range(min(CHANNEL_BLOCK, group_channels - c)):
+                    target = ((first + c + n) * out_h + i0) * out_w
+                    for r in range(rows):
+                        out_flat[target + r * out_w:target + (r + 1) * out_w] = (
+                            out_wide[n * pitch + r * wide:n * pitch + r * wide + out_w])
+
+
+def forward_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
+    """Kernel rows in registers: per (b, g, band) and pair of channels, each kernel row is one vector loop."""
+    columns = range(0, kernel.shape[3] * dw, dw)  # v * dw for each tap column v
+    forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, tuple(column % sw for column in columns),
+                    tuple(column // sw for column in columns))
+
+
+grad_x_v4, grad_kernel_v4 = grad_x_v3, grad_kernel_v3  # v4 changes only the forward

@@ -1,7 +1,6 @@
 """The torch bridge: gradcheck in float64, values and gradients equal to the unfold oracle, the fast layer."""
 import re
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
