@@ -51,7 +51,7 @@ def run(args) -> int:
     commands = {
         "complexity": ["complexity", "--convention", "published", "--compare", "resnet"],
         "conformance": ["conformance", "--max-examples", str(args.max_examples)],
-        "bench": ["bench", "--quick"],
+        "bench": ["bench", "--quick", "--json", "out/bench_cpu_quick.json"],
     }
     status = 0
     for section in SECTIONS:
