@@ -7,7 +7,7 @@ from .activation import ReLU
 from .init import default_rng, kaiming_fan_out
 from .module import Chain, Module, Parameter
 from .norm import BatchNorm2d
-from .op import pad, windows
+from .op import pad, scatter_windows, windows
 from .shapes import Geometry, output_size, pair
 
 
@@ -84,19 +84,9 @@ class Conv2d(Module):
             grad_x = np.zeros(g.x_shape, grad_cols.dtype)
             grad_x[:, :, ::g.stride[0], ::g.stride[1]] = grad_cols.reshape(g.out_shape)
             return grad_x
-        return col2im(grad_cols.reshape(g.batch, g.channels, g.kernel_h, g.kernel_w, g.out_h, g.out_w), g)
-
-
-def col2im(grad_cols: np.ndarray, g: Geometry) -> np.ndarray:
-    """Adjoint of im2col: add ``grad_cols (B, C, kh, kw, Ho, Wo)`` back onto the input ``(B, C, H, W)``."""
-    (sh, sw), (ph, pw) = g.stride, g.padding
-    grad_padded = np.zeros((g.batch, g.channels, g.height + 2 * ph, g.width + 2 * pw), grad_cols.dtype)
-    for u in range(g.kernel_h):
-        for v in range(g.kernel_w):
-            # One tap touches each position of its strided slice once, so += on the view is exact.
-            rows, cols = slice(u, u + (g.out_h - 1) * sh + 1, sh), slice(v, v + (g.out_w - 1) * sw + 1, sw)
-            grad_padded[:, :, rows, cols] += grad_cols[:, :, u, v]
-    return grad_padded[:, :, ph:ph + g.height, pw:pw + g.width]
+        grad_taps = grad_cols.reshape(g.batch, g.channels, g.kernel_h, g.kernel_w, g.out_h, g.out_w)  # col2im
+        padded_shape = (g.batch, g.channels, g.height + 2 * g.padding[0], g.width + 2 * g.padding[1])
+        return scatter_windows(lambda u, v: grad_taps[:, :, u, v], g, padded_shape, grad_taps.dtype)
 
 
 class ConvModule(Chain):

@@ -27,6 +27,24 @@ def windows(x_padded: np.ndarray, geometry: Geometry) -> np.ndarray:
     return as_strided(x_padded, shape, strides, writeable=False)
 
 
+def scatter_windows(tap_gradient, geometry: Geometry, padded_shape, dtype) -> np.ndarray:
+    """Adjoint of :func:`windows`: the gradient ``(B, C, H, W)`` of the unpadded input.
+
+    ``tap_gradient(u, v)`` is the gradient ``(B, C, Ho, Wo)`` of tap ``(u, v)``'s view; it is added onto the
+    zero array ``padded_shape`` at ``[i*sh + u*dh, j*sw + v*dw]`` and the padding is cropped.
+    """
+    g = geometry
+    (sh, sw), (dh, dw), (ph, pw) = g.stride, g.dilation, g.padding
+    grad_padded = np.zeros(padded_shape, dtype)
+    for u in range(g.kernel_h):
+        rows = slice(u * dh, u * dh + (g.out_h - 1) * sh + 1, sh)
+        for v in range(g.kernel_w):
+            cols = slice(v * dw, v * dw + (g.out_w - 1) * sw + 1, sw)
+            # One tap touches each (row, col) of its strided slice once, so += on the view is exact.
+            grad_padded[:, :, rows, cols] += tap_gradient(u, v)
+    return grad_padded[:, :, ph:ph + g.height, pw:pw + g.width]
+
+
 def involution2d(x, kernel, stride=1, padding=0, dilation=1) -> np.ndarray:
     """Involution: a spatially varying kernel per group, shared by the group's channels.
 
@@ -72,13 +90,8 @@ def involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1):
     x_padded = pad(x, g)
     grad_kernel = np.einsum("bgcij,bgcuvij->bguvij", grad_out, windows(x_padded, g))
 
-    (sh, sw), (dh, dw), (ph, pw) = g.stride, g.dilation, g.padding
-    grad_x_padded = np.zeros_like(x_padded).reshape(g.batch, g.groups, g.group_channels, *x_padded.shape[2:])
-    for u in range(g.kernel_h):
-        rows = slice(u * dh, u * dh + (g.out_h - 1) * sh + 1, sh)
-        for v in range(g.kernel_w):
-            cols = slice(v * dw, v * dw + (g.out_w - 1) * sw + 1, sw)
-            # One tap touches each (row, col) of its strided slice once, so += on the view is exact.
-            grad_x_padded[..., rows, cols] += kernel[:, :, None, u, v] * grad_out
-    grad_x = grad_x_padded.reshape(x_padded.shape)[:, :, ph:ph + g.height, pw:pw + g.width]
+    def tap_gradient(u, v):
+        return (kernel[:, :, None, u, v] * grad_out).reshape(g.out_shape)
+
+    grad_x = scatter_windows(tap_gradient, g, x_padded.shape, x.dtype)
     return np.ascontiguousarray(grad_x), grad_kernel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .module import Module
-from .op import windows
+from .op import scatter_windows, windows
 from .shapes import Geometry, output_size, pair
 
 
@@ -54,16 +54,6 @@ class _Pool2d(Module):
         right = max((g.out_w - 1) * sw + g.kernel_w - g.width - pw, 0)
         return np.pad(x, ((0, 0), (0, 0), (ph, bottom), (pw, right)), constant_values=value)
 
-    def scatter(self, grad_taps, g: Geometry, padded_shape) -> np.ndarray:
-        """Add ``grad_taps (B, C, kh, kw, Ho, Wo)`` back onto the input positions the windows read; crop padding."""
-        (sh, sw), (ph, pw) = g.stride, g.padding
-        grad_padded = np.zeros(padded_shape, grad_taps.dtype)
-        for u in range(g.kernel_h):
-            for v in range(g.kernel_w):
-                rows, cols = slice(u, u + (g.out_h - 1) * sh + 1, sh), slice(v, v + (g.out_w - 1) * sw + 1, sw)
-                grad_padded[:, :, rows, cols] += grad_taps[:, :, u, v]
-        return grad_padded[:, :, ph:ph + g.height, pw:pw + g.width]
-
 
 class MaxPool2d(_Pool2d):
     """Max over each window (padding never wins); the gradient goes to the first maximum in row-major order,
@@ -85,7 +75,7 @@ class MaxPool2d(_Pool2d):
         g, padded_shape, winner = self._cache
         taps = np.arange(g.kernel_h * g.kernel_w).reshape(g.kernel_h, g.kernel_w, 1, 1)
         grad_taps = np.where(winner[:, :, None, None] == taps, grad_output[:, :, None, None], 0)
-        return self.scatter(grad_taps.astype(grad_output.dtype, copy=False), g, padded_shape)
+        return scatter_windows(lambda u, v: grad_taps[:, :, u, v], g, padded_shape, grad_output.dtype)
 
 
 class AvgPool2d(_Pool2d):
@@ -117,7 +107,7 @@ class AvgPool2d(_Pool2d):
         grad_mean = grad_output / divisor
         grad_taps = np.broadcast_to(grad_mean[:, :, None, None], grad_mean.shape[:2] + (g.kernel_h, g.kernel_w)
                                     + grad_mean.shape[2:])
-        return self.scatter(grad_taps, g, padded_shape)
+        return scatter_windows(lambda u, v: grad_taps[:, :, u, v], g, padded_shape, grad_output.dtype)
 
 
 class GlobalAvgPool2d(Module):
