@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from involution.reference.shapes import Geometry, check_geometry, output_size
+from involution.spec import Geometry, check_geometry, output_size
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from involution.benchmarks.op_cpu import median_seconds
 
 def build_networks() -> dict:
     """name -> torch module in eval mode: RedNet-50 (unfold), RedNet-50 (fast), ResNet-50."""
-    from involution.conformance.torch_models import RedNet, ResNet
+    from involution.torch import RedNet, ResNet
 
     rednet = RedNet(depth=50, seed=0, backend="unfold").eval()
     return {"rednet50-unfold": rednet, "rednet50-fast": rednet, "resnet50": ResNet(depth=50, seed=0).eval()}

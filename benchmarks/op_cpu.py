@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, layer_name, random_inputs
-from involution.reference.shapes import Geometry
+from involution.spec import Geometry
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 

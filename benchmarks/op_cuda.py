@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from involution.benchmarks.layers import REDNET_LAYERS, Layer, layer_geometry, layer_name, random_inputs
-from involution.reference.shapes import Geometry
+from involution.spec import Geometry
 
 
 def traffic_bytes(geometry: Geometry, itemsize: int, direction: str) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 
 from involution.reference import involution2d, involution2d_backward
 from involution.reference.op import pad, windows
-from involution.reference.shapes import check_involution2d, check_involution2d_backward
+from involution.spec import check_involution2d, check_involution2d_backward
 
 
 def _wrong_group_rule_forward(x, kernel, stride=1, padding=0, dilation=1):

@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from involution.reference.shapes import Geometry, check_geometry, output_size
+from involution.spec import Geometry, check_geometry, output_size
 
 DTYPES = ("float32", "float64")
 # How an input array is laid out in memory; every layout holds the same values.

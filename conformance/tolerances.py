@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from involution.conformance import oracle
-from involution.reference.shapes import Geometry
+from involution.spec import Geometry
 
 
 def eps(dtype) -> float:

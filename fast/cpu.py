@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from involution.reference.shapes import Geometry, check_involution2d, check_involution2d_backward
+from involution.spec import Geometry, check_involution2d, check_involution2d_backward
 
 from . import cpu_kernels
 

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 from numba import cuda
 
-from involution.reference.shapes import (as_float_array, check_float_layout, check_involution2d,
+from involution.spec import (as_float_array, check_float_layout, check_involution2d,
                                          check_involution2d_backward)
 
 from . import cuda_kernels

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 from numba import cuda, from_dtype, int64
 
-from involution.reference.shapes import Geometry
+from involution.spec import Geometry
 
 from .index import cuda_helpers
 

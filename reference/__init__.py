@@ -12,7 +12,7 @@ from .optim import SGD
 from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .rednet import Bottleneck, RedNet
 from .resnet import ResNet
-from .shapes import Geometry, check_involution2d, check_involution2d_backward, output_size
+from involution.spec import Geometry, check_involution2d, check_involution2d_backward, output_size
 
 __all__ = [
     "AvgPool2d",

@@ -1,7 +1,7 @@
 """Analytic parameter and FLOP counts of the reference RedNet / ResNet and their layers, per layer.
 
 No data flows: the counter walks the module tree in forward order and propagates shapes with the layers' own
-geometry (``Conv2d.geometry``, the pools' ``geometry``, :func:`~involution.reference.shapes.check_geometry`
+geometry (``Conv2d.geometry``, the pools' ``geometry``, :func:`~involution.spec.check_geometry`
 for the involution op), so the one output-size rule of the project decides every size.
 
 Each :class:`Layer` holds raw counts (weight multiply-adds, bias adds, element-wise ops); a *convention*
@@ -29,7 +29,7 @@ from .norm import BatchNorm2d
 from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .rednet import STAGE_BLOCKS, Bottleneck, RedNet
 from .resnet import ResNet
-from .shapes import check_geometry, pair
+from involution.spec import check_geometry, pair
 
 CONVENTIONS = ("full", "published", "fvcore")
 FLOPS_DEFINITION = {

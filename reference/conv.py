@@ -8,7 +8,7 @@ from .init import default_rng, kaiming_fan_out
 from .module import Chain, Module, Parameter
 from .norm import BatchNorm2d
 from .op import pad, scatter_windows, windows
-from .shapes import Geometry, output_size, pair
+from involution.spec import Geometry, output_size, pair
 
 
 class Conv2d(Module):

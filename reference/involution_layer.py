@@ -24,7 +24,7 @@ from .conv import ConvModule
 from .module import Module
 from .op import involution2d, involution2d_backward
 from .pool import AvgPool2d
-from .shapes import pair
+from involution.spec import pair
 
 BACKENDS = ("numpy", "fast-cpu")
 KERNEL_GENERATORS = ("bottleneck", "linear")

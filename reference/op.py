@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .shapes import Geometry, check_involution2d, check_involution2d_backward
+from involution.spec import Geometry, check_involution2d, check_involution2d_backward
 
 
 def pad(x: np.ndarray, geometry: Geometry) -> np.ndarray:

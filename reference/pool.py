@@ -6,7 +6,7 @@ import numpy as np
 
 from .module import Module
 from .op import scatter_windows, windows
-from .shapes import Geometry, output_size, pair
+from involution.spec import Geometry, output_size, pair
 
 
 def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:

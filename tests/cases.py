@@ -1,7 +1,7 @@
 """Test cases shared by the op tests: case tuples to arrays, reference-matching assertions, error inputs."""
 import numpy as np
 
-from involution.reference.shapes import check_geometry, output_size
+from involution.spec import check_geometry, output_size
 
 try:
     from involution.conformance import tolerances

@@ -8,7 +8,7 @@ from involution.cli import main
 from involution.conformance import broken
 from involution.conformance.adapters import official_naive
 from involution.conformance.runner import FAIL, PASS, UNSUPPORTED, run_suite, write_report
-from involution.reference.shapes import check_involution2d
+from involution.spec import check_involution2d
 
 EXAMPLES = 20
 PROPERTIES = {

@@ -25,7 +25,7 @@ from involution.benchmarks import layers, op_cuda  # noqa: E402
 from involution.fast import cuda_kernels  # noqa: E402
 from involution.fast.index import output_of_input  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
-from involution.reference.shapes import check_geometry  # noqa: E402
+from involution.spec import check_geometry  # noqa: E402
 
 from cases import (ERROR_INPUTS, assert_backward_matches, assert_forward_matches, case_id, good_args,  # noqa: E402
                    make_case)

@@ -8,7 +8,7 @@ from involution.reference import involution2d, involution2d_backward, output_siz
 from involution.reference.gradcheck import involution_gradients_fd
 
 from cases import ERROR_INPUTS, case_id, good_args, make_case
-from loop_definition import involution2d_loops
+from involution.reference.loops import involution2d_loops
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation)
 CASES = [

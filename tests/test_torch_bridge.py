@@ -8,7 +8,7 @@ pytest.importorskip("numba")
 
 from involution.conformance import oracle, tolerances  # noqa: E402
 from involution.fast import torch_ops  # noqa: E402
-from involution.reference.shapes import check_geometry, output_size  # noqa: E402
+from involution.spec import check_geometry, output_size  # noqa: E402
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation)
 CASES = [
@@ -96,7 +96,7 @@ def test_bad_inputs_raise_named_errors():
 
 
 def test_fast_layer_equals_unfold_layer():
-    torch_models = pytest.importorskip("involution.conformance.torch_models")
+    torch_models = pytest.importorskip("involution.torch")
     torch.manual_seed(0)
     layer = torch_models.Involution2d(32, kernel_size=7, stride=2, group_channels=16).double()
     x = torch.randn(2, 32, 11, 10, dtype=torch.float64)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from involution.reference.shapes import check_involution2d
+from involution.spec import check_involution2d
 
 CONFORMANCE_LIMITS = {"square_only": True, "max_dilation": 1, "same_padding_only": True}
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from involution.conformance import oracle
-from involution.reference.shapes import check_involution2d, check_involution2d_backward
+from involution.spec import check_involution2d, check_involution2d_backward
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
