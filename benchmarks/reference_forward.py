@@ -17,20 +17,20 @@ from involution.reference.rednet import RedNet
 
 
 def run(depth: int = 50, batch: int = 1, size: int = 224, repeats: int = 5, log=print) -> list[dict]:
-    """Validate fast-cpu against numpy logits (when numba is present), then time each backend; one row each."""
+    """Validate fast-cpu against the reference logits (when numba is present), then time each backend; one row each."""
     images = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
     flops = count(RedNet(depth), (size, size), batch).total("full").flops
-    models = {"numpy": RedNet(depth).eval()}
+    models = {"reference": RedNet(depth).eval()}
     try:
         models["fast-cpu"] = RedNet(depth, backend="fast-cpu").eval()
     except ImportError as error:
-        log(f"fast-cpu backend unavailable, timing numpy only: {error}")
+        log(f"fast-cpu backend unavailable, timing the reference only: {error}")
     if "fast-cpu" in models:
-        expected, got = models["numpy"](images), models["fast-cpu"](images)
+        expected, got = models["reference"](images), models["fast-cpu"](images)
         error = float(np.abs(got - expected).max() / np.abs(expected).max())
         if not error < 1e-4:  # float32 through ~50 layers: catches a wrong op, not rounding
-            raise AssertionError(f"RedNet-{depth} logits, fast-cpu vs numpy: max relative difference {error:.2e}")
-        log(f"RedNet-{depth} logits, fast-cpu vs numpy op: max relative difference {error:.1e}")
+            raise AssertionError(f"RedNet-{depth} logits, fast-cpu vs reference: max relative difference {error:.2e}")
+        log(f"RedNet-{depth} logits, fast-cpu vs reference op: max relative difference {error:.1e}")
     rows = []
     for backend, model in models.items():
         seconds = median_seconds(lambda: model(images), repeats)

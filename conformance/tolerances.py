@@ -4,7 +4,8 @@ A sum of ``n`` products computed in floating point with unit round-off ``u = eps
 errs by at most ``gamma_n * sum(|products|)`` with ``gamma_n = n*u / (1 - n*u)`` (Higham, *Accuracy and
 Stability of Numerical Algorithms*, Thm. 3.1), plus ``u * |result|`` for the final rounding. So each check
 compares elementwise against ``(n + 2) * eps * magnitude``, where ``magnitude`` is the same computation on
-absolute values (``sum |products|``, computed exactly enough in float64 by the oracle). ``eps`` rather than
+absolute values (``sum |products|``: the NumPy reference op applied to ``|x|`` and ``|kernel|`` in float64, so
+no torch is needed to judge a result). ``eps`` rather than
 ``u`` leaves a factor 2 for the float64 oracle's own rounding. The reduction lengths ``n``:
 
 * forward: ``Kh * Kw`` taps per output;
@@ -21,9 +22,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from involution.conformance import oracle
+from involution.reference.op import involution2d, involution2d_backward
 from involution.spec import Geometry
 
 
@@ -51,26 +51,21 @@ def grad_x_terms(geometry: Geometry) -> int:
     return per_axis[0] * per_axis[1]
 
 
-def _tensor(array) -> torch.Tensor:
-    return torch.from_numpy(np.abs(np.asarray(array, dtype=np.float64)))
+def _absolute(array) -> np.ndarray:
+    return np.abs(np.asarray(array, dtype=np.float64))
 
 
 def magnitudes(x, kernel, geometry: Geometry, grad_out=None):
     """``sum |products|`` of the forward (and, with ``grad_out``, of ``grad_x`` and ``grad_kernel``), float64.
 
+    The op and its backward are sums of products, so each magnitude is the same computation on absolute values.
     Returns ``out_magnitude`` or ``(out_magnitude, grad_x_magnitude, grad_kernel_magnitude)``.
     """
-    x_abs = _tensor(x).requires_grad_(grad_out is not None)
-    kernel_abs = _tensor(kernel).requires_grad_(grad_out is not None)
-    out = oracle.involution2d(x_abs, kernel_abs, *_params(geometry))
+    x_abs, kernel_abs = _absolute(x), _absolute(kernel)
+    out = involution2d(x_abs, kernel_abs, *geometry.hyper_parameters)
     if grad_out is None:
-        return out.detach().numpy()
-    grad_x, grad_kernel = torch.autograd.grad(out, (x_abs, kernel_abs), _tensor(grad_out))
-    return out.detach().numpy(), grad_x.numpy(), grad_kernel.numpy()
-
-
-def _params(geometry: Geometry) -> tuple:
-    return geometry.stride, geometry.padding, geometry.dilation
+        return out
+    return (out, *involution2d_backward(_absolute(grad_out), x_abs, kernel_abs, *geometry.hyper_parameters))
 
 
 def bound(terms: int, dtype, magnitude: np.ndarray) -> np.ndarray:
@@ -105,19 +100,17 @@ def assert_within(actual, expected, tolerance, what: str, case) -> None:
 def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, context, grad_out=None) -> None:
     """Each of ``results`` (``"out"``, ``"grad_x"``, ``"grad_kernel"`` -> array; the gradients need ``grad_out``)
     has ``x``'s dtype and equals the float64 NumPy reference within its reduction's rounding bound."""
-    from involution.reference import involution2d, involution2d_backward
-
     x64, kernel64 = x.astype(np.float64), kernel.astype(np.float64)
     expected, terms = {}, {"out": forward_terms(geometry), "grad_x": grad_x_terms(geometry),
                            "grad_kernel": grad_kernel_terms(geometry)}
     if "out" in results:
-        expected["out"] = involution2d(x64, kernel64, *_params(geometry))
+        expected["out"] = involution2d(x64, kernel64, *geometry.hyper_parameters)
     if grad_out is None:
         magnitude = {"out": magnitudes(x, kernel, geometry)}
     else:
         grad_out64 = grad_out.astype(np.float64)
         expected["grad_x"], expected["grad_kernel"] = involution2d_backward(grad_out64, x64, kernel64,
-                                                                            *_params(geometry))
+                                                                            *geometry.hyper_parameters)
         magnitude = dict(zip(("out", "grad_x", "grad_kernel"), magnitudes(x, kernel, geometry, grad_out)))
     for name, actual in results.items():
         assert actual.dtype == x.dtype, f"{name} dtype {actual.dtype}, expected {x.dtype}; {context}"

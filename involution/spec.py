@@ -1,7 +1,9 @@
-"""Argument checking and shape arithmetic for the involution op: one place for each rule.
+"""The rules of the involution op, once: option checks, the output-size rule, the group rule, "same" padding.
 
-Every backend (the NumPy reference, the numba CPU and CUDA kernels, the conformance adapters) validates
-through :func:`check_involution2d` before it computes, so bad input gets the same clear error everywhere.
+This module is the bottom of the import graph: it imports nothing from the project, and every backend, layer,
+counter, suite module and benchmark uses it. Every backend (the NumPy reference, the numba CPU and CUDA kernels,
+the torch ops, the conformance adapters) validates through :func:`check_involution2d` (or
+:func:`check_geometry`) before it computes, so bad input gets the same clear error everywhere.
 """
 from __future__ import annotations
 
@@ -11,39 +13,68 @@ from dataclasses import dataclass
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Largest padded extent (H + 2*ph, and each of stride, padding, dilation): the compiled kernels multiply two
+# such numbers, which must fit in int64. Larger values get a named ValueError instead of an overflow.
+MAX_EXTENT = 2**31 - 1
 
 
-def pair(value, name: str, *, minimum: int) -> tuple[int, int]:
-    """Return ``value`` as an ``(h, w)`` pair of ints, each ``>= minimum``; ``value`` is an int or a pair."""
-    items = value if isinstance(value, (tuple, list)) else (value, value)
+def check_int(value, name: str, *, minimum: int, maximum: int = MAX_EXTENT) -> int:
+    """``value`` as an int in ``[minimum, maximum]``; a named ``TypeError`` (not an integer, or a bool) or
+    ``ValueError`` (out of range) otherwise. Never truncates: ``2.0``, ``(2, 2)`` and ``True`` are errors."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def pair(value, name: str, *, minimum: int, maximum: int = MAX_EXTENT) -> tuple[int, int]:
+    """``value`` (an int, or an ``(h, w)`` pair of ints) as an ``(h, w)`` pair, each in ``[minimum, maximum]``.
+
+    Raises a named ``TypeError``/``ValueError`` for anything else, never truncates: a triple is an error.
+    """
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(items) != 2:
         raise ValueError(f"{name} must be an int or an (h, w) pair, got {value!r}")
-    result = []
     for item in items:
-        if isinstance(item, (bool, np.bool_)):
+        if isinstance(item, (bool, np.bool_)) or not hasattr(type(item), "__index__"):
             raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
-        try:
-            item = operator.index(item)
-        except TypeError:
-            raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}") from None
-        if item < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-        result.append(item)
-    return result[0], result[1]
+    if min(items) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if max(items) > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
+    return operator.index(items[0]), operator.index(items[1])
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     """Output length along one axis: ``(size + 2*padding - dilation*(kernel-1) - 1) // stride + 1``.
 
     The one output-size rule of the project (same as ``torch.nn.functional.unfold`` and ``conv2d``).
-    May be < 1, meaning the window does not fit; callers decide whether that is an error.
+    May be < 1, meaning the window does not fit; callers decide whether that is an error. Each argument is
+    checked (:func:`check_int`): ``size >= 0``, ``kernel, stride, dilation >= 1``, ``padding >= 0``.
     """
+    size, kernel = check_int(size, "size", minimum=0), check_int(kernel, "kernel", minimum=1)
+    stride, padding = check_int(stride, "stride", minimum=1), check_int(padding, "padding", minimum=0)
+    dilation = check_int(dilation, "dilation", minimum=1)
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def group_of_channel(channel, channels: int, groups: int):
-    """Group index of ``channel``: contiguous blocks of ``channels // groups`` (the official layout)."""
-    return channel // (channels // groups)
+def same_padding(kernel_size, dilation=1) -> tuple[int, int]:
+    """Padding ``dilation * (K - 1) // 2`` per axis: keeps the size at stride 1 for odd ``K`` (RedNet's layers)."""
+    kernel_h, kernel_w = pair(kernel_size, "kernel_size", minimum=1)
+    dilation_h, dilation_w = pair(dilation, "dilation", minimum=1)
+    return dilation_h * (kernel_h - 1) // 2, dilation_w * (kernel_w - 1) // 2
+
+
+def group_of_channel(channel, group_channels):
+    """Group of ``channel`` when groups are contiguous blocks of ``group_channels = C // G`` (the official layout)."""
+    return channel // group_channels
 
 
 @dataclass(frozen=True)
@@ -75,6 +106,11 @@ class Geometry:
     def macs(self) -> int:
         """Multiply-adds of the forward op: ``B * C * Kh * Kw * Ho * Wo``."""
         return self.batch * self.channels * self.kernel_h * self.kernel_w * self.out_h * self.out_w
+
+    @property
+    def hyper_parameters(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """``(stride, padding, dilation)``, each an ``(h, w)`` pair: the op's arguments after the arrays."""
+        return self.stride, self.padding, self.dilation
 
     @property
     def x_shape(self) -> tuple[int, int, int, int]:
@@ -121,6 +157,9 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
         raise ValueError(f"x must have no empty dimension, got shape {tuple(x_shape)}")
     if min(kernel_shape) < 1:
         raise ValueError(f"kernel must have no empty dimension, got shape {tuple(kernel_shape)}")
+    for axis, size, pad in (("height", height, padding[0]), ("width", width, padding[1])):
+        if size + 2 * pad > MAX_EXTENT:
+            raise ValueError(f"padded x {axis} (size + 2*padding = {size + 2 * pad}) must be <= {MAX_EXTENT}")
     if k_batch != batch:
         raise ValueError(f"kernel batch size {k_batch} does not match x batch size {batch}")
     if channels % groups:

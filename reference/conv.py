@@ -8,7 +8,7 @@ from .init import default_rng, kaiming_fan_out
 from .module import Chain, Module, Parameter
 from .norm import BatchNorm2d
 from .op import pad, scatter_windows, windows
-from involution.spec import Geometry, output_size, pair
+from involution.spec import Geometry, check_int, output_size, pair
 
 
 class Conv2d(Module):
@@ -30,8 +30,8 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False, *,
                  dtype=np.float32, rng=None):
         super().__init__()
-        self.in_channels = pair(in_channels, "in_channels", minimum=1)[0]
-        self.out_channels = pair(out_channels, "out_channels", minimum=1)[0]
+        self.in_channels = check_int(in_channels, "in_channels", minimum=1)
+        self.out_channels = check_int(out_channels, "out_channels", minimum=1)
         self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
         self.stride = pair(stride, "stride", minimum=1)
         self.padding = pair(padding, "padding", minimum=0)

@@ -15,33 +15,18 @@ Difference from the official code: it pools with floor-mode ``nn.AvgPool2d(strid
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from involution import backends
+from involution.spec import check_int, same_padding
+
 from .conv import ConvModule
 from .module import Module
-from .op import involution2d, involution2d_backward
 from .pool import AvgPool2d
-from involution.spec import pair
 
-BACKENDS = ("numpy", "fast-cpu")
 KERNEL_GENERATORS = ("bottleneck", "linear")
-
-
-def op_functions(backend: str):
-    """``(involution2d, involution2d_backward)`` of ``backend``: ``"numpy"`` or ``"fast-cpu"`` (numba)."""
-    if backend == "numpy":
-        return involution2d, involution2d_backward
-    if backend == "fast-cpu":
-        try:
-            module = importlib.import_module("involution.fast.cpu")
-            return module.involution2d, module.involution2d_backward
-        except (ImportError, AttributeError) as error:
-            raise ImportError(f"backend 'fast-cpu' needs involution.fast.cpu with involution2d and "
-                              f"involution2d_backward (and numba: pip install 'involution[fast]'): {error}") from error
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 @dataclass(frozen=True)
@@ -96,16 +81,16 @@ def check_involution_options(channels, kernel_size, stride, group_channels, redu
     ValueError
         An option out of range, an even ``kernel_size``, a divisibility that fails, an unknown ``kernel_gen``.
     """
-    channels = pair(channels, "channels", minimum=1)[0]
-    kernel_size = pair(kernel_size, "kernel_size", minimum=1)[0]
-    stride = pair(stride, "stride", minimum=1)[0]
-    dilation = pair(dilation, "dilation", minimum=1)[0]
-    reduction = pair(reduction, "reduction", minimum=1)[0]
+    channels = check_int(channels, "channels", minimum=1)
+    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
+    stride = check_int(stride, "stride", minimum=1)
+    dilation = check_int(dilation, "dilation", minimum=1)
+    reduction = check_int(reduction, "reduction", minimum=1)
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
     if group_channels == "all":
         group_channels = channels
-    group_channels = pair(group_channels, "group_channels", minimum=1)[0]
+    group_channels = check_int(group_channels, "group_channels", minimum=1)
     if channels % group_channels:
         raise ValueError(f"channels ({channels}) must be divisible by group_channels ({group_channels})")
     if kernel_gen not in KERNEL_GENERATORS:
@@ -130,17 +115,18 @@ class Involution2d(Module):
     reduction : int
         ``conv1`` reduces ``C`` to ``C // reduction`` channels (bottleneck kernel generation only).
     kernel_gen : "bottleneck" or "linear"
-    backend : "numpy" (``involution.reference.op``) or "fast-cpu" (``involution.fast.cpu``, numba)
+    backend : str
+        A NumPy backend of :mod:`involution.backends`: ``"reference"`` (default), ``"fast-cpu"`` or ``"fast-cuda"``.
     dtype, rng : parameter dtype and initialisation generator
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1, group_channels=16, reduction: int = 4,
-                 kernel_gen: str = "bottleneck", dilation: int = 1, backend: str = "numpy", *,
+                 kernel_gen: str = "bottleneck", dilation: int = 1, backend: str = "reference", *,
                  dtype=np.float32, rng=None):
         super().__init__()
         options = check_involution_options(channels, kernel_size, stride, group_channels, reduction, kernel_gen,
                                            dilation)
-        self.forward_op, self.backward_op = op_functions(backend)
+        self.forward_op, self.backward_op = backends.functions(backend, "numpy")
         self.channels, self.kernel_size, self.stride, self.dilation = (options.channels, options.kernel_size,
                                                                        options.stride, options.dilation)
         self.group_channels, self.groups = options.group_channels, options.groups
@@ -158,7 +144,7 @@ class Involution2d(Module):
 
     @property
     def padding(self) -> int:
-        return (self.kernel_size - 1) // 2 * self.dilation
+        return same_padding(self.kernel_size, self.dilation)[0]
 
     def generator(self) -> list[Module]:
         """The kernel-generating modules in order: ``[avgpool,] [conv1,] conv2``."""

@@ -146,12 +146,12 @@ class RedNet(Classifier):
     stage_blocks : tuple of ints, optional, e.g. ``(1, 1, 1, 1)`` for a tiny model
     dtype : float32 or float64
     seed : int, seeds the initialisation (mmcls' variances)
-    backend : "numpy" or "fast-cpu", the involution op implementation
+    backend : str, a NumPy backend of :mod:`involution.backends` ("reference", "fast-cpu", "fast-cuda") for the op
     """
 
     def __init__(self, depth=50, num_classes=1000, kernel_size=7, group_channels=16, reduction=4,
                  kernel_gen="bottleneck", in_channels=3, stem_channels=64, base_channels=64, stage_blocks=None,
-                 dtype=np.float32, seed=0, backend="numpy"):
+                 dtype=np.float32, seed=0, backend="reference"):
         super().__init__()
         stage_blocks = stage_blocks_for(depth, stage_blocks)
         rng = np.random.default_rng(seed)

@@ -39,7 +39,7 @@ def load_digits_split(size: int = 16, seed: int = 0):
     return x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
 
 
-def tiny_rednet(backend: str = "numpy", seed: int = 0) -> RedNet:
+def tiny_rednet(backend: str = "reference", seed: int = 0) -> RedNet:
     """The demo model: ``RedNet(**TINY_REDNET)``, one involution bottleneck per stage, about 0.1M parameters."""
     return RedNet(**TINY_REDNET, seed=seed, backend=backend)
 
@@ -53,7 +53,7 @@ def accuracy(model, x, y, batch_size: int = 256) -> float:
 
 
 def train_digits(epochs: int = 8, size: int = 16, batch_size: int = 32, lr: float = 0.1, momentum: float = 0.9,
-                 weight_decay: float = 1e-4, seed: int = 0, backend: str = "numpy", out=None, progress: bool = True,
+                 weight_decay: float = 1e-4, seed: int = 0, backend: str = "reference", out=None, progress: bool = True,
                  log=print) -> dict:
     """Train :func:`tiny_rednet` on the digits; print one line per epoch; optionally save weights to ``out`` (.npz).
 

@@ -1,12 +1,8 @@
 """Test cases shared by the op tests: case tuples to arrays, reference-matching assertions, error inputs."""
 import numpy as np
 
+from involution.conformance import tolerances
 from involution.spec import check_geometry, output_size
-
-try:
-    from involution.conformance import tolerances
-except ImportError:  # no torch: only the assert_*_matches helpers need it; their modules skip without torch
-    tolerances = None
 
 
 def case_id(case):

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
-torch_models = pytest.importorskip("involution.torch")
+torch_models = pytest.importorskip("involution.torch.models")
 
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -156,17 +156,17 @@ def test_fvcore_reports_conv_linear_plus_batchnorm(family, size):
 
 
 def test_set_backend_switches_every_involution():
-    model = torch_models.RedNet(stage_blocks=(1, 1), group_channels=4, num_classes=3, **SMALL)
+    model = torch_models.RedNet(stage_blocks=(1, 1), group_channels=4, num_classes=3, backend="taps", **SMALL)
     involutions = [m for m in model.modules() if isinstance(m, torch_models.Involution2d)]
-    assert len(involutions) == 3 and all(m.backend == "unfold" for m in involutions)
-    with pytest.raises(ValueError, match="backend must be one of"):
-        model.set_backend("cuda")
-    assert all(m.backend == "unfold" for m in involutions)
+    assert len(involutions) == 3 and all(m.backend == "taps" for m in involutions)
+    with pytest.raises(ValueError, match=r"backend must be a torch backend, one of \('fast', 'taps'\), got 'fast-cpu'"):
+        model.set_backend("fast-cpu")
+    assert all(m.backend == "taps" for m in involutions)
 
 
-def test_fast_backend_gives_the_unfold_logits_or_a_clear_error():
+def test_fast_backend_gives_the_taps_logits_or_a_clear_error():
     model = torch_models.RedNet(stage_blocks=(1, 1), group_channels=4, num_classes=3, dtype=torch.float64,
-                                **SMALL).eval()
+                                backend="taps", **SMALL).eval()
     x = torch.randn(2, 3, 23, 18, dtype=torch.float64)
     with torch.no_grad():
         expected = model(x)
@@ -177,4 +177,4 @@ def test_fast_backend_gives_the_unfold_logits_or_a_clear_error():
             pytest.skip(f"fast backend unavailable: {error}")
         got = model(x)
     error = (got - expected).abs().max().item()
-    assert error <= 1e-12 * expected.abs().max().item(), f"fast vs unfold logits differ by {error}"
+    assert error <= 1e-12 * expected.abs().max().item(), f"fast vs taps logits differ by {error}"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-torch_models = pytest.importorskip("involution.torch")
+torch_models = pytest.importorskip("involution.torch.models")
 
 from involution.reference.checkpoint import state_dict_from_torch  # noqa: E402
 from involution.reference.involution_layer import Involution2d  # noqa: E402

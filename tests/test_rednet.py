@@ -189,7 +189,7 @@ def test_fast_cpu_backend_matches_numpy():
     x = np.random.default_rng(0).standard_normal((2, 3, 13, 11))
     grad_logits = np.random.default_rng(1).standard_normal((2, 5))
     results = []
-    for backend in ("numpy", "fast-cpu"):
+    for backend in ("reference", "fast-cpu"):
         model = tiny_rednet(backend=backend).astype(np.float64)
         logits = model(x)
         grad_x = model.backward(grad_logits)

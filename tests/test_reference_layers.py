@@ -173,7 +173,8 @@ def test_layers_name_the_problem():
     (dict(channels=8, reduction=3, group_channels=4), ValueError, r"channels \(8\) must be divisible by reduction"),
     (dict(channels=8, kernel_size=4, group_channels=4), ValueError, "kernel_size must be odd"),
     (dict(channels=8, group_channels=4, kernel_gen="mlp"), ValueError, "kernel_gen must be one of"),
-    (dict(channels=8, group_channels=4, backend="cuda"), ValueError, "backend must be one of"),
+    (dict(channels=8, group_channels=4, backend="taps"), ValueError,
+     r"backend must be a numpy backend, one of \('reference', 'fast-cpu', 'fast-cuda'\), got 'taps'"),
     (dict(channels=8, group_channels=4, stride=0), ValueError, "stride must be >= 1"),
     (dict(channels=8.0, group_channels=4), TypeError, "channels must be an int"),
 ])

@@ -95,19 +95,19 @@ def test_bad_inputs_raise_named_errors():
         torch_ops.involution2d(x, kernel, 0, padding, dilation)
 
 
-def test_fast_layer_equals_unfold_layer():
-    torch_models = pytest.importorskip("involution.torch")
+def test_fast_layer_equals_taps_layer():
+    torch_models = pytest.importorskip("involution.torch.models")
     torch.manual_seed(0)
     layer = torch_models.Involution2d(32, kernel_size=7, stride=2, group_channels=16).double()
     x = torch.randn(2, 32, 11, 10, dtype=torch.float64)
     results = {}
-    for backend in ("unfold", "fast"):
+    for backend in ("taps", "fast"):
         layer.set_backend(backend)
         layer.zero_grad()
         x_leaf = x.clone().requires_grad_()
         out = layer(x_leaf)
         out.square().sum().backward()
         results[backend] = (out.detach(), x_leaf.grad, *(p.grad.clone() for p in layer.parameters()))
-    for index, (fast, unfold) in enumerate(zip(results["fast"], results["unfold"])):
-        torch.testing.assert_close(fast, unfold, rtol=1e-10, atol=1e-10,
+    for index, (fast, taps) in enumerate(zip(results["fast"], results["taps"])):
+        torch.testing.assert_close(fast, taps, rtol=1e-10, atol=1e-10,
                                    msg=lambda text: f"tensor {index} (out, grad_x, parameter grads): {text}")

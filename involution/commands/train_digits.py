@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import time
 
+from involution import backends
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--backend", choices=("numpy", "fast-cpu"), default="numpy",
-                        help="involution op: the NumPy reference or the numba CPU kernels (default numpy)")
+    parser.add_argument("--backend", choices=backends.names("numpy"), default="reference",
+                        help="NumPy backend of the involution op (default reference)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
     parser.add_argument("--size", type=int, choices=(16, 32), default=16, help="image size (default 16)")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")

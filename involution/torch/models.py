@@ -1,10 +1,11 @@
-"""PyTorch twins of the reference network: RedNet and ResNet as ``torch.nn.Module`` trees.
+"""RedNet and ResNet as ``torch.nn.Module`` trees: the PyTorch product, twin of the NumPy reference network.
 
 Same constructor arguments and the same ``state_dict`` keys as the NumPy reference, which are the official
 mmcls keys (``backbone.stem.1.conv2.conv.bias``, ``backbone.layer1.0.conv2.conv1.bn.running_mean``,
 ``head.fc.weight``...), so an official checkpoint loads without renaming. Built from standard torch layers;
-the involution itself calls ``involution.conformance.oracle.involution2d`` (``backend="unfold"``) or the
-numba kernels of ``involution.fast.torch_ops`` (``backend="fast"``).
+the involution op is a torch backend of :mod:`involution.backends`: ``"fast"`` (the numba kernels,
+:mod:`involution.fast.torch_ops`) or ``"taps"`` (plain PyTorch, :mod:`involution.torch.taps`); the default is the
+fastest that imports here.
 
 One deliberate difference from the official code: the kernel-generation pool of a strided involution is
 ``nn.AvgPool2d(stride, stride, ceil_mode=True)``. The official floor-mode pool gives ``H // s`` rows while the
@@ -16,26 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from involution import backends
 from involution.reference.involution_layer import check_involution_options
 from involution.reference.rednet import EXPANSION, stage_blocks_for
+from involution.spec import same_padding
 
-BACKENDS = ("unfold", "fast")
 
-
-def _involution_function(backend: str):
-    """The ``involution2d(x, kernel, stride, padding, dilation)`` of ``backend``, imported on first use."""
-    if backend == "unfold":
-        from involution.conformance.oracle import involution2d
-        return involution2d
-    if backend == "fast":
-        try:
-            from involution.fast.torch_ops import involution2d
-        except ImportError as error:
-            raise ImportError(
-                f"backend='fast' needs involution.fast.torch_ops (numba kernels), which failed to import: {error}"
-            ) from error
-        return involution2d
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def _involution_function(backend: str | None):
+    """``(name, involution2d)`` of torch backend ``backend`` (``None``: the fastest available), imported on first use."""
+    name = backends.default("torch") if backend is None else backend
+    return name, backends.load(name, "torch").involution2d
 
 
 class ConvModule(nn.Sequential):
@@ -69,13 +60,14 @@ class Involution2d(nn.Module):
         The bottleneck generator's ``C -> C // reduction`` squeeze.
     kernel_gen : {"bottleneck", "linear"}
         "bottleneck": ``conv1`` (1x1, BN, ReLU) then ``conv2`` (1x1 with bias to ``K*K*G``); "linear": ``conv2`` only.
-    backend : {"unfold", "fast"}
+    backend : {"fast", "taps"} or None
+        A torch backend of :mod:`involution.backends`; ``None``: ``"fast"`` where numba imports, else ``"taps"``.
 
     Shapes: x ``(B, C, H, W)`` -> ``(B, C, ceil(H / stride), ceil(W / stride))``.
     """
 
     def __init__(self, channels, kernel_size=7, stride=1, group_channels=16, reduction=4, kernel_gen="bottleneck",
-                 dilation=1, backend="unfold"):
+                 dilation=1, backend=None):
         super().__init__()
         options = check_involution_options(channels, kernel_size, stride, group_channels, reduction, kernel_gen,
                                            dilation)
@@ -90,18 +82,16 @@ class Involution2d(nn.Module):
             self.conv1 = ConvModule(options.channels, options.hidden, 1)
         self.conv2 = ConvModule(options.hidden, options.taps, 1, norm=False, activate=False)
 
-    def set_backend(self, backend: str) -> None:
-        """Use ``backend`` ("unfold" or "fast") for the involution op from now on."""
-        self._involution2d = _involution_function(backend)
-        self.backend = backend
+    def set_backend(self, backend: str | None) -> None:
+        """Use torch backend ``backend`` ("fast", "taps"; ``None``: the fastest available) for the op from now on."""
+        self.backend, self._involution2d = _involution_function(backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.avgpool(x) if self.stride > 1 else x
         weight = self.conv2(self.conv1(pooled) if self.kernel_gen == "bottleneck" else pooled)
         batch, _, out_h, out_w = weight.shape
         kernel = weight.view(batch, self.groups, self.kernel_size, self.kernel_size, out_h, out_w)
-        padding = self.dilation * (self.kernel_size - 1) // 2
-        return self._involution2d(x, kernel, self.stride, padding, self.dilation)
+        return self._involution2d(x, kernel, self.stride, same_padding(self.kernel_size, self.dilation), self.dilation)
 
 
 class Bottleneck(nn.Module):
@@ -247,7 +237,7 @@ class RedNet(_Classifier):
 
     def __init__(self, depth=50, num_classes=1000, kernel_size=7, group_channels=16, reduction=4,
                  kernel_gen="bottleneck", in_channels=3, stem_channels=64, base_channels=64, stage_blocks=None,
-                 dtype=torch.float32, seed=0, backend="unfold"):
+                 dtype=torch.float32, seed=0, backend=None):
         super().__init__()
         stage_blocks = stage_blocks_for(depth, stage_blocks)
         with torch.random.fork_rng(devices=[]):
@@ -256,8 +246,8 @@ class RedNet(_Classifier):
                                       stem_channels, base_channels, backend)
             self._finish(backbone, stage_blocks, base_channels, num_classes, dtype)
 
-    def set_backend(self, backend: str) -> None:
-        """Switch every involution layer to ``backend`` ("unfold" or "fast")."""
+    def set_backend(self, backend: str | None) -> None:
+        """Switch every involution layer to torch backend ``backend`` ("fast", "taps"; ``None``: the fastest)."""
         _involution_function(backend)
         for module in self.modules():
             if isinstance(module, Involution2d):
