@@ -62,6 +62,8 @@ def train_digits(epochs: int = 8, size: int = 16, batch_size: int = 32, lr: floa
     history : dict of lists, one entry per epoch: ``epoch``, ``loss`` (mean training loss), ``test_accuracy``,
         ``seconds`` (wall time of the epoch's training and evaluation); plus ``model`` (the trained RedNet).
     """
+    from tqdm import tqdm  # the `train` extra, with scikit-learn's digits
+
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"need epochs >= 1 and batch_size >= 2, got epochs={epochs}, batch_size={batch_size}")
     x_train, y_train, x_test, y_test = load_digits_split(size, seed)
@@ -71,7 +73,7 @@ def train_digits(epochs: int = 8, size: int = 16, batch_size: int = 32, lr: floa
     total_steps, step = epochs * steps_per_epoch, 0
     rng = np.random.default_rng(seed)
     history = {"epoch": [], "loss": [], "test_accuracy": [], "seconds": []}
-    bar = _progress(total_steps, progress)
+    bar = tqdm(total=total_steps, unit="step", leave=False, disable=not progress)
     for epoch in range(1, epochs + 1):
         started, losses = time.perf_counter(), []
         order = rng.permutation(len(x_train))
@@ -101,23 +103,3 @@ def train_digits(epochs: int = 8, size: int = 16, batch_size: int = 32, lr: floa
     return history
 
 
-def _progress(total: int, enabled: bool):
-    """A tqdm bar over the training steps (a silent stand-in when disabled or tqdm is missing)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        enabled = False
-    if enabled:
-        return tqdm(total=total, unit="step", leave=False)
-
-    class Silent:
-        def update(self, n):
-            pass
-
-        def set_postfix(self, **values):
-            pass
-
-        def close(self):
-            pass
-
-    return Silent()
