@@ -106,3 +106,18 @@ def test_front_door_defaults_to_the_fastest_available_backend():
     expected = involution2d(x, kernel, 1, 1, 1, backend="reference")
     np.testing.assert_allclose(involution2d(x, kernel, 1, 1, 1), expected, rtol=1e-13, atol=1e-13)
     assert backends.default("numpy") in ("fast-cpu", "reference")
+
+
+def test_definition_multiplies_padded_taps():
+    """Policy (docs/spec.md): an infinite weight on a tap that reads zero padding gives inf * 0 = NaN, by the
+    definition; the loops and the vectorised reference say so, and a finite weight there contributes nothing."""
+    from involution.reference import involution2d as reference
+    from involution.reference.loops import involution2d_loops
+
+    x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    kernel = np.ones((1, 1, 3, 3, 3, 3))
+    kernel[0, 0, 0, 0, 0, 0] = np.inf  # output (0, 0), tap (0, 0) reads x_pad[-1, -1]: padding
+    kernel[0, 0, 2, 2, 1, 1] = np.inf  # output (1, 1), tap (2, 2) reads x[2, 2] = 9: inside
+    for out in (involution2d_loops(x, kernel, 1, 1, 1), reference(x, kernel, 1, 1, 1)):
+        assert np.isnan(out[0, 0, 0, 0]) and out[0, 0, 1, 1] == np.inf, out
+        assert out[0, 0, 2, 2] == x[0, 0, 1:, 1:].sum(), out  # finite weights on padding add 0
