@@ -152,7 +152,7 @@ def test_counts_scale_with_batch():
 
 def test_names_follow_the_state_dict(rednet_reports):
     report = rednet_reports[26]
-    state_prefixes = {key.rsplit(".", 1)[0] for key in build("rednet26").state_dict()}
+    state_prefixes = {key.rsplit(".", 1)[0] for key in RedNet(26).state_dict()}
     weighted = {layer.name for layer in report.layers if layer.params}
     assert weighted == state_prefixes, f"differ: {sorted(weighted ^ state_prefixes)}"
 
