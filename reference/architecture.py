@@ -116,6 +116,21 @@ class GlobalAvgPool:
 
 
 @dataclass(frozen=True)
+class Interpolate:
+    """``F.interpolate(x, scale_factor=scale_factor, mode=mode)`` (mmseg's ``Upsample`` module calls it too)."""
+
+    scale_factor: int
+    mode: str = "nearest"
+    type: ClassVar[str] = "interpolate"
+    params: ClassVar[int] = 0
+
+    @property
+    def ops_per_element(self) -> int:
+        """Arithmetic per output element: 0 for nearest (a copy), 7 for bilinear (4 weights, 4 mul + 3 add)."""
+        return {"nearest": 0, "bilinear": 7}[self.mode]
+
+
+@dataclass(frozen=True)
 class Sequence:
     """Children run in order; ``children`` is a tuple of ``(name, description)``."""
 

@@ -32,6 +32,10 @@ FLOPS_DEFINITION = {
             "window element read, residual add 1/element); MACs include the involution op and the head",
     "published": "FLOPs = MACs + mmcv's element-wise terms (conv bias, BN 2/element, ReLU, pooling 1 per input "
                  "element), backbone + neck only, involution op at input resolution (mmcv: 1 MAC = 1 FLOP)",
+    "published-detection": "FLOPs = MACs + mmcv's element-wise terms of the modules it hooks (conv bias, BN "
+                           "2/element, ReLU, pooling 1 per input element; no SyncBN, functional ops, RoIAlign or "
+                           "mmcv's conv wrappers), whole forward_dummy, involution op at input resolution; params "
+                           "trainable only",
     "fvcore": "FLOPs = MACs of conv and linear layers only (no bias, no involution op): fvcore's conv + linear "
               "entries (its total adds BN); torch's FlopCounterMode reports 2 x this",
 }
@@ -43,6 +47,12 @@ PUBLISHED = {
     101: {"params_m": 25.65, "flops_g": 4.74, "fewer_params_pct": 42.6, "fewer_flops_pct": 40.5},
     152: {"params_m": 33.99, "flops_g": 6.79, "fewer_params_pct": 43.5, "fewer_flops_pct": 41.4},
 }
+# The paper's ablation table (RedNet-50 at 224x224): option, value, FLOPs (G) as printed (params agree already).
+ABLATION = (
+    ("kernel_size", 3, 2.4), ("kernel_size", 5, 2.5), ("kernel_size", 7, 2.6), ("kernel_size", 9, 2.7),
+    ("group_channels", 1, 5.0), ("group_channels", 4, 3.0), ("group_channels", 16, 2.6), ("group_channels", "all", 2.4),
+    ("kernel_gen", "linear", 3.0), ("reduction", 1, 3.2), ("reduction", 4, 2.6), ("reduction", 16, 2.4),
+)
 POOLS = ("MaxPool2d", "AvgPool2d", "GlobalAvgPool2d")
 WEIGHTED = ("Conv2d", "ConvTranspose2d", "Linear")  # the layers fvcore and FlopCounterMode count
 # Work mmcv's counter never sees: it hooks module types (exactly), so SyncBatchNorm and the functional calls
@@ -57,7 +67,9 @@ class Layer:
     ``name`` is the state-dict path of the module that runs it (an involution's op carries the layer's own
     path, a residual add the block's); ``macs`` are weight (or involution-kernel) multiply-adds at the output
     resolution; ``bias_adds`` one per output element of a biased layer; ``element_ops`` the element-wise work
-    of the ``full`` convention.
+    of the ``full`` convention. ``trainable`` is false for frozen layers (the detectors' stem and first stage);
+    ``mmcv_hook`` false for a module whose exact type the mmcv counter of the published numbers had no hook for
+    (mmcv's ``Conv2d`` / ``ConvTranspose2d`` wrappers in the mask head).
     """
 
     name: str
@@ -69,6 +81,7 @@ class Layer:
     bias_adds: int = 0
     element_ops: int = 0
     trainable: bool = True
+    mmcv_hook: bool = True
 
     def cost(self, convention: str) -> tuple[int, int]:
         """``(macs, flops)`` of this layer under ``convention``."""
@@ -85,7 +98,7 @@ class Layer:
                 macs = self.macs // prod(self.output_shape[2:]) * prod(self.input_shape[2:])
             elementwise = {"BatchNorm2d": 2 * prod(self.input_shape), "ReLU": prod(self.output_shape)}
             elementwise.update(dict.fromkeys(POOLS, prod(self.input_shape)))
-            if self.type in MMCV_SKIPS:  # no hook for SyncBatchNorm or a functional call
+            if self.type in MMCV_SKIPS or not self.mmcv_hook:  # no hook for this module type or a functional call
                 return 0, 0
             return macs, macs + self.bias_adds + elementwise.get(self.type, 0)
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -224,7 +237,7 @@ def _global_pool(description, name, shape, layers):
 def _involution(description, name, shape, layers):
     options = description.options
     _check_channels(description, name, shape, options.channels)
-    batch, _, out_h, out_w = _walk(description.generator(), name, shape, layers)
+    batch, _, out_h, out_w = walk(description.generator(), name, shape, layers)
     kernel_shape = (batch, options.groups, options.kernel_size, options.kernel_size, out_h, out_w)
     g = check_geometry(shape, kernel_shape, options.stride, description.padding, options.dilation)
     layers.append(Layer(name, "Involution2d", shape, g.out_shape, 0, g.macs))
@@ -232,19 +245,27 @@ def _involution(description, name, shape, layers):
 
 
 def _residual(description, name, shape, layers):
-    out_shape = _walk(description.main, name, shape, layers)
+    out_shape = walk(description.main, name, shape, layers)
     identity_shape = shape
     if description.shortcut is not None:
-        identity_shape = _walk(description.shortcut, _join(name, description.shortcut_name), shape, layers)
+        identity_shape = walk(description.shortcut, _join(name, description.shortcut_name), shape, layers)
     if identity_shape != out_shape:
         raise ValueError(f"count: {name or 'the model'}: residual {out_shape} and shortcut {identity_shape} differ")
     layers.append(Layer(name, "Add", out_shape, out_shape, 0, 0, 0, prod(out_shape)))
-    return _walk(ReLUDescription(), _join(name, description.relu_name), out_shape, layers)
+    return walk(ReLUDescription(), _join(name, description.relu_name), out_shape, layers)
+
+
+def _interpolate(description, name, shape, layers):
+    """``F.interpolate`` by an integer ``scale_factor``: nearest copies (0 ops), bilinear weighs 4 neighbours
+    (4 multiplies + 3 adds per output element)."""
+    out_shape = (*shape[:2], *(size * description.scale_factor for size in shape[2:]))
+    layers.append(Layer(name, "interpolate", shape, out_shape, 0, 0, 0, description.ops_per_element * prod(out_shape)))
+    return out_shape
 
 
 def _sequence(description, name, shape, layers):
     for child_name, child in description.children:
-        shape = _walk(child, _join(name, child_name), shape, layers)
+        shape = walk(child, _join(name, child_name), shape, layers)
     return shape
 
 
@@ -255,17 +276,24 @@ def _join(name: str, child_name: str) -> str:
 HANDLERS = {architecture.Conv: _conv, architecture.ConvTranspose: _conv_transpose, architecture.Linear: _linear,
             architecture.BatchNorm: _batch_norm, ReLUDescription: _relu, architecture.Pool: _pool,
             architecture.GlobalAvgPool: _global_pool, architecture.Involution: _involution,
-            architecture.Residual: _residual, architecture.Sequence: _sequence}
+            architecture.Residual: _residual, architecture.Sequence: _sequence,
+            architecture.Interpolate: _interpolate}
 
 
-def _walk(description, name, shape, layers):
-    """Append the layers of ``description`` run on an input of ``shape``; return its output shape."""
-    return HANDLERS[type(description)](description, name, shape, layers)
+def walk(description, name, shape, layers):
+    """Append the layers of ``description`` run on an input of ``shape``; return its output shape.
+
+    Composite models (the detectors of ``involution.reference.detection``) walk themselves: their ``walk``.
+    """
+    handler = HANDLERS.get(type(description))
+    if handler is None:
+        return description.walk(name, shape, layers)
+    return handler(description, name, shape, layers)
 
 
 def as_description(model):
     """``model`` itself when it is a description (``involution.reference.architecture``), else ``describe(model)``."""
-    return model if type(model) in HANDLERS else architecture.describe(model)
+    return model if type(model) in HANDLERS or hasattr(model, "walk") else architecture.describe(model)
 
 
 def input_channels(description) -> int:
@@ -275,6 +303,8 @@ def input_channels(description) -> int:
             description = description.children[0][1]
         elif isinstance(description, architecture.Residual):
             description = description.main
+        elif hasattr(description, "backbone"):
+            description = description.backbone
         elif isinstance(description, architecture.Involution):
             return description.options.channels
         else:
@@ -323,12 +353,14 @@ def count(model, input_size=(224, 224), batch: int = 1, input_shape=None, name: 
         input_shape = (batch, channels) if linear else (batch, channels, height, width)
     input_shape = tuple(pair(size, "input_shape", minimum=1)[0] for size in input_shape)
     layers: list[Layer] = []
-    _walk(description, "", input_shape, layers)
+    walk(description, "", input_shape, layers)
     return Report(name or _label(model), input_shape, sum(layer.params for layer in layers), tuple(layers))
 
 
 def _label(model) -> str:
-    return type(model).__name__ if type(model) not in HANDLERS else model.type if hasattr(model, "type") else "model"
+    if type(model) in HANDLERS or hasattr(model, "walk"):
+        return getattr(model, "type", "model")
+    return type(model).__name__
 
 
 # -- the standard variants -----------------------------------------------------------------------------------
@@ -364,7 +396,11 @@ def standard_reports(family: str = "rednet", input_size=(224, 224), **options) -
             for depth in STAGE_BLOCKS}
 
 
-def round_as_published(value: float) -> float:
-    """Round to 3 decimals, then to 2, both half-up: how the official table's numbers come out (see docs)."""
-    three = Decimal(repr(value)).quantize(Decimal("0.001"), ROUND_HALF_UP)
-    return float(three.quantize(Decimal("0.01"), ROUND_HALF_UP))
+def round_as_published(value: float, digits: int = 2, steps: int = 2) -> float:
+    """Round half-up to ``digits`` decimals, in ``steps`` (2: first to ``digits + 1`` decimals): how the official
+    tables' numbers come out (mmcv prints 3 decimals per layer and 2 in total; the paper's tables keep 2
+    (classification) or 1 (detection, segmentation); ``steps=1`` rounds once."""
+    value = Decimal(repr(value))
+    for places in range(digits + steps - 1, digits - 1, -1):
+        value = value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
+    return float(value)
