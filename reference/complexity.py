@@ -32,13 +32,14 @@ FLOPS_DEFINITION = {
             "window element read, residual add 1/element); MACs include the involution op and the head",
     "published": "FLOPs = MACs + mmcv's element-wise terms (conv bias, BN 2/element, ReLU, pooling 1 per input "
                  "element), backbone + neck only, involution op at input resolution (mmcv: 1 MAC = 1 FLOP)",
-    "published-detection": "FLOPs = MACs + mmcv's element-wise terms of the modules it hooks (conv bias, BN "
-                           "2/element, ReLU, pooling 1 per input element; no SyncBN, functional ops, RoIAlign or "
-                           "mmcv's conv wrappers), whole forward_dummy, involution op at input resolution; params "
-                           "trainable only",
     "fvcore": "FLOPs = MACs of conv and linear layers only (no bias, no involution op): fvcore's conv + linear "
               "entries (its total adds BN); torch's FlopCounterMode reports 2 x this",
 }
+# The published convention on mmdet's / mmseg's forward_dummy (involution.reference.detection).
+PUBLISHED_DETECTION_DEFINITION = (
+    "FLOPs = MACs + mmcv's element-wise terms of the modules it hooks (conv bias, BN 2/element, ReLU, pooling 1 per "
+    "input element; nothing for SyncBN, functional ops, RoIAlign or mmcv's conv wrappers), the whole "
+    "forward_dummy, involution op at input resolution; params trainable only")
 # The official README (d-li14/involution): params (M) and FLOPs (G) at 224x224, and the "% fewer" than ResNet.
 PUBLISHED = {
     26: {"params_m": 9.23, "flops_g": 1.73, "fewer_params_pct": 32.8, "fewer_flops_pct": 29.2},

@@ -264,7 +264,7 @@ PUBLISHED_NOTES = {
 
 def render(records: list[dict], args) -> str:
     """The records in ``args.format``."""
-    from involution.reference.complexity import FLOPS_DEFINITION
+    from involution.reference.complexity import FLOPS_DEFINITION, PUBLISHED_DETECTION_DEFINITION
 
     if args.format == "json":
         return json.dumps(records, indent=2)
@@ -290,7 +290,7 @@ def render(records: list[dict], args) -> str:
     sizes = list(dict.fromkeys("x".join(map(str, record["input_size"])) for record in records))
     definition = FLOPS_DEFINITION[convention]
     if convention == "published" and "model" in records[0]["config"]:
-        definition = FLOPS_DEFINITION["published-detection"]
+        definition = PUBLISHED_DETECTION_DEFINITION
     parts = [f"convention {convention!r} at {', '.join(sizes)}: {definition}.",
              table(*summary_rows(records, args.compare == "resnet", args.table is not None))]
     if any("published" in record for record in records):
