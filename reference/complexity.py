@@ -101,7 +101,8 @@ class Layer:
             elementwise.update(dict.fromkeys(POOLS, prod(self.input_shape)))
             if self.type in MMCV_SKIPS or not self.mmcv_hook:  # no hook for this module type or a functional call
                 return 0, 0
-            return macs, macs + self.bias_adds + elementwise.get(self.type, 0)
+            bias_adds = self.bias_adds if self.type != "Linear" else 0  # mmcv's linear hook counts no bias
+            return macs, macs + bias_adds + elementwise.get(self.type, 0)
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
 
 

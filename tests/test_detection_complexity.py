@@ -34,7 +34,7 @@ PAPER = {
 # Rows the published convention does not reproduce: ours - published (G), rounded to 2 decimals (docs/complexity.md).
 FLOPS_DIFFERENCES = {
     ("faster_rcnn", "rednet50", "conv", "conv"): 0.47,
-    ("mask_rcnn", "rednet50", "conv", "conv"): 0.48,
+    ("mask_rcnn", "rednet50", "conv", "conv"): 0.47,
     ("mask_rcnn", "rednet50", "involution", "involution"): -6.74,
     ("semantic_fpn", "rednet50", "involution", "conv"): -0.08,
 }
@@ -111,7 +111,7 @@ def test_ablation_is_the_fvcore_count():
     assert round(gc4 / 1e9, 2) == 3.05, gc4  # the one miss: 3.05 G, printed 3.0
 
 
-@pytest.mark.parametrize("model, backbone, neck, head", sorted(PAPER), ids="-".join)
+@pytest.mark.parametrize("model, backbone, neck, head", sorted(PAPER), ids=["-".join(row) for row in sorted(PAPER)])
 def test_conventions_relate_for_detectors(model, backbone, neck, head):
     report = count_detector(model, backbone, neck, head, input_size=(128, 96))
     full, fvcore = report.total("full"), report.total("fvcore")
