@@ -11,7 +11,7 @@ from math import prod
 import pytest
 
 torch = pytest.importorskip("torch")
-torch_models = pytest.importorskip("involution.torch")
+torch_models = pytest.importorskip("involution.torch.models")
 import detection_torch  # noqa: E402  (tests/detection_torch.py, needs torch)
 
 from torch import nn  # noqa: E402
