@@ -22,8 +22,10 @@ from math import prod
 
 from . import architecture
 from .architecture import ReLU as ReLUDescription
+from .module import Module
 from .pool import pool_output_size
-from .rednet import STAGE_BLOCKS
+from .rednet import STAGE_BLOCKS, RedNet
+from .resnet import ResNet
 from involution.spec import check_geometry, output_size, pair
 
 CONVENTIONS = ("full", "published", "fvcore")
@@ -322,7 +324,7 @@ def count(model, input_size=(224, 224), batch: int = 1, input_shape=None, name: 
     Parameters
     ----------
     model : description or reference module
-        A description (``build("rednet50")``, ``involution.reference.architecture.rednet(...)``...) or a built
+        A description (``describe_model("rednet50")``, ``involution.reference.architecture.rednet(...)``...) or a built
         ``RedNet``, ``ResNet``, ``Bottleneck``, ``Involution2d``, ``Conv2d``... (read with ``describe``).
     input_size : int or (H, W)
     batch : int
@@ -366,7 +368,7 @@ def _label(model) -> str:
 
 
 # -- the standard variants -----------------------------------------------------------------------------------
-MODEL_FAMILIES = {"rednet": architecture.rednet, "resnet": architecture.resnet}
+DESCRIPTIONS = {"rednet": architecture.rednet, "resnet": architecture.resnet}
 INVOLUTION_OPTIONS = ("kernel_size", "group_channels", "reduction", "kernel_gen")
 
 
@@ -374,28 +376,42 @@ def parse_model_name(model_name: str) -> tuple[str, int]:
     """``"rednet50"`` -> ``("rednet", 50)``; a ValueError listing the valid names otherwise."""
     family = model_name.rstrip("0123456789")
     depth = model_name[len(family):]
-    if family not in MODEL_FAMILIES or not depth or int(depth) not in STAGE_BLOCKS:
-        names = [f"{f}{d}" for f in MODEL_FAMILIES for d in STAGE_BLOCKS]
+    if family not in DESCRIPTIONS or not depth or int(depth) not in STAGE_BLOCKS:
+        names = [f"{f}{d}" for f in DESCRIPTIONS for d in STAGE_BLOCKS]
         raise ValueError(f"model must be one of {names}, got {model_name!r}")
     return family, int(depth)
 
 
-def build(model_name: str, **options):
-    """``"rednet50"``, ``"resnet101"``... as a description (shapes only, no weights); ``options`` are the
-    constructor's (``RedNet``'s: ``kernel_size``, ``group_channels``, ``num_classes``...).
+def _options_for(family: str, options: dict) -> dict:
+    """ResNet takes no involution options; those are dropped for it."""
+    if family == "resnet":
+        return {key: value for key, value in options.items() if key not in INVOLUTION_OPTIONS}
+    return options
+
+
+def describe_model(model_name: str, **options):
+    """``"rednet50"``, ``"resnet101"``... as a description: shapes only, no weights, any option values.
+
+    ``options`` are the constructor's (``RedNet``'s ``kernel_size``, ``group_channels``, ``num_classes``...),
+    checked as the constructor checks them; ResNet ignores the involution options.
+    """
+    family, depth = parse_model_name(model_name)
+    return DESCRIPTIONS[family](depth, **_options_for(family, options))
+
+
+def build(model_name: str, **options) -> Module:
+    """``"rednet50"``, ``"resnet101"``... as a reference model *with weights* (``describe_model`` to count only).
 
     ResNet takes no involution options; those are dropped for it.
     """
     family, depth = parse_model_name(model_name)
-    if family == "resnet":
-        options = {key: value for key, value in options.items() if key not in INVOLUTION_OPTIONS}
-    return MODEL_FAMILIES[family](depth, **options)
+    return {"rednet": RedNet, "resnet": ResNet}[family](depth, **_options_for(family, options))
 
 
 def standard_reports(family: str = "rednet", input_size=(224, 224), **options) -> dict[str, Report]:
-    """Reports of the five standard depths of ``family`` ("rednet" or "resnet")."""
-    return {f"{family}{depth}": count(build(f"{family}{depth}", **options), input_size, name=f"{family}{depth}")
-            for depth in STAGE_BLOCKS}
+    """Reports of the five standard depths of ``family`` ("rednet" or "resnet"), from shapes alone."""
+    return {f"{family}{depth}": count(describe_model(f"{family}{depth}", **options), input_size,
+                                      name=f"{family}{depth}") for depth in STAGE_BLOCKS}
 
 
 def round_as_published(value: float, digits: int = 2, steps: int = 2) -> float:

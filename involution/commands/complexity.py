@@ -111,14 +111,14 @@ def make_record(report, convention, input_size, config, args, published=None) ->
 
 
 def classifier_records(args, convention) -> list[dict]:
-    from involution.reference.complexity import PUBLISHED, build, count
+    from involution.reference.complexity import PUBLISHED, count, describe_model
 
     input_size = parse_input_size(args.input_size or "224")
     records = []
     for name in model_names(args):
         config = config_of(name, args)
         options = {key: value for key, value in config.items() if key != "depth"}
-        report = count(build(name, **options), input_size, name=name)
+        report = count(describe_model(name, **options), input_size, name=name)
         standard = {"depth": config["depth"], "num_classes": 1000, "kernel_size": 7, "group_channels": 16,
                     "reduction": 4, "kernel_gen": "bottleneck"}
         published = PUBLISHED[config["depth"]] if config == standard and input_size == (224, 224) else None
@@ -143,12 +143,12 @@ def detector_records(args, convention, rows) -> list[dict]:
 
 
 def ablation_records(args, convention) -> list[dict]:
-    from involution.reference.complexity import ABLATION, build, count
+    from involution.reference.complexity import ABLATION, count, describe_model
 
     input_size = parse_input_size(args.input_size or "224")
     records = []
     for option, value, flops_g in ABLATION:
-        report = count(build("rednet50", **{option: value}), input_size, name=f"rednet50 {option}={value}")
+        report = count(describe_model("rednet50", **{option: value}), input_size, name=f"rednet50 {option}={value}")
         published = None
         if input_size == (224, 224):  # rounded once: the ablation's tool is not mmcv (docs/complexity.md)
             published = {"params_m": None, "flops_g": flops_g, "digits": 1, "steps": 1}
