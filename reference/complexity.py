@@ -1,16 +1,20 @@
-"""Analytic parameter and FLOP counts of the reference RedNet / ResNet and their layers, per layer.
+"""Analytic parameter and FLOP counts, per layer, from shapes alone: RedNet / ResNet, their layers, and the
+detectors of ``involution.reference.detection``.
 
-No data flows: the counter walks the module tree in forward order and propagates shapes with the layers' own
-geometry (``Conv2d.geometry``, the pools' ``geometry``, :func:`~involution.spec.check_geometry`
-for the involution op), so the one output-size rule of the project decides every size.
+No data flows and no weight is built: the counter walks a description (``involution.reference.architecture``;
+a built reference module is read with ``describe``) in forward order and propagates shapes with the project's
+output-size rules (``involution.spec.output_size``, the pools' ``pool_output_size``,
+:func:`~involution.spec.check_geometry` for the involution op), checking each layer's input channels as the
+layer itself would.
 
 Each :class:`Layer` holds raw counts (weight multiply-adds, bias adds, element-wise ops); a *convention*
 turns them into MACs and FLOPs (``docs/complexity.md`` explains each):
 
 * ``full``: every multiply-add of inference; FLOPs = 2 x MACs + element-wise ops (bias adds, BN, ReLU,
   pooling, residual adds);
-* ``published``: the convention of the official RedNet table (mmcv's counter on backbone + neck, FLOPs =
-  MACs plus its element-wise terms, with the involution op counted at the *input* resolution);
+* ``published``: the convention of the official RedNet tables (mmcv's counter on what the official
+  ``get_flops`` runs -- backbone + neck of a classifier, all of a detector's ``forward_dummy`` --, FLOPs = MACs
+  plus its element-wise terms, the involution op counted at the *input* resolution, trainable params only);
 * ``fvcore``: convolution and linear MACs only, no bias, no involution op (what common tools report);
   FLOPs = MACs.
 """

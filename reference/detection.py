@@ -37,18 +37,18 @@ DETECTORS = ("faster_rcnn", "mask_rcnn", "semantic_fpn")
 DEFAULT_INPUT_SIZE = {"faster_rcnn": (1280, 800), "mask_rcnn": (1280, 800), "semantic_fpn": (2048, 1024)}
 FPN_CHANNELS = 256
 # The paper's Tables 3 (COCO: Faster / Mask R-CNN) and 4 (Cityscapes: Semantic FPN): model, backbone, neck, head,
-# the stem involution's kernel the published convention reproduces them with (docs/complexity.md), params (M),
-# FLOPs (G).
+# the RedNet stem involution's kernel the published convention reproduces them with (docs/complexity.md; None
+# for ResNet), params (M), FLOPs (G).
 DETECTION_TABLE = (
-    ("faster_rcnn", "resnet50", "conv", "conv", 7, 41.5, 207.1),
+    ("faster_rcnn", "resnet50", "conv", "conv", None, 41.5, 207.1),
     ("faster_rcnn", "rednet50", "conv", "conv", 3, 31.6, 177.9),
     ("faster_rcnn", "rednet50", "involution", "conv", 3, 29.5, 135.0),
     ("faster_rcnn", "rednet50", "involution", "involution", 3, 29.0, 91.5),
-    ("mask_rcnn", "resnet50", "conv", "conv", 7, 44.2, 253.4),
+    ("mask_rcnn", "resnet50", "conv", "conv", None, 44.2, 253.4),
     ("mask_rcnn", "rednet50", "conv", "conv", 3, 34.2, 224.2),
     ("mask_rcnn", "rednet50", "involution", "conv", 3, 32.2, 181.3),
     ("mask_rcnn", "rednet50", "involution", "involution", 3, 29.5, 104.6),
-    ("semantic_fpn", "resnet50", "conv", "conv", 7, 28.5, 362.8),
+    ("semantic_fpn", "resnet50", "conv", "conv", None, 28.5, 362.8),
     ("semantic_fpn", "rednet50", "conv", "conv", 3, 18.5, 293.9),
     ("semantic_fpn", "rednet50", "involution", "conv", 3, 16.4, 205.2),
 )
@@ -341,12 +341,12 @@ def detector(model: str, backbone_name: str = "rednet50", neck: str = "conv", he
 
 
 def count_detector(model: str, backbone_name="rednet50", neck="conv", head="conv", input_size=None,
-                   stem_kernel_size=7) -> Report:
+                   stem_kernel_size=None) -> Report:
     """Counts of :func:`detector` on one image of ``input_size`` ``(H, W)`` (default: the tools' 1280x800 for
-    mmdet, 2048x1024 for mmseg)."""
+    mmdet, 2048x1024 for mmseg); ``stem_kernel_size`` ``None`` means the official 7."""
     from .complexity import count
 
-    description = detector(model, backbone_name, neck, head, stem_kernel_size)
+    description = detector(model, backbone_name, neck, head, stem_kernel_size or 7)
     size = pair(input_size or DEFAULT_INPUT_SIZE[model], "input_size", minimum=1)
     label = f"{model} {backbone_name} neck={neck}" + (f" head={head}" if model != "semantic_fpn" else "")
     return count(description, size, name=label)

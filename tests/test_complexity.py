@@ -231,7 +231,7 @@ def test_cli_table_shows_published_and_comparison(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["rednet51"], "model must be one of"),
+    (["rednet51"], "is not a model: expected rednet26"),
     (["--input-size", "224,0"], "--input-size must be"),
     (["rednet26", "--group-channels", "5"], "must be divisible by group_channels"),
 ])

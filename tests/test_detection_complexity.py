@@ -4,6 +4,8 @@ Oracle: the published tables (typed in below, independently of ``reference.detec
 row is either reproduced under its convention or its documented difference (docs/complexity.md) is pinned.
 Also: counting needs no weights (memory bounded for any kernel size), descriptions equal the built modules'.
 """
+import csv
+import io
 import json
 import tracemalloc
 from dataclasses import replace
@@ -97,6 +99,19 @@ def test_official_stem_kernel_misses_where_the_classifier_stem_reproduces():
     hits = {kernel: sum(round_as_published(count_detector(*row, stem_kernel_size=kernel).total("published").flops
                                            / 1e9, 1) == PAPER[row][1] for row in rednet_rows) for kernel in (3, 7)}
     assert hits == {3: 4, 7: 0}, hits
+
+
+def test_conv_neck_rows_match_the_op_at_output_resolution(table_reports):
+    """The two RedNet conv-neck conv-head rows come out with the involution op at output resolution (mmcv's two
+    decimals, then the paper's one), which breaks the four RedNet rows the input-resolution rule reproduces."""
+    def op_at_output(report):
+        flops = report.total("published").flops
+        flops += sum(layer.macs - layer.cost("published")[0] for layer in report.layers if layer.type == "Involution2d")
+        return round_as_published(flops / 1e9, 1)
+
+    matches = {row for row, report in table_reports.items() if row[1] == "rednet50"
+               and op_at_output(report) == PAPER[row][1]}
+    assert matches == {("faster_rcnn", "rednet50", "conv", "conv"), ("mask_rcnn", "rednet50", "conv", "conv")}, matches
 
 
 def test_ablation_is_the_fvcore_count():
@@ -215,10 +230,21 @@ def test_cli_detector_json_matches_count(capsys):
                                 "head": "involution", "stem_kernel_size": 7}
 
 
+def test_cli_detector_per_layer_csv_sums_to_the_total(capsys):
+    code, out, _ = run_cli(capsys, "semantic_fpn", "--backbone", "resnet50", "--input-size", "256,128",
+                           "--format", "csv", "--per-layer")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    totals = count_detector("semantic_fpn", "resnet50", input_size=(256, 128)).total("full")
+    assert sum(int(row["flops"]) for row in rows) == totals.flops
+    assert rows[-1]["layer"] == "resize" and rows[-1]["output_shape"] == "1x19x256x128", rows[-1]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["semantic_fpn", "--head", "involution"], "head must be 'conv'"),
     (["faster_rcnn", "rednet50"], "not both"),
     (["faster_rcnn", "--backbone", "vgg16"], "model must be one of"),
+    (["retinanet"], "one of ('faster_rcnn', 'mask_rcnn', 'semantic_fpn')"),
     (["--kernel-size", "4"], "kernel_size must be odd"),
 ])
 def test_cli_detector_errors_exit_2(capsys, argv, message):

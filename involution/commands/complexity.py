@@ -134,8 +134,9 @@ def detector_records(args, convention, rows) -> list[dict]:
     for model, backbone, neck, head, stem_kernel_size, published in rows:
         input_size = parse_input_size(args.input_size) if args.input_size else DEFAULT_INPUT_SIZE[model]
         report = count_detector(model, backbone, neck, head, input_size, stem_kernel_size)
-        config = {"model": model, "backbone": backbone, "neck": neck, "head": head,
-                  "stem_kernel_size": stem_kernel_size}
+        config = {"model": model, "backbone": backbone, "neck": neck, "head": head}
+        if backbone.startswith("rednet"):
+            config["stem_kernel_size"] = stem_kernel_size
         if published and input_size != DEFAULT_INPUT_SIZE[model]:
             published = None
         records.append(make_record(report, convention, input_size, config, args, published))
@@ -166,6 +167,15 @@ def summarize(args) -> list[dict]:
         return detector_records(args, convention, rows)
     if args.table == "ablation":
         return ablation_records(args, convention)
+    from involution.reference.complexity import parse_model_name
+
+    for name in args.models:
+        if name not in DETECTORS and name != "all":
+            try:
+                parse_model_name(name)
+            except ValueError:
+                raise ValueError(f"{name!r} is not a model: expected rednet26..rednet152, resnet26..resnet152, "
+                                 f"'all' or one of {DETECTORS}") from None
     detectors = [name for name in args.models if name in DETECTORS]
     if detectors and len(detectors) != len(args.models):
         raise ValueError(f"count either detectors {DETECTORS} or classifiers, not both in one call: {args.models}")
