@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from math import prod
 
-from .architecture import (BatchNorm, Conv, ConvTranspose, Interpolate, Linear, Pool, ReLU, Sequence, conv_module, involution,
-                           numbered, rednet_backbone, resnet_backbone, sequence, stages)
+from .architecture import (BatchNorm, Conv, ConvTranspose, Interpolate, Linear, Pool, ReLU, Sequence, conv_module,
+                           involution, numbered, rednet_backbone, resnet_backbone, sequence, stages)
 from .complexity import Layer, Report, parse_model_name, walk
 from .rednet import EXPANSION, stage_blocks_for
 from involution.spec import pair
@@ -69,14 +69,14 @@ def spatial_mixer(kind: str, channels: int):
 
 def resnet_v1c_backbone(depth=50, norm="SyncBatchNorm") -> Sequence:
     """mmseg's ``ResNetV1c``: the deep stem (3x3 convs 3->32/2, 32->32, 32->64, each BN + ReLU), max pool, stages."""
-    stem = numbered(Conv(3, 32, (3, 3), (2, 2), (1, 1)), *conv_norm_relu(32, norm),
-                    Conv(32, 32, (3, 3), padding=(1, 1)), *conv_norm_relu(32, norm),
-                    Conv(32, 64, (3, 3), padding=(1, 1)), *conv_norm_relu(64, norm))
+    stem = numbered(Conv(3, 32, (3, 3), (2, 2), (1, 1)), *norm_relu(32, norm),
+                    Conv(32, 32, (3, 3), padding=(1, 1)), *norm_relu(32, norm),
+                    Conv(32, 64, (3, 3), padding=(1, 1)), *norm_relu(64, norm))
     return Sequence((("stem", stem), ("maxpool", Pool("MaxPool2d", (3, 3), (2, 2), (1, 1))),
                      *stages(stage_blocks_for(depth), 64, 64, norm=norm, mixer="conv")))
 
 
-def conv_norm_relu(channels, norm):
+def norm_relu(channels, norm):
     """A norm of type ``norm`` and a ReLU, after a conv of the deep stem."""
     return BatchNorm(channels, norm), ReLU()
 
