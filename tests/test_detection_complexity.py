@@ -16,6 +16,8 @@ from involution.cli import main
 from involution.reference import architecture
 from involution.reference.complexity import ABLATION, CONVENTIONS, count, describe_model, round_as_published
 from involution.reference.detection import DETECTION_TABLE, count_detector, detector
+from involution.reference.involution_layer import Involution2d
+from involution.reference.linear import Linear
 from involution.reference.rednet import Bottleneck, RedNet
 from involution.reference.resnet import ResNet
 
@@ -181,6 +183,16 @@ def test_description_equals_the_built_module(label, module, description):
 def test_count_rejects_a_shape_the_model_rejects(model, shape):
     with pytest.raises(ValueError, match=r"expects input_shape \(B, C, H, W\) with C = 3"):
         count(model, input_shape=shape)
+
+
+@pytest.mark.parametrize("model, shape, channels, message", [
+    (Involution2d(16, 3, group_channels=4), (2, 8, 9, 9), 16, r"\(B, C, H, W\) with C = 16, got \(2, 8, 9, 9\)"),
+    (Linear(6, 4), (2, 5), 6, r"\(B, F\) with F = 6, got \(2, 5\)"),
+])
+def test_count_rejects_wrong_channels_of_a_lone_layer(model, shape, channels, message):
+    with pytest.raises(ValueError, match=message):
+        count(model, input_shape=shape)
+    assert count(model, input_shape=(shape[0], channels, *shape[2:])).input_shape[1] == channels
 
 
 @pytest.mark.parametrize("kwargs, message", [
