@@ -21,7 +21,7 @@ from typing import ClassVar, Union
 
 from .involution_layer import InvolutionOptions, check_involution_options
 from .rednet import EXPANSION, stage_blocks_for
-from involution.spec import pair
+from involution.spec import check_int, pair
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def stages(stage_blocks, stem_channels, base_channels, norm="BatchNorm2d", **blo
 
 def classifier(backbone: Sequence, features: int, num_classes: int) -> Sequence:
     """mmcls' ``ImageClassifier``: ``backbone``, ``neck`` (global average pool), ``head.fc``."""
-    num_classes = pair(num_classes, "num_classes", minimum=1)[0]
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
     return sequence(backbone=backbone, neck=GlobalAvgPool(), head=sequence(fc=Linear(features, num_classes)))
 
 

@@ -30,7 +30,7 @@ from .module import Module
 from .pool import pool_output_size
 from .rednet import STAGE_BLOCKS, RedNet
 from .resnet import ResNet
-from involution.spec import check_geometry, output_size, pair
+from involution.spec import check_geometry, check_int, output_size, pair
 
 CONVENTIONS = ("full", "published", "fvcore")
 FLOPS_DEFINITION = {
@@ -355,11 +355,11 @@ def count(model, input_size=(224, 224), batch: int = 1, input_shape=None, name: 
     description = as_description(model)
     if input_shape is None:
         height, width = pair(input_size, "input_size", minimum=1)
-        batch = pair(batch, "batch", minimum=1)[0]
+        batch = check_int(batch, "batch", minimum=1)
         channels = input_channels(description)
         linear = isinstance(description, architecture.Linear)
         input_shape = (batch, channels) if linear else (batch, channels, height, width)
-    input_shape = tuple(pair(size, "input_shape", minimum=1)[0] for size in input_shape)
+    input_shape = tuple(check_int(size, "input_shape", minimum=1) for size in input_shape)
     layers: list[Layer] = []
     walk(description, "", input_shape, layers)
     return Report(name or _label(model), input_shape, sum(layer.params for layer in layers), tuple(layers))
