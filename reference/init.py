@@ -34,9 +34,9 @@ def parameter_dtype(dtype) -> np.dtype:
     """``dtype`` as a NumPy dtype if it is float32 or float64 (the NumPy backends' dtypes, docs/policy.md);
     a ``TypeError`` naming it otherwise (float16, integers, anything NumPy does not understand)."""
     try:
-        checked = np.dtype(dtype)
+        checked = np.dtype(dtype) if dtype is not None else None  # np.dtype(None) would be float64
     except TypeError:
         checked = None
-    if checked not in FLOAT_DTYPES:
+    if checked is None or checked not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
     return checked
