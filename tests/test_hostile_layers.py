@@ -167,3 +167,42 @@ def test_masked_inputs_are_rejected():
 def test_backward_before_forward_is_a_named_error(layer, grad_shape, name):
     with pytest.raises(RuntimeError, match=f"{name}: backward called before forward"):
         layer.backward(np.ones(grad_shape, np.float32))
+
+
+# --- empty batch: empty results of the right shapes, as torch ---------------------------------------------
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("factory", [lambda: RedNet(**TINY), lambda: ResNet(stage_blocks=(1, 1), num_classes=5,
+                                                                             stem_channels=8, base_channels=4)],
+                         ids=["rednet", "resnet"])
+def test_empty_batch_gives_empty_logits_and_zero_gradients(factory, training):
+    model = factory().train(training)
+    before = model.state_dict()
+    x = np.zeros((0, 3, 17, 12), np.float32)
+    logits = model(x)
+    assert logits.shape == (0, 5) and logits.dtype == np.float32
+    grad_x = model.backward(np.zeros((0, 5), np.float32))
+    assert grad_x.shape == x.shape and grad_x.dtype == np.float32
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.shape == parameter.shape, name
+        assert not parameter.grad.any(), f"{name}: an empty batch must give a zero gradient"
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            assert int(value) == int(before[key]) + training, key  # torch counts the call in training
+        else:
+            np.testing.assert_array_equal(value, before[key], err_msg=f"{key} changed on an empty batch")
+
+
+def test_empty_batch_batchnorm_matches_torch():
+    torch = pytest.importorskip("torch")
+    ours, theirs = BatchNorm2d(3).astype(np.float64), torch.nn.BatchNorm2d(3).double()
+    out, out_torch = ours(np.zeros((0, 3, 4, 5))), theirs(torch.zeros(0, 3, 4, 5, dtype=torch.float64))
+    assert out.shape == tuple(out_torch.shape)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name).numpy(), err_msg=name)
+
+
+def test_empty_batch_through_an_involution_layer_with_pairs():
+    layer = Involution2d(8, (3, 5), (2, 1), group_channels=4, reduction=2)
+    out = layer(np.zeros((0, 8, 7, 6), np.float32))
+    assert out.shape == (0, 8, 4, 6)
+    assert layer.backward(out).shape == (0, 8, 7, 6)
