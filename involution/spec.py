@@ -159,10 +159,10 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
     dilation = pair(dilation, "dilation", minimum=1)
     batch, channels, height, width = x_shape
     k_batch, groups, kernel_h, kernel_w, k_out_h, k_out_w = kernel_shape
-    if min(x_shape) < 1:
-        raise ValueError(f"x must have no empty dimension, got shape {tuple(x_shape)}")
-    if min(kernel_shape) < 1:
-        raise ValueError(f"kernel must have no empty dimension, got shape {tuple(kernel_shape)}")
+    if min(x_shape[1:]) < 1:  # an empty batch is allowed: empty output, as torch.nn.functional.conv2d
+        raise ValueError(f"x must have no empty dimension other than the batch, got shape {tuple(x_shape)}")
+    if min(kernel_shape[1:]) < 1:
+        raise ValueError(f"kernel must have no empty dimension other than the batch, got shape {tuple(kernel_shape)}")
     for axis, size, pad in (("height", height, padding[0]), ("width", width, padding[1])):
         if size + 2 * pad > MAX_EXTENT:
             raise ValueError(f"padded x {axis} (size + 2*padding = {size + 2 * pad}) must be <= {MAX_EXTENT}")
