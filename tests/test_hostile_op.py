@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from involution import backends
 from involution.reference import involution2d, involution2d_backward, output_size
 from involution.reference.gradcheck import involution_gradients_fd
 from involution.reference.loops import involution2d_loops
@@ -124,7 +125,7 @@ def inf_kernel_case():
     return x, kernel
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_inf_kernel_weight_on_a_padded_tap_gives_nan():
     x, kernel = inf_kernel_case()
     out = involution2d(x, kernel, 1, 1, 1)
@@ -135,7 +136,7 @@ def test_inf_kernel_weight_on_a_padded_tap_gives_nan():
     np.testing.assert_array_equal(out[0, :, others], 0.0)
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_inf_kernel_weight_on_a_padded_tap_matches_torch_autograd():
     """The torch tap loop (plain PyTorch ops, autograd) is the definition too: same NaN/inf pattern and gradients."""
     torch = pytest.importorskip("torch")
@@ -152,6 +153,25 @@ def test_inf_kernel_weight_on_a_padded_tap_matches_torch_autograd():
     np.testing.assert_array_equal(grad_x, x_torch.grad.numpy())
     np.testing.assert_array_equal(grad_kernel, kernel_torch.grad.numpy())
     assert np.isfinite(grad_x[0, :, :2]).all() and np.isinf(grad_x[0, :, 2, 2]).all(), grad_x
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("name", backends.names())
+def test_every_backend_gives_the_definitions_answer_for_inf_weights(name):
+    """One answer on every registered backend (its default kernels): NaN at the padded tap, inf inside, the rest 0."""
+    try:
+        module = backends.load(name)
+    except ImportError as error:
+        pytest.skip(str(error))
+    x, kernel = inf_kernel_case()
+    expected = involution2d(x, kernel, 1, 1, 1)
+    if backends.get(name).framework == "torch":
+        import torch
+
+        out = module.involution2d(torch.tensor(x), torch.tensor(kernel), 1, 1, 1).numpy()
+    else:
+        out = module.involution2d(x, kernel, 1, 1, 1)
+    np.testing.assert_array_equal(out, expected, err_msg=f"backend {name}")
 
 
 def test_nan_in_x_reaches_exactly_the_outputs_that_read_it():
