@@ -120,14 +120,17 @@ def stage_blocks_for(depth, stage_blocks=None) -> tuple[int, ...]:
     return STAGE_BLOCKS[depth]
 
 
-def check_classifier_options(num_classes, stem_channels, base_channels, seed, dtype) -> None:
+def check_classifier_options(num_classes, stem_channels, base_channels, seed, *, even_stem: bool) -> None:
     """Named ``TypeError``/``ValueError`` unless ``num_classes``, ``stem_channels``, ``base_channels >= 1`` are
-    ints, ``seed`` an int in ``[0, 2**64 - 1]`` and ``dtype`` float32 or float64 (RedNet's and ResNet's options)."""
+    ints, ``seed`` an int in ``[0, 2**64 - 1]`` and, with ``even_stem`` (RedNet, whose stem starts with
+    ``stem_channels // 2`` channels), ``stem_channels`` even. RedNet's and ResNet's options, NumPy and torch alike."""
     for name, value in (("num_classes", num_classes), ("stem_channels", stem_channels),
                         ("base_channels", base_channels)):
         check_int(value, name, minimum=1)
     check_int(seed, "seed", minimum=0, maximum=MAX_SEED)
-    parameter_dtype(dtype)
+    if even_stem and stem_channels % 2:
+        raise ValueError(f"stem_channels must be even (the stem's first conv has stem_channels // 2 channels), "
+                         f"got {stem_channels}")
 
 
 def add_stages(backbone, stage_blocks, stem_channels, base_channels, **block_options) -> int:
@@ -190,10 +193,8 @@ class RedNet(Classifier):
                  dtype=np.float32, seed=0, backend="reference"):
         super().__init__()
         stage_blocks = stage_blocks_for(depth, stage_blocks)
-        check_classifier_options(num_classes, stem_channels, base_channels, seed, dtype)
-        if stem_channels % 2:
-            raise ValueError(f"stem_channels must be even (the stem's first conv has stem_channels // 2 channels), "
-                             f"got {stem_channels}")
+        check_classifier_options(num_classes, stem_channels, base_channels, seed, even_stem=True)
+        parameter_dtype(dtype)
         rng = np.random.default_rng(seed)
         options = dict(group_channels=group_channels, reduction=reduction, kernel_gen=kernel_gen, backend=backend,
                        dtype=dtype, rng=rng)

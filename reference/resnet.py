@@ -10,6 +10,7 @@ import numpy as np
 
 from .activation import ReLU
 from .conv import Conv2d
+from .init import parameter_dtype
 from .module import Chain
 from .norm import BatchNorm2d
 from .pool import MaxPool2d
@@ -23,7 +24,8 @@ class ResNet(Classifier):
                  stage_blocks=None, dtype=np.float32, seed=0):
         super().__init__()
         stage_blocks = stage_blocks_for(depth, stage_blocks)
-        check_classifier_options(num_classes, stem_channels, base_channels, seed, dtype)
+        check_classifier_options(num_classes, stem_channels, base_channels, seed, even_stem=False)
+        parameter_dtype(dtype)
         rng = np.random.default_rng(seed)
         backbone = Chain()
         backbone.conv1 = Conv2d(in_channels, stem_channels, 7, stride=2, padding=3, dtype=dtype, rng=rng)
