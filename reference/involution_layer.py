@@ -177,13 +177,18 @@ class Involution2d(Module):
         """The kernel-generating modules in order: ``[avgpool,] [conv1,] conv2``."""
         return [child for name, child in self._modules.items() if name in ("avgpool", "conv1", "conv2")]
 
-    def forward(self, x):
-        x = self.check_input(x, self.channels)
+    def generate_kernel(self, x):
+        """The kernel ``(B, G, Kh, Kw, Ho, Wo)`` generated from ``x (B, C, H, W)``: the generator's
+        ``(B, Kh*Kw*G, Ho, Wo)`` output read group by group, tap by tap."""
         features = x
         for module in self.generator():
             features = module(features)
         batch, _, out_h, out_w = features.shape
-        kernel = features.reshape(batch, self.groups, *self.kernel_size, out_h, out_w)
+        return features.reshape(batch, self.groups, *self.kernel_size, out_h, out_w)
+
+    def forward(self, x):
+        x = self.check_input(x, self.channels)
+        kernel = self.generate_kernel(x)
         self._cache = (x, kernel)
         return self.forward_op(x, kernel, self.stride, self.padding, self.dilation)
 
