@@ -38,5 +38,6 @@ def parameter_dtype(dtype) -> np.dtype:
     except TypeError:
         checked = None
     if checked is None or checked not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+        shown = repr(dtype) if checked is None else checked.name
+        raise TypeError(f"dtype must be float32 or float64, got {shown}")
     return checked

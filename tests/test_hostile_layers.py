@@ -78,8 +78,8 @@ def test_rednet_honours_a_rectangular_kernel():
     (dict(channels=8, group_channels=(4, 4)), TypeError, "group_channels must be an int"),
     (dict(channels=8, group_channels="some"), TypeError, "group_channels must be an int, got str 'some'"),
     (dict(channels=8, reduction=2.0), TypeError, "reduction must be an int, got float 2.0"),
-    (dict(channels=8, dtype=np.float16), TypeError, "dtype must be float32 or float64, got"),
-    (dict(channels=8, dtype=np.int32), TypeError, "dtype must be float32 or float64, got"),
+    (dict(channels=8, dtype=np.float16), TypeError, "dtype must be float32 or float64, got float16"),
+    (dict(channels=8, dtype=np.int32), TypeError, "dtype must be float32 or float64, got int32"),
     (dict(channels=8, dtype="no-such-dtype"), TypeError, "dtype must be float32 or float64, got 'no-such-dtype'"),
     (dict(channels=8, dtype=None), TypeError, "dtype must be float32 or float64, got None"),
 ])
@@ -103,8 +103,8 @@ def test_involution_layer_rejects_what_it_cannot_honour(options, error, message)
     (lambda: RedNet(**{**TINY, "in_channels": 0}), ValueError, "in_channels must be >= 1, got 0"),
     (lambda: RedNet(**{**TINY, "seed": -1}), ValueError, "seed must be >= 0, got -1"),
     (lambda: RedNet(**{**TINY, "kernel_size": (3, 4)}), ValueError, r"kernel_size must be odd .* got \(3, 4\)"),
-    (lambda: RedNet(**{**TINY, "dtype": np.float16}), TypeError, "dtype must be float32 or float64, got"),
-    (lambda: RedNet(**{**TINY, "dtype": np.int64}), TypeError, "dtype must be float32 or float64, got"),
+    (lambda: RedNet(**{**TINY, "dtype": np.float16}), TypeError, "dtype must be float32 or float64, got float16"),
+    (lambda: RedNet(**{**TINY, "dtype": "int64"}), TypeError, "dtype must be float32 or float64, got int64"),
     (lambda: ResNet(depth=26.0), TypeError, "depth must be an int, got float 26.0"),
     (lambda: ResNet(stage_blocks=(1, 1), num_classes=0), ValueError, "num_classes must be >= 1, got 0"),
     (lambda: Bottleneck(4, 8.0), TypeError, "out_channels must be an int, got float 8.0"),
@@ -128,7 +128,7 @@ def test_bottleneck_stride_one_pair_adds_no_downsample():
 
 def test_astype_rejects_other_dtypes():
     model = Involution2d(8, 3, group_channels=4, reduction=2)
-    with pytest.raises(TypeError, match="dtype must be float32 or float64, got"):
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got float16"):
         model.astype(np.float16)
     assert all(p.data.dtype == np.float32 for p in model.parameters()), "a rejected astype must change nothing"
 
