@@ -162,15 +162,15 @@ class Involution:
     type: ClassVar[str] = "Involution2d"
 
     @property
-    def padding(self) -> int:
-        return (self.options.kernel_size - 1) // 2 * self.options.dilation
+    def padding(self) -> tuple[int, int]:
+        return self.options.padding
 
     def generator(self) -> Sequence:
         """``[avgpool,] [conv1 (conv, bn, activate),] conv2 (conv with bias)``: ``Involution2d``'s children."""
         options = self.options
         avgpool = None
-        if options.stride > 1:
-            avgpool = Pool("AvgPool2d", (options.stride,) * 2, (options.stride,) * 2, ceil_mode=True)
+        if options.strided:
+            avgpool = Pool("AvgPool2d", options.stride, options.stride, ceil_mode=True)
         conv1 = None
         if options.kernel_gen == "bottleneck":
             conv1 = sequence(conv=Conv(options.channels, options.hidden), bn=BatchNorm(options.hidden),

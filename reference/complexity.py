@@ -246,7 +246,7 @@ def _involution(description, name, shape, layers):
     options = description.options
     _check_channels(description, name, shape, options.channels)
     batch, _, out_h, out_w = walk(description.generator(), name, shape, layers)
-    kernel_shape = (batch, options.groups, options.kernel_size, options.kernel_size, out_h, out_w)
+    kernel_shape = (batch, options.groups, *options.kernel_size, out_h, out_w)
     g = check_geometry(shape, kernel_shape, options.stride, description.padding, options.dilation)
     layers.append(Layer(name, "Involution2d", shape, g.out_shape, 0, g.macs))
     return g.out_shape
