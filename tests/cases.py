@@ -69,3 +69,53 @@ ERROR_INPUTS = [
     ("empty channels", lambda a: a.update(x=np.zeros((2, 0, 6, 6)), kernel=np.zeros((2, 1, 3, 3, 6, 6))),
      ValueError, "no empty dimension"),
 ]
+
+
+# A case with padding on every side, stride 2 rows and dilation 2 columns, for non-finite inputs.
+NONFINITE_CASE = (2, 4, 2, 6, 7, 3, 3, (2, 1), (2, 1), (1, 2))
+
+
+def make_nonfinite_case(dtype=np.float64):
+    """The arrays of ``NONFINITE_CASE`` with NaN and +-inf planted where the definition's answer is not finite.
+
+    An infinite weight on a tap that reads the zero padding (``inf * 0 = NaN``), another on a tap inside x,
+    NaN and inf in x, and an infinite and a NaN ``grad_out`` (whose products with the padding are NaN in
+    ``grad_kernel``).
+    """
+    x, kernel, grad_out, stride, padding, dilation = make_case(NONFINITE_CASE, dtype, seed=5)
+    kernel[0, 0, 0, 0, 0, 0] = np.inf    # output (0, 0), tap (0, 0) reads row -2: the padding
+    kernel[1, 1, 1, 1, 1, 2] = -np.inf   # output (1, 2), tap (1, 1) reads x[1, c, 1, 3]
+    x[0, 1, 2, 3] = np.nan
+    x[1, 2, 4, 0] = np.inf
+    grad_out[0, 0, 0, 1] = np.inf        # times the padding under output (0, 1): NaN in grad_kernel
+    grad_out[1, 3, 1, 1] = np.nan
+    return x, kernel, grad_out, stride, padding, dilation
+
+
+def assert_same_nonfinite(got, expected, context):
+    """NaN, +inf and -inf at the same positions as ``expected``, the finite values close (dtype rounding)."""
+    for name, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        mismatch = np.argwhere(test(got) != test(expected))
+        assert mismatch.size == 0, (f"{context}: {name} positions differ from the reference at {mismatch[:5].tolist()}"
+                                    f" (got {got[tuple(mismatch[0])]}, expected {expected[tuple(mismatch[0])]})")
+    assert np.isnan(expected).any(), f"{context}: the case plants no NaN in the reference result"
+    finite = np.isfinite(expected)
+    scale = np.abs(expected[finite]).max()
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=0, err_msg=context,
+                               atol=64 * np.finfo(got.dtype).eps * scale)
+
+
+def backward_loops(grad_out, x, kernel, stride, padding, dilation):
+    """``(grad_x, grad_kernel)`` by the definition's scalar loops (float64), for geometries whose padded input
+    is too big for the reference's padded copy; like ``involution2d_loops``, finite inputs only."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    batch, channels, height, width = x.shape
+    _, groups, kernel_h, kernel_w, out_h, out_w = kernel.shape
+    grad_x, grad_kernel = np.zeros(x.shape), np.zeros(kernel.shape)
+    for b, c, i, j, u, v in np.ndindex(batch, channels, out_h, out_w, kernel_h, kernel_w):
+        g = c // (channels // groups)
+        row, col = i * sh + u * dh - ph, j * sw + v * dw - pw
+        if 0 <= row < height and 0 <= col < width:
+            grad_x[b, c, row, col] += kernel[b, g, u, v, i, j] * grad_out[b, c, i, j]
+            grad_kernel[b, g, u, v, i, j] += grad_out[b, c, i, j] * x[b, c, row, col]
+    return grad_x, grad_kernel
