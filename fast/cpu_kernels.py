@@ -326,6 +326,19 @@ def store_wide_rows(wide_flat, wide_start, wide, target_flat, target_start, out_
             wide_flat[wide_start + r * wide:wide_start + r * wide + out_w])
 
 
+@inline
+def load_forward_band(x_flat, kernel_flat, phases, kernel_wide, unit, channels, groups, group_channels, height,
+                      width, kernel_h, kernel_w, out_h, out_w, sh, sw, ph, pw, reach_h, wide, band, bands):
+    """Load work unit ``unit``'s phases and wide kernel taps; return ``(i0, rows, first, length)``: its first
+    output row, row count, flat (b, c) index of its first channel and SIMD loop length."""
+    b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
+    first = b * channels + g * group_channels
+    load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h, wide)
+    load_kernel_band(kernel_flat, kernel_wide, b, g, groups, kernel_h * kernel_w, out_h, out_w, wide, band * wide,
+                     i0, rows)
+    return i0, rows, first, simd_length((rows - 1) * wide + out_w)
+
+
 @jit
 def forward_bands_v3(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
     """``forward_v3`` with one scratch set for each of ``workers`` threads (cacheable: no global)."""
@@ -346,13 +359,9 @@ def forward_bands_v3(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
         kernel_wide[kernel_length - SIMD_BLOCK:] = 0
         out_wide = np.empty(out_length, x.dtype)
         for unit in range(worker, units, workers):
-            b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
-            length = simd_length((rows - 1) * wide + out_w)
-            first = b * channels + g * group_channels
-            load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h,
-                        wide)
-            load_kernel_band(kernel_flat, kernel_wide, b, g, groups, kernel_h * kernel_w, out_h, out_w, wide, span,
-                             i0, rows)
+            i0, rows, first, length = load_forward_band(x_flat, kernel_flat, phases, kernel_wide, unit, channels,
+                                                        groups, group_channels, height, width, kernel_h, kernel_w,
+                                                        out_h, out_w, sh, sw, ph, pw, reach_h, wide, band, bands)
             for c in range(group_channels):
                 out_wide[:] = 0
                 for u in range(kernel_h):
@@ -532,13 +541,9 @@ def forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, column_phas
         kernel_wide[kernel_length - SIMD_BLOCK:] = 0
         out_wide = np.empty(out_length, x.dtype)
         for unit in range(worker, units, workers):
-            b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
-            length = simd_length((rows - 1) * wide + out_w)
-            first = b * channels + g * group_channels
-            load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h,
-                        wide)
-            load_kernel_band(kernel_flat, kernel_wide, b, g, groups, kernel_h * kernel_w, out_h, out_w, wide, span,
-                             i0, rows)
+            i0, rows, first, length = load_forward_band(x_flat, kernel_flat, phases, kernel_wide, unit, channels,
+                                                        groups, group_channels, height, width, kernel_h, kernel_w,
+                                                        out_h, out_w, sh, sw, ph, pw, reach_h, wide, band, bands)
             for c in range(0, group_channels, CHANNEL_BLOCK):
                 out_wide[:] = 0
                 for u in range(kernel_h):

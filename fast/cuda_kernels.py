@@ -82,6 +82,22 @@ def split_block(block, tiles_h, tiles_w, chunks, groups, group_channels, block_c
 
 
 @cuda.jit(device=True, inline=True)
+def multiply_add_channels(accumulators, weight, staged, plane, tap, count):
+    """``accumulators[k] += weight * staged[k*plane + tap]`` for the block's ``count`` channels (registers)."""
+    for k in range(MAX_CHANNELS):
+        if k < count:
+            accumulators[k] += weight * staged[k * plane + tap]
+
+
+@cuda.jit(device=True, inline=True)
+def store_channels(result, accumulators, b, first, count, row, col):
+    """``result[b, first + k, row, col] = accumulators[k]`` for the block's ``count`` channels."""
+    for k in range(MAX_CHANNELS):
+        if k < count:
+            result[b, first + k, row, col] = accumulators[k]
+
+
+@cuda.jit(device=True, inline=True)
 def stage_tile(staged, source, b, first_channel, channels, row0, col0, rows, cols, thread, threads):
     """``staged[(k*rows + r)*cols + q] = source[b, first_channel + k, row0 + r, col0 + q]``, 0 outside ``source``.
 
@@ -201,12 +217,8 @@ def kernels(dtype) -> SimpleNamespace:
                     for v in range(kernel_w):
                         weight = kernel[b, g, u, v, i, j]
                         tap = (ty * sh + u * dh) * cols + tx * sw + v * dw
-                        for k in range(MAX_CHANNELS):
-                            if k < count:
-                                accumulators[k] += weight * staged[k * plane + tap]
-                for k in range(MAX_CHANNELS):
-                    if k < count:
-                        out[b, first + k, i, j] = accumulators[k]
+                        multiply_add_channels(accumulators, weight, staged, plane, tap, count)
+                store_channels(out, accumulators, b, first, count, i, j)
             cuda.syncthreads()
 
     @cuda.jit
@@ -246,12 +258,8 @@ def kernels(dtype) -> SimpleNamespace:
                             if j >= 0:
                                 weight = kernel[b, g, u, v, i, j]
                                 tap = (i - i0) * cols + j - j0
-                                for k in range(MAX_CHANNELS):
-                                    if k < count:
-                                        accumulators[k] += weight * staged[k * plane + tap]
-                for k in range(MAX_CHANNELS):
-                    if k < count:
-                        grad_x[b, first + k, row, col] = accumulators[k]
+                                multiply_add_channels(accumulators, weight, staged, plane, tap, count)
+                store_channels(grad_x, accumulators, b, first, count, row, col)
             cuda.syncthreads()
 
     @cuda.jit

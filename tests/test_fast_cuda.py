@@ -175,11 +175,11 @@ def test_version_policy(what, case, version):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_every_version_gives_the_definitions_nan_and_inf(dtype, version):
     x, kernel, grad_out, stride, padding, dilation = make_nonfinite_case(dtype)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # inf * 0, in the reference and in the simulator's NumPy scalars
         expected = (involution2d(x, kernel, stride, padding, dilation),
                     *involution2d_backward(grad_out, x, kernel, stride, padding, dilation))
-    got = (fast_cuda.involution2d(x, kernel, stride, padding, dilation, version=version),
-           *fast_cuda.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version))
+        got = (fast_cuda.involution2d(x, kernel, stride, padding, dilation, version=version),
+               *fast_cuda.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version))
     for name, a, b in zip(KINDS, got, expected):
         assert_same_nonfinite(a, b, f"cuda {name}, version {version}, {np.dtype(dtype)}")
 
