@@ -7,7 +7,7 @@ Why these choices: docs/threading.md.
   fork-safe and thread-safe; pip puts ``libtbb.so.12`` in ``<prefix>/lib``, where numba does not look
   (numba issues #6108, #7148), so it is loaded here from the installed ``tbb`` distribution. Without TBB the
   ``workqueue`` layer runs (fork-safe) and :data:`CALL_LOCK` serialises calls (it is not thread-safe). A layer
-  chosen by the user (``NUMBA_THREADING_LAYER``) is respected.
+  chosen by the user (``NUMBA_THREADING_LAYER``, ``NUMBA_THREADING_LAYER_PRIORITY``) is respected.
 * Cache: :data:`CACHE` is False, with one warning, when numba has nowhere to write its cache (read-only install
   and home directories); the kernels then compile in memory on first use instead of failing to import.
 """
@@ -44,24 +44,18 @@ def load_pip_tbb() -> bool:
     return False
 
 
-def choose_threading_layer() -> str:
-    """Select numba's threading layer before its first parallel launch; return the layer asked for.
+def choose_threading_layer() -> None:
+    """Make numba try TBB, then ``workqueue`` (fork-safe), then OpenMP, at its first parallel launch.
 
-    TBB when it loads, else ``workqueue``; left alone when the user set ``NUMBA_THREADING_LAYER`` or numba's
-    threads already run (the layer cannot change then).
+    Left alone when the user set ``NUMBA_THREADING_LAYER`` or ``NUMBA_THREADING_LAYER_PRIORITY``, or when
+    numba's threads already run (the layer cannot change then).
     """
     from numba.np.ufunc import parallel
 
     load_pip_tbb()  # also serves a user who asked for "tbb" or "safe"
-    if "NUMBA_THREADING_LAYER" in os.environ or parallel._is_initialized:
-        return numba.config.THREADING_LAYER
-    try:
-        parallel._check_tbb_version_compatible()
-        layer = "tbb"
-    except ImportError:
-        layer = "workqueue"
-    numba.config.THREADING_LAYER = layer
-    return layer
+    chosen_by_user = {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.environ)
+    if not chosen_by_user and not parallel._is_initialized:
+        numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
 
 
 def running_layer() -> str | None:
@@ -95,5 +89,5 @@ def can_cache() -> bool:
     return True
 
 
-LAYER = choose_threading_layer()
+choose_threading_layer()
 CACHE = can_cache()

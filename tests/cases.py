@@ -14,16 +14,24 @@ def case_id(case):
     return "B{}C{}G{}H{}W{}K{}x{}s{}p{}d{}".format(*case).replace(" ", "")
 
 
-def make_case(case, dtype=np.float64, seed=0):
-    """``(x, kernel, grad_out, stride, padding, dilation)`` of ``case`` with standard normal values."""
+def geometry_of(case):
+    """The validated :class:`~involution.spec.Geometry` of a ``(B, C, G, H, W, Kh, Kw, stride, padding,
+    dilation)`` case (no arrays made)."""
     batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
     out_h, out_w = (output_size(n, k, s, p, d) for n, k, s, p, d in
                     zip((height, width), (kh, kw), stride, padding, dilation))
+    return check_geometry((batch, channels, height, width), (batch, groups, kh, kw, out_h, out_w), stride, padding,
+                          dilation)
+
+
+def make_case(case, dtype=np.float64, seed=0):
+    """``(x, kernel, grad_out, stride, padding, dilation)`` of ``case`` with standard normal values."""
+    geometry = geometry_of(case)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
-    kernel = rng.standard_normal((batch, groups, kh, kw, out_h, out_w)).astype(dtype)
-    grad_out = rng.standard_normal((batch, channels, out_h, out_w)).astype(dtype)
-    return x, kernel, grad_out, stride, padding, dilation
+    x = rng.standard_normal(geometry.x_shape).astype(dtype)
+    kernel = rng.standard_normal(geometry.kernel_shape).astype(dtype)
+    grad_out = rng.standard_normal(geometry.out_shape).astype(dtype)
+    return x, kernel, grad_out, geometry.stride, geometry.padding, geometry.dilation
 
 
 def assert_forward_matches(out, x, kernel, stride, padding, dilation, context):

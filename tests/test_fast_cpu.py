@@ -16,10 +16,10 @@ pytest.importorskip("torch")  # the tolerance magnitudes come from the torch ora
 from involution.fast import cpu  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
 
-from cases import (assert_backward_matches, assert_forward_matches, assert_same_nonfinite,  # noqa: E402
-                   backward_loops, case_id, good_args, make_case, make_nonfinite_case)
 from involution.reference.loops import involution2d_loops  # noqa: E402
-from involution.spec import check_geometry, output_size  # noqa: E402
+
+from cases import (assert_backward_matches, assert_forward_matches, assert_same_nonfinite,  # noqa: E402
+                   backward_loops, case_id, geometry_of, good_args, make_case, make_nonfinite_case)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -212,13 +212,6 @@ def test_bad_grad_out_and_version_raise():
 
 
 # ------------------------------------------------------------------------------------- version policy
-def geometry_of(case):
-    batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
-    x_shape = (batch, channels, height, width)
-    out_h, out_w = (output_size(*axis) for axis in zip((height, width), (kh, kw), stride, padding, dilation))
-    return check_geometry(x_shape, (batch, groups, kh, kw, out_h, out_w), stride, padding, dilation)
-
-
 POLICY = [  # (what, case, {kind: version})
     ("RedNet stage 1, 56x56 K7", (1, 64, 4, 56, 56, 7, 7, (1, 1), (3, 3), (1, 1)),
      {"forward": 4, "grad_x": 3, "grad_kernel": 3}),

@@ -25,10 +25,10 @@ from involution.benchmarks import layers, op_cuda  # noqa: E402
 from involution.fast import cuda_kernels  # noqa: E402
 from involution.fast.index import output_of_input  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
-from involution.spec import check_geometry, output_size  # noqa: E402
+from involution.spec import check_geometry  # noqa: E402
 
 from cases import (ERROR_INPUTS, assert_backward_matches, assert_forward_matches, assert_same_nonfinite,  # noqa: E402
-                   case_id, good_args, make_case, make_nonfinite_case)
+                   case_id, geometry_of, good_args, make_case, make_nonfinite_case)
 
 try:
     from involution.fast import cuda as fast_cuda
@@ -163,10 +163,7 @@ CUDA_POLICY = [  # (what, case, version of every kind)
 @needs_cuda
 @pytest.mark.parametrize("what, case, version", CUDA_POLICY, ids=[p[0] for p in CUDA_POLICY])
 def test_version_policy(what, case, version):
-    batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
-    out_h, out_w = (output_size(*axis) for axis in zip((height, width), (kh, kw), stride, padding, dilation))
-    geometry = check_geometry((batch, channels, height, width), (batch, groups, kh, kw, out_h, out_w), stride,
-                              padding, dilation)
+    geometry = geometry_of(case)
     assert fast_cuda.versions_for(geometry) == dict.fromkeys(KINDS, version), what
 
 
