@@ -1,4 +1,9 @@
-"""The numba CPU backend: every numbered kernel and the dispatcher against the NumPy reference, bounds, determinism."""
+"""The numba CPU backend: every numbered kernel and the dispatcher against the NumPy reference, the version
+policy, scratch bounds, huge hyper-parameters, NaN/inf, threads, fork, an unwritable cache, determinism.
+
+The fresh-compile bounds-checked run of every kernel takes minutes and is skipped by default; run it with
+``python -m pytest tests/test_fast_cpu.py -m slow`` (or ``INVOLUTION_SLOW_TESTS=1``).
+"""
 import json
 import os
 import re
