@@ -12,6 +12,9 @@ layer is TBB where installed (fork- and thread-safe), see ``involution.fast.runt
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import numba
 import numpy as np
 
@@ -88,9 +91,15 @@ def scratch_elements(name: str, version: int, geometry: Geometry, workers: int |
 
 
 def scratch_fits(name: str, version: int, geometry: Geometry) -> bool:
-    """True when ``<name>_v<version>``'s scratch is within ``SCRATCH_RATIO`` times the op's array elements."""
-    arrays = sum(int(np.prod(shape)) for shape in (geometry.x_shape, geometry.kernel_shape, geometry.out_shape))
-    return scratch_elements(name, version, geometry) <= SCRATCH_RATIO * arrays + SCRATCH_SLACK * numba.get_num_threads()
+    """True when ``<name>_v<version>``'s scratch is within ``SCRATCH_RATIO`` times the op's array elements
+    (plus ``SCRATCH_SLACK`` per thread) on numba's current thread count."""
+    return _scratch_fits(name, version, geometry, numba.get_num_threads())
+
+
+@functools.lru_cache(maxsize=4096)  # a network calls the op on a few geometries, many times
+def _scratch_fits(name: str, version: int, geometry: Geometry, workers: int) -> bool:
+    arrays = sum(math.prod(shape) for shape in (geometry.x_shape, geometry.kernel_shape, geometry.out_shape))
+    return scratch_elements(name, version, geometry, workers) <= SCRATCH_RATIO * arrays + SCRATCH_SLACK * workers
 
 
 def check_version(name: str, version: int | None, geometry: Geometry) -> int:
