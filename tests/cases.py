@@ -79,6 +79,16 @@ ERROR_INPUTS = [
 ]
 
 
+# Hyper-parameters far beyond the image: v3 and v4 would need scratch growing with stride**2 or the dilation,
+# so the CPU policy runs v2; each must equal the definition's loops (``backward_loops``).
+LARGE_CASES = [
+    (1, 16, 4, 4, 4, 3, 3, (3000, 3000), (1, 1), (1, 1)),  # v3 phases: 741 MB before the policy
+    (1, 4, 2, 5, 5, 3, 3, (1, 1), (99998, 99998), (100000, 100000)),  # 1x1 output, the centre tap inside
+    (1, 4, 2, 4, 4, 3, 3, (10**6, 10**6), (10**6, 10**6), (1, 1)),  # 3x3 output, one row/column inside
+    (1, 2, 1, 4, 5, 2, 2, (2**31 - 1, 2**31 - 1), (0, 0), (1, 1)),  # the largest stride spec accepts
+    (1, 4, 1, 6, 4, 3, 3, (1, 3000), (1, 1), (2, 1)),  # huge along W only
+]
+
 # A case with padding on every side, stride 2 rows and dilation 2 columns, for non-finite inputs.
 NONFINITE_CASE = (2, 4, 2, 6, 7, 3, 3, (2, 1), (2, 1), (1, 2))
 

@@ -24,7 +24,7 @@ from involution.reference import involution2d, involution2d_backward  # noqa: E4
 from involution.reference.loops import involution2d_loops  # noqa: E402
 
 from cases import (assert_backward_matches, assert_forward_matches, assert_same_nonfinite,  # noqa: E402
-                   backward_loops, case_id, geometry_of, good_args, make_case, make_nonfinite_case)
+                   LARGE_CASES, backward_loops, case_id, geometry_of, good_args, make_case, make_nonfinite_case)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,15 +46,6 @@ CASES = [
     (1, 4, 1, 70, 33, 3, 5, (2, 2), (1, 2), (1, 1)),  # 2 bands, stride 2
 ]
 IDS = [case_id(case) for case in CASES]
-# Hyper-parameters far beyond the image: v3 and v4 would need scratch growing with stride**2 or the dilation,
-# so the policy runs v2; each must equal the definition's loops.
-LARGE_CASES = [
-    (1, 16, 4, 4, 4, 3, 3, (3000, 3000), (1, 1), (1, 1)),  # v3 phases: 741 MB before the policy
-    (1, 4, 2, 5, 5, 3, 3, (1, 1), (99998, 99998), (100000, 100000)),  # 1x1 output, the centre tap inside
-    (1, 4, 2, 4, 4, 3, 3, (10**6, 10**6), (10**6, 10**6), (1, 1)),  # 3x3 output, one row/column inside
-    (1, 2, 1, 4, 5, 2, 2, (2**31 - 1, 2**31 - 1), (0, 0), (1, 1)),  # the largest stride spec accepts
-    (1, 4, 1, 6, 4, 3, 3, (1, 3000), (1, 1), (2, 1)),  # huge along W only
-]
 WIDE_CASE = (1, 2, 1, 3, 300, 1, 101, (1, 1), (0, 0), (1, 1))  # Kw = 101 > v4's MAX_ROW_TAPS
 DTYPES = [np.float32, np.float64]
 

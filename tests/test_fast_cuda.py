@@ -25,10 +25,11 @@ from involution.benchmarks import layers, op_cuda  # noqa: E402
 from involution.fast import cuda_kernels  # noqa: E402
 from involution.fast.index import output_of_input  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
+from involution.reference.loops import involution2d_loops  # noqa: E402
 from involution.spec import check_geometry  # noqa: E402
 
 from cases import (ERROR_INPUTS, assert_backward_matches, assert_forward_matches, assert_same_nonfinite,  # noqa: E402
-                   case_id, geometry_of, good_args, make_case, make_nonfinite_case)
+                   LARGE_CASES, backward_loops, case_id, geometry_of, good_args, make_case, make_nonfinite_case)
 
 try:
     from involution.fast import cuda as fast_cuda
@@ -155,8 +156,8 @@ def test_v2_without_room_is_an_error_and_the_policy_picks_v1(kind, monkeypatch):
 
 CUDA_POLICY = [  # (what, case, version of every kind)
     ("RedNet-like 14x14 K7", (1, 32, 2, 14, 14, 7, 7, (1, 1), (3, 3), (1, 1)), 2),
-    ("stride 3000", (1, 16, 4, 4, 4, 3, 3, (3000, 3000), (1, 1), (1, 1)), 2),
-    ("dilation 100000: no tile fits", (1, 4, 2, 5, 5, 3, 3, (1, 1), (99998, 99998), (100000, 100000)), 1),
+    ("stride 3000", LARGE_CASES[0], 2),
+    ("dilation 100000: no tile fits", LARGE_CASES[1], 1),
 ]
 
 
@@ -165,6 +166,20 @@ CUDA_POLICY = [  # (what, case, version of every kind)
 def test_version_policy(what, case, version):
     geometry = geometry_of(case)
     assert fast_cuda.versions_for(geometry) == dict.fromkeys(KINDS, version), what
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", LARGE_CASES[:3], ids=case_id)
+def test_large_hyper_parameters_match_the_definition(case):
+    """Stride 3000, dilation 100000 and padding 10**6 (tiny outputs): the policy's versions equal the loops."""
+    x, kernel, grad_out, stride, padding, dilation = make_case(case)
+    context = f"case {case}, versions {fast_cuda.versions_for(geometry_of(case))}"
+    got = (fast_cuda.involution2d(x, kernel, stride, padding, dilation),
+           *fast_cuda.involution2d_backward(grad_out, x, kernel, stride, padding, dilation))
+    expected = (involution2d_loops(x, kernel, stride, padding, dilation),
+                *backward_loops(grad_out, x, kernel, stride, padding, dilation))
+    for name, a, b in zip(KINDS, got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"{name}, {context}")
 
 
 @needs_cuda
