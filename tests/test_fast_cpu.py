@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("numba")
 pytest.importorskip("torch")  # the tolerance magnitudes come from the torch oracle
 
-from involution.fast import cpu  # noqa: E402
+from involution.fast import cpu, cpu_kernels  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
 
 from involution.reference.loops import involution2d_loops  # noqa: E402
@@ -284,11 +284,17 @@ def test_large_stride_peak_memory_stays_small():
 
 
 def test_wide_kernel_rows_run_in_the_default_forward():
+    """Kw = 101 runs (v3); v4 unrolls rows up to its limit and refuses wider ones by name."""
     x, kernel, grad_out, stride, padding, dilation = make_case(WIDE_CASE, np.float32)
     out = cpu.involution2d(x, kernel, stride, padding, dilation)
     assert_forward_matches(out, x, kernel, stride, padding, dilation, f"Kw=101, case {WIDE_CASE}")
     with pytest.raises(ValueError, match="version 4 unrolls kernel rows of up to"):
         cpu.involution2d(x, kernel, stride, padding, dilation, version=4)
+    widest = (1, 3, 1, 4, 40, 2, cpu_kernels.MAX_ROW_TAPS, (1, 1), (0, 1), (1, 1))
+    x, kernel, _, stride, padding, dilation = make_case(widest, np.float32)
+    assert cpu.choose_version("forward", geometry_of(widest)) == 4
+    out = cpu.involution2d(x, kernel, stride, padding, dilation, version=4)
+    assert_forward_matches(out, x, kernel, stride, padding, dilation, f"v4 at Kw=MAX_ROW_TAPS, case {widest}")
 
 
 # --------------------------------------------------------------------------------- non-finite values
