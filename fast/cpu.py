@@ -1,9 +1,19 @@
-"""Fast CPU involution: the reference's validation, then the best numbered numba kernel of ``cpu_kernels``.
+"""Fast CPU involution: the reference's validation, then a numbered numba kernel of ``cpu_kernels``.
+
+Which version runs is one policy, :func:`choose_version` (the name and signature of
+``involution.fast.cuda.choose_version``); :func:`versions_for` tells callers and benchmarks what it picks for
+a geometry, and a ``version=`` a geometry cannot take is a ValueError, never a silent substitute. Every
+version computes the definition, non-finite values included (an infinite weight on a tap reading the zero
+padding gives NaN), and all take the same arguments.
 
 Threads come from numba's settings (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``); results are bitwise
-identical from run to run and for any thread count, since every output element has one writer.
+identical from run to run and for any thread count, since every output element has one writer. The threading
+layer is TBB where installed (fork- and thread-safe), see ``involution.fast.runtime`` and docs/threading.md.
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import numba
 import numpy as np
@@ -11,29 +21,116 @@ import numpy as np
 from involution.spec import Geometry, check_involution2d, check_involution2d_backward
 
 from . import cpu_kernels
+from .runtime import call_guard
 
+KINDS = ("forward", "grad_x", "grad_kernel")
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
 VERSIONS = (1, 2, 3, 4)
 # v4 (kernel rows in registers) for the forward; v3 (wide rows) for the gradients but grad_x on output rows
 # narrower than 8, where v3's padded wide rows are mostly padding and v2 (row-wise) wins (see
 # docs/performance.md, --kernel-versions). v4's gradients are v3's.
 NARROW_OUTPUT = 8
+# v3 and v4 copy the input per stride phase into wide rows: their scratch (all threads) may be at most this
+# many times the elements of the op's arrays (x, kernel and the output), plus SCRATCH_SLACK per thread for
+# the vector padding. Past it (huge strides or dilations, kernels far wider than the output) v2 runs, which
+# needs no scratch.
+SCRATCH_RATIO = 4
+SCRATCH_SLACK = 4096
 
 
-def best_version(name: str, geometry: Geometry) -> int:
-    """The fastest numbered version of kernel ``name`` ("forward", "grad_x", "grad_kernel") for ``geometry``."""
+def choose_version(name: str, geometry: Geometry) -> int:
+    """The version of kernel ``name`` ("forward", "grad_x", "grad_kernel") that runs for ``geometry``.
+
+    The fastest one measured (v4 forward, v3 gradients, v2 grad_x on narrow outputs) among those whose
+    scratch fits (:func:`scratch_elements`); v4 only for kernel rows up to ``cpu_kernels.MAX_ROW_TAPS`` taps.
+    """
+    _check_kind(name)
     if name == "forward":
-        return 4
-    return 2 if name == "grad_x" and geometry.out_w < NARROW_OUTPUT else 3
+        preferred = 4 if geometry.kernel_w <= cpu_kernels.MAX_ROW_TAPS else 3
+    else:
+        preferred = 2 if name == "grad_x" and geometry.out_w < NARROW_OUTPUT else 3
+    return preferred if preferred < 3 or scratch_fits(name, preferred, geometry) else 2
 
 
-def _run(name: str, version: int | None, geometry: Geometry, *arrays) -> None:
-    """Run ``cpu_kernels.<name>_v<version>`` (``None``: the best) on validated C-contiguous ``arrays``."""
-    version = best_version(name, geometry) if version is None else version
-    if version not in VERSIONS:
+best_version = choose_version  # the earlier name, still used by notebook 05
+
+
+def versions_for(geometry: Geometry) -> dict[str, int]:
+    """``{"forward": v, "grad_x": v, "grad_kernel": v}``: the versions :func:`involution2d` and
+    :func:`involution2d_backward` run for ``geometry`` with ``version=None``."""
+    return {name: choose_version(name, geometry) for name in KINDS}
+
+
+def scratch_elements(name: str, version: int, geometry: Geometry, workers: int | None = None) -> int:
+    """Elements of scratch memory ``<name>_v<version>`` allocates for ``geometry`` on ``workers`` threads
+    (default: numba's current count), from the kernels' own layout functions, in exact Python ints."""
+    _check_kind(name)
+    if version < 3:
+        return 0
+    g = geometry
+    workers = numba.get_num_threads() if workers is None else workers
+    (sh, sw), (ph, _), (dh, dw) = g.stride, g.padding, g.dilation
+    if name == "forward":
+        block = cpu_kernels.CHANNEL_BLOCK if version == 4 else 1
+        lengths = cpu_kernels.forward_scratch.py_func(block, g.group_channels, g.out_h, g.out_w, g.kernel_h,
+                                                      g.kernel_w, sh, sw, dh, dw)
+        reach_h, wide, band = cpu_kernels.wide_layout.py_func(g.out_h, g.out_w, g.kernel_h, g.kernel_w, sh, sw, dh, dw)
+        rows = g.out_h
+    elif name == "grad_kernel":
+        lengths = cpu_kernels.grad_kernel_scratch.py_func(g.group_channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w,
+                                                          sh, sw, dh, dw)
+        reach_h, wide, band = cpu_kernels.wide_layout.py_func(g.out_h, g.out_w, g.kernel_h, g.kernel_w, sh, sw, dh, dw)
+        rows = g.out_h
+    else:
+        lengths = cpu_kernels.grad_x_scratch.py_func(g.group_channels, g.height, g.out_h, g.out_w, g.kernel_h,
+                                                     g.kernel_w, sh, sw, ph, dh, dw)
+        _, _, band, rows = cpu_kernels.grad_x_layout.py_func(g.height, g.out_h, g.out_w, g.kernel_h, g.kernel_w,
+                                                             sh, sw, ph, dh, dw)
+    units = g.batch * g.groups * -(-rows // band)
+    return min(workers, units) * sum(lengths)
+
+
+def scratch_fits(name: str, version: int, geometry: Geometry) -> bool:
+    """True when ``<name>_v<version>``'s scratch is within ``SCRATCH_RATIO`` times the op's array elements
+    (plus ``SCRATCH_SLACK`` per thread) on numba's current thread count."""
+    return _scratch_fits(name, version, geometry, numba.get_num_threads())
+
+
+@functools.lru_cache(maxsize=4096)  # a network calls the op on a few geometries, many times
+def _scratch_fits(name: str, version: int, geometry: Geometry, workers: int) -> bool:
+    arrays = sum(math.prod(shape) for shape in (geometry.x_shape, geometry.kernel_shape, geometry.out_shape))
+    return scratch_elements(name, version, geometry, workers) <= SCRATCH_RATIO * arrays + SCRATCH_SLACK * workers
+
+
+def check_version(name: str, version: int | None, geometry: Geometry) -> int:
+    """``version`` if kernel ``name`` can run it on ``geometry``, :func:`choose_version` for None; else ValueError."""
+    if version is None:
+        return choose_version(name, geometry)
+    if isinstance(version, bool) or version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS} or None, got {version!r}")
-    workers = (numba.get_num_threads(),) if version >= 3 else ()  # v3 and v4 keep one scratch set per thread
-    getattr(cpu_kernels, f"{name}_v{version}")(*arrays, *_hyper_parameters(geometry), *workers)
+    if name == "forward" and version == 4 and geometry.kernel_w > cpu_kernels.MAX_ROW_TAPS:
+        raise ValueError(f"version 4 unrolls kernel rows of up to {cpu_kernels.MAX_ROW_TAPS} taps, got Kw="
+                         f"{geometry.kernel_w}; use version=None (picks {choose_version(name, geometry)}) or 1-3")
+    if version >= 3 and not scratch_fits(name, version, geometry):
+        raise ValueError(f"version {version} of {name} would need {scratch_elements(name, version, geometry)} scratch "
+                         f"elements for stride {geometry.stride}, dilation {geometry.dilation} and output "
+                         f"{geometry.out_h}x{geometry.out_w}, more than {SCRATCH_RATIO}x the arrays; use version=None "
+                         f"(picks {choose_version(name, geometry)}) or 1-2")
+    return version
+
+
+def _check_kind(name: str) -> None:
+    if name not in KINDS:
+        raise ValueError(f"kernel name must be one of {KINDS}, got {name!r}")
+
+
+def _run(name: str, version: int | None, geometry: Geometry, *arrays) -> int:
+    """Run ``cpu_kernels.<name>_v<version>`` (``None``: the policy's) on validated C-contiguous ``arrays``;
+    return the version that ran."""
+    version = check_version(name, version, geometry)
+    with call_guard():
+        getattr(cpu_kernels, f"{name}_v{version}")(*arrays, *_hyper_parameters(geometry))
+    return version
 
 
 def _hyper_parameters(geometry: Geometry) -> tuple[int, int, int, int, int, int]:
@@ -54,11 +151,17 @@ def involution2d(x, kernel, stride=1, padding=0, dilation=1, *, version: int | N
     stride, padding, dilation : int or (h, w) pair
     version : int, optional
         Numbered kernel of :mod:`involution.fast.cpu_kernels` to run (one of ``VERSIONS``); default
-        :func:`best_version`.
+        :func:`choose_version` (:func:`versions_for` says which).
 
     Returns
     -------
     out : ndarray, shape (B, C, Ho, Wo), dtype of ``x``
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad arrays or hyper-parameters (the reference's messages); a ``version`` that cannot run this
+        geometry (:func:`check_version`).
     """
     x, kernel, geometry = check_involution2d(x, kernel, stride, padding, dilation)
     x, kernel = np.ascontiguousarray(x), np.ascontiguousarray(kernel)

@@ -15,17 +15,21 @@ import numpy as np
 from numba import prange
 
 from .index import cpu_helpers
+from .runtime import CACHE
 
 _helpers = cpu_helpers()
 input_coordinate = _helpers["input_coordinate"]
 group_of_channel = _helpers["group_of_channel"]
 output_of_input = _helpers["output_of_input"]
 output_range = _helpers["output_range"]
+split_index = _helpers["split_index"]
+kernel_offset = _helpers["kernel_offset"]
 
-jit = numba.njit(parallel=True, cache=True, nogil=True)
+jit = numba.njit(parallel=True, cache=CACHE, nogil=True)
+inline = numba.njit(inline="always", cache=CACHE)
 
 
-@numba.njit(inline="always", cache=True)
+@inline
 def multiply_add_flat(target, target_start, target_step, left, left_start, right, right_start, right_step, count):
     """``target[t0 + j*ts] += left[l0 + j] * right[r0 + j*rs]`` for ``j < count`` on flat arrays.
 
@@ -37,10 +41,21 @@ def multiply_add_flat(target, target_start, target_step, left, left_start, right
             left[numba.uint64(left_start + j)] * right[numba.uint64(right_start + j * right_step)])
 
 
+@inline
+def multiply_add_padding(target, target_start, left, left_start, lo, hi, count):
+    """``target[t0 + j] += left[l0 + j] * 0`` for ``j`` in ``[0, lo)`` and ``[hi, count)``: the taps that read
+    the zero padding, which the definition multiplies too (``inf * 0 = NaN``; finite sums do not change)."""
+    for j in range(lo):
+        target[target_start + j] += left[left_start + j] * 0.0
+    for j in range(hi, count):
+        target[target_start + j] += left[left_start + j] * 0.0
+
+
 # ---------------------------------------------------------------------------------------------- forward
 @jit
 def forward_v1(x, kernel, out, sh, sw, ph, pw, dh, dw):
-    """Naive: one output element at a time, every tap bounds-checked; threads over (b, c)."""
+    """Naive: one output element at a time, every tap bounds-checked (padded taps multiply 0); threads
+    over (b, c)."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     for bc in prange(batch * channels):
@@ -55,6 +70,8 @@ def forward_v1(x, kernel, out, sh, sw, ph, pw, dh, dw):
                         col = input_coordinate(j, v, sw, dw, pw)
                         if 0 <= row < height and 0 <= col < width:
                             out[b, c, i, j] += kernel[b, g, u, v, i, j] * x[b, c, row, col]
+                        else:  # the zero padding: x_pad = 0, so an infinite weight gives NaN
+                            out[b, c, i, j] += kernel[b, g, u, v, i, j] * 0.0
 
 
 # ------------------------------------------------------------------------------------ grad wrt kernel
@@ -73,9 +90,12 @@ def grad_kernel_v1(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
                     for j in range(out_w):
                         col = input_coordinate(j, v, sw, dw, pw)
                         grad_kernel[b, g, u, v, i, j] = 0
-                        if 0 <= row < height and 0 <= col < width:
-                            for c in range(g * group_channels, (g + 1) * group_channels):
+                        inside = 0 <= row < height and 0 <= col < width
+                        for c in range(g * group_channels, (g + 1) * group_channels):
+                            if inside:
                                 grad_kernel[b, g, u, v, i, j] += grad_out[b, c, i, j] * x[b, c, row, col]
+                            else:  # x_pad = 0: an infinite grad_out gives NaN
+                                grad_kernel[b, g, u, v, i, j] += grad_out[b, c, i, j] * 0.0
 
 
 # ------------------------------------------------------------------------------------- grad wrt input
@@ -102,52 +122,55 @@ def grad_x_v1(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
 @jit
 def forward_v2(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Row-wise: threads over (b, g, i); per tap, the kernel row is reused by the group's channels, the W
-    loop is clipped to the taps inside the input (no branch) and contiguous for stride 1 (SIMD)."""
+    loop is clipped to the taps inside the input (no branch) and contiguous for stride 1 (SIMD); the
+    clipped taps multiply the zero padding apart."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
     x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
     for unit in prange(batch * groups * out_h):
-        b, g, i = unit // (groups * out_h), unit // out_h % groups, unit % out_h
+        b, g, i = split_index(unit, groups, out_h)
         first = b * channels + g * group_channels  # flat (b, c) index of the group's first channel
         for c in range(first, first + group_channels):
             out_flat[(c * out_h + i) * out_w:(c * out_h + i + 1) * out_w] = 0
         for u in range(kernel_h):
             row = input_coordinate(i, u, sh, dh, ph)
-            if row < 0 or row >= height:
-                continue
+            inside = 0 <= row < height
             for v in range(kernel_w):
-                lo, hi = output_range(v, sw, dw, pw, width, out_w)
+                lo, hi = output_range(v, sw, dw, pw, width, out_w) if inside else (0, 0)
                 col0 = input_coordinate(0, v, sw, dw, pw)
-                kernel_start = ((((b * groups + g) * kernel_h + u) * kernel_w + v) * out_h + i) * out_w + lo
+                kernel_start = kernel_offset(b, g, u, v, i, groups, kernel_h, kernel_w, out_h, out_w)
                 for c in range(first, first + group_channels):
-                    multiply_add_flat(out_flat, (c * out_h + i) * out_w + lo, 1, kernel_flat, kernel_start,
+                    out_start = (c * out_h + i) * out_w
+                    multiply_add_flat(out_flat, out_start + lo, 1, kernel_flat, kernel_start + lo,
                                       x_flat, (c * height + row) * width + col0 + lo * sw, sw, hi - lo)
+                    multiply_add_padding(out_flat, out_start, kernel_flat, kernel_start, lo, hi, out_w)
 
 
 @jit
 def grad_kernel_v2(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
     """Row-wise like ``forward_v2``: threads over (b, g, i); each kernel row sums the group's channels along
-    the clipped W range."""
+    the clipped W range, and ``grad_out * 0`` on the taps reading the padding."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
     group_channels = channels // groups
     x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
     for unit in prange(batch * groups * out_h):
-        b, g, i = unit // (groups * out_h), unit // out_h % groups, unit % out_h
+        b, g, i = split_index(unit, groups, out_h)
         first = b * channels + g * group_channels
         for u in range(kernel_h):
             row = input_coordinate(i, u, sh, dh, ph)
+            inside = 0 <= row < height
             for v in range(kernel_w):
-                grad_start = ((((b * groups + g) * kernel_h + u) * kernel_w + v) * out_h + i) * out_w
+                grad_start = kernel_offset(b, g, u, v, i, groups, kernel_h, kernel_w, out_h, out_w)
                 grad_kernel_flat[grad_start:grad_start + out_w] = 0
-                if row < 0 or row >= height:
-                    continue
-                lo, hi = output_range(v, sw, dw, pw, width, out_w)
+                lo, hi = output_range(v, sw, dw, pw, width, out_w) if inside else (0, 0)
                 col0 = input_coordinate(0, v, sw, dw, pw)
                 for c in range(first, first + group_channels):
-                    multiply_add_flat(grad_kernel_flat, grad_start + lo, 1, grad_out_flat, (c * out_h + i) * out_w + lo,
+                    grad_out_start = (c * out_h + i) * out_w
+                    multiply_add_flat(grad_kernel_flat, grad_start + lo, 1, grad_out_flat, grad_out_start + lo,
                                       x_flat, (c * height + row) * width + col0 + lo * sw, sw, hi - lo)
+                    multiply_add_padding(grad_kernel_flat, grad_start, grad_out_flat, grad_out_start, lo, hi, out_w)
 
 
 @jit
@@ -159,7 +182,7 @@ def grad_x_v2(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
     group_channels = channels // groups
     kernel_flat, grad_out_flat, grad_x_flat = kernel.reshape(-1), grad_out.reshape(-1), grad_x.reshape(-1)
     for unit in prange(batch * groups * height):
-        b, g, y = unit // (groups * height), unit // height % groups, unit % height
+        b, g, y = split_index(unit, groups, height)
         first = b * channels + g * group_channels
         for c in range(first, first + group_channels):
             grad_x_flat[(c * height + y) * width:(c * height + y + 1) * width] = 0
@@ -170,7 +193,7 @@ def grad_x_v2(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
             for v in range(kernel_w):
                 lo, hi = output_range(v, sw, dw, pw, width, out_w)
                 col0 = input_coordinate(0, v, sw, dw, pw)
-                kernel_start = ((((b * groups + g) * kernel_h + u) * kernel_w + v) * out_h + i) * out_w + lo
+                kernel_start = kernel_offset(b, g, u, v, i, groups, kernel_h, kernel_w, out_h, out_w) + lo
                 for c in range(first, first + group_channels):
                     multiply_add_flat(grad_x_flat, (c * height + y) * width + col0 + lo * sw, sw, grad_out_flat,
                                       (c * out_h + i) * out_w + lo, kernel_flat, kernel_start, 1, hi - lo)
@@ -183,19 +206,21 @@ def grad_x_v2(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
 # kernels and P out "wide" (row pitch Wq = Wo + (Kw-1)*dw // sw): then tap (u, v) with u*dh = sh*qu + ru,
 # v*dw = sw*qv + rv reads P[c, ru, rv] at the flat offset qu*Wq + qv from the output's flat index, so each
 # tap of each channel is ONE contiguous multiply-add over the whole band; columns j >= Wo are dropped.
-# Scratch is allocated once per worker (``workers``: the thread count, an argument so the kernels stay
-# cacheable), and units are dealt round-robin, so the result does not depend on the worker count.
+# Scratch is allocated once per worker (numba's thread count, passed by a plain-Python wrapper so that the
+# kernels stay cacheable), and units are dealt round-robin,
+# so the result does not depend on the worker count. Its size (``*_scratch``, plain Python so that
+# involution.fast.cpu sizes it exactly, in Python ints, before a kernel runs) grows with sh*sw and with the
+# kernel's reach (Kw-1)*dw // sw, not only with the work: the dispatcher runs v3 and v4 only where it is
+# bounded by the arrays' own size (``involution.fast.cpu.SCRATCH_RATIO``).
 BAND_ELEMENTS = 512  # wide elements per band: long enough for SIMD, small enough for L1/L2
 SIMD_BLOCK = 32  # LLVM's vector body (8 float32 lanes x 4) takes this many elements; loops round up to it
 
 
-@numba.njit(inline="always", cache=True)
 def simd_length(length):
     """``length`` rounded up to whole vector bodies: the extra lanes compute junk nobody reads, no scalar tail."""
     return (length + SIMD_BLOCK - 1) // SIMD_BLOCK * SIMD_BLOCK
 
 
-@numba.njit(inline="always", cache=True)
 def wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw):
     """``(reach_h, wide, band)``: phase rows past a band, the wide row pitch, output rows per band."""
     reach_h, reach_w = (kernel_h - 1) * dh // sh, (kernel_w - 1) * dw // sw
@@ -204,7 +229,53 @@ def wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw):
     return reach_h, wide, band
 
 
-@numba.njit(inline="always", cache=True)
+def forward_scratch(channel_block, group_channels, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw):
+    """Per-worker scratch lengths ``(phases, kernel_wide, out_wide)`` of the forward passing ``channel_block``
+    channels at a time (v3: 1, v4: ``CHANNEL_BLOCK``): phases of the group's channels (and a spare zero
+    channel for an odd last block), the band's wide kernel taps, one wide output row set per channel."""
+    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    channel_step = sh * sw * (band + reach_h) * wide
+    return ((group_channels + channel_block - 1) * channel_step + SIMD_BLOCK,
+            kernel_h * kernel_w * band * wide + SIMD_BLOCK, channel_block * (band * wide + SIMD_BLOCK))
+
+
+def grad_kernel_scratch(group_channels, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw):
+    """Per-worker scratch lengths ``(phases, grad_out_wide, grad_wide)`` of ``grad_kernel_v3``."""
+    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    return (group_channels * sh * sw * (band + reach_h) * wide + SIMD_BLOCK,
+            group_channels * band * wide + SIMD_BLOCK, band * wide + SIMD_BLOCK)
+
+
+def grad_x_layout(height, out_h, out_w, kernel_h, kernel_w, sh, sw, ph, dh, dw):
+    """``(reach_h, wide, band, phase_rows)`` of ``grad_x_v3``: bands of the phase rows holding input rows."""
+    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    phase_rows = (height + ph - 1) // sh + 1  # r = (y + ph) // sh
+    return reach_h, wide, min(band, phase_rows), phase_rows
+
+
+def grad_x_scratch(group_channels, height, out_h, out_w, kernel_h, kernel_w, sh, sw, ph, dh, dw):
+    """Per-worker scratch lengths ``(kernel_wide, grad_out_wide, gathered)`` of ``grad_x_v3``: wide sources
+    with one leading zero row and the reach above the band."""
+    reach_h, wide, band, _ = grad_x_layout(height, out_h, out_w, kernel_h, kernel_w, sh, sw, ph, dh, dw)
+    span = (band + reach_h + 1) * wide
+    return (kernel_h * kernel_w * span + SIMD_BLOCK, group_channels * span + SIMD_BLOCK,
+            simd_length(band * wide))
+
+
+simd_length, wide_layout, forward_scratch, grad_kernel_scratch, grad_x_layout, grad_x_scratch = (
+    inline(function) for function in (simd_length, wide_layout, forward_scratch, grad_kernel_scratch,
+                                      grad_x_layout, grad_x_scratch))
+
+
+@inline
+def band_of_unit(unit, groups, bands, band, rows_total):
+    """``(b, g, row0, rows)`` of work unit ``unit``: batch, group and the band's first row and row count."""
+    b, g, band_index = split_index(unit, groups, bands)
+    row0 = band_index * band
+    return b, g, row0, min(band, rows_total - row0)
+
+
+@inline
 def load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, row0, phase_rows, wide):
     """``phases[c, ru, rv, r, q] = x[first + c, sh*(row0 + r) + ru - ph, sw*q + rv - pw]``, zero outside x."""
     phases[:] = 0
@@ -223,7 +294,7 @@ def load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph
                             phases[numba.uint64(start + r * wide + q)] = x_flat[numba.uint64(source + q * sw)]
 
 
-@numba.njit(inline="always", cache=True)
+@inline
 def load_wide_rows(source_flat, source_start, wide_flat, wide_start, out_h, out_w, wide, row0, rows):
     """``wide[r*wide + j] = source[row0 + r, j]`` for ``j < out_w``; zero for junk columns and rows outside."""
     for r in range(rows):
@@ -237,34 +308,60 @@ def load_wide_rows(source_flat, source_start, wide_flat, wide_start, out_h, out_
             wide_flat[target:target + wide] = 0
 
 
+@inline
+def load_kernel_band(kernel_flat, kernel_wide, b, g, groups, taps, out_h, out_w, wide, span, row0, rows):
+    """Every tap's kernel rows ``[row0, row0 + rows)`` of (b, g) into ``kernel_wide`` (span ``span`` per tap),
+    zero past a short last band."""
+    for tap in range(taps):
+        load_wide_rows(kernel_flat, kernel_offset(b, g, 0, tap, 0, groups, 1, taps, out_h, out_w), kernel_wide,
+                       tap * span, out_h, out_w, wide, row0, rows)
+        kernel_wide[tap * span + rows * wide:(tap + 1) * span] = 0
+
+
+@inline
+def store_wide_rows(wide_flat, wide_start, wide, target_flat, target_start, out_w, rows):
+    """``target[r, j] = wide[r*wide + j]`` for ``r < rows``, ``j < out_w``: drop the junk columns."""
+    for r in range(rows):
+        target_flat[target_start + r * out_w:target_start + (r + 1) * out_w] = (
+            wide_flat[wide_start + r * wide:wide_start + r * wide + out_w])
+
+
+@inline
+def load_forward_band(x_flat, kernel_flat, phases, kernel_wide, unit, channels, groups, group_channels, height,
+                      width, kernel_h, kernel_w, out_h, out_w, sh, sw, ph, pw, reach_h, wide, band, bands):
+    """Load work unit ``unit``'s phases and wide kernel taps; return ``(i0, rows, first, length)``: its first
+    output row, row count, flat (b, c) index of its first channel and SIMD loop length."""
+    b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
+    first = b * channels + g * group_channels
+    load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h, wide)
+    load_kernel_band(kernel_flat, kernel_wide, b, g, groups, kernel_h * kernel_w, out_h, out_w, wide, band * wide,
+                     i0, rows)
+    return i0, rows, first, simd_length((rows - 1) * wide + out_w)
+
+
 @jit
-def forward_v3(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
-    """Wide rows: per (b, g, band), every (tap, channel) is one contiguous multiply-add over the band."""
+def forward_bands_v3(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
+    """``forward_v3`` with one scratch set for each of ``workers`` threads (cacheable: no global)."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
     reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    phases_length, kernel_length, out_length = forward_scratch(1, group_channels, out_h, out_w, kernel_h, kernel_w,
+                                                               sh, sw, dh, dw)
     bands = (out_h + band - 1) // band
-    plane, span, taps = (band + reach_h) * wide, band * wide, kernel_h * kernel_w
+    plane, span = (band + reach_h) * wide, band * wide
     x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
     units = batch * groups * bands
     workers = min(workers, units)
     for worker in prange(workers):  # one scratch set per thread, units dealt round-robin
-        phases = np.empty(group_channels * sh * sw * plane + SIMD_BLOCK, x.dtype)
-        kernel_wide = np.empty(taps * span + SIMD_BLOCK, x.dtype)
-        kernel_wide[taps * span:] = 0
-        out_wide = np.empty(span + SIMD_BLOCK, x.dtype)
+        phases = np.empty(phases_length, x.dtype)
+        kernel_wide = np.empty(kernel_length, x.dtype)
+        kernel_wide[kernel_length - SIMD_BLOCK:] = 0
+        out_wide = np.empty(out_length, x.dtype)
         for unit in range(worker, units, workers):
-            b, g, i0 = unit // (groups * bands), unit // bands % groups, unit % bands * band
-            rows = min(band, out_h - i0)
-            length = simd_length((rows - 1) * wide + out_w)
-            first = b * channels + g * group_channels
-            load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h,
-                        wide)
-            for tap in range(taps):
-                load_wide_rows(kernel_flat, ((b * groups + g) * taps + tap) * out_h * out_w, kernel_wide, tap * span,
-                               out_h, out_w, wide, i0, rows)
-                kernel_wide[tap * span + rows * wide:(tap + 1) * span] = 0  # rows past a short last band
+            i0, rows, first, length = load_forward_band(x_flat, kernel_flat, phases, kernel_wide, unit, channels,
+                                                        groups, group_channels, height, width, kernel_h, kernel_w,
+                                                        out_h, out_w, sh, sw, ph, pw, reach_h, wide, band, bands)
             for c in range(group_channels):
                 out_wide[:] = 0
                 for u in range(kernel_h):
@@ -274,31 +371,35 @@ def forward_v3(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
                         start = ((c * sh + ru) * sw + rv) * plane + qu * wide + qv
                         multiply_add_flat(out_wide, 0, 1, kernel_wide, (u * kernel_w + v) * span, phases, start, 1,
                                           length)
-                target = ((first + c) * out_h + i0) * out_w
-                for r in range(rows):
-                    out_flat[target + r * out_w:target + (r + 1) * out_w] = out_wide[r * wide:r * wide + out_w]
+                store_wide_rows(out_wide, 0, wide, out_flat, ((first + c) * out_h + i0) * out_w, out_w, rows)
+
+
+def forward_v3(x, kernel, out, sh, sw, ph, pw, dh, dw):
+    """Wide rows: per (b, g, band), every (tap, channel) is one contiguous multiply-add over the band."""
+    forward_bands_v3(x, kernel, out, sh, sw, ph, pw, dh, dw, numba.get_num_threads())
 
 
 @jit
-def grad_kernel_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers):
-    """Wide rows like ``forward_v3``: each kernel tap's band sums the group's channels in contiguous loops."""
+def grad_kernel_bands_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers):
+    """``grad_kernel_v3`` with one scratch set for each of ``workers`` threads (cacheable: no global)."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
     group_channels = channels // groups
     reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    phases_length, grad_out_length, grad_length = grad_kernel_scratch(group_channels, out_h, out_w, kernel_h,
+                                                                      kernel_w, sh, sw, dh, dw)
     bands = (out_h + band - 1) // band
     plane, span = (band + reach_h) * wide, band * wide
     x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
     units = batch * groups * bands
     workers = min(workers, units)
     for worker in prange(workers):
-        phases = np.empty(group_channels * sh * sw * plane + SIMD_BLOCK, x.dtype)
-        grad_out_wide = np.empty(group_channels * span + SIMD_BLOCK, x.dtype)
-        grad_out_wide[group_channels * span:] = 0
-        grad_wide = np.empty(span + SIMD_BLOCK, x.dtype)
+        phases = np.empty(phases_length, x.dtype)
+        grad_out_wide = np.empty(grad_out_length, x.dtype)
+        grad_out_wide[grad_out_length - SIMD_BLOCK:] = 0
+        grad_wide = np.empty(grad_length, x.dtype)
         for unit in range(worker, units, workers):
-            b, g, i0 = unit // (groups * bands), unit // bands % groups, unit % bands * band
-            rows = min(band, out_h - i0)
+            b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
             length = simd_length((rows - 1) * wide + out_w)
             first = b * channels + g * group_channels
             load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h,
@@ -315,24 +416,24 @@ def grad_kernel_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers):
                     for c in range(group_channels):
                         start = ((c * sh + ru) * sw + rv) * plane + qu * wide + qv
                         multiply_add_flat(grad_wide, 0, 1, grad_out_wide, c * span, phases, start, 1, length)
-                    target = ((((b * groups + g) * kernel_h + u) * kernel_w + v) * out_h + i0) * out_w
-                    for r in range(rows):
-                        grad_kernel_flat[target + r * out_w:target + (r + 1) * out_w] = \
-                            grad_wide[r * wide:r * wide + out_w]
+                    target = kernel_offset(b, g, u, v, i0, groups, kernel_h, kernel_w, out_h, out_w)
+                    store_wide_rows(grad_wide, 0, wide, grad_kernel_flat, target, out_w, rows)
+
+
+def grad_kernel_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
+    """Wide rows like ``forward_v3``: each kernel tap's band sums the group's channels in contiguous loops."""
+    grad_kernel_bands_v3(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, numba.get_num_threads())
 
 
 @jit
-def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, workers):
-    """Wide rows, gathered: per (b, g, band of phase rows r), phase (ru, rv) of the padded input collects the
-    taps with that phase, ``P'[r, q] += kernel[u, v, r - qu, q - qv] * grad_out[c, r - qu, q - qv]``, from
-    wide copies of kernel and grad_out that are zero in junk columns and outside the output (one leading
-    zero row absorbs ``q - qv < 0``); each input element is written once, by the unit owning its row."""
+def grad_x_bands_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, workers):
+    """``grad_x_v3`` with one scratch set for each of ``workers`` threads (cacheable: no global)."""
     batch, channels, height, width = grad_x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
-    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
-    phase_rows = (height + ph - 1) // sh + 1  # phase rows holding input rows (r = (y + ph) // sh)
-    band = min(band, phase_rows)
+    reach_h, wide, band, phase_rows = grad_x_layout(height, out_h, out_w, kernel_h, kernel_w, sh, sw, ph, dh, dw)
+    kernel_length, grad_out_length, gathered_length = grad_x_scratch(group_channels, height, out_h, out_w, kernel_h,
+                                                                     kernel_w, sh, sw, ph, dh, dw)
     bands = (phase_rows + band - 1) // band
     source_rows = band + reach_h + 1
     span, taps = source_rows * wide, kernel_h * kernel_w
@@ -340,20 +441,19 @@ def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, workers):
     units = batch * groups * bands
     workers = min(workers, units)
     for worker in prange(workers):
-        kernel_wide = np.empty(taps * span + SIMD_BLOCK, kernel.dtype)
-        kernel_wide[taps * span:] = 0
-        grad_out_wide = np.empty(group_channels * span + SIMD_BLOCK, kernel.dtype)
-        grad_out_wide[group_channels * span:] = 0
-        gathered = np.empty(simd_length(band * wide), kernel.dtype)
+        kernel_wide = np.empty(kernel_length, kernel.dtype)
+        kernel_wide[kernel_length - SIMD_BLOCK:] = 0
+        grad_out_wide = np.empty(grad_out_length, kernel.dtype)
+        grad_out_wide[grad_out_length - SIMD_BLOCK:] = 0
+        gathered = np.empty(gathered_length, kernel.dtype)
         for unit in range(worker, units, workers):
-            b, g, r0 = unit // (groups * bands), unit // bands % groups, unit % bands * band
-            rows = min(band, phase_rows - r0)
+            b, g, r0, rows = band_of_unit(unit, groups, bands, band, phase_rows)
             length = simd_length(rows * wide)
             first = b * channels + g * group_channels
             row0 = r0 - reach_h - 1  # output row of the sources' first (zero) row
             for tap in range(taps):
-                load_wide_rows(kernel_flat, ((b * groups + g) * taps + tap) * out_h * out_w, kernel_wide, tap * span,
-                               out_h, out_w, wide, row0, source_rows)
+                load_wide_rows(kernel_flat, kernel_offset(b, g, 0, tap, 0, groups, 1, taps, out_h, out_w), kernel_wide,
+                               tap * span, out_h, out_w, wide, row0, source_rows)
             for c in range(group_channels):
                 load_wide_rows(grad_out_flat, (first + c) * out_h * out_w, grad_out_wide, c * span, out_h, out_w,
                                wide, row0, source_rows)
@@ -383,15 +483,26 @@ def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, workers):
                                     grad_x_flat[numba.uint64(target + q * sw)] = 0
 
 
+def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
+    """Wide rows, gathered: per (b, g, band of phase rows r), phase (ru, rv) of the padded input collects the
+    taps with that phase, ``P'[r, q] += kernel[u, v, r - qu, q - qv] * grad_out[c, r - qu, q - qv]``, from
+    wide copies of kernel and grad_out that are zero in junk columns and outside the output (one leading
+    zero row absorbs ``q - qv < 0``); each input element is written once, by the unit owning its row."""
+    grad_x_bands_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, numba.get_num_threads())
+
+
 # ------------------------------------------------------- v4: a kernel row per pass, two channels per load
 # v3's loop loads and stores its accumulator for every tap. v4 keeps v3's bands, phases and wide kernel copies
 # but runs one loop per kernel row u: it sums the row's Kw taps in registers (Kw is the length of the tuple
 # arguments, a compile-time constant, so LLVM unrolls the tap loop and vectorises along the band) for
 # CHANNEL_BLOCK channels at once, each kernel value loaded once for them. Same summation order as v3.
 CHANNEL_BLOCK = 2  # channels per pass; larger blocks need more alias checks than LLVM's vectoriser allows
+# Widest kernel row v4 unrolls (one compile per Kw); numba's parfor lowering rejects tuples past ~100
+# elements (UnsupportedParforsError), and the dispatcher runs v3 for wider rows.
+MAX_ROW_TAPS = 32
 
 
-@numba.njit(inline="always", cache=True)
+@inline
 def multiply_add_tap_row(out_wide, pitch, kernel_wide, kernel_start, span, phases, start, channel_step, plane,
                          column_phase, column_shift, length):
     """``out_wide[n*pitch + j] += sum_v kernel_wide[kernel_start + v*span + j]
@@ -415,29 +526,24 @@ def forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, column_phas
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
     reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    phases_length, kernel_length, out_length = forward_scratch(CHANNEL_BLOCK, group_channels, out_h, out_w, kernel_h,
+                                                               kernel_w, sh, sw, dh, dw)
     bands = (out_h + band - 1) // band
-    plane, span, taps = (band + reach_h) * wide, band * wide, kernel_h * kernel_w
+    plane, span = (band + reach_h) * wide, band * wide
     channel_step, pitch = sh * sw * plane, span + SIMD_BLOCK
     x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
     units = batch * groups * bands
     workers = min(workers, units)
     for worker in prange(workers):  # one scratch set per thread, units dealt round-robin
         # one spare channel of zero phases: an odd group's last pass reads it and drops the result
-        phases = np.empty((group_channels + CHANNEL_BLOCK - 1) * channel_step + SIMD_BLOCK, x.dtype)
-        kernel_wide = np.empty(taps * span + SIMD_BLOCK, x.dtype)
-        kernel_wide[taps * span:] = 0
-        out_wide = np.empty(CHANNEL_BLOCK * pitch, x.dtype)
+        phases = np.empty(phases_length, x.dtype)
+        kernel_wide = np.empty(kernel_length, x.dtype)
+        kernel_wide[kernel_length - SIMD_BLOCK:] = 0
+        out_wide = np.empty(out_length, x.dtype)
         for unit in range(worker, units, workers):
-            b, g, i0 = unit // (groups * bands), unit // bands % groups, unit % bands * band
-            rows = min(band, out_h - i0)
-            length = simd_length((rows - 1) * wide + out_w)
-            first = b * channels + g * group_channels
-            load_phases(x_flat, phases, first, group_channels, height, width, sh, sw, ph, pw, i0, band + reach_h,
-                        wide)
-            for tap in range(taps):
-                load_wide_rows(kernel_flat, ((b * groups + g) * taps + tap) * out_h * out_w, kernel_wide, tap * span,
-                               out_h, out_w, wide, i0, rows)
-                kernel_wide[tap * span + rows * wide:(tap + 1) * span] = 0  # rows past a short last band
+            i0, rows, first, length = load_forward_band(x_flat, kernel_flat, phases, kernel_wide, unit, channels,
+                                                        groups, group_channels, height, width, kernel_h, kernel_w,
+                                                        out_h, out_w, sh, sw, ph, pw, reach_h, wide, band, bands)
             for c in range(0, group_channels, CHANNEL_BLOCK):
                 out_wide[:] = 0
                 for u in range(kernel_h):
@@ -446,16 +552,20 @@ def forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, column_phas
                                          (c * sh + ru) * sw * plane + qu * wide, channel_step, plane, column_phase,
                                          column_shift, length)
                 for n in range(min(CHANNEL_BLOCK, group_channels - c)):
-                    target = ((first + c + n) * out_h + i0) * out_w
-                    for r in range(rows):
-                        out_flat[target + r * out_w:target + (r + 1) * out_w] = (
-                            out_wide[n * pitch + r * wide:n * pitch + r * wide + out_w])
+                    store_wide_rows(out_wide, n * pitch, wide, out_flat, ((first + c + n) * out_h + i0) * out_w, out_w,
+                                    rows)
 
 
-def forward_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
-    """Kernel rows in registers: per (b, g, band) and pair of channels, each kernel row is one vector loop."""
-    columns = range(0, kernel.shape[3] * dw, dw)  # v * dw for each tap column v
-    forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, tuple(column % sw for column in columns),
+def forward_v4(x, kernel, out, sh, sw, ph, pw, dh, dw):
+    """Kernel rows in registers: per (b, g, band) and pair of channels, each kernel row is one vector loop
+    (kernel rows up to ``MAX_ROW_TAPS`` wide)."""
+    kernel_w = kernel.shape[3]
+    if kernel_w > MAX_ROW_TAPS:
+        raise ValueError(f"forward_v4 unrolls kernel rows up to MAX_ROW_TAPS={MAX_ROW_TAPS} taps, got Kw={kernel_w}; "
+                         f"use version 3 (or version=None, which picks it)")
+    columns = range(0, kernel_w * dw, dw)  # v * dw for each tap column v
+    forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, numba.get_num_threads(),
+                    tuple(column % sw for column in columns),
                     tuple(column // sw for column in columns))
 
 

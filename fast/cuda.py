@@ -18,11 +18,13 @@ import functools
 import numpy as np
 from numba import cuda
 
-from involution.spec import (as_float_array, check_float_layout, check_involution2d,
-                                         check_involution2d_backward)
+from involution.spec import (Geometry, as_float_array, check_float_layout, check_involution2d,
+                             check_involution2d_backward)
 
 from . import cuda_kernels
-from .cuda_kernels import LATEST, VERSIONS
+from .cuda_kernels import VERSIONS
+
+KINDS = ("forward", "grad_x", "grad_kernel")
 
 if not cuda.is_available():
     raise ImportError("involution.fast.cuda needs a CUDA GPU visible to numba (numba.cuda.is_available() is "
@@ -36,7 +38,25 @@ def is_simulator() -> bool:
     return bool(config.ENABLE_CUDASIM)
 
 
-def involution2d(x, kernel, stride=1, padding=0, dilation=1, *, stream=None, version=LATEST):
+def choose_version(name: str, geometry: Geometry) -> int:
+    """The version of kernel ``name`` ("forward", "grad_x", "grad_kernel") that runs for ``geometry``.
+
+    2 (tiles staged in shared memory) when ``cuda_kernels.plan_tiles`` finds a tile whose float64 staging fits
+    ``SHARED_BYTES`` (so the choice is the same for both dtypes), else 1. The same name and signature as
+    ``involution.fast.cpu.choose_version``.
+    """
+    if name not in KINDS:
+        raise ValueError(f"kernel name must be one of {KINDS}, got {name!r}")
+    return 2 if cuda_kernels.plan_tiles(name, geometry, np.dtype(np.float64).itemsize) is not None else 1
+
+
+def versions_for(geometry: Geometry) -> dict[str, int]:
+    """``{"forward": v, "grad_x": v, "grad_kernel": v}``: the versions :func:`involution2d` and
+    :func:`involution2d_backward` run for ``geometry`` with ``version=None``."""
+    return {name: choose_version(name, geometry) for name in KINDS}
+
+
+def involution2d(x, kernel, stride=1, padding=0, dilation=1, *, stream=None, version=None):
     """Involution on the GPU; the semantics and errors of ``involution.reference.involution2d``.
 
     ``out[b, c, i, j] = sum_{u, v} kernel[b, g, u, v, i, j] * x_pad[b, c, i*sh + u*dh, j*sw + v*dw]``,
@@ -50,8 +70,9 @@ def involution2d(x, kernel, stride=1, padding=0, dilation=1, *, stream=None, ver
         ``Ho = (H + 2*ph - dh*(Kh-1) - 1) // sh + 1``, likewise ``Wo``.
     stream : numba stream, optional
         Where the copies and the kernel run; default: the default stream.
-    version : int
-        Kernel version (1: one thread per output, 2: tiled in shared memory), see ``cuda_kernels``.
+    version : int, optional
+        Kernel version (1: one thread per output, 2: tiled in shared memory), see ``cuda_kernels``; default
+        :func:`choose_version` (:func:`versions_for` says which). Version 2 where no tile fits is a ValueError.
 
     Returns
     -------
@@ -63,11 +84,11 @@ def involution2d(x, kernel, stride=1, padding=0, dilation=1, *, stream=None, ver
     stream = _check_launch(version, stream)
     x, kernel = _to_device((x, kernel), on_device, stream)
     out = cuda.device_array(geometry.out_shape, x.dtype, stream=stream)
-    cuda_kernels.forward(x, kernel, out, geometry, version=version, stream=stream)
+    cuda_kernels.forward(x, kernel, out, geometry, version=_version("forward", version, geometry), stream=stream)
     return out if on_device else _to_host((out,), stream)[0]
 
 
-def involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1, *, stream=None, version=LATEST):
+def involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1, *, stream=None, version=None):
     """Gradients of :func:`involution2d` with respect to ``x`` and ``kernel``, on the GPU.
 
     Parameters
@@ -88,8 +109,10 @@ def involution2d_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1, 
     grad_out, x, kernel = _to_device((grad_out, x, kernel), on_device, stream)
     grad_x = cuda.device_array(geometry.x_shape, x.dtype, stream=stream)
     grad_kernel = cuda.device_array(geometry.kernel_shape, x.dtype, stream=stream)
-    cuda_kernels.grad_x(grad_out, kernel, grad_x, geometry, version=version, stream=stream)
-    cuda_kernels.grad_kernel(grad_out, x, grad_kernel, geometry, version=version, stream=stream)
+    cuda_kernels.grad_x(grad_out, kernel, grad_x, geometry, version=_version("grad_x", version, geometry),
+                        stream=stream)
+    cuda_kernels.grad_kernel(grad_out, x, grad_kernel, geometry, version=_version("grad_kernel", version, geometry),
+                             stream=stream)
     return (grad_x, grad_kernel) if on_device else _to_host((grad_x, grad_kernel), stream)
 
 
@@ -138,9 +161,14 @@ def as_device_float_array(value, name: str, ndim: int, layout: str, *, sync: boo
 
 def _check_launch(version, stream):
     """Check ``version``; return the stream to launch on (0, the default stream, for None)."""
-    if version not in VERSIONS:
-        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    if version is not None and (isinstance(version, bool) or version not in VERSIONS):
+        raise ValueError(f"version must be one of {VERSIONS} or None, got {version!r}")
     return 0 if stream is None else stream
+
+
+def _version(name: str, version, geometry: Geometry) -> int:
+    """``version``, or :func:`choose_version`'s for None."""
+    return choose_version(name, geometry) if version is None else version
 
 
 def _to_device(arrays, on_device: bool, stream):

@@ -1,7 +1,9 @@
 """Numbered numba.cuda kernels for the involution op (llm.c style): v1 one thread per result, v2 tiled.
 
-Every kernel gathers: each result element has exactly one writing thread, which sums its terms in a fixed
-order, so there are no atomics and a launch is bitwise reproducible. Kernels take validated C-contiguous
+Every kernel gathers: each result element has exactly one writing thread, which sums its terms in the
+definition's order (tap by tap, channel by channel; taps reading the zero padding included, so an infinite
+weight there gives NaN), so there are no atomics, a launch is bitwise reproducible and v1 and every v2 tile
+plan give the same bits. Kernels take validated C-contiguous
 device arrays and overwrite their result completely; ``involution.fast.cuda`` validates, allocates and picks
 the version, and the launchers below derive the launch configuration from the shape. Index math comes from
 ``involution.fast.index`` (the same Python functions the CPU kernels compile); flat indices are int64, so
@@ -25,7 +27,7 @@ from involution.spec import Geometry
 from .index import cuda_helpers
 
 VERSIONS = (1, 2)
-LATEST = 2
+LATEST = 2  # the highest version; which one runs is involution.fast.cuda.choose_version's call
 THREADS_V1 = 256
 MAX_BLOCK_THREADS = 256
 # Channels a v2 block stages at once; the per-thread accumulators of that many channels stay in registers.
@@ -38,6 +40,7 @@ _helpers = cuda_helpers()
 input_coordinate = _helpers["input_coordinate"]
 group_of_channel = _helpers["group_of_channel"]
 output_of_input = _helpers["output_of_input"]
+split_index = _helpers["split_index"]
 
 
 def input_tile_extent(outputs, kernel_len, stride, dilation):
@@ -55,20 +58,43 @@ def first_output_reaching(in_start, kernel_len, stride, dilation, padding):
     return -(((kernel_len - 1) * dilation - padding - in_start) // stride)
 
 
-def split_block(block, tiles_w, tiles_h, chunks, groups):
-    """``(b, g, chunk, tile_row, tile_col)`` of a v2 block index, tile columns fastest, batch slowest."""
-    tile_col = block % tiles_w
-    tile_row = block // tiles_w % tiles_h
-    chunk = block // (tiles_w * tiles_h) % chunks
-    g = block // (tiles_w * tiles_h * chunks) % groups
-    b = block // (tiles_w * tiles_h * chunks * groups)
-    return b, g, chunk, tile_row, tile_col
+def tile_counts(span_h, span_w, tile_h, tile_w, group_channels, block_channels):
+    """``(tiles_h, tiles_w, chunks)``: tiles covering a ``span_h x span_w`` grid, chunks of a group's channels."""
+    return ((span_h + tile_h - 1) // tile_h, (span_w + tile_w - 1) // tile_w,
+            (group_channels + block_channels - 1) // block_channels)
 
 
-_split_block = cuda.jit(device=True, inline=True)(split_block)
+_tile_counts = cuda.jit(device=True, inline=True)(tile_counts)
 _input_tile_extent = cuda.jit(device=True, inline=True)(input_tile_extent)
 _output_tile_extent = cuda.jit(device=True, inline=True)(output_tile_extent)
 _first_output_reaching = cuda.jit(device=True, inline=True)(first_output_reaching)
+
+
+@cuda.jit(device=True, inline=True)
+def split_block(block, tiles_h, tiles_w, chunks, groups, group_channels, block_channels):
+    """``(b, g, i0, j0, first, count)`` of a v2 block: batch, group, the tile's first row and column (tile
+    columns fastest, batch slowest) and its chunk's first channel and channel count."""
+    rest, tile_row, tile_col = split_index(block, tiles_h, tiles_w)
+    b, g, chunk = split_index(rest, groups, chunks)
+    first = g * group_channels + chunk * block_channels
+    count = min(block_channels, (g + 1) * group_channels - first)
+    return b, g, tile_row * cuda.blockDim.y, tile_col * cuda.blockDim.x, first, count
+
+
+@cuda.jit(device=True, inline=True)
+def multiply_add_channels(accumulators, weight, staged, plane, tap, count):
+    """``accumulators[k] += weight * staged[k*plane + tap]`` for the block's ``count`` channels (registers)."""
+    for k in range(MAX_CHANNELS):
+        if k < count:
+            accumulators[k] += weight * staged[k * plane + tap]
+
+
+@cuda.jit(device=True, inline=True)
+def store_channels(result, accumulators, b, first, count, row, col):
+    """``result[b, first + k, row, col] = accumulators[k]`` for the block's ``count`` channels."""
+    for k in range(MAX_CHANNELS):
+        if k < count:
+            result[b, first + k, row, col] = accumulators[k]
 
 
 @cuda.jit(device=True, inline=True)
@@ -96,15 +122,14 @@ def kernels(dtype) -> SimpleNamespace:
 
     @cuda.jit
     def forward_v1(x, kernel, out, sh, sw, ph, pw, dh, dw):
-        """One thread per output element, W fastest: a warp reads kernel rows coalesced; x taps hit L1/L2."""
+        """One thread per output element, W fastest: a warp reads kernel rows coalesced; x taps hit L1/L2.
+        Taps in the padding multiply 0, as in the definition (v2 stages the zeros)."""
         batch, channels, height, width = x.shape
         groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
         start = int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
         for index in range(start, out.size, int64(cuda.gridDim.x) * cuda.blockDim.x):
-            j = index % out_w
-            i = index // out_w % out_h
-            c = index // (out_w * out_h) % channels
-            b = index // (out_w * out_h * channels)
+            b, c, plane = split_index(index, channels, out_h * out_w)
+            _, i, j = split_index(plane, out_h, out_w)
             g = group_of_channel(c, channels // groups)
             total = zero
             for u in range(kernel_h):
@@ -113,6 +138,8 @@ def kernels(dtype) -> SimpleNamespace:
                     col = input_coordinate(j, v, sw, dw, pw)
                     if 0 <= row < height and 0 <= col < width:
                         total += kernel[b, g, u, v, i, j] * x[b, c, row, col]
+                    else:  # the zero padding: x_pad = 0, so an infinite weight gives NaN
+                        total += kernel[b, g, u, v, i, j] * zero
             out[b, c, i, j] = total
 
     @cuda.jit
@@ -122,10 +149,8 @@ def kernels(dtype) -> SimpleNamespace:
         groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
         start = int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
         for index in range(start, grad_x.size, int64(cuda.gridDim.x) * cuda.blockDim.x):
-            col = index % width
-            row = index // width % height
-            c = index // (width * height) % channels
-            b = index // (width * height * channels)
+            b, c, plane = split_index(index, channels, height * width)
+            _, row, col = split_index(plane, height, width)
             g = group_of_channel(c, channels // groups)
             total = zero
             for u in range(kernel_h):
@@ -145,18 +170,19 @@ def kernels(dtype) -> SimpleNamespace:
         group_channels = channels // groups
         start = int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
         for index in range(start, grad_kernel.size, int64(cuda.gridDim.x) * cuda.blockDim.x):
-            j = index % out_w
-            i = index // out_w % out_h
-            v = index // (out_w * out_h) % kernel_w
-            u = index // (out_w * out_h * kernel_w) % kernel_h
-            g = index // (out_w * out_h * kernel_w * kernel_h) % groups
-            b = index // (out_w * out_h * kernel_w * kernel_h * groups)
+            b, g, rest = split_index(index, groups, kernel_h * kernel_w * out_h * out_w)
+            _, tap, plane = split_index(rest, kernel_h * kernel_w, out_h * out_w)
+            _, u, v = split_index(tap, kernel_h, kernel_w)
+            _, i, j = split_index(plane, out_h, out_w)
             row = input_coordinate(i, u, sh, dh, ph)
             col = input_coordinate(j, v, sw, dw, pw)
+            inside = 0 <= row < height and 0 <= col < width
             total = zero
-            if 0 <= row < height and 0 <= col < width:
-                for c in range(g * group_channels, (g + 1) * group_channels):
+            for c in range(g * group_channels, (g + 1) * group_channels):
+                if inside:
                     total += grad_out[b, c, i, j] * x[b, c, row, col]
+                else:  # x_pad = 0: an infinite grad_out gives NaN
+                    total += grad_out[b, c, i, j] * zero
             grad_kernel[b, g, u, v, i, j] = total
 
     @cuda.jit
@@ -174,17 +200,12 @@ def kernels(dtype) -> SimpleNamespace:
         rows = _input_tile_extent(tile_h, kernel_h, sh, dh)
         cols = _input_tile_extent(tile_w, kernel_w, sw, dw)
         plane = rows * cols
-        tiles_w = (out_w + tile_w - 1) // tile_w
-        tiles_h = (out_h + tile_h - 1) // tile_h
-        chunks = (group_channels + block_channels - 1) // block_channels
+        tiles_h, tiles_w, chunks = _tile_counts(out_h, out_w, tile_h, tile_w, group_channels, block_channels)
         staged = cuda.shared.array(0, element)
         accumulators = cuda.local.array(MAX_CHANNELS, element)
-        blocks = batch * groups * chunks * tiles_h * tiles_w
-        for block in range(int64(cuda.blockIdx.x), blocks, cuda.gridDim.x):
-            b, g, chunk, tile_row, tile_col = _split_block(block, tiles_w, tiles_h, chunks, groups)
-            i0, j0 = tile_row * tile_h, tile_col * tile_w
-            first = g * group_channels + chunk * block_channels
-            count = min(block_channels, (g + 1) * group_channels - first)
+        for block in range(int64(cuda.blockIdx.x), batch * groups * chunks * tiles_h * tiles_w, cuda.gridDim.x):
+            b, g, i0, j0, first, count = split_block(block, tiles_h, tiles_w, chunks, groups, group_channels,
+                                                     block_channels)
             stage_tile(staged, x, b, first, count, input_coordinate(i0, 0, sh, dh, ph),
                        input_coordinate(j0, 0, sw, dw, pw), rows, cols, ty * tile_w + tx, tile_w * tile_h)
             cuda.syncthreads()
@@ -196,12 +217,8 @@ def kernels(dtype) -> SimpleNamespace:
                     for v in range(kernel_w):
                         weight = kernel[b, g, u, v, i, j]
                         tap = (ty * sh + u * dh) * cols + tx * sw + v * dw
-                        for k in range(MAX_CHANNELS):
-                            if k < count:
-                                accumulators[k] += weight * staged[k * plane + tap]
-                for k in range(MAX_CHANNELS):
-                    if k < count:
-                        out[b, first + k, i, j] = accumulators[k]
+                        multiply_add_channels(accumulators, weight, staged, plane, tap, count)
+                store_channels(out, accumulators, b, first, count, i, j)
             cuda.syncthreads()
 
     @cuda.jit
@@ -219,17 +236,12 @@ def kernels(dtype) -> SimpleNamespace:
         rows = _output_tile_extent(tile_h, kernel_h, sh, dh)
         cols = _output_tile_extent(tile_w, kernel_w, sw, dw)
         plane = rows * cols
-        tiles_w = (width + tile_w - 1) // tile_w
-        tiles_h = (height + tile_h - 1) // tile_h
-        chunks = (group_channels + block_channels - 1) // block_channels
+        tiles_h, tiles_w, chunks = _tile_counts(height, width, tile_h, tile_w, group_channels, block_channels)
         staged = cuda.shared.array(0, element)
         accumulators = cuda.local.array(MAX_CHANNELS, element)
-        blocks = batch * groups * chunks * tiles_h * tiles_w
-        for block in range(int64(cuda.blockIdx.x), blocks, cuda.gridDim.x):
-            b, g, chunk, tile_row, tile_col = _split_block(block, tiles_w, tiles_h, chunks, groups)
-            row0, col0 = tile_row * tile_h, tile_col * tile_w
-            first = g * group_channels + chunk * block_channels
-            count = min(block_channels, (g + 1) * group_channels - first)
+        for block in range(int64(cuda.blockIdx.x), batch * groups * chunks * tiles_h * tiles_w, cuda.gridDim.x):
+            b, g, row0, col0, first, count = split_block(block, tiles_h, tiles_w, chunks, groups, group_channels,
+                                                         block_channels)
             i0 = _first_output_reaching(row0, kernel_h, sh, dh, ph)
             j0 = _first_output_reaching(col0, kernel_w, sw, dw, pw)
             stage_tile(staged, grad_out, b, first, count, i0, j0, rows, cols, ty * tile_w + tx, tile_w * tile_h)
@@ -246,12 +258,8 @@ def kernels(dtype) -> SimpleNamespace:
                             if j >= 0:
                                 weight = kernel[b, g, u, v, i, j]
                                 tap = (i - i0) * cols + j - j0
-                                for k in range(MAX_CHANNELS):
-                                    if k < count:
-                                        accumulators[k] += weight * staged[k * plane + tap]
-                for k in range(MAX_CHANNELS):
-                    if k < count:
-                        grad_x[b, first + k, row, col] = accumulators[k]
+                                multiply_add_channels(accumulators, weight, staged, plane, tap, count)
+                store_channels(grad_x, accumulators, b, first, count, row, col)
             cuda.syncthreads()
 
     @cuda.jit
@@ -260,7 +268,8 @@ def kernels(dtype) -> SimpleNamespace:
 
         It walks the group's channels ``block_channels`` at a time: the input tile of those channels is
         staged in shared memory and each thread keeps their ``grad_out`` values in registers. The thread
-        owning a kernel element writes it on the first pass and adds to it on later ones (no atomics).
+        owning a kernel element writes it on the first pass and continues its sum on later ones (no atomics),
+        channel by channel as in v1: the result does not depend on the channels per pass.
         """
         batch, channels, height, width = x.shape
         groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
@@ -270,14 +279,11 @@ def kernels(dtype) -> SimpleNamespace:
         rows = _input_tile_extent(tile_h, kernel_h, sh, dh)
         cols = _input_tile_extent(tile_w, kernel_w, sw, dw)
         plane = rows * cols
-        tiles_w = (out_w + tile_w - 1) // tile_w
-        tiles_h = (out_h + tile_h - 1) // tile_h
+        tiles_h, tiles_w, _ = _tile_counts(out_h, out_w, tile_h, tile_w, group_channels, group_channels)
         staged = cuda.shared.array(0, element)
         grad_out_values = cuda.local.array(MAX_CHANNELS, element)
-        blocks = batch * groups * tiles_h * tiles_w
-        for block in range(int64(cuda.blockIdx.x), blocks, cuda.gridDim.x):
-            b, g, _, tile_row, tile_col = _split_block(block, tiles_w, tiles_h, 1, groups)
-            i0, j0 = tile_row * tile_h, tile_col * tile_w
+        for block in range(int64(cuda.blockIdx.x), batch * groups * tiles_h * tiles_w, cuda.gridDim.x):
+            b, g, i0, j0, _, _ = split_block(block, tiles_h, tiles_w, 1, groups, group_channels, group_channels)
             i, j = i0 + ty, j0 + tx
             inside = i < out_h and j < out_w
             for done in range(0, group_channels, block_channels):
@@ -294,14 +300,12 @@ def kernels(dtype) -> SimpleNamespace:
                     for u in range(kernel_h):
                         for v in range(kernel_w):
                             tap = (ty * sh + u * dh) * cols + tx * sw + v * dw
-                            total = zero
+                            # continue the previous passes' sum: v1's order, whatever the channels per pass
+                            total = zero if done == 0 else grad_kernel[b, g, u, v, i, j]
                             for k in range(MAX_CHANNELS):
                                 if k < count:
                                     total += grad_out_values[k] * staged[k * plane + tap]
-                            if done == 0:
-                                grad_kernel[b, g, u, v, i, j] = total
-                            else:
-                                grad_kernel[b, g, u, v, i, j] += total
+                            grad_kernel[b, g, u, v, i, j] = total
                 cuda.syncthreads()
 
     return SimpleNamespace(forward_v1=forward_v1, forward_v2=forward_v2, grad_x_v1=grad_x_v1,
@@ -367,9 +371,10 @@ def grad_kernel(grad_out, x, grad_kernel, geometry, **launch) -> int:
     return _launch("grad_kernel", (grad_out, x, grad_kernel), geometry, **launch)
 
 
-def _launch(kind, arrays, geometry, *, version=LATEST, stream=0, max_blocks=MAX_GRID, block=None,
+def _launch(kind, arrays, geometry, *, version, stream=0, max_blocks=MAX_GRID, block=None,
             threads=THREADS_V1) -> int:
-    """Launch ``kind`` with ``version`` (v2 falls back to v1 when its tile cannot fit); return the version run.
+    """Launch ``kind`` with ``version`` (1 or 2, chosen by the caller: ``involution.fast.cuda.choose_version``);
+    return it. A ValueError when v2's tile does not fit shared memory: nothing runs in its place.
 
     ``max_blocks`` caps the grid (the kernels loop over the rest), ``block`` forces the v2 block and
     ``threads`` the v1 block size.
@@ -379,19 +384,24 @@ def _launch(kind, arrays, geometry, *, version=LATEST, stream=0, max_blocks=MAX_
     compiled = kernels(result.dtype)
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
     scalars = (sh, sw, ph, pw, dh, dw)
-    plan = plan_tiles(kind, g, result.dtype.itemsize, block) if version == 2 else None
-    if plan is not None:
-        span_h, span_w = (g.height, g.width) if kind == "grad_x" else (g.out_h, g.out_w)
-        blocks = g.batch * g.groups * -(-span_h // plan.tile_h) * -(-span_w // plan.tile_w)
-        if kind != "grad_kernel":
-            blocks *= -(-g.group_channels // plan.channels)
-        launch = getattr(compiled, f"{kind}_v2")[min(blocks, max_blocks), (plan.tile_w, plan.tile_h), stream,
-                                                 plan.shared_bytes]
-        launch(*arrays, *scalars, plan.channels)
-        return 2
-    blocks = min(-(-result.size // threads), max_blocks)
-    getattr(compiled, f"{kind}_v1")[blocks, threads, stream](*arrays, *scalars)
-    return 1
+    if version == 1:
+        blocks = min(-(-result.size // threads), max_blocks)
+        getattr(compiled, f"{kind}_v1")[blocks, threads, stream](*arrays, *scalars)
+        return 1
+    if version != 2:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    plan = plan_tiles(kind, g, result.dtype.itemsize, block)
+    if plan is None:
+        raise ValueError(f"version 2 of {kind} has no tile that fits {SHARED_BYTES} bytes of shared memory for "
+                         f"kernel {g.kernel_h}x{g.kernel_w}, stride {g.stride}, dilation {g.dilation} in "
+                         f"{result.dtype}; use version 1 (version=None picks it)")
+    span_h, span_w = (g.height, g.width) if kind == "grad_x" else (g.out_h, g.out_w)
+    tiles_h, tiles_w, chunks = tile_counts(span_h, span_w, plan.tile_h, plan.tile_w, g.group_channels, plan.channels)
+    blocks = g.batch * g.groups * tiles_h * tiles_w * (1 if kind == "grad_kernel" else chunks)
+    launch = getattr(compiled, f"{kind}_v2")[min(blocks, max_blocks), (plan.tile_w, plan.tile_h), stream,
+                                             plan.shared_bytes]
+    launch(*arrays, *scalars, plan.channels)
+    return 2
 
 
 def compile_ptx(dtype, cc=(9, 0)) -> dict[str, str]:

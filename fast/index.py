@@ -26,14 +26,29 @@ def output_of_input(in_index, tap, stride, dilation, padding, out_size):
 
 
 def output_range(tap, stride, dilation, padding, in_size, out_size):
-    """Half-open range ``(lo, hi)`` of the outputs whose tap ``tap`` reads inside ``[0, in_size)``: clipped taps."""
+    """Half-open range ``(lo, hi)``, ``0 <= lo <= hi <= out_size``, of the outputs whose tap ``tap`` reads
+    inside ``[0, in_size)``; the outputs outside it read the zero padding."""
     offset = tap * dilation - padding
-    lo = 0 if offset >= 0 else (stride - 1 - offset) // stride
+    lo = min(0 if offset >= 0 else (stride - 1 - offset) // stride, out_size)
     hi = min((in_size - 1 - offset) // stride + 1, out_size)
     return lo, max(hi, lo)
 
 
-SHARED = (input_coordinate, group_of_channel, output_of_input, output_range)
+def split_index(index, middle, last):
+    """``(outer, mid, inner)`` with ``index = (outer*middle + mid)*last + inner``: a work unit's coordinates.
+
+    E.g. a CPU unit ``(b, g, i) = split_index(unit, groups, out_h)``, a CUDA block's tile
+    ``(rest, tile_row, tile_col) = split_index(block, tiles_h, tiles_w)``.
+    """
+    return index // (middle * last), index // last % middle, index % last
+
+
+def kernel_offset(b, g, u, v, i, groups, kernel_h, kernel_w, out_h, out_w):
+    """Flat index of ``kernel[b, g, u, v, i, 0]`` in a C-contiguous ``(B, G, Kh, Kw, Ho, Wo)`` array."""
+    return ((((b * groups + g) * kernel_h + u) * kernel_w + v) * out_h + i) * out_w
+
+
+SHARED = (input_coordinate, group_of_channel, output_of_input, output_range, split_index, kernel_offset)
 
 
 def _compile(decorate):
@@ -44,7 +59,9 @@ def cpu_helpers():
     """The shared helpers compiled with ``numba.njit(inline="always")``, by name."""
     import numba
 
-    return _compile(numba.njit(inline="always", cache=True))
+    from .runtime import CACHE
+
+    return _compile(numba.njit(inline="always", cache=CACHE))
 
 
 def cuda_helpers():

@@ -10,16 +10,24 @@ def case_id(case):
     return "B{}C{}G{}H{}W{}K{}x{}s{}p{}d{}".format(*case).replace(" ", "")
 
 
-def make_case(case, dtype=np.float64, seed=0):
-    """``(x, kernel, grad_out, stride, padding, dilation)`` of ``case`` with standard normal values."""
+def geometry_of(case):
+    """The validated :class:`~involution.spec.Geometry` of a ``(B, C, G, H, W, Kh, Kw, stride, padding,
+    dilation)`` case (no arrays made)."""
     batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
     out_h, out_w = (output_size(n, k, s, p, d) for n, k, s, p, d in
                     zip((height, width), (kh, kw), stride, padding, dilation))
+    return check_geometry((batch, channels, height, width), (batch, groups, kh, kw, out_h, out_w), stride, padding,
+                          dilation)
+
+
+def make_case(case, dtype=np.float64, seed=0):
+    """``(x, kernel, grad_out, stride, padding, dilation)`` of ``case`` with standard normal values."""
+    geometry = geometry_of(case)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
-    kernel = rng.standard_normal((batch, groups, kh, kw, out_h, out_w)).astype(dtype)
-    grad_out = rng.standard_normal((batch, channels, out_h, out_w)).astype(dtype)
-    return x, kernel, grad_out, stride, padding, dilation
+    x = rng.standard_normal(geometry.x_shape).astype(dtype)
+    kernel = rng.standard_normal(geometry.kernel_shape).astype(dtype)
+    grad_out = rng.standard_normal(geometry.out_shape).astype(dtype)
+    return x, kernel, grad_out, geometry.stride, geometry.padding, geometry.dilation
 
 
 def assert_forward_matches(out, x, kernel, stride, padding, dilation, context):
@@ -65,3 +73,63 @@ ERROR_INPUTS = [
     ("empty channels", lambda a: a.update(x=np.zeros((2, 0, 6, 6)), kernel=np.zeros((2, 1, 3, 3, 6, 6))),
      ValueError, "no empty dimension other than the batch"),
 ]
+
+
+# Hyper-parameters far beyond the image: v3 and v4 would need scratch growing with stride**2 or the dilation,
+# so the CPU policy runs v2; each must equal the definition's loops (``backward_loops``).
+LARGE_CASES = [
+    (1, 16, 4, 4, 4, 3, 3, (3000, 3000), (1, 1), (1, 1)),  # v3 phases: 741 MB before the policy
+    (1, 4, 2, 5, 5, 3, 3, (1, 1), (99998, 99998), (100000, 100000)),  # 1x1 output, the centre tap inside
+    (1, 4, 2, 4, 4, 3, 3, (10**6, 10**6), (10**6, 10**6), (1, 1)),  # 3x3 output, one row/column inside
+    (1, 2, 1, 4, 5, 2, 2, (2**31 - 1, 2**31 - 1), (0, 0), (1, 1)),  # the largest stride spec accepts
+    (1, 4, 1, 6, 4, 3, 3, (1, 3000), (1, 1), (2, 1)),  # huge along W only
+]
+
+# A case with padding on every side, stride 2 rows and dilation 2 columns, for non-finite inputs.
+NONFINITE_CASE = (2, 4, 2, 6, 7, 3, 3, (2, 1), (2, 1), (1, 2))
+
+
+def make_nonfinite_case(dtype=np.float64):
+    """The arrays of ``NONFINITE_CASE`` with NaN and +-inf planted where the definition's answer is not finite.
+
+    An infinite weight on a tap that reads the zero padding (``inf * 0 = NaN``), another on a tap inside x,
+    NaN and inf in x, and an infinite and a NaN ``grad_out`` (whose products with the padding are NaN in
+    ``grad_kernel``).
+    """
+    x, kernel, grad_out, stride, padding, dilation = make_case(NONFINITE_CASE, dtype, seed=5)
+    kernel[0, 0, 0, 0, 0, 0] = np.inf    # output (0, 0), tap (0, 0) reads row -2: the padding
+    kernel[1, 1, 1, 1, 1, 2] = -np.inf   # output (1, 2), tap (1, 1) reads x[1, c, 1, 3]
+    x[0, 1, 2, 3] = np.nan
+    x[1, 2, 4, 0] = np.inf
+    grad_out[0, 0, 0, 1] = np.inf        # times the padding under output (0, 1): NaN in grad_kernel
+    grad_out[1, 3, 1, 1] = np.nan
+    return x, kernel, grad_out, stride, padding, dilation
+
+
+def assert_same_nonfinite(got, expected, context):
+    """NaN, +inf and -inf at the same positions as ``expected``, the finite values close (dtype rounding)."""
+    for name, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        mismatch = np.argwhere(test(got) != test(expected))
+        assert mismatch.size == 0, (f"{context}: {name} positions differ from the reference at {mismatch[:5].tolist()}"
+                                    f" (got {got[tuple(mismatch[0])]}, expected {expected[tuple(mismatch[0])]})")
+    assert np.isnan(expected).any(), f"{context}: the case plants no NaN in the reference result"
+    finite = np.isfinite(expected)
+    scale = np.abs(expected[finite]).max()
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=0, err_msg=context,
+                               atol=64 * np.finfo(got.dtype).eps * scale)
+
+
+def backward_loops(grad_out, x, kernel, stride, padding, dilation):
+    """``(grad_x, grad_kernel)`` by the definition's scalar loops (float64), for geometries whose padded input
+    is too big for the reference's padded copy; like ``involution2d_loops``, finite inputs only."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    batch, channels, height, width = x.shape
+    _, groups, kernel_h, kernel_w, out_h, out_w = kernel.shape
+    grad_x, grad_kernel = np.zeros(x.shape), np.zeros(kernel.shape)
+    for b, c, i, j, u, v in np.ndindex(batch, channels, out_h, out_w, kernel_h, kernel_w):
+        g = c // (channels // groups)
+        row, col = i * sh + u * dh - ph, j * sw + v * dw - pw
+        if 0 <= row < height and 0 <= col < width:
+            grad_x[b, c, row, col] += kernel[b, g, u, v, i, j] * grad_out[b, c, i, j]
+            grad_kernel[b, g, u, v, i, j] += grad_out[b, c, i, j] * x[b, c, row, col]
+    return grad_x, grad_kernel

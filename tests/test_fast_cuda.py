@@ -25,10 +25,11 @@ from involution.benchmarks import layers, op_cuda  # noqa: E402
 from involution.fast import cuda_kernels  # noqa: E402
 from involution.fast.index import output_of_input  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
+from involution.reference.loops import involution2d_loops  # noqa: E402
 from involution.spec import check_geometry  # noqa: E402
 
-from cases import (ERROR_INPUTS, assert_backward_matches, assert_forward_matches, case_id, good_args,  # noqa: E402
-                   make_case)
+from cases import (ERROR_INPUTS, assert_backward_matches, assert_forward_matches, assert_same_nonfinite,  # noqa: E402
+                   LARGE_CASES, backward_loops, case_id, geometry_of, good_args, make_case, make_nonfinite_case)
 
 try:
     from involution.fast import cuda as fast_cuda
@@ -93,36 +94,108 @@ def test_every_version_matches_reference(case, dtype, version):
 
 # Launches forcing what the default plan does not reach at these sizes: several tiles per image with
 # partial tiles at the right and bottom edges, fewer blocks than tiles (each block loops), channel chunks
-# with a short last chunk (grad_kernel accumulating over passes), the v1 fallback and v1's grid-stride loop.
+# with a short last chunk (grad_kernel continuing its sum over passes) and v1's grid-stride loop.
 LAUNCHES = {
+    "v2 default plan": dict(version=2),
     "v2 4x2 tiles, 1 block": dict(version=2, block=(4, 2), max_blocks=1),
     "v2 3x5 tiles, 3 of 4 channels per pass": dict(version=2, block=(3, 5), max_blocks=5, channels=3),
-    "v2 without room falls back to v1": dict(version=2, channels=0),
+    "v2 2x2 tiles, 1 channel per pass": dict(version=2, block=(2, 2), channels=1),
     "v1 32 threads, 2 blocks": dict(version=1, threads=32, max_blocks=2),
 }
 TILE_CASES = [(2, 8, 2, 7, 6, 3, 2, (2, 1), (1, 1), (1, 2)), (1, 4, 1, 6, 7, 3, 3, (1, 1), (1, 1), (1, 1))]
 
 
+def shrink_shared_memory(monkeypatch, kind, geometry, block, channels):
+    """Shrink ``SHARED_BYTES`` so the v2 plan of ``kind`` stages exactly ``channels`` channels per pass."""
+    plan = cuda_kernels.plan_tiles(kind, geometry, 8, block)
+    monkeypatch.setattr(cuda_kernels, "SHARED_BYTES", plan.shared_bytes // plan.channels * channels)
+    plan = cuda_kernels.plan_tiles(kind, geometry, 8, block)
+    assert (plan.channels if plan else 0) == channels, f"plan {plan} for {channels} channels per pass"
+
+
 @needs_cuda
 @pytest.mark.parametrize("case", TILE_CASES, ids=["s2x1d1x2", "s1"])
-@pytest.mark.parametrize("launch_name", list(LAUNCHES))
 @pytest.mark.parametrize("kind", KINDS)
-def test_launch_configurations(kind, launch_name, case, monkeypatch):
-    launch = dict(LAUNCHES[launch_name])
+def test_every_launch_gives_v1s_bits(kind, case, monkeypatch):
+    """The answer never depends on the tile plan: every launch equals v1 bit for bit, and the reference."""
     x, kernel, grad_out, stride, padding, dilation = make_case(case, np.float64, seed=3)
     geometry = check_geometry(x.shape, kernel.shape, stride, padding, dilation)
-    channels = launch.pop("channels", None)
-    if channels is not None:  # shrink the shared memory budget to fit exactly this many channels per pass
-        plan = cuda_kernels.plan_tiles(kind, geometry, 8, launch.get("block"))
-        monkeypatch.setattr(cuda_kernels, "SHARED_BYTES", plan.shared_bytes // plan.channels * channels)
-        plan = cuda_kernels.plan_tiles(kind, geometry, 8, launch.get("block"))
-        assert (plan.channels if plan else 0) == channels, f"plan {plan} for {channels} channels per pass"
-    got, version = run_kind(kind, x, kernel, grad_out, geometry, **launch)
-    assert version == (1 if channels == 0 else launch["version"]), f"ran v{version}; {launch_name}"
+    v1, _ = run_kind(kind, x, kernel, grad_out, geometry, version=1)
     expected = expected_of(kind, x, kernel, grad_out, stride, padding, dilation)
-    scale = np.abs(expected).max()
-    np.testing.assert_allclose(got, expected, rtol=0, atol=64 * np.finfo(np.float64).eps * scale,
-                               err_msg=f"{kind}, {launch_name}, case {case}")
+    np.testing.assert_allclose(v1, expected, rtol=0, atol=64 * np.finfo(np.float64).eps * np.abs(expected).max(),
+                               err_msg=f"{kind} v1, case {case}")
+    for launch_name, launch in LAUNCHES.items():
+        launch = dict(launch)
+        channels = launch.pop("channels", None)
+        with monkeypatch.context() as patch:
+            if channels is not None:
+                shrink_shared_memory(patch, kind, geometry, launch.get("block"), channels)
+            got, version = run_kind(kind, x, kernel, grad_out, geometry, **launch)
+        assert version == launch["version"], f"ran v{version}; {launch_name}"
+        np.testing.assert_array_equal(got, v1, err_msg=f"{kind}, {launch_name} differs from v1, case {case}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind", KINDS)
+def test_v2_without_room_is_an_error_and_the_policy_picks_v1(kind, monkeypatch):
+    x, kernel, grad_out, stride, padding, dilation = make_case(TILE_CASES[0], np.float64, seed=3)
+    geometry = check_geometry(x.shape, kernel.shape, stride, padding, dilation)
+    assert fast_cuda.choose_version(kind, geometry) == 2
+    monkeypatch.setattr(cuda_kernels, "SHARED_BYTES", 8)  # not one staged element fits
+    assert cuda_kernels.plan_tiles(kind, geometry, 8) is None
+    with pytest.raises(ValueError, match=f"version 2 of {kind} has no tile that fits 8 bytes"):
+        run_kind(kind, x, kernel, grad_out, geometry, version=2)
+    assert fast_cuda.choose_version(kind, geometry) == 1 and fast_cuda.versions_for(geometry)[kind] == 1
+    if kind == "forward":
+        got = fast_cuda.involution2d(x, kernel, stride, padding, dilation)
+    else:
+        grads = fast_cuda.involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
+        got = grads[KINDS.index(kind) - 1]
+    np.testing.assert_array_equal(got, run_kind(kind, x, kernel, grad_out, geometry, version=1)[0])
+
+
+CUDA_POLICY = [  # (what, case, version of every kind)
+    ("RedNet-like 14x14 K7", (1, 32, 2, 14, 14, 7, 7, (1, 1), (3, 3), (1, 1)), 2),
+    ("stride 3000", LARGE_CASES[0], 2),
+    ("dilation 100000: no tile fits", LARGE_CASES[1], 1),
+]
+
+
+@needs_cuda
+@pytest.mark.parametrize("what, case, version", CUDA_POLICY, ids=[p[0] for p in CUDA_POLICY])
+def test_version_policy(what, case, version):
+    geometry = geometry_of(case)
+    assert fast_cuda.versions_for(geometry) == dict.fromkeys(KINDS, version), what
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", LARGE_CASES[:3], ids=case_id)
+def test_large_hyper_parameters_match_the_definition(case):
+    """Stride 3000, dilation 100000 and padding 10**6 (tiny outputs): the policy's versions equal the loops."""
+    x, kernel, grad_out, stride, padding, dilation = make_case(case)
+    context = f"case {case}, versions {fast_cuda.versions_for(geometry_of(case))}"
+    got = (fast_cuda.involution2d(x, kernel, stride, padding, dilation),
+           *fast_cuda.involution2d_backward(grad_out, x, kernel, stride, padding, dilation))
+    expected = (involution2d_loops(x, kernel, stride, padding, dilation),
+                *backward_loops(grad_out, x, kernel, stride, padding, dilation))
+    for name, a, b in zip(KINDS, got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"{name}, {context}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("version", cuda_kernels.VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+# inf * 0 in the simulator's NumPy scalars, on its own threads (np.errstate is per thread)
+@pytest.mark.filterwarnings("ignore:invalid value encountered in scalar multiply:RuntimeWarning")
+def test_every_version_gives_the_definitions_nan_and_inf(dtype, version):
+    x, kernel, grad_out, stride, padding, dilation = make_nonfinite_case(dtype)
+    with np.errstate(invalid="ignore"):  # inf * 0 in the reference
+        expected = (involution2d(x, kernel, stride, padding, dilation),
+                    *involution2d_backward(grad_out, x, kernel, stride, padding, dilation))
+    got = (fast_cuda.involution2d(x, kernel, stride, padding, dilation, version=version),
+           *fast_cuda.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version))
+    for name, a, b in zip(KINDS, got, expected):
+        assert_same_nonfinite(a, b, f"cuda {name}, version {version}, {np.dtype(dtype)}")
 
 
 @given(kernel_len=st.integers(1, 7), stride=st.integers(1, 4), dilation=st.integers(1, 3),
@@ -215,7 +288,7 @@ def test_bad_input_raises_the_reference_error(description, mutate, error, text):
 @needs_cuda
 def test_bad_version_and_grad_out_raise_named_errors():
     x, kernel, stride, padding, dilation = good_args()
-    with pytest.raises(ValueError, match=r"version must be one of \(1, 2\), got 3"):
+    with pytest.raises(ValueError, match=r"version must be one of \(1, 2\) or None, got 3"):
         fast_cuda.involution2d(x, kernel, stride, padding, dilation, version=3)
     with pytest.raises(ValueError, match="grad_out must have the output shape"):
         fast_cuda.involution2d_backward(np.zeros((2, 4, 5, 5)), x, kernel, stride, padding, dilation)
