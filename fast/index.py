@@ -5,15 +5,12 @@
 """
 from __future__ import annotations
 
+from involution.spec import group_of_channel  # the group rule, compiled here for both targets
+
 
 def input_coordinate(out_index, tap, stride, dilation, padding):
     """Input row (or column) read by output ``out_index`` under kernel tap ``tap``; may fall in the padding."""
     return out_index * stride + tap * dilation - padding
-
-
-def group_of_channel(channel, group_channels):
-    """Group of ``channel`` when groups are contiguous blocks of ``group_channels`` (the official layout)."""
-    return channel // group_channels
 
 
 def output_of_input(in_index, tap, stride, dilation, padding, out_size):
