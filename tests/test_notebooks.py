@@ -7,7 +7,8 @@ compared with the committed ones after masking what legitimately varies between 
 * durations and rates (``5.2 s``, ``10.75step/s``), memory addresses (``0x7f...``);
 * numbers in scientific notation (``2.9e-09``): measured round-off, which depends on the BLAS and the CPU;
 * in a cell tagged ``numbers-vary`` (a benchmark, a training run on a shared machine) every number; its words are
-  still compared, and the notebook asserts the claims its text makes about those numbers.
+  still compared, and the notebook asserts the claims its text makes about those numbers;
+* runs of spaces (a table's column alignment follows the width of the numbers in it).
 
 stderr (tqdm bars, warnings) is not compared. On a mismatch the fresh notebook is written to ``out/notebooks/`` and
 the test fails with a unified diff per cell: re-execute the notebook
@@ -38,13 +39,14 @@ ALWAYS_MASKED = [
     (re.compile(rf"{NUMBER}\s*(?:ms|µs|us|ns|s|min)\b"), "<duration>"),
 ]
 ANY_NUMBER = re.compile(NUMBER)
+SPACES = re.compile(r"[ \t]+")
 
 
 def masked(text: str, all_numbers: bool = False) -> str:
     """``text`` with what legitimately varies replaced by placeholders (see the module docstring)."""
     for pattern, placeholder in ALWAYS_MASKED:
         text = pattern.sub(placeholder, text)
-    return ANY_NUMBER.sub("<n>", text) if all_numbers else text
+    return SPACES.sub(" ", ANY_NUMBER.sub("<n>", text) if all_numbers else text)
 
 
 def text_outputs(cell) -> str:
@@ -101,13 +103,13 @@ def _notebook(*cells):
 
 def test_a_changed_result_is_reported_and_timings_are_not():
     committed = _notebook(("train()", [], "epoch 2/2: test accuracy 70.44%, 5.2 s, 0x7f00aa\n"),
-                          ("bench()", [VARY_TAG], "forward 1.3 GFLOP/s\n"))
+                          ("bench()", [VARY_TAG], "forward    1.3 GFLOP/s\n"))
     same_story = _notebook(("train()", [], "epoch 2/2: test accuracy 70.44%, 9.8 s, 0x7f11bb\n"),
-                           ("bench()", [VARY_TAG], "forward 2.7 GFLOP/s\n"))
+                           ("bench()", [VARY_TAG], "forward   12.7 GFLOP/s\n"))
     new_story = _notebook(("train()", [], "epoch 2/2: test accuracy 34.90%, 5.2 s, 0x7f00aa\n"),
                           ("bench()", [VARY_TAG], "backward 1.3 GFLOP/s\n"))
     assert output_differences(committed, same_story) == []
     differences = output_differences(committed, new_story)
     assert len(differences) == 2, differences
     assert "-epoch 2/2: test accuracy 70.44%" in differences[0] and "+epoch 2/2: test accuracy 34.90%" in differences[0]
-    assert "+backward <n> GFLOP/s" in differences[1], differences[1]
+    assert "-forward <n> GFLOP/s" in differences[1] and "+backward <n> GFLOP/s" in differences[1], differences[1]
