@@ -137,7 +137,13 @@ def check_float_layout(value, name: str, ndim: int, layout: str) -> None:
 
 
 def as_float_array(value, name: str, ndim: int, layout: str) -> np.ndarray:
-    """``value`` as an ndarray of float32/float64 with ``ndim`` dimensions, else a named error."""
+    """``value`` as an ndarray of float32/float64 with ``ndim`` dimensions, else a named error.
+
+    A masked array is a ``TypeError``: the op would read the data under the mask and silently drop the mask.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain NumPy array {layout}, got a masked array (its mask would be "
+                        f"ignored; pass {name}.filled(value))")
     if not isinstance(value, np.ndarray):
         if hasattr(value, "__cuda_array_interface__") or not hasattr(value, "__array__"):
             raise TypeError(f"{name} must be a NumPy array {layout}, got {type(value).__name__}")
@@ -153,10 +159,10 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
     dilation = pair(dilation, "dilation", minimum=1)
     batch, channels, height, width = x_shape
     k_batch, groups, kernel_h, kernel_w, k_out_h, k_out_w = kernel_shape
-    if min(x_shape) < 1:
-        raise ValueError(f"x must have no empty dimension, got shape {tuple(x_shape)}")
-    if min(kernel_shape) < 1:
-        raise ValueError(f"kernel must have no empty dimension, got shape {tuple(kernel_shape)}")
+    if min(x_shape[1:]) < 1:  # an empty batch is allowed: empty output, as torch.nn.functional.conv2d
+        raise ValueError(f"x must have no empty dimension other than the batch, got shape {tuple(x_shape)}")
+    if min(kernel_shape[1:]) < 1:
+        raise ValueError(f"kernel must have no empty dimension other than the batch, got shape {tuple(kernel_shape)}")
     for axis, size, pad in (("height", height, padding[0]), ("width", width, padding[1])):
         if size + 2 * pad > MAX_EXTENT:
             raise ValueError(f"padded x {axis} (size + 2*padding = {size + 2 * pad}) must be <= {MAX_EXTENT}")

@@ -10,8 +10,8 @@ class ReLU(Module):
     """``out = max(x, 0)``, any shape; ``backward`` passes ``grad`` where ``x > 0`` (0 at ``x == 0``, as torch)."""
 
     def forward(self, x):
-        self._positive = x > 0
+        self._cache = x > 0
         return np.maximum(x, 0)
 
     def backward(self, grad_output):
-        return np.where(self._positive, grad_output, 0).astype(grad_output.dtype, copy=False)
+        return np.where(self.saved(), grad_output, 0).astype(grad_output.dtype, copy=False)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from .activation import ReLU
-from .init import default_rng, kaiming_fan_out
+from .init import default_rng, kaiming_fan_out, parameter_dtype
 from .module import Chain, Module, Parameter
 from .norm import BatchNorm2d
-from .op import pad, scatter_windows, windows
+from .op import pad, scatter_taps, windows
 from involution.spec import Geometry, check_int, output_size, pair
 
 
@@ -24,7 +24,8 @@ class Conv2d(Module):
     dtype : float32 or float64
     rng : numpy Generator for the Kaiming fan-out initialisation (seed 0 when None)
 
-    Shapes: ``x (B, in_channels, H, W) -> (B, out_channels, Ho, Wo)``, ``weight (O, I, kh, kw)``, ``bias (O,)``.
+    Shapes: ``x (B, in_channels, H, W) -> (B, out_channels, Ho, Wo)``, ``weight (O, I, kh, kw)``, ``bias (O,)``;
+    ``B = 0`` gives an empty output.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False, *,
@@ -35,6 +36,7 @@ class Conv2d(Module):
         self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
         self.stride = pair(stride, "stride", minimum=1)
         self.padding = pair(padding, "padding", minimum=0)
+        dtype = parameter_dtype(dtype)
         shape = (self.out_channels, self.in_channels, *self.kernel_size)
         self.weight = Parameter(kaiming_fan_out(shape, default_rng(rng), dtype))
         self.bias = Parameter(np.zeros(self.out_channels, dtype)) if bias else None
@@ -63,7 +65,8 @@ class Conv2d(Module):
             sh, sw = self.stride
             cols = x[:, :, ::sh, ::sw].reshape(g.batch, g.channels, g.out_h * g.out_w)
         else:
-            cols = windows(pad(x, g), g).reshape(g.batch, -1, g.out_h * g.out_w)  # im2col (a copy)
+            patch = g.channels * g.kernel_h * g.kernel_w
+            cols = windows(pad(x, g), g).reshape(g.batch, patch, g.out_h * g.out_w)  # im2col (a copy)
         out = np.matmul(self.weight.data.reshape(self.out_channels, -1), cols)
         if self.bias is not None:
             out += self.bias.data[:, None]
@@ -71,8 +74,8 @@ class Conv2d(Module):
         return out.reshape(g.batch, self.out_channels, g.out_h, g.out_w)
 
     def backward(self, grad_output):
-        g, cols = self._cache
-        grad = grad_output.reshape(g.batch, self.out_channels, -1)
+        g, cols = self.saved()
+        grad = grad_output.reshape(g.batch, self.out_channels, g.out_h * g.out_w)
         grad_weight = np.tensordot(grad, cols, axes=([0, 2], [0, 2]))  # sum_b grad[b] @ cols[b].T
         self.weight.accumulate(grad_weight.reshape(self.weight.shape))
         if self.bias is not None:
@@ -85,8 +88,7 @@ class Conv2d(Module):
             grad_x[:, :, ::g.stride[0], ::g.stride[1]] = grad_cols.reshape(g.out_shape)
             return grad_x
         grad_taps = grad_cols.reshape(g.batch, g.channels, g.kernel_h, g.kernel_w, g.out_h, g.out_w)  # col2im
-        padded_shape = (g.batch, g.channels, g.height + 2 * g.padding[0], g.width + 2 * g.padding[1])
-        return scatter_windows(lambda u, v: grad_taps[:, :, u, v], g, padded_shape, grad_taps.dtype)
+        return scatter_taps(lambda u, v: grad_taps[:, :, u, v], g, grad_taps.dtype)
 
 
 class ConvModule(Chain):

@@ -2,12 +2,16 @@
 
 Kernel generation, as the official code (d-li14/involution, mmcls ``involution``):
 
-* ``avgpool``: ``AvgPool2d(stride, stride, ceil_mode=True)`` when ``stride > 1`` (brings the input to the output grid);
+* ``avgpool``: ``AvgPool2d(stride, stride, ceil_mode=True)`` when a stride exceeds 1 (brings the input to the
+  output grid);
 * ``conv1``: ``ConvModule(C, C // reduction, 1)`` with BN and ReLU, no bias (only for ``kernel_gen="bottleneck"``);
-* ``conv2``: ``ConvModule(C // reduction, K*K*G, 1, bias=True, norm=False, act=False)`` (from ``C`` channels
+* ``conv2``: ``ConvModule(C // reduction, Kh*Kw*G, 1, bias=True, norm=False, act=False)`` (from ``C`` channels
   for ``kernel_gen="linear"``, the paper's ablation with a single linear map);
-* the ``(B, K*K*G, Ho, Wo)`` result is read as the kernel ``(B, G, K, K, Ho, Wo)`` of
+* the ``(B, Kh*Kw*G, Ho, Wo)`` result is read as the kernel ``(B, G, Kh, Kw, Ho, Wo)`` of
   ``involution2d(x, kernel, stride, padding=(K-1)//2 * dilation, dilation)``.
+
+``kernel_size``, ``stride`` and ``dilation`` may each be an int or an ``(h, w)`` pair (the official layer takes
+ints; a pair is the same layer with separate sizes per axis, as ``nn.Conv2d``'s arguments).
 
 Difference from the official code: it pools with floor-mode ``nn.AvgPool2d(stride, stride)``, whose output
 ``floor(H / s)`` differs from the op's ``ceil(H / s)`` for odd sizes, so it crashes there. The ceil-mode pool
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from involution import backends
-from involution.spec import check_int, same_padding
+from involution.spec import check_int, pair, same_padding
 
 from .conv import ConvModule
 from .module import Module
@@ -31,12 +35,16 @@ KERNEL_GENERATORS = ("bottleneck", "linear")
 
 @dataclass(frozen=True)
 class InvolutionOptions:
-    """Checked constructor options of an involution layer and the sizes derived from them."""
+    """Checked constructor options of an involution layer and the sizes derived from them.
+
+    ``kernel_size``, ``stride`` and ``dilation`` are ``(h, w)`` pairs (an int ``n`` given to the constructor
+    means ``(n, n)``).
+    """
 
     channels: int
-    kernel_size: int
-    stride: int
-    dilation: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
     group_channels: int
     reduction: int
     kernel_gen: str
@@ -53,8 +61,19 @@ class InvolutionOptions:
 
     @property
     def taps(self) -> int:
-        """Channels out of ``conv2``: ``K * K * G``, one kernel of ``K x K`` taps per group."""
-        return self.kernel_size * self.kernel_size * self.groups
+        """Channels out of ``conv2``: ``Kh * Kw * G``, one kernel of ``Kh x Kw`` taps per group."""
+        return self.kernel_size[0] * self.kernel_size[1] * self.groups
+
+    @property
+    def padding(self) -> tuple[int, int]:
+        """The op's "same" padding ``dilation * (K - 1) // 2`` per axis (:func:`involution.spec.same_padding`)."""
+        return same_padding(self.kernel_size, self.dilation)
+
+    @property
+    def strided(self) -> bool:
+        """Whether the kernel generator pools first: ``AvgPool2d(stride, stride, ceil_mode=True)`` when a
+        stride exceeds 1, bringing the input to the output grid."""
+        return self.stride != (1, 1)
 
 
 def check_involution_options(channels, kernel_size, stride, group_channels, reduction, kernel_gen,
@@ -63,8 +82,10 @@ def check_involution_options(channels, kernel_size, stride, group_channels, redu
 
     Parameters
     ----------
-    channels, kernel_size, stride, reduction, dilation : int
-        Each ``>= 1``; ``kernel_size`` odd; ``channels`` divisible by ``reduction`` for ``"bottleneck"``.
+    channels, reduction : int
+        Each ``>= 1``; ``channels`` divisible by ``reduction`` for ``"bottleneck"``.
+    kernel_size, stride, dilation : int or (h, w) pair of ints
+        Each ``>= 1``; both kernel sizes odd (the "same" padding keeps the size only for odd ``K``).
     group_channels : int or "all"
         Divides ``channels``; ``"all"`` means ``channels`` (one group).
     kernel_gen : "bottleneck" or "linear"
@@ -72,23 +93,24 @@ def check_involution_options(channels, kernel_size, stride, group_channels, redu
     Returns
     -------
     InvolutionOptions
-        The options as ints, with ``groups``, ``hidden`` and ``taps``.
+        The options as ints and ``(h, w)`` pairs, with ``groups``, ``hidden``, ``taps``, ``padding``.
 
     Raises
     ------
     TypeError
-        An option that is not an int (``group_channels`` may also be ``"all"``).
+        An option that is not an int (or pair of ints where a pair is allowed; ``group_channels`` may also be
+        ``"all"``). Nothing is truncated: ``2.0`` or a triple is an error.
     ValueError
-        An option out of range, an even ``kernel_size``, a divisibility that fails, an unknown ``kernel_gen``.
+        An option out of range, an even kernel size, a divisibility that fails, an unknown ``kernel_gen``.
     """
     channels = check_int(channels, "channels", minimum=1)
-    kernel_size = check_int(kernel_size, "kernel_size", minimum=1)
-    stride = check_int(stride, "stride", minimum=1)
-    dilation = check_int(dilation, "dilation", minimum=1)
+    kernel_size = pair(kernel_size, "kernel_size", minimum=1)
+    stride = pair(stride, "stride", minimum=1)
+    dilation = pair(dilation, "dilation", minimum=1)
     reduction = check_int(reduction, "reduction", minimum=1)
-    if kernel_size % 2 == 0:
+    if kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
         raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
-    if group_channels == "all":
+    if isinstance(group_channels, str) and group_channels == "all":
         group_channels = channels
     group_channels = check_int(group_channels, "group_channels", minimum=1)
     if channels % group_channels:
@@ -101,15 +123,15 @@ def check_involution_options(channels, kernel_size, stride, group_channels, redu
 
 
 class Involution2d(Module):
-    """Involution layer: ``x (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride))``.
+    """Involution layer: ``x (B, C, H, W) -> (B, C, ceil(H / sh), ceil(W / sw))``.
 
     Parameters
     ----------
     channels : int
         ``C``, input and output channels.
-    kernel_size : int
-        ``K``, odd (the "same" padding ``(K-1)//2 * dilation`` keeps the size only for odd K).
-    stride, dilation : int
+    kernel_size : int or (h, w) pair of ints
+        ``(Kh, Kw)``, odd (the "same" padding ``(K-1)//2 * dilation`` keeps the size only for odd K).
+    stride, dilation : int or (h, w) pair of ints
     group_channels : int or "all"
         Channels sharing one kernel; ``G = C // group_channels`` groups (``"all"``: ``G = 1``).
     reduction : int
@@ -117,11 +139,19 @@ class Involution2d(Module):
     kernel_gen : "bottleneck" or "linear"
     backend : str
         A NumPy backend of :mod:`involution.backends`: ``"reference"`` (default), ``"fast-cpu"`` or ``"fast-cuda"``.
-    dtype, rng : parameter dtype and initialisation generator
+    dtype : float32 or float64, the parameters' dtype (and the input's)
+    rng : numpy Generator of the initialisation
+
+    Attributes ``kernel_size``, ``stride``, ``dilation`` and ``padding`` are ``(h, w)`` pairs.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad options, as :func:`check_involution_options`; a dtype other than float32/float64.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 7, stride: int = 1, group_channels=16, reduction: int = 4,
-                 kernel_gen: str = "bottleneck", dilation: int = 1, backend: str = "reference", *,
+    def __init__(self, channels: int, kernel_size=7, stride=1, group_channels=16, reduction: int = 4,
+                 kernel_gen: str = "bottleneck", dilation=1, backend: str = "reference", *,
                  dtype=np.float32, rng=None):
         super().__init__()
         options = check_involution_options(channels, kernel_size, stride, group_channels, reduction, kernel_gen,
@@ -129,9 +159,10 @@ class Involution2d(Module):
         self.forward_op, self.backward_op = backends.functions(backend, "numpy")
         self.channels, self.kernel_size, self.stride, self.dilation = (options.channels, options.kernel_size,
                                                                        options.stride, options.dilation)
+        self.padding = options.padding
         self.group_channels, self.groups = options.group_channels, options.groups
         self.reduction, self.kernel_gen, self.backend = options.reduction, options.kernel_gen, backend
-        if options.stride > 1:
+        if options.strided:
             self.avgpool = AvgPool2d(options.stride, options.stride, ceil_mode=True)
         if options.kernel_gen == "bottleneck":
             self.conv1 = ConvModule(options.channels, options.hidden, 1, dtype=dtype, rng=rng)
@@ -142,28 +173,30 @@ class Involution2d(Module):
                 f"group_channels={self.group_channels}, groups={self.groups}, reduction={self.reduction}, "
                 f"kernel_gen={self.kernel_gen!r}, dilation={self.dilation}, backend={self.backend!r}")
 
-    @property
-    def padding(self) -> int:
-        return same_padding(self.kernel_size, self.dilation)[0]
-
     def generator(self) -> list[Module]:
         """The kernel-generating modules in order: ``[avgpool,] [conv1,] conv2``."""
         return [child for name, child in self._modules.items() if name in ("avgpool", "conv1", "conv2")]
 
-    def forward(self, x):
-        x = self.check_input(x, self.channels)
+    def generate_kernel(self, x):
+        """The kernel ``(B, G, Kh, Kw, Ho, Wo)`` generated from ``x (B, C, H, W)``: the generator's
+        ``(B, Kh*Kw*G, Ho, Wo)`` output read group by group, tap by tap."""
         features = x
         for module in self.generator():
             features = module(features)
         batch, _, out_h, out_w = features.shape
-        kernel = features.reshape(batch, self.groups, self.kernel_size, self.kernel_size, out_h, out_w)
+        return features.reshape(batch, self.groups, *self.kernel_size, out_h, out_w)
+
+    def forward(self, x):
+        x = self.check_input(x, self.channels)
+        kernel = self.generate_kernel(x)
         self._cache = (x, kernel)
         return self.forward_op(x, kernel, self.stride, self.padding, self.dilation)
 
     def backward(self, grad_output):
-        x, kernel = self._cache
+        x, kernel = self.saved()
         grad_x, grad_kernel = self.backward_op(grad_output, x, kernel, self.stride, self.padding, self.dilation)
-        grad_features = grad_kernel.reshape(kernel.shape[0], -1, *kernel.shape[4:])
+        batch, groups, kernel_h, kernel_w, out_h, out_w = kernel.shape
+        grad_features = grad_kernel.reshape(batch, groups * kernel_h * kernel_w, out_h, out_w)
         for module in reversed(self.generator()):
             grad_features = module.backward(grad_features)
         return grad_x + grad_features

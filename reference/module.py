@@ -12,6 +12,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .checkpoint import check_state_dict
+from .init import parameter_dtype
 
 
 class Parameter:
@@ -144,8 +145,9 @@ class Module:
         return missing, unexpected
 
     def astype(self, dtype) -> "Module":
-        """Convert every parameter and floating-point buffer to ``dtype`` in place (gradients are dropped)."""
-        dtype = np.dtype(dtype)
+        """Convert every parameter and floating-point buffer to ``dtype`` (float32 or float64, else ``TypeError``)
+        in place (gradients are dropped)."""
+        dtype = parameter_dtype(dtype)
         for module in self.modules():
             for parameter in module._parameters.values():
                 parameter.data, parameter.grad = parameter.data.astype(dtype), None
@@ -178,10 +180,19 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    def saved(self):
+        """What the last ``forward`` saved for ``backward``; a ``RuntimeError`` naming the layer if none ran."""
+        if "_cache" not in self.__dict__:
+            raise RuntimeError(f"{self.describe()}: backward called before forward (nothing saved to differentiate)")
+        return self._cache
+
     def check_input(self, x, channels: int | None = None, ndim: int = 4, layout: str = "(B, C, H, W)"):
         """``x`` as a float ndarray of ``ndim`` dims, ``channels`` channels and the layer's dtype, else a named error."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self.describe()}: input must be a NumPy array {layout}, got {type(x).__name__}")
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(f"{self.describe()}: input must be a plain NumPy array, got a masked array (the layers "
+                            f"would ignore its mask; pass x.filled(value))")
         if x.ndim != ndim:
             raise ValueError(f"{self.describe()}: input must be {ndim}-D {layout}, got shape {x.shape}")
         if channels is not None and x.shape[1] != channels:

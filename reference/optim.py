@@ -16,9 +16,9 @@ class SGD:
     """
 
     def __init__(self, parameters, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
-        if lr <= 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"need lr > 0, momentum >= 0, weight_decay >= 0; got lr={lr}, momentum={momentum}, "
-                             f"weight_decay={weight_decay}")
+        if not (0 < lr < np.inf and 0 <= momentum < np.inf and 0 <= weight_decay < np.inf):  # NaN fails too
+            raise ValueError(f"need lr > 0, momentum >= 0, weight_decay >= 0, all finite; got lr={lr}, "
+                             f"momentum={momentum}, weight_decay={weight_decay}")
         self.parameters = list(parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buffers: dict[int, np.ndarray] = {}

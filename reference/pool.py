@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .module import Module
-from .op import scatter_windows, windows
+from .op import scatter_taps, windows
 from involution.spec import Geometry, output_size, pair
 
 
@@ -68,14 +68,14 @@ class MaxPool2d(_Pool2d):
         x_padded = self.padded(x, g, -np.inf)
         taps = windows(x_padded, g).reshape(g.batch, g.channels, g.kernel_h * g.kernel_w, g.out_h, g.out_w)
         winner = taps.argmax(axis=2)
-        self._cache = (g, x_padded.shape, winner)
+        self._cache = (g, winner)
         return np.take_along_axis(taps, winner[:, :, None], axis=2)[:, :, 0]
 
     def backward(self, grad_output):
-        g, padded_shape, winner = self._cache
+        g, winner = self.saved()
         taps = np.arange(g.kernel_h * g.kernel_w).reshape(g.kernel_h, g.kernel_w, 1, 1)
         grad_taps = np.where(winner[:, :, None, None] == taps, grad_output[:, :, None, None], 0)
-        return scatter_windows(lambda u, v: grad_taps[:, :, u, v], g, padded_shape, grad_output.dtype)
+        return scatter_taps(lambda u, v: grad_taps[:, :, u, v], g, grad_output.dtype)
 
 
 class AvgPool2d(_Pool2d):
@@ -99,15 +99,15 @@ class AvgPool2d(_Pool2d):
         g = self.geometry(x.shape)
         x_padded = self.padded(x, g, 0)
         divisor = self.divisor(g).astype(x.dtype)
-        self._cache = (g, x_padded.shape, divisor)
+        self._cache = (g, divisor)
         return windows(x_padded, g).sum(axis=(3, 4))[:, 0] / divisor
 
     def backward(self, grad_output):
-        g, padded_shape, divisor = self._cache
+        g, divisor = self.saved()
         grad_mean = grad_output / divisor
         grad_taps = np.broadcast_to(grad_mean[:, :, None, None], grad_mean.shape[:2] + (g.kernel_h, g.kernel_w)
                                     + grad_mean.shape[2:])
-        return scatter_windows(lambda u, v: grad_taps[:, :, u, v], g, padded_shape, grad_output.dtype)
+        return scatter_taps(lambda u, v: grad_taps[:, :, u, v], g, grad_output.dtype)
 
 
 class GlobalAvgPool2d(Module):
@@ -115,10 +115,10 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x):
         x = self.check_input(x)
-        self._shape = x.shape
+        self._cache = x.shape
         return x.mean(axis=(2, 3))
 
     def backward(self, grad_output):
-        batch, channels, height, width = self._shape
-        grad = grad_output / (height * width)
-        return np.broadcast_to(grad[:, :, None, None], self._shape).copy()
+        shape = self.saved()
+        grad = grad_output / (shape[2] * shape[3])
+        return np.broadcast_to(grad[:, :, None, None], shape).copy()

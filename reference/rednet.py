@@ -14,11 +14,14 @@ A bottleneck is ``conv1`` (1x1) -> ``bn1`` -> ReLU -> ``conv2`` (``Involution2d(
 ``mid = out_channels // 4``.
 
 Every layer pads, so any input of at least 1x1 fits; strided involutions use a ceil-mode pool, so odd sizes
-work too (the official floor-mode pool crashes on them; even sizes give identical results).
+work too (the official floor-mode pool crashes on them; even sizes give identical results). An empty batch gives
+empty logits ``(0, num_classes)``.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from involution.spec import check_int, pair
 
 from .conv import Conv2d, ConvModule
 from .involution_layer import Involution2d
@@ -26,12 +29,14 @@ from .linear import Linear
 from .module import Chain, Sequential
 from .norm import BatchNorm2d
 from .activation import ReLU
+from .init import parameter_dtype
 from .pool import GlobalAvgPool2d, MaxPool2d
 
 # depth -> bottlenecks per stage; the one table for RedNet and ResNet
 STAGE_BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 EXPANSION = 4
 MIXERS = ("involution", "conv")
+MAX_SEED = 2**64 - 1  # numpy takes any seed >= 0; torch.manual_seed (the twin models) takes up to 2**64 - 1
 
 
 class Bottleneck(Chain):
@@ -48,9 +53,11 @@ class Bottleneck(Chain):
         super().__init__()
         if mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+        out_channels = check_int(out_channels, "out_channels", minimum=1)
+        expansion = check_int(expansion, "expansion", minimum=1)
         if out_channels % expansion:
             raise ValueError(f"out_channels ({out_channels}) must be divisible by expansion ({expansion})")
-        mid = out_channels // expansion
+        mid, stride = out_channels // expansion, pair(stride, "stride", minimum=1)
         self.in_channels, self.out_channels, self.stride, self.mixer = in_channels, out_channels, stride, mixer
         self.conv1 = Conv2d(in_channels, mid, 1, dtype=dtype, rng=rng)
         self.bn1 = BatchNorm2d(mid, dtype=dtype)
@@ -62,7 +69,7 @@ class Bottleneck(Chain):
         self.conv3 = Conv2d(mid, out_channels, 1, dtype=dtype, rng=rng)
         self.bn3 = BatchNorm2d(out_channels, dtype=dtype)
         self.bn3.weight.data[:] = 0  # mmcls' zero_init_residual: each block starts as its shortcut
-        if stride != 1 or in_channels != out_channels:
+        if stride != (1, 1) or in_channels != out_channels:
             self.downsample = Sequential(Conv2d(in_channels, out_channels, 1, stride, dtype=dtype, rng=rng),
                                          BatchNorm2d(out_channels, dtype=dtype))
         self.relu1, self.relu2, self.relu3 = ReLU(), ReLU(), ReLU()
@@ -91,15 +98,39 @@ class Bottleneck(Chain):
 
 
 def stage_blocks_for(depth, stage_blocks=None) -> tuple[int, ...]:
-    """``stage_blocks`` if given, else the standard blocks per stage of ``depth`` (26, 38, 50, 101, 152)."""
+    """``stage_blocks`` if given, else the standard blocks per stage of ``depth`` (26, 38, 50, 101, 152).
+
+    Raises
+    ------
+    TypeError
+        ``depth`` or a block count that is not an int (``50.0`` and ``True`` are errors), ``stage_blocks`` not a
+        tuple or list.
+    ValueError
+        An unknown ``depth``, an empty ``stage_blocks`` or a block count below 1.
+    """
     if stage_blocks is not None:
-        stage_blocks = tuple(stage_blocks)
-        if not stage_blocks or any(not isinstance(n, (int, np.integer)) or n < 1 for n in stage_blocks):
-            raise ValueError(f"stage_blocks must be positive ints, got {stage_blocks!r}")
-        return stage_blocks
-    if depth not in STAGE_BLOCKS:
+        if not isinstance(stage_blocks, (tuple, list)):
+            raise TypeError(f"stage_blocks must be a tuple of ints, got {type(stage_blocks).__name__}")
+        if not stage_blocks:
+            raise ValueError("stage_blocks must hold at least one stage, got ()")
+        return tuple(check_int(blocks, f"stage_blocks[{index}]", minimum=1)
+                     for index, blocks in enumerate(stage_blocks))
+    if check_int(depth, "depth", minimum=1) not in STAGE_BLOCKS:
         raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)} (or pass stage_blocks), got {depth!r}")
     return STAGE_BLOCKS[depth]
+
+
+def check_classifier_options(num_classes, stem_channels, base_channels, seed, *, even_stem: bool) -> None:
+    """Named ``TypeError``/``ValueError`` unless ``num_classes``, ``stem_channels``, ``base_channels >= 1`` are
+    ints, ``seed`` an int in ``[0, 2**64 - 1]`` and, with ``even_stem`` (RedNet, whose stem starts with
+    ``stem_channels // 2`` channels), ``stem_channels`` even. RedNet's and ResNet's options, NumPy and torch alike."""
+    for name, value in (("num_classes", num_classes), ("stem_channels", stem_channels),
+                        ("base_channels", base_channels)):
+        check_int(value, name, minimum=1)
+    check_int(seed, "seed", minimum=0, maximum=MAX_SEED)
+    if even_stem and stem_channels % 2:
+        raise ValueError(f"stem_channels must be even (the stem's first conv has stem_channels // 2 channels), "
+                         f"got {stem_channels}")
 
 
 def add_stages(backbone, stage_blocks, stem_channels, base_channels, **block_options) -> int:
@@ -139,14 +170,22 @@ class RedNet(Classifier):
     Parameters
     ----------
     depth : 26, 38, 50, 101 or 152 (ignored when ``stage_blocks`` is given)
-    num_classes : int
-    kernel_size, group_channels, reduction, kernel_gen : options of every bottleneck's ``Involution2d``
+    num_classes : int >= 1
+    kernel_size : int or (h, w) pair of odd ints, the kernel of every bottleneck's ``Involution2d``
+    group_channels, reduction, kernel_gen : options of every ``Involution2d``
         (the stem's involution has kernel size 3 and the same other options)
-    in_channels, stem_channels, base_channels : int
-    stage_blocks : tuple of ints, optional, e.g. ``(1, 1, 1, 1)`` for a tiny model
+    in_channels, base_channels : int >= 1
+    stem_channels : even int >= 2 (the stem's first conv has ``stem_channels // 2``)
+    stage_blocks : tuple of ints >= 1, optional, e.g. ``(1, 1, 1, 1)`` for a tiny model
     dtype : float32 or float64
-    seed : int, seeds the initialisation (mmcls' variances)
+    seed : int in ``[0, 2**64 - 1]``, seeds the initialisation (mmcls' variances)
     backend : str, a NumPy backend of :mod:`involution.backends` ("reference", "fast-cpu", "fast-cuda") for the op
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad option, named (:func:`stage_blocks_for`, :func:`check_classifier_options`,
+        :func:`involution.reference.involution_layer.check_involution_options`).
     """
 
     def __init__(self, depth=50, num_classes=1000, kernel_size=7, group_channels=16, reduction=4,
@@ -154,6 +193,8 @@ class RedNet(Classifier):
                  dtype=np.float32, seed=0, backend="reference"):
         super().__init__()
         stage_blocks = stage_blocks_for(depth, stage_blocks)
+        check_classifier_options(num_classes, stem_channels, base_channels, seed, even_stem=True)
+        parameter_dtype(dtype)
         rng = np.random.default_rng(seed)
         options = dict(group_channels=group_channels, reduction=reduction, kernel_gen=kernel_gen, backend=backend,
                        dtype=dtype, rng=rng)

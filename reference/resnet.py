@@ -10,10 +10,11 @@ import numpy as np
 
 from .activation import ReLU
 from .conv import Conv2d
+from .init import parameter_dtype
 from .module import Chain
 from .norm import BatchNorm2d
 from .pool import MaxPool2d
-from .rednet import Classifier, add_stages, stage_blocks_for
+from .rednet import Classifier, add_stages, check_classifier_options, stage_blocks_for
 
 
 class ResNet(Classifier):
@@ -23,6 +24,8 @@ class ResNet(Classifier):
                  stage_blocks=None, dtype=np.float32, seed=0):
         super().__init__()
         stage_blocks = stage_blocks_for(depth, stage_blocks)
+        check_classifier_options(num_classes, stem_channels, base_channels, seed, even_stem=False)
+        parameter_dtype(dtype)
         rng = np.random.default_rng(seed)
         backbone = Chain()
         backbone.conv1 = Conv2d(in_channels, stem_channels, 7, stride=2, padding=3, dtype=dtype, rng=rng)

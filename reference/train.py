@@ -2,14 +2,19 @@
 
 The 8x8 images are scaled to ``size x size`` by pixel repetition, standardised with the training set's mean and
 standard deviation, and split 75/25 (stratified, fixed seed). SGD with momentum and a cosine learning rate;
-incomplete last batches are dropped (training-mode BN needs more than one value per channel).
+incomplete last batches are dropped (training-mode BN needs more than one value per channel). Every option is
+checked before training starts, and a loss that stops being finite ends the run with ``FloatingPointError``.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import time
+from pathlib import Path
 
 import numpy as np
+
+from involution.spec import check_int
 
 from .checkpoint import save_npz
 from .loss import softmax_cross_entropy
@@ -61,17 +66,33 @@ def train_digits(epochs: int = 8, size: int = 16, batch_size: int = 32, lr: floa
     -------
     history : dict of lists, one entry per epoch: ``epoch``, ``loss`` (mean training loss), ``test_accuracy``,
         ``seconds`` (wall time of the epoch's training and evaluation); plus ``model`` (the trained RedNet).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Before any training: ``epochs < 1``, ``batch_size < 2`` or larger than the training set, ``lr`` not a
+        finite number > 0, ``out`` in a folder that does not exist, a bad ``size``, ``seed`` or ``backend``.
+    FloatingPointError
+        The training loss became NaN or infinite (the run diverged, e.g. a learning rate too large).
     """
-    if epochs < 1 or batch_size < 2:
-        raise ValueError(f"need epochs >= 1 and batch_size >= 2, got epochs={epochs}, batch_size={batch_size}")
+    from tqdm import tqdm  # the `train` extra, with scikit-learn's digits
+
+    epochs = check_int(epochs, "epochs", minimum=1)
+    batch_size = check_int(batch_size, "batch_size", minimum=2)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if out is not None and not Path(out).parent.is_dir():
+        raise ValueError(f"out: folder {str(Path(out).parent)!r} does not exist (checked before training)")
     x_train, y_train, x_test, y_test = load_digits_split(size, seed)
+    if batch_size > len(x_train):
+        raise ValueError(f"batch_size ({batch_size}) must be at most the {len(x_train)} training images")
     model = tiny_rednet(backend, seed)
     optimizer = SGD(model.parameters(), lr, momentum, weight_decay)
     steps_per_epoch = len(x_train) // batch_size
     total_steps, step = epochs * steps_per_epoch, 0
     rng = np.random.default_rng(seed)
     history = {"epoch": [], "loss": [], "test_accuracy": [], "seconds": []}
-    bar = _progress(total_steps, progress)
+    bar = tqdm(total=total_steps, unit="step", leave=False, disable=not progress)
     for epoch in range(1, epochs + 1):
         started, losses = time.perf_counter(), []
         order = rng.permutation(len(x_train))
@@ -79,6 +100,10 @@ def train_digits(epochs: int = 8, size: int = 16, batch_size: int = 32, lr: floa
         for batch in range(steps_per_epoch):
             index = order[batch * batch_size:(batch + 1) * batch_size]
             loss, grad_logits = softmax_cross_entropy(model(x_train[index]), y_train[index])
+            if not math.isfinite(loss):
+                bar.close()
+                raise FloatingPointError(f"training diverged: the loss is {loss} at epoch {epoch}, step {step + 1} "
+                                         f"(lr {lr}); try a smaller learning rate")
             optimizer.zero_grad()
             model.backward(grad_logits)
             optimizer.lr = lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
@@ -101,23 +126,3 @@ def train_digits(epochs: int = 8, size: int = 16, batch_size: int = 32, lr: floa
     return history
 
 
-def _progress(total: int, enabled: bool):
-    """A tqdm bar over the training steps (a silent stand-in when disabled or tqdm is missing)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        enabled = False
-    if enabled:
-        return tqdm(total=total, unit="step", leave=False)
-
-    class Silent:
-        def update(self, n):
-            pass
-
-        def set_postfix(self, **values):
-            pass
-
-        def close(self):
-            pass
-
-    return Silent()

@@ -63,5 +63,5 @@ ERROR_INPUTS = [
     ("batch mismatch", lambda a: a.update(kernel=a["kernel"][:1]), ValueError, "batch size 1 does not match"),
     ("x not an array", lambda a: a.update(x="abc"), TypeError, "x must be a NumPy array"),
     ("empty channels", lambda a: a.update(x=np.zeros((2, 0, 6, 6)), kernel=np.zeros((2, 1, 3, 3, 6, 6))),
-     ValueError, "no empty dimension"),
+     ValueError, "no empty dimension other than the batch"),
 ]

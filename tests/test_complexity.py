@@ -152,7 +152,7 @@ def test_counts_scale_with_batch():
 
 def test_names_follow_the_state_dict(rednet_reports):
     report = rednet_reports[26]
-    state_prefixes = {key.rsplit(".", 1)[0] for key in build("rednet26").state_dict()}
+    state_prefixes = {key.rsplit(".", 1)[0] for key in RedNet(26).state_dict()}
     weighted = {layer.name for layer in report.layers if layer.params}
     assert weighted == state_prefixes, f"differ: {sorted(weighted ^ state_prefixes)}"
 
@@ -231,7 +231,7 @@ def test_cli_table_shows_published_and_comparison(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["rednet51"], "model must be one of"),
+    (["rednet51"], "is not a model: expected rednet26"),
     (["--input-size", "224,0"], "--input-size must be"),
     (["rednet26", "--group-channels", "5"], "must be divisible by group_channels"),
 ])

@@ -94,6 +94,9 @@ LAYER_CASES = [
     (8, 5, 2, 2, 2, "bottleneck", 1, (1, 8, 10, 6)),
     (8, 3, 2, "all", 4, "linear", 1, (2, 8, 7, 11)),
     (6, 3, 1, "all", 3, "bottleneck", 2, (2, 6, 8, 5)),
+    # (h, w) pairs are honoured, never truncated (issue 14): Kh*Kw*G kernel channels, an (sh, sw) pool
+    (8, (3, 5), (2, 1), 4, 2, "bottleneck", (1, 2), (2, 8, 9, 10)),
+    (8, (5, 1), (1, 3), "all", 4, "linear", (2, 1), (1, 8, 7, 8)),
 ]
 
 
@@ -157,6 +160,15 @@ def test_rednet_logits_and_statistics_match_torch(rednets, depth, size, training
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_rednet26_gradients_match_torch(rednets, training):
     compare(*fresh(rednets[26]), (2, 3, 65, 57), training)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_rednet_with_a_rectangular_kernel_matches_torch(training):
+    options = dict(stage_blocks=(1, 1, 1, 1), num_classes=5, stem_channels=8, base_channels=4, kernel_size=(3, 7),
+                   group_channels=2, reduction=2)
+    pair = make_pair(RedNet(**options), torch_models.RedNet(**options), seed=3)
+    assert pair[0].backbone.layer1[0].conv2.kernel_size == (3, 7), "kernel_size=(3, 7) must not be truncated"
+    compare(*pair, (2, 3, 13, 11), training)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

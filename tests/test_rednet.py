@@ -175,7 +175,7 @@ def test_input_smaller_than_the_network_can_train_on():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(depth=34), r"depth must be one of \[26, 38, 50, 101, 152\]"),
-    (dict(stage_blocks=(1, 0, 1, 1)), "stage_blocks must be positive ints"),
+    (dict(stage_blocks=(1, 0, 1, 1)), r"stage_blocks\[1\] must be >= 1, got 0"),
     (dict(stem_channels=12, group_channels=4), r"channels \(6\) must be divisible by group_channels \(4\)"),
 ])
 def test_bad_model_options(kwargs, message):

@@ -140,14 +140,20 @@ def test_softmax_cross_entropy_value_and_gradient():
     assert np.isfinite(big_loss), "large logits must not overflow"
 
 
-@pytest.mark.parametrize("labels, message", [
-    (np.array([0, 5]), r"labels must lie in \[0, 5\), got values in \[0, 5\]"),
-    (np.array([0.0, 1.0]), "labels must be integers of shape"),
-    (np.array([0, 1, 2]), r"labels must be integers of shape \(2,\)"),
+@pytest.mark.parametrize("logits, labels, error, message", [
+    (np.zeros((2, 5)), np.array([0, 5]), ValueError, r"labels must lie in \[0, 5\), got values in \[0, 5\]"),
+    (np.zeros((2, 5)), np.array([0.0, 1.0]), TypeError, "labels must be integers, got dtype float64"),
+    (np.zeros((2, 5)), np.array([True, False]), TypeError, "labels must be integers, got dtype bool"),
+    (np.zeros((2, 5)), np.array([0, 1, 2]), ValueError, r"labels must have shape \(2,\) .*, got \(3,\)"),
+    (np.zeros((2, 5), np.float16), np.array([0, 1]), TypeError,
+     "logits must have dtype float32 or float64, got float16"),
+    (np.zeros((2, 0)), np.array([0, 1]), ValueError,
+     r"logits must be 2-D \(B, K\) with K >= 1 classes, got shape \(2, 0\)"),
+    (np.zeros((0, 5)), np.zeros(0, np.int64), ValueError, "needs at least one sample: the mean over an empty batch"),
 ])
-def test_softmax_cross_entropy_rejects_bad_labels(labels, message):
-    with pytest.raises(ValueError, match=message):
-        softmax_cross_entropy(np.zeros((2, 5)), labels)
+def test_softmax_cross_entropy_rejects_bad_input(logits, labels, error, message):
+    with pytest.raises(error, match=message):
+        softmax_cross_entropy(logits, labels)
 
 
 def test_layers_name_the_problem():

@@ -31,8 +31,10 @@ def test_sgd_skips_parameters_without_gradient_and_rejects_bad_options():
     frozen = Parameter(np.ones(2))
     SGD([frozen], lr=0.1).step()
     np.testing.assert_array_equal(frozen.data, np.ones(2))
-    with pytest.raises(ValueError, match="need lr > 0"):
-        SGD([frozen], lr=0.0)
+    for options in (dict(lr=0.0), dict(lr=float("nan")), dict(lr=0.1, momentum=float("nan")),
+                    dict(lr=0.1, weight_decay=float("inf"))):
+        with pytest.raises(ValueError, match="need lr > 0, momentum >= 0, weight_decay >= 0, all finite"):
+            SGD([frozen], **options)
 
 
 def test_digits_split_is_fixed_and_scaled():
@@ -69,5 +71,32 @@ def test_cli_trains_and_reports(tmp_path, capsys):
 
 
 def test_cli_rejects_bad_options(capsys):
-    assert main(["train-digits", "--epochs", "0", "--no-progress"]) == 2
-    assert "need epochs >= 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-digits", "--epochs", "0", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "argument --epochs: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(epochs=0), ValueError, "epochs must be >= 1, got 0"),
+    (dict(epochs=2.0), TypeError, "epochs must be an int, got float 2.0"),
+    (dict(batch_size=1), ValueError, "batch_size must be >= 2, got 1"),
+    (dict(batch_size=1348), ValueError, r"batch_size \(1348\) must be at most the 1347 training images"),
+    (dict(lr=float("nan")), ValueError, "lr must be a finite number > 0, got nan"),
+    (dict(lr=-0.1), ValueError, "lr must be a finite number > 0, got -0.1"),
+    (dict(lr="0.1"), ValueError, "lr must be a finite number > 0, got '0.1'"),
+    (dict(out="no-such-folder/w.npz"), ValueError, "out: folder 'no-such-folder' does not exist"),
+])
+def test_train_digits_checks_everything_before_training(options, error, message):
+    lines = []
+    with pytest.raises(error, match=message):
+        train_digits(progress=False, log=lines.append, **options)
+    assert lines == [], f"training started before the check: {lines}"
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_diverging_training_raises_floating_point_error():
+    lines = []
+    with pytest.raises(FloatingPointError, match=r"training diverged: the loss is (nan|inf) at epoch 1, step \d+"):
+        train_digits(epochs=1, lr=1e30, progress=False, log=lines.append)
+    assert lines == [], "no epoch may be reported with a non-finite loss"

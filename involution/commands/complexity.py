@@ -1,9 +1,11 @@
-"""Parameters, MACs and FLOPs of RedNet / ResNet variants, counted analytically (no forward pass).
+"""Parameters, MACs and FLOPs of RedNet / ResNet variants and of the paper's detectors, counted analytically
+from shapes alone (no weights, no forward pass).
 
-Models: rednet26 .. rednet152 and resnet26 .. resnet152 ("all" or none: the five RedNets). Conventions
-(docs/complexity.md): "full" counts every multiply-add of inference (FLOPs = 2 x MACs + element-wise ops);
-"published" reproduces the official RedNet table (mmcv's counter, FLOPs = MACs + element-wise terms);
-"fvcore" counts conv/linear MACs only (FLOPs = MACs), what common tools report.
+Models: rednet26 .. rednet152 and resnet26 .. resnet152 ("all" or none: the five RedNets); faster_rcnn,
+mask_rcnn and semantic_fpn (with --backbone, --neck, --head). --table detection / ablation prints the paper's
+Tables 3-4 / ablation rows beside the published values. Conventions (docs/complexity.md): "full" counts every
+multiply-add of inference (FLOPs = 2 x MACs + element-wise ops); "published" reproduces the official tables
+(mmcv's counter, FLOPs = MACs + element-wise terms); "fvcore" counts conv/linear MACs only (FLOPs = MACs).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 
 DEPTHS = (26, 38, 50, 101, 152)
 FORMATS = ("table", "markdown", "csv", "json")
+TABLES = ("detection", "ablation")
 
 
 def add_arguments(parser) -> None:
@@ -28,9 +31,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kernel-gen", choices=("bottleneck", "linear"), default="bottleneck",
                         help="kernel generator (default bottleneck)")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
-    parser.add_argument("--input-size", default="224", help="H or H,W (default 224)")
-    parser.add_argument("--convention", choices=("full", "published", "fvcore"), default="full",
-                        help="what MACs and FLOPs count (default full)")
+    parser.add_argument("--input-size", help="H or H,W (default 224; detectors 1280,800; semantic_fpn 2048,1024)")
+    parser.add_argument("--backbone", default="rednet50", help="detector backbone, e.g. rednet50, resnet50 "
+                        "(default rednet50)")
+    parser.add_argument("--neck", choices=("conv", "involution"), default="conv",
+                        help="detector FPN output convs (default conv)")
+    parser.add_argument("--head", choices=("conv", "involution"), default="conv",
+                        help="RPN head conv and mask head convs of a detector (default conv)")
+    parser.add_argument("--stem-kernel-size", type=int, default=7,
+                        help="kernel of the detector backbone's stem involution (default 7, the official det/seg "
+                             "code; the classifier's is 3)")
+    parser.add_argument("--table", choices=TABLES, help="the paper's detection/segmentation rows or ablation rows "
+                        "beside the published values (replaces MODEL)")
+    parser.add_argument("--convention", choices=("full", "published", "fvcore"),
+                        help="what MACs and FLOPs count (default full; --table detection: published, "
+                             "--table ablation: fvcore)")
     parser.add_argument("--per-layer", action="store_true", help="also list every layer")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--compare", choices=("resnet",), help="add ResNets of the same depths and the %% saved")
@@ -70,7 +85,7 @@ def config_of(name: str, args) -> dict:
     """Constructor options of ``name`` (the involution options only for RedNets)."""
     from involution.reference.complexity import parse_model_name
 
-    family, depth = parse_model_name(name)
+    family, depth = parse_model_name(name)  # a ValueError naming the valid models otherwise
     config = {"depth": depth, "num_classes": args.num_classes}
     if family == "rednet":
         config.update(kernel_size=args.kernel_size, group_channels=args.group_channels, reduction=args.reduction,
@@ -78,34 +93,116 @@ def config_of(name: str, args) -> dict:
     return config
 
 
-def summarize(args) -> list[dict]:
-    """One record per model: counts under the chosen convention, its config and (optionally) its layers."""
-    from involution.reference.complexity import PUBLISHED, build, count
+def convention_of(args) -> str:
+    """``--convention``, or the one that reproduces the chosen table, or ``full``."""
+    return args.convention or {"detection": "published", "ablation": "fvcore"}.get(args.table, "full")
 
-    input_size = parse_input_size(args.input_size)
+
+def make_record(report, convention, input_size, config, args, published=None) -> dict:
+    """One model's totals under ``convention``, its config, the published row and (with ``--per-layer``) its layers."""
+    totals = report.total(convention)
+    record = {"model": report.model, "params": totals.params, "macs": totals.macs, "flops": totals.flops,
+              "convention": convention, "input_size": list(input_size), "config": config}
+    if published:
+        record["published"] = published
+    if args.per_layer:
+        record["layers"] = report.rows(convention)
+    return record
+
+
+def classifier_records(args, convention) -> list[dict]:
+    from involution.reference.complexity import PUBLISHED, count, describe_model
+
+    input_size = parse_input_size(args.input_size or "224")
     records = []
     for name in model_names(args):
         config = config_of(name, args)
         options = {key: value for key, value in config.items() if key != "depth"}
-        report = count(build(name, **options), input_size, name=name)
-        totals = report.total(args.convention)
-        record = {"model": name, "params": totals.params, "macs": totals.macs, "flops": totals.flops,
-                  "convention": args.convention, "input_size": list(input_size), "config": config}
+        report = count(describe_model(name, **options), input_size, name=name)
         standard = {"depth": config["depth"], "num_classes": 1000, "kernel_size": 7, "group_channels": 16,
                     "reduction": 4, "kernel_gen": "bottleneck"}
-        if config == standard and input_size == (224, 224):
-            record["published"] = PUBLISHED[config["depth"]]
-        if args.per_layer:
-            record["layers"] = report.rows(args.convention)
-        records.append(record)
+        published = PUBLISHED[config["depth"]] if config == standard and input_size == (224, 224) else None
+        records.append(make_record(report, convention, input_size, config, args, published))
     return records
 
 
-def summary_rows(records: list[dict], compare: bool) -> tuple[list[str], list[list[str]]]:
+def detector_records(args, convention, rows) -> list[dict]:
+    """``rows``: ``(model, backbone, neck, head, stem kernel, published or None)``."""
+    from involution.reference.detection import DEFAULT_INPUT_SIZE, count_detector
+
+    records = []
+    for model, backbone, neck, head, stem_kernel_size, published in rows:
+        input_size = parse_input_size(args.input_size) if args.input_size else DEFAULT_INPUT_SIZE[model]
+        report = count_detector(model, backbone, neck, head, input_size, stem_kernel_size)
+        config = {"model": model, "backbone": backbone, "neck": neck, "head": head}
+        if backbone.startswith("rednet"):
+            config["stem_kernel_size"] = stem_kernel_size
+        if published and input_size != DEFAULT_INPUT_SIZE[model]:
+            published = None
+        records.append(make_record(report, convention, input_size, config, args, published))
+    return records
+
+
+def ablation_records(args, convention) -> list[dict]:
+    from involution.reference.complexity import ABLATION, count, describe_model
+
+    input_size = parse_input_size(args.input_size or "224")
+    records = []
+    for option, value, flops_g in ABLATION:
+        report = count(describe_model("rednet50", **{option: value}), input_size, name=f"rednet50 {option}={value}")
+        published = None
+        if input_size == (224, 224):  # rounded once: the ablation's tool is not mmcv (docs/complexity.md)
+            published = {"params_m": None, "flops_g": flops_g, "digits": 1, "steps": 1}
+        records.append(make_record(report, convention, input_size, {"depth": 50, option: value}, args, published))
+    return records
+
+
+def summarize(args) -> list[dict]:
+    """One record per model: counts under the chosen convention, its config and (optionally) its layers."""
+    from involution.reference.detection import DETECTORS, DETECTION_TABLE
+
+    convention = convention_of(args)
+    if args.table == "detection":
+        rows = [(*row[:4], row[4], {"params_m": row[5], "flops_g": row[6], "digits": 1}) for row in DETECTION_TABLE]
+        return detector_records(args, convention, rows)
+    if args.table == "ablation":
+        return ablation_records(args, convention)
+    from involution.reference.complexity import parse_model_name
+
+    for name in args.models:
+        if name not in DETECTORS and name != "all":
+            try:
+                parse_model_name(name)
+            except ValueError:
+                raise ValueError(f"{name!r} is not a model: expected rednet26..rednet152, resnet26..resnet152, "
+                                 f"'all' or one of {DETECTORS}") from None
+    detectors = [name for name in args.models if name in DETECTORS]
+    if detectors and len(detectors) != len(args.models):
+        raise ValueError(f"count either detectors {DETECTORS} or classifiers, not both in one call: {args.models}")
+    if detectors:
+        rows = [(name, args.backbone, args.neck, args.head, args.stem_kernel_size, None) for name in detectors]
+        return detector_records(args, convention, rows)
+    return classifier_records(args, convention)
+
+
+def reproduced(record: dict) -> str:
+    """``"yes"`` when params and FLOPs, rounded as the paper's tables were, equal the published row, else which
+    of them differ."""
+    from involution.reference.complexity import round_as_published
+
+    published, digits = record["published"], record["published"].get("digits", 2)
+    misses = [label for label, value, scale, target in (("params", record["params"], 1e6, published["params_m"]),
+                                                          ("FLOPs", record["flops"], 1e9, published["flops_g"]))
+              if target is not None and round_as_published(value / scale, digits, published.get("steps", 2)) != target]
+    return "no: " + ", ".join(misses) if misses else "yes"
+
+
+def summary_rows(records: list[dict], compare: bool, table_mode: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table: published figures and differences where they exist, and with
-    ``compare`` how much smaller each RedNet is than the ResNet of its depth."""
+    ``compare`` how much smaller each RedNet is than the ResNet of its depth; ``table_mode`` adds whether
+    each published row is reproduced."""
     header = ["model", "params (M)", "MACs (G)", "FLOPs (G)", "published params (M)", "published FLOPs (G)",
-              "Δ params (M)", "Δ FLOPs (G)"]
+              "Δ params (M)", "Δ FLOPs (G)"] + (["reproduced"] if table_mode else [])
     if compare:
         header += ["fewer params vs ResNet", "fewer FLOPs vs ResNet", "published fewer params/FLOPs"]
     by_name = {record["model"]: record for record in records}
@@ -115,10 +212,16 @@ def summary_rows(records: list[dict], compare: bool) -> tuple[list[str], list[li
         row = [record["model"], f"{params:.4f}", f"{record['macs'] / 1e9:.4f}", f"{flops:.4f}"]
         published = record.get("published")
         if published:
-            row += [f"{published['params_m']:.2f}", f"{published['flops_g']:.2f}",
-                    f"{params - published['params_m']:+.4f}", f"{flops - published['flops_g']:+.4f}"]
+            digits = published.get("digits", 2)
+            published_params = published["params_m"]
+            row += [f"{published_params:.{digits}f}" if published_params is not None else "",
+                    f"{published['flops_g']:.{digits}f}",
+                    f"{params - published_params:+.4f}" if published_params is not None else "",
+                    f"{flops - published['flops_g']:+.4f}"]
         else:
             row += [""] * 4
+        if table_mode:
+            row.append(reproduced(record) if published else "")
         baseline = by_name.get(record["model"].replace("rednet", "resnet")) if compare else None
         if baseline and baseline is not record:
             row += [f"{100 * (1 - record['params'] / baseline['params']):.1f}%",
@@ -156,9 +259,22 @@ def markdown_table(header, rows) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in [header, align, *rows])
 
 
+PUBLISHED_NOTES = {
+    None: "published: the official RedNet README (params of the whole model; FLOPs of mmcv's counter, "
+          "1 MAC = 1 FLOP); Δ = ours - published under this convention "
+          "(--convention published reproduces the published FLOPs).",
+    "detection": "published: the paper's Tables 3-4 (mmdet/mmseg get_flops at 1280x800 / 2048x1024: trainable "
+                 "params, mmcv's counter); rows run with the stem kernel given in the config column of --format json; "
+                 "reproduced = ours rounded to 2 then 1 decimals equals the table; Δ = ours - published "
+                 "(docs/complexity.md explains each row that is not reproduced).",
+    "ablation": "published: the paper's ablation table (RedNet-50 at 224x224, FLOPs only); reproduced = ours rounded "
+                "once to 1 decimal equals the table; Δ = ours - published (docs/complexity.md).",
+}
+
+
 def render(records: list[dict], args) -> str:
     """The records in ``args.format``."""
-    from involution.reference.complexity import FLOPS_DEFINITION
+    from involution.reference.complexity import FLOPS_DEFINITION, PUBLISHED_DETECTION_DEFINITION
 
     if args.format == "json":
         return json.dumps(records, indent=2)
@@ -180,13 +296,15 @@ def render(records: list[dict], args) -> str:
                                  record["macs"], record["flops"]])
         return buffer.getvalue().rstrip("\n")
     table = markdown_table if args.format == "markdown" else text_table
-    height, width = records[0]["input_size"]
-    parts = [f"convention {args.convention!r} at {height}x{width}: {FLOPS_DEFINITION[args.convention]}.",
-             table(*summary_rows(records, args.compare == "resnet"))]
+    convention = records[0]["convention"]
+    sizes = list(dict.fromkeys("x".join(map(str, record["input_size"])) for record in records))
+    definition = FLOPS_DEFINITION[convention]
+    if convention == "published" and "model" in records[0]["config"]:
+        definition = PUBLISHED_DETECTION_DEFINITION
+    parts = [f"convention {convention!r} at {', '.join(sizes)}: {definition}.",
+             table(*summary_rows(records, args.compare == "resnet", args.table is not None))]
     if any("published" in record for record in records):
-        parts.append("published: the official RedNet README (params of the whole model; FLOPs of mmcv's counter, "
-                     "1 MAC = 1 FLOP); Δ = ours - published under this convention "
-                     "(--convention published reproduces the published FLOPs).")
+        parts.append(PUBLISHED_NOTES[args.table])
     if args.per_layer:
         for record in records:
             parts += [f"\n{record['model']}: per layer", table(*layer_rows(record))]

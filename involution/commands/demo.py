@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from involution.commands.arguments import positive_int, seed
 from involution.reference import involution2d, involution2d_backward, output_size
 from involution.reference.gradcheck import involution_gradients_fd
 
@@ -13,8 +14,8 @@ SECTIONS = ("complexity", "conformance", "bench")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--max-examples", type=int, default=5,
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    parser.add_argument("--max-examples", type=positive_int, default=5,
                         help="hypothesis examples per conformance property and backend (default 5)")
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS,
                         help="leave out a section (repeatable)")

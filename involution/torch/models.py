@@ -20,7 +20,6 @@ from torch import nn
 from involution import backends
 from involution.reference.involution_layer import check_involution_options
 from involution.reference.rednet import EXPANSION, stage_blocks_for
-from involution.spec import same_padding
 
 
 def _involution_function(backend: str | None):
@@ -51,19 +50,21 @@ class Involution2d(nn.Module):
     ----------
     channels : int
         ``C``, in and out channels.
-    kernel_size : int
-        ``K``, odd; padding ``dilation * (K - 1) // 2`` keeps ``H`` at stride 1.
-    stride, dilation : int
+    kernel_size : int or (h, w) pair of ints
+        ``(Kh, Kw)``, odd; padding ``dilation * (K - 1) // 2`` keeps ``H`` at stride 1.
+    stride, dilation : int or (h, w) pair of ints
     group_channels : int or "all"
         Channels sharing one kernel; ``G = C // group_channels`` groups ("all": one group).
     reduction : int
         The bottleneck generator's ``C -> C // reduction`` squeeze.
     kernel_gen : {"bottleneck", "linear"}
-        "bottleneck": ``conv1`` (1x1, BN, ReLU) then ``conv2`` (1x1 with bias to ``K*K*G``); "linear": ``conv2`` only.
+        "bottleneck": ``conv1`` (1x1, BN, ReLU) then ``conv2`` (1x1 with bias to ``Kh*Kw*G``); "linear": ``conv2`` only.
     backend : {"fast", "taps"} or None
         A torch backend of :mod:`involution.backends`; ``None``: ``"fast"`` where numba imports, else ``"taps"``.
 
-    Shapes: x ``(B, C, H, W)`` -> ``(B, C, ceil(H / stride), ceil(W / stride))``.
+    Shapes: x ``(B, C, H, W)`` -> ``(B, C, ceil(H / sh), ceil(W / sw))``. Options are checked by
+    :func:`involution.reference.involution_layer.check_involution_options` (the NumPy layer's checks);
+    ``kernel_size``, ``stride``, ``dilation`` and ``padding`` are stored as ``(h, w)`` pairs.
     """
 
     def __init__(self, channels, kernel_size=7, stride=1, group_channels=16, reduction=4, kernel_gen="bottleneck",
@@ -73,10 +74,11 @@ class Involution2d(nn.Module):
                                            dilation)
         self.channels, self.kernel_size, self.stride, self.dilation = (options.channels, options.kernel_size,
                                                                        options.stride, options.dilation)
+        self.padding = options.padding
         self.group_channels, self.groups = options.group_channels, options.groups
         self.reduction, self.kernel_gen = options.reduction, options.kernel_gen
         self.set_backend(backend)
-        if options.stride > 1:
+        if options.strided:
             self.avgpool = nn.AvgPool2d(options.stride, options.stride, ceil_mode=True)
         if options.kernel_gen == "bottleneck":
             self.conv1 = ConvModule(options.channels, options.hidden, 1)
@@ -87,11 +89,11 @@ class Involution2d(nn.Module):
         self.backend, self._involution2d = _involution_function(backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.avgpool(x) if self.stride > 1 else x
+        pooled = self.avgpool(x) if "avgpool" in self._modules else x
         weight = self.conv2(self.conv1(pooled) if self.kernel_gen == "bottleneck" else pooled)
         batch, _, out_h, out_w = weight.shape
-        kernel = weight.view(batch, self.groups, self.kernel_size, self.kernel_size, out_h, out_w)
-        return self._involution2d(x, kernel, self.stride, same_padding(self.kernel_size, self.dilation), self.dilation)
+        kernel = weight.view(batch, self.groups, *self.kernel_size, out_h, out_w)
+        return self._involution2d(x, kernel, self.stride, self.padding, self.dilation)
 
 
 class Bottleneck(nn.Module):
