@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(PY) -m involution demo
 
 test: $(STAMP)
-	$(PY) -m pytest --nbmake notebooks tests conformance
+	$(PY) -m pytest tests conformance
 
 bench: $(STAMP)
 	$(PY) -m involution bench
