@@ -193,6 +193,15 @@ for _device_type, _key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
 
 
 # --- the front ------------------------------------------------------------------------------------------------
+def _front_arguments(tensors: dict, stride, padding, dilation) -> tuple:
+    """The op's arguments: ``tensors`` checked to be tensors (named TypeError), hyper-parameters as ``(h, w)``."""
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    return (*tensors.values(), pair(stride, "stride", minimum=1), pair(padding, "padding", minimum=0),
+            pair(dilation, "dilation", minimum=1))
+
+
 def involution2d(x: torch.Tensor, kernel: torch.Tensor, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """Differentiable involution of torch tensors with the numba kernels (CPU, or CUDA via ``involution.fast.cuda``).
 
@@ -216,8 +225,27 @@ def involution2d(x: torch.Tensor, kernel: torch.Tensor, stride=1, padding=0, dil
     TypeError, ValueError
         As :func:`involution.torch.checks.check_tensors` (before any kernel runs, also for fake and meta tensors).
     """
-    for name, tensor in (("x", x), ("kernel", kernel)):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    return involution2d_op(x, kernel, pair(stride, "stride", minimum=1), pair(padding, "padding", minimum=0),
-                           pair(dilation, "dilation", minimum=1))
+    return involution2d_op(*_front_arguments(dict(x=x, kernel=kernel), stride, padding, dilation))
+
+
+def involution2d_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride=1, padding=0,
+                          dilation=1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients ``(grad_x, grad_kernel)`` of :func:`involution2d` for ``grad_out``: the registered backward op.
+
+    Parameters
+    ----------
+    grad_out : Tensor, shape (B, C, Ho, Wo), dtype and device of ``x``
+    x, kernel, stride, padding, dilation : as in :func:`involution2d`
+
+    Returns
+    -------
+    grad_x : Tensor, shape (B, C, H, W)
+    grad_kernel : Tensor, shape (B, G, Kh, Kw, Ho, Wo)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`involution2d`; also ``grad_out`` not a tensor, or of the wrong dtype, device or shape.
+    """
+    return involution2d_backward_op(*_front_arguments(dict(grad_out=grad_out, x=x, kernel=kernel), stride, padding,
+                                                      dilation))

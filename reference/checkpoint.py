@@ -66,7 +66,10 @@ def _prefix_hint(missing, unexpected) -> str | None:
 
 def _value_problem(key, value, shape, dtype):
     """``(array, None)`` with ``value`` converted to ``dtype`` and ``shape``, or ``(None, problem)``."""
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. a bfloat16 or grad-requiring torch tensor
+        return None, f"{key}: {type(value).__name__} is not readable as an array of real numbers ({error})"
     if array.dtype.kind not in "biuf":
         return None, f"{key}: dtype {array.dtype}, expected real numbers"
     if array.shape != tuple(shape) and not (tuple(shape) == () and array.size == 1):
@@ -121,7 +124,7 @@ def check_state_dict(expected: dict, state, strict: bool = True, model: str = "m
             if problem is None:
                 arrays[key] = array
             else:
-                (bad_types if "expected real numbers" in problem else bad_values).append(problem)
+                (bad_types if "real numbers" in problem else bad_values).append(problem)
     problems = []
     if strict and missing:
         problems.append(f"missing keys ({len(missing)}): {_examples(missing)}")

@@ -111,3 +111,19 @@ def test_fast_layer_equals_taps_layer():
     for index, (fast, taps) in enumerate(zip(results["fast"], results["taps"])):
         torch.testing.assert_close(fast, taps, rtol=1e-10, atol=1e-10,
                                    msg=lambda text: f"tensor {index} (out, grad_x, parameter grads): {text}")
+
+
+def test_front_door_backward_is_the_registered_backward_op():
+    import involution
+
+    x, kernel, grad_out, stride, padding, dilation = make_case(CASES[1], torch.float64)
+    out = torch_ops.involution2d(x, kernel, stride, padding, dilation)
+    expected = torch.autograd.grad(out, (x, kernel), grad_out)
+    got = involution.involution2d_backward(grad_out, x.detach(), kernel.detach(), stride, padding, dilation,
+                                           backend="fast")
+    for name, actual, wanted in zip(("grad_x", "grad_kernel"), got, expected):
+        torch.testing.assert_close(actual, wanted, rtol=0, atol=0, msg=name)
+    with pytest.raises(TypeError, match=re.escape("grad_out must be a torch.Tensor, got ndarray")):
+        torch_ops.involution2d_backward(grad_out.numpy(), x, kernel, stride, padding, dilation)
+    with pytest.raises(ValueError, match=re.escape("grad_out must have the output shape")):
+        torch_ops.involution2d_backward(grad_out[..., :-1], x, kernel, stride, padding, dilation)

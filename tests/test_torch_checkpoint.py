@@ -208,3 +208,13 @@ def test_long_key_lists_are_summarised_with_a_hint(family):
     assert f"unexpected keys ({count}): encoder.backbone.stem.0.conv.weight" in message, message
     assert f"({count - 4} more)" in message and "hint: the given keys carry the prefix 'encoder.'" in message, message
     assert len(message) < 1000, f"{len(message)} characters: {message}"
+
+
+def test_numpy_model_names_the_key_of_an_unreadable_tensor():
+    model = NumpyRedNet(**TINY)
+    state = {key: torch.from_numpy(np.array(value)) for key, value in model.state_dict().items()}
+    state["head.fc.weight"] = state["head.fc.weight"].to(torch.bfloat16)
+    with pytest.raises(TypeError, match=re.escape("head.fc.weight: Tensor is not readable as an array of real numbers")):
+        model.load_state_dict(state)
+    report = load_checkpoint(model, state)  # the loader converts torch tensors (bfloat16 widened exactly)
+    assert any("bfloat16" in note for note in report.notes), report.notes
