@@ -241,6 +241,8 @@ def load_checkpoint(model, source, *, strict: bool = True, weights_only: bool = 
         As :func:`check_state_dict`; nothing is written then.
     pickle.UnpicklingError
         A torch file needs more than the allow-list; the message names the object and the way out.
+    ImportError
+        ``source`` is not a ``.npz`` file and PyTorch is not installed.
     """
     from .module import Module
 
@@ -248,8 +250,13 @@ def load_checkpoint(model, source, *, strict: bool = True, weights_only: bool = 
     if _is_npz(source):
         state = read_npz(source)
     else:
-        from involution.torch.checkpoint import numpy_state_dict
+        try:
+            import torch  # noqa: F401  (first, so that a missing torch is reported as such)
 
+            from involution.torch.checkpoint import numpy_state_dict
+        except ImportError as error:
+            raise ImportError(f"reading {type(source).__name__} {source!r:.80} needs PyTorch (only .npz files do "
+                              "not): pip install 'involution[torch]'") from error
         state, notes = numpy_state_dict(source, weights_only)
     if isinstance(model, Module):
         expected, as_model_values = model.state_spec(), None

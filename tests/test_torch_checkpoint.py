@@ -218,3 +218,16 @@ def test_numpy_model_names_the_key_of_an_unreadable_tensor():
         model.load_state_dict(state)
     report = load_checkpoint(model, state)  # the loader converts torch tensors (bfloat16 widened exactly)
     assert any("bfloat16" in note for note in report.notes), report.notes
+
+
+def test_npz_needs_no_torch_and_other_sources_say_they_do(tmp_path, monkeypatch):
+    import sys
+
+    model = NumpyRedNet(**TINY, seed=2)
+    save_npz(model, tmp_path / "weights.npz")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    target = NumpyRedNet(**TINY)
+    load_checkpoint(target, tmp_path / "weights.npz")
+    assert_state_equal(target, model.state_dict(), "npz without torch")
+    with pytest.raises(ImportError, match=re.escape("needs PyTorch (only .npz files do not)")):
+        load_checkpoint(target, tmp_path / "weights.pth")
