@@ -44,9 +44,10 @@ class CheckpointReport(NamedTuple):
     notes: list
 
 
-def _examples(keys) -> str:
-    shown = ", ".join(keys[:EXAMPLES])
-    return shown + (f", ... ({len(keys) - EXAMPLES} more)" if len(keys) > EXAMPLES else "")
+def _examples(items, separator: str = ", ") -> str:
+    """The first :data:`EXAMPLES` of ``items`` joined, and how many more there are."""
+    shown = separator.join(items[:EXAMPLES])
+    return shown + (f"{separator}... ({len(items) - EXAMPLES} more)" if len(items) > EXAMPLES else "")
 
 
 def _prefix_hint(missing, unexpected) -> str | None:
@@ -64,20 +65,21 @@ def _prefix_hint(missing, unexpected) -> str | None:
     return None
 
 
-def _value_problem(key, value, shape, dtype):
-    """``(array, None)`` with ``value`` converted to ``dtype`` and ``shape``, or ``(None, problem)``."""
+def _converted(key, value, shape, dtype):
+    """``(array, None, None)``: ``value`` converted to ``dtype`` and ``shape``; or ``(None, kind, problem)`` with
+    ``kind`` "type" (not an array of real numbers) or "value" (wrong shape, a fraction for an integer buffer)."""
     try:
         array = np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as error:  # e.g. a bfloat16 or grad-requiring torch tensor
-        return None, f"{key}: {type(value).__name__} is not readable as an array of real numbers ({error})"
+        return None, "type", f"{key}: {type(value).__name__} is not readable as an array of real numbers ({error})"
     if array.dtype.kind not in "biuf":
-        return None, f"{key}: dtype {array.dtype}, expected real numbers"
+        return None, "type", f"{key}: dtype {array.dtype}, expected real numbers"
     if array.shape != tuple(shape) and not (tuple(shape) == () and array.size == 1):
-        return None, f"{key}: expected shape {tuple(shape)}, got {array.shape}"
+        return None, "value", f"{key}: expected shape {tuple(shape)}, got {array.shape}"
     if np.dtype(dtype).kind in "iu" and array.dtype.kind == "f" and not np.all(np.isfinite(array)
                                                                              & (array == np.round(array))):
-        return None, f"{key}: expected whole numbers for a {np.dtype(dtype)} buffer, got {array.ravel()[:3]}"
-    return np.array(array, dtype=dtype, copy=True).reshape(shape), None
+        return None, "value", f"{key}: expected whole numbers for a {np.dtype(dtype)} buffer, got {array.ravel()[:3]}"
+    return np.array(array, dtype=dtype, copy=True).reshape(shape), None, None
 
 
 def check_state_dict(expected: dict, state, strict: bool = True, model: str = "model"):
@@ -117,24 +119,24 @@ def check_state_dict(expected: dict, state, strict: bool = True, model: str = "m
     kept_counters = [key for key in absent if key.endswith(".num_batches_tracked")]
     missing = [key for key in absent if key not in kept_counters]
     unexpected = [key for key in state if key not in expected]
-    arrays, bad_values, bad_types = OrderedDict(), [], []
+    arrays, bad = OrderedDict(), {"type": [], "value": []}
     for key, (shape, dtype) in expected.items():
         if key in state:
-            array, problem = _value_problem(key, state[key], shape, dtype)
+            array, kind, problem = _converted(key, state[key], shape, dtype)
             if problem is None:
                 arrays[key] = array
             else:
-                (bad_types if "real numbers" in problem else bad_values).append(problem)
+                bad[kind].append(problem)
+    bad_types, bad_values = bad["type"], bad["value"]
     problems = []
     if strict and missing:
         problems.append(f"missing keys ({len(missing)}): {_examples(missing)}")
     if strict and unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_examples(unexpected)}")
     if bad_values:
-        problems.append(f"shape or value mismatches ({len(bad_values)}): {'; '.join(bad_values[:EXAMPLES])}"
-                        + (f"; ... ({len(bad_values) - EXAMPLES} more)" if len(bad_values) > EXAMPLES else ""))
+        problems.append(f"shape or value mismatches ({len(bad_values)}): {_examples(bad_values, '; ')}")
     if bad_types:
-        problems.append(f"not real numbers ({len(bad_types)}): {'; '.join(bad_types[:EXAMPLES])}")
+        problems.append(f"not real numbers ({len(bad_types)}): {_examples(bad_types, '; ')}")
     if problems:
         hint = _prefix_hint(missing, unexpected) if strict else None
         if hint is None and (missing or unexpected) and strict:
