@@ -102,7 +102,8 @@ def run(batches=(1,), repeats: int = 5, size: int = 224, compiled: bool = False,
     ratios = []
     for batch in batches:
         for mode in ("eager", "compiled") if compiled else ("eager",):
-            time_of = {row["network"]: row["forward_ms"] for row in rows if row["batch"] == batch and row["mode"] == mode}
+            time_of = {row["network"]: row["forward_ms"] for row in rows
+                       if row["batch"] == batch and row["mode"] == mode}
             ratio = time_of["rednet50-fast"] / time_of["resnet50"]
             met = ratio <= TARGETS[mode] if batch == 1 else None
             ratios.append({"batch": batch, "mode": mode, "rednet50_over_resnet50": ratio, "target": TARGETS[mode],

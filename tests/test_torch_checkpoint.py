@@ -214,7 +214,8 @@ def test_numpy_model_names_the_key_of_an_unreadable_tensor():
     model = NumpyRedNet(**TINY)
     state = {key: torch.from_numpy(np.array(value)) for key, value in model.state_dict().items()}
     state["head.fc.weight"] = state["head.fc.weight"].to(torch.bfloat16)
-    with pytest.raises(TypeError, match=re.escape("head.fc.weight: Tensor is not readable as an array of real numbers")):
+    with pytest.raises(TypeError, match=re.escape("head.fc.weight: Tensor is not readable as an array of real "
+                                                  "numbers")):
         model.load_state_dict(state)
     report = load_checkpoint(model, state)  # the loader converts torch tensors (bfloat16 widened exactly)
     assert any("bfloat16" in note for note in report.notes), report.notes
