@@ -1,35 +1,39 @@
-"""Torch bridge: the numba kernels as a differentiable ``torch`` op, zero-copy on CPU tensors.
+"""The numba kernels as the PyTorch operators ``torch.ops.involution.involution2d`` and ``involution2d_backward``.
 
-CPU tensors go to :mod:`involution.fast.cpu` as NumPy views (``.numpy()`` of contiguous tensors, results
-wrapped by ``torch.from_numpy``); CUDA tensors go to :mod:`involution.fast.cuda` through
-``__cuda_array_interface__`` on torch's current stream.
+Registered through :mod:`torch.library`, so the op is a first-class citizen of PyTorch:
+
+* autograd: the backward is the registered op ``involution2d_backward``, itself differentiable (double backward
+  runs the two ops again), so ``gradgradcheck`` passes;
+* fake and meta tensors: a fake implementation gives the output shape (and raises the same named errors), so
+  ``torch.compile(fullgraph=True)``, ``torch.export`` and ``device="meta"`` work without running a kernel;
+* ``torch.utils.flop_counter.FlopCounterMode``: ``2*B*C*Kh*Kw*Ho*Wo`` FLOPs for the forward (one multiply and one
+  add per tap) and twice that for the backward (``grad_x`` and ``grad_kernel``, each a forward's worth), as torch
+  counts a convolution and its backward;
+* dtypes: float32 and float64 run the kernels in their own precision; float16 and bfloat16 are computed in float32
+  (products accumulated in float32) and rounded once to the input dtype;
+* autocast: like ``conv2d`` (on torch's lower-precision list for CPU and CUDA), the op runs in the autocast dtype:
+  float32, float16 and bfloat16 inputs are cast to ``torch.get_autocast_dtype(device)``, float64 is left alone.
+
+CPU tensors go to :mod:`involution.fast.cpu` as NumPy views (results wrapped by ``torch.from_numpy``); CUDA tensors
+go to :mod:`involution.fast.cuda` through ``__cuda_array_interface__`` on torch's current stream.
 """
-from __future__ import annotations
+from collections.abc import Sequence
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
-FLOAT_DTYPES = (torch.float32, torch.float64)
+from involution.spec import Geometry, pair
+from involution.torch.checks import check_tensors
 
-
-def _check_tensors(**tensors: torch.Tensor) -> torch.device:
-    """The common device of ``tensors``; a named TypeError/ValueError for a non-tensor, dtype or device mix-up."""
-    devices = {}
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must have dtype torch.float32 or torch.float64, got {tensor.dtype}")
-        devices[name] = tensor.device
-    if len(set(devices.values())) > 1:
-        raise ValueError(f"all tensors must be on one device, got {devices}")
-    return next(iter(devices.values()))
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+KERNEL_DTYPES = (torch.float32, torch.float64)  # the numba kernels' own; the others are computed in float32
 
 
 def _cpu_call(function, tensors, hyper_parameters):
     """``function`` of ``involution.fast.cpu`` on NumPy views of ``tensors``; results as tensors sharing memory."""
     results = function(*(tensor.detach().contiguous().numpy() for tensor in tensors), *hyper_parameters)
     return tuple(torch.from_numpy(result) for result in results) if isinstance(results, tuple) \
-        else torch.from_numpy(results)
+        else (torch.from_numpy(results),)
 
 
 def _cuda_call(function, tensors, hyper_parameters):
@@ -41,56 +45,207 @@ def _cuda_call(function, tensors, hyper_parameters):
     with torch.cuda.device(index), cuda.gpus[index]:  # torch's and numba's current device: the tensors'
         stream = cuda.external_stream(torch.cuda.current_stream(index).cuda_stream)
         results = function(*(tensor.detach().contiguous() for tensor in tensors), *hyper_parameters, stream=stream)
-    if isinstance(results, tuple):
-        return tuple(torch.as_tensor(result, device=device) for result in results)
-    return torch.as_tensor(results, device=device)
+    results = results if isinstance(results, tuple) else (results,)
+    return tuple(torch.as_tensor(result, device=device) for result in results)
 
 
-def _dispatch(name: str, tensors, hyper_parameters):
-    """Run ``involution2d`` or ``involution2d_backward`` of the backend matching the tensors' device."""
-    if tensors[0].device.type == "cuda":
+def _run(name: str, tensors, geometry: Geometry) -> tuple[torch.Tensor, ...]:
+    """``involution2d`` or ``involution2d_backward`` of the backend of the tensors' device, in the kernels' dtype.
+
+    float16/bfloat16 tensors are widened to float32 for the kernel and its results rounded back once.
+    """
+    dtype, device = tensors[0].dtype, tensors[0].device
+    if device.type == "cuda":
         from involution.fast import cuda as backend
 
-        return _cuda_call(getattr(backend, name), tensors, hyper_parameters)
-    if tensors[0].device.type == "cpu":
+        call = _cuda_call
+    elif device.type == "cpu":
         from involution.fast import cpu as backend
 
-        return _cpu_call(getattr(backend, name), tensors, hyper_parameters)
-    raise ValueError(f"x must be on a cpu or cuda device, got {tensors[0].device}")
+        call = _cpu_call
+    else:
+        raise ValueError(f"x must be on a cpu or cuda device, got {device}")
+    if dtype not in KERNEL_DTYPES:
+        tensors = tuple(tensor.float() for tensor in tensors)
+    results = call(getattr(backend, name), tensors, geometry.hyper_parameters)
+    return tuple(result.to(dtype) for result in results)
 
 
-class Involution2dFunction(torch.autograd.Function):
-    """``out = involution2d(x, kernel)`` with the numba forward and backward kernels."""
+def _check_backward(grad_out, x, kernel, stride, padding, dilation) -> Geometry:
+    """:func:`check_tensors` of ``x, kernel``, then ``grad_out`` against the output they give."""
+    geometry = check_tensors(x, kernel, stride, padding, dilation, dtypes=DTYPES)
+    if not isinstance(grad_out, torch.Tensor):
+        raise TypeError(f"grad_out must be a torch.Tensor (B, C, Ho, Wo), got {type(grad_out).__name__}")
+    if grad_out.dtype != x.dtype:
+        raise TypeError(f"grad_out must have the dtype of x ({x.dtype}), got {grad_out.dtype}")
+    if grad_out.device != x.device:
+        raise ValueError(f"grad_out must be on the device of x ({x.device}), got {grad_out.device}")
+    if tuple(grad_out.shape) != geometry.out_shape:
+        raise ValueError(f"grad_out must have the output shape {geometry.out_shape}, got {tuple(grad_out.shape)}")
+    return geometry
 
-    @staticmethod
-    def forward(ctx, x, kernel, stride, padding, dilation):
-        ctx.save_for_backward(x, kernel)
-        ctx.hyper_parameters = (stride, padding, dilation)
-        return _dispatch("involution2d", (x, kernel), ctx.hyper_parameters)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, kernel = ctx.saved_tensors
-        grad_x, grad_kernel = _dispatch("involution2d_backward", (grad_out, x, kernel), ctx.hyper_parameters)
-        return grad_x, grad_kernel, None, None, None
+# --- the forward op -------------------------------------------------------------------------------------------
+@torch.library.custom_op("involution::involution2d", mutates_args=())
+def involution2d_op(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int], padding: Sequence[int],
+                    dilation: Sequence[int]) -> torch.Tensor:
+    """The registered forward op; :func:`involution2d` is its user-facing front (int or pair hyper-parameters)."""
+    geometry = check_tensors(x, kernel, stride, padding, dilation, dtypes=DTYPES)
+    return _run("involution2d", (x, kernel), geometry)[0]
+
+
+@involution2d_op.register_fake
+def _involution2d_fake(x, kernel, stride, padding, dilation):
+    geometry = check_tensors(x, kernel, stride, padding, dilation, dtypes=DTYPES)
+    return x.new_empty(geometry.out_shape)
+
+
+# --- the backward op ------------------------------------------------------------------------------------------
+@torch.library.custom_op("involution::involution2d_backward", mutates_args=())
+def involution2d_backward_op(grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int],
+                             padding: Sequence[int], dilation: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The registered backward op: ``(grad_x, grad_kernel)``."""
+    geometry = _check_backward(grad_out, x, kernel, stride, padding, dilation)
+    grad_x, grad_kernel = _run("involution2d_backward", (grad_out, x, kernel), geometry)
+    return grad_x, grad_kernel
+
+
+@involution2d_backward_op.register_fake
+def _involution2d_backward_fake(grad_out, x, kernel, stride, padding, dilation):
+    _check_backward(grad_out, x, kernel, stride, padding, dilation)
+    return x.new_empty(x.shape), kernel.new_empty(kernel.shape)
+
+
+# --- autograd -------------------------------------------------------------------------------------------------
+def _save_inputs(ctx, inputs, output):
+    *tensors, stride, padding, dilation = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.hyper_parameters = (stride, padding, dilation)
+
+
+def _forward_derivative(ctx, grad_out):
+    x, kernel = ctx.saved_tensors
+    grad_x, grad_kernel = involution2d_backward_op(grad_out, x, kernel, *ctx.hyper_parameters)
+    return grad_x, grad_kernel, None, None, None
+
+
+def _backward_derivative(ctx, grad_grad_x, grad_grad_kernel):
+    """Derivatives of ``<grad_grad_x, grad_x> + <grad_grad_kernel, grad_kernel>``.
+
+    ``grad_x`` is the adjoint of ``x -> involution2d(x, kernel)`` applied to ``grad_out``, and ``grad_kernel`` that
+    of ``kernel -> involution2d(x, kernel)``, so the sum equals ``<involution2d(grad_grad_x, kernel) +
+    involution2d(x, grad_grad_kernel), grad_out>``: its derivatives are two forwards (for ``grad_out``) and the
+    backward op's ``grad_x`` (kernel ``grad_grad_kernel``) and ``grad_kernel`` (input ``grad_grad_x``).
+    """
+    grad_out, x, kernel = ctx.saved_tensors
+    hyper_parameters = ctx.hyper_parameters
+    d_grad_out = d_x = d_kernel = None
+    if grad_grad_x is not None:
+        d_grad_out = involution2d_op(grad_grad_x, kernel, *hyper_parameters)
+        d_kernel = involution2d_backward_op(grad_out, grad_grad_x, kernel, *hyper_parameters)[1]
+    if grad_grad_kernel is not None:
+        term = involution2d_op(x, grad_grad_kernel, *hyper_parameters)
+        d_grad_out = term if d_grad_out is None else d_grad_out + term
+        d_x = involution2d_backward_op(grad_out, x, grad_grad_kernel, *hyper_parameters)[0]
+    return d_grad_out, d_x, d_kernel, None, None, None
+
+
+involution2d_op.register_autograd(_forward_derivative, setup_context=_save_inputs)
+involution2d_backward_op.register_autograd(_backward_derivative, setup_context=_save_inputs)
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------------------
+def _macs(out_shape, kernel_shape) -> int:
+    """Multiply-adds of one forward: ``B*C*Ho*Wo * Kh*Kw`` (``out_shape`` (B, C, Ho, Wo), ``kernel_shape`` 6-D)."""
+    batch, channels, out_h, out_w = out_shape
+    return batch * channels * out_h * out_w * kernel_shape[2] * kernel_shape[3]
+
+
+@register_flop_formula(torch.ops.involution.involution2d)
+def _forward_flops(x_shape, kernel_shape, *hyper_parameters, out_shape=None, **kwargs) -> int:
+    """``2 * B*C*Ho*Wo * Kh*Kw``: a multiply and an add per tap of each output element."""
+    return 2 * _macs(out_shape, kernel_shape)
+
+
+@register_flop_formula(torch.ops.involution.involution2d_backward)
+def _backward_flops(grad_out_shape, x_shape, kernel_shape, *hyper_parameters, out_shape=None, **kwargs) -> int:
+    """``grad_x`` and ``grad_kernel``, each with the forward's multiply-adds: ``4 * B*C*Ho*Wo * Kh*Kw``."""
+    return 4 * _macs(grad_out_shape, kernel_shape)
+
+
+# --- autocast -------------------------------------------------------------------------------------------------
+def _autocast_kernel(device_type: str):
+    """The op under ``torch.autocast(device_type)``: conv2d's rule, inputs cast to the autocast dtype (not float64)."""
+
+    def kernel(x, kernel, stride, padding, dilation):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, kernel = (tensor.to(dtype) if tensor.is_floating_point() and tensor.dtype != torch.float64 else tensor
+                     for tensor in (x, kernel))
+        with torch.autocast(device_type, enabled=False):
+            return involution2d_op(x, kernel, stride, padding, dilation)
+
+    return kernel
+
+
+_LIBRARY = torch.library.Library("involution", "FRAGMENT")
+for _device_type, _key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
+    _LIBRARY.impl("involution2d", _autocast_kernel(_device_type), _key)
+
+
+# --- the front ------------------------------------------------------------------------------------------------
+def _front_arguments(tensors: dict, stride, padding, dilation) -> tuple:
+    """The op's arguments: ``tensors`` checked to be tensors (named TypeError), hyper-parameters as ``(h, w)``."""
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    return (*tensors.values(), pair(stride, "stride", minimum=1), pair(padding, "padding", minimum=0),
+            pair(dilation, "dilation", minimum=1))
 
 
 def involution2d(x: torch.Tensor, kernel: torch.Tensor, stride=1, padding=0, dilation=1) -> torch.Tensor:
     """Differentiable involution of torch tensors with the numba kernels (CPU, or CUDA via ``involution.fast.cuda``).
 
     ``out[b, c, i, j] = sum_{u, v} kernel[b, g, u, v, i, j] * x_pad[b, c, i*sh + u*dh, j*sw + v*dw]``,
-    ``g = c // (C // G)``. Validation and errors are the NumPy reference's.
+    ``g = c // (C // G)``. Calls the registered op ``torch.ops.involution.involution2d`` (see the module docstring:
+    autograd, ``torch.compile``, ``torch.export``, fake/meta tensors, ``FlopCounterMode``, autocast).
 
     Parameters
     ----------
-    x : Tensor, shape (B, C, H, W), float32 or float64
+    x : Tensor, shape (B, C, H, W), float32, float64, float16 or bfloat16
     kernel : Tensor, shape (B, G, Kh, Kw, Ho, Wo), dtype and device of ``x``; ``G`` divides ``C``
     stride, padding, dilation : int or (h, w) pair
 
     Returns
     -------
-    out : Tensor, shape (B, C, Ho, Wo), dtype and device of ``x``; gradients flow to ``x`` and ``kernel``
+    out : Tensor, shape (B, C, Ho, Wo), dtype and device of ``x``; gradients flow to ``x`` and ``kernel``.
+    float16/bfloat16: computed in float32 and rounded once.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`involution.torch.checks.check_tensors` (before any kernel runs, also for fake and meta tensors).
     """
-    _check_tensors(x=x, kernel=kernel)
-    return Involution2dFunction.apply(x, kernel, stride, padding, dilation)
+    return involution2d_op(*_front_arguments(dict(x=x, kernel=kernel), stride, padding, dilation))
+
+
+def involution2d_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride=1, padding=0,
+                          dilation=1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients ``(grad_x, grad_kernel)`` of :func:`involution2d` for ``grad_out``: the registered backward op.
+
+    Parameters
+    ----------
+    grad_out : Tensor, shape (B, C, Ho, Wo), dtype and device of ``x``
+    x, kernel, stride, padding, dilation : as in :func:`involution2d`
+
+    Returns
+    -------
+    grad_x : Tensor, shape (B, C, H, W)
+    grad_kernel : Tensor, shape (B, G, Kh, Kw, Ho, Wo)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`involution2d`; also ``grad_out`` not a tensor, or of the wrong dtype, device or shape.
+    """
+    return involution2d_backward_op(*_front_arguments(dict(grad_out=grad_out, x=x, kernel=kernel), stride, padding,
+                                                      dilation))

@@ -1,6 +1,6 @@
 """NumPy reference: the involution op, its analytic backward, the involution layer and RedNet."""
 from .activation import ReLU
-from .checkpoint import load_npz, save_npz, state_dict_from_torch
+from .checkpoint import load_checkpoint, load_npz, save_npz, state_dict_from_torch
 from .conv import Conv2d, ConvModule
 from .involution_layer import Involution2d
 from .linear import Linear
@@ -37,6 +37,7 @@ __all__ = [
     "check_involution2d_backward",
     "involution2d",
     "involution2d_backward",
+    "load_checkpoint",
     "load_npz",
     "output_size",
     "save_npz",

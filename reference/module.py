@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .checkpoint import check_state_dict
+from .checkpoint import IncompatibleKeys, check_state_dict
 from .init import parameter_dtype
 
 
@@ -109,40 +109,46 @@ class Module:
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of every parameter and buffer, keyed and ordered exactly as PyTorch would."""
-        state = OrderedDict()
+        return OrderedDict((key, np.array(value, copy=True)) for key, value in self._named_state())
+
+    def state_spec(self) -> "OrderedDict[str, tuple[tuple[int, ...], np.dtype]]":
+        """Each state-dict key -> ``(shape, dtype)`` of its parameter or buffer, in state-dict order."""
+        return OrderedDict((key, (np.shape(value), np.asarray(value).dtype)) for key, value in self._named_state())
+
+    def _named_state(self):
+        """``(key, array)`` of every parameter's data and every buffer (not copied), in state-dict order."""
         for prefix, module in self.named_modules():
             dot = f"{prefix}." if prefix else ""
             for name, parameter in module._parameters.items():
-                state[dot + name] = parameter.data.copy()
+                yield dot + name, parameter.data
             for name, buffer in module._buffers.items():
-                state[dot + name] = np.array(buffer, copy=True)
-        return state
+                yield dot + name, buffer
 
-    def load_state_dict(self, state: dict, strict: bool = True):
+    def load_state_dict(self, state: dict, strict: bool = True) -> IncompatibleKeys:
         """Copy arrays from ``state`` into the parameters and buffers, keeping each one's dtype.
 
-        Strict (the default): any missing key, unexpected key or shape mismatch raises one ``ValueError``
-        listing all of them. ``strict=False`` tolerates missing and unexpected keys (not shape
-        mismatches) and returns ``(missing_keys, unexpected_keys)``.
+        Every value is checked and converted first (:func:`~involution.reference.checkpoint.check_state_dict`);
+        only then is anything written, so a failed load leaves the model as it was. Strict (the default): any
+        missing key, unexpected key, shape mismatch or non-numeric value raises one error summarising all of them;
+        a missing BatchNorm ``num_batches_tracked`` keeps its current value, as in torch. ``strict=False``
+        tolerates missing and unexpected keys (not mismatches) and returns them.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``, as ``torch.nn.Module.load_state_dict``.
         """
-        targets = OrderedDict()
+        arrays, missing, unexpected, _ = check_state_dict(self.state_spec(), state, strict=strict,
+                                                          model=type(self).__name__)
         for prefix, module in self.named_modules():
             dot = f"{prefix}." if prefix else ""
-            for name, parameter in module._parameters.items():
-                targets[dot + name] = (module, name, parameter.data)
-            for name, buffer in module._buffers.items():
-                targets[dot + name] = (module, name, np.asarray(buffer))
-        expected = {key: value[2].shape for key, value in targets.items()}
-        missing, unexpected = check_state_dict(expected, state, strict=strict, model=type(self).__name__)
-        for key, (module, name, current) in targets.items():
-            if key not in state:
-                continue
-            value = np.array(state[key], dtype=current.dtype, copy=True).reshape(current.shape)
-            if name in module._parameters:
-                module._parameters[name].data = value
-            else:
-                setattr(module, name, value)
-        return missing, unexpected
+            for name in list(module._parameters):
+                if dot + name in arrays:
+                    module._parameters[name].data = arrays[dot + name]
+            for name in list(module._buffers):
+                if dot + name in arrays:
+                    setattr(module, name, arrays[dot + name])
+        return IncompatibleKeys(missing, unexpected)
 
     def astype(self, dtype) -> "Module":
         """Convert every parameter and floating-point buffer to ``dtype`` (float32 or float64, else ``TypeError``)

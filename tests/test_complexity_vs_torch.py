@@ -2,7 +2,8 @@
 
 * params equal ``sum(p.numel())`` of the torch model; every layer's input/output shape equals what forward
   hooks see on a real forward (names are the state-dict paths, so the two lists line up one to one);
-* ``fvcore`` convention x 2 equals ``torch.utils.flop_counter.FlopCounterMode`` (conv and linear, no bias);
+* ``fvcore`` convention x 2 equals ``torch.utils.flop_counter.FlopCounterMode``'s conv and linear FLOPs (no bias);
+  the fast op's own count (its registered formula) is 2 x the involution MACs, the taps op's zero;
   fvcore's own analysis, when installed, gives the same conv + linear and adds BN at 2 per element;
 * ``full`` MACs equal that plus the involution op counted from the torch layers' real output sizes;
 * ``published`` equals an independent re-implementation of mmcv's counter rules hooked onto the torch
@@ -96,6 +97,8 @@ def observe(model, x) -> dict:
     for handle in handles:
         handle.remove()
     seen["flop_counter"] = counter.get_total_flops()
+    seen["involution_flops"] = sum(flops for op, flops in counter.get_flop_counts()["Global"].items()
+                                   if str(op).startswith("involution."))  # the fast op has a formula, taps none
     return seen
 
 
@@ -112,8 +115,13 @@ def check_against_torch(reference, twin, size, label):
     assert len(ours) == len(seen["layers"]) and mismatch is None, (
         f"{label}: first differing layer (counted, torch) {mismatch}; {len(ours)} vs {len(seen['layers'])} layers")
     fvcore, full = report.total("fvcore"), report.total("full")
-    assert 2 * fvcore.macs == seen["flop_counter"], (
-        f"{label}: fvcore MACs {fvcore.macs} x 2 != FlopCounterMode {seen['flop_counter']}")
+    convolutions = seen["flop_counter"] - seen["involution_flops"]
+    assert 2 * fvcore.macs == convolutions, (
+        f"{label}: fvcore MACs {fvcore.macs} x 2 != FlopCounterMode's conv and linear FLOPs {convolutions}")
+    fast = any(getattr(module, "backend", None) == "fast" for module in twin.modules())
+    assert seen["involution_flops"] == (2 * seen["involution_macs"] if fast else 0), (
+        f"{label}: FlopCounterMode counted {seen['involution_flops']} involution FLOPs, "
+        f"involution MACs {seen['involution_macs']}, fast op: {fast}")
     assert full.macs == fvcore.macs + seen["involution_macs"], (
         f"{label}: full {full.macs} != {fvcore.macs} + involution {seen['involution_macs']}")
     published = report.total("published").flops

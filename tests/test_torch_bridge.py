@@ -86,11 +86,11 @@ def test_bad_inputs_raise_named_errors():
     x, kernel, _, stride, padding, dilation = make_case(CASES[0], torch.float32)
     with pytest.raises(TypeError, match=re.escape("x must be a torch.Tensor, got ndarray")):
         torch_ops.involution2d(x.detach().numpy(), kernel)
-    with pytest.raises(TypeError, match=re.escape("kernel must have dtype torch.float32 or torch.float64, got "
-                                                  "torch.float16")):
-        torch_ops.involution2d(x, kernel.half(), stride, padding, dilation)
+    with pytest.raises(TypeError, match=re.escape("kernel must have dtype float32, float64, float16 or bfloat16, "
+                                                  "got int32")):
+        torch_ops.involution2d(x, kernel.int(), stride, padding, dilation)
     with pytest.raises(TypeError, match=re.escape("x and kernel must have the same dtype")):
-        torch_ops.involution2d(x, kernel.double(), stride, padding, dilation)
+        torch_ops.involution2d(x, kernel.half(), stride, padding, dilation)
     with pytest.raises(ValueError, match=re.escape("stride must be >= 1, got 0")):
         torch_ops.involution2d(x, kernel, 0, padding, dilation)
 
@@ -111,3 +111,19 @@ def test_fast_layer_equals_taps_layer():
     for index, (fast, taps) in enumerate(zip(results["fast"], results["taps"])):
         torch.testing.assert_close(fast, taps, rtol=1e-10, atol=1e-10,
                                    msg=lambda text: f"tensor {index} (out, grad_x, parameter grads): {text}")
+
+
+def test_front_door_backward_is_the_registered_backward_op():
+    import involution
+
+    x, kernel, grad_out, stride, padding, dilation = make_case(CASES[1], torch.float64)
+    out = torch_ops.involution2d(x, kernel, stride, padding, dilation)
+    expected = torch.autograd.grad(out, (x, kernel), grad_out)
+    got = involution.involution2d_backward(grad_out, x.detach(), kernel.detach(), stride, padding, dilation,
+                                           backend="fast")
+    for name, actual, wanted in zip(("grad_x", "grad_kernel"), got, expected):
+        torch.testing.assert_close(actual, wanted, rtol=0, atol=0, msg=name)
+    with pytest.raises(TypeError, match=re.escape("grad_out must be a torch.Tensor, got ndarray")):
+        torch_ops.involution2d_backward(grad_out.numpy(), x, kernel, stride, padding, dilation)
+    with pytest.raises(ValueError, match=re.escape("grad_out must have the output shape")):
+        torch_ops.involution2d_backward(grad_out[..., :-1], x, kernel, stride, padding, dilation)

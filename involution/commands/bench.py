@@ -15,6 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="cpu: batch 1, 2 repeats, no networks (a smoke run)")
     parser.add_argument("--kernel-versions", action="store_true", help="cpu: also time every numbered kernel")
     parser.add_argument("--no-networks", action="store_true", help="cpu: skip the whole-network table")
+    parser.add_argument("--compile", action="store_true",
+                        help="cpu: also time torch.compile'd RedNet-50 and ResNet-50 (inductor: minutes of compiling)")
     parser.add_argument("--threads", type=int, help="cpu: numba and torch threads (default numba's setting)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (cpu default out/bench_cpu.json)")
     parser.add_argument("--dtype", choices=["float32", "float64"], help="for --backend cuda: default float32")
@@ -62,7 +64,7 @@ def run(args) -> int:
                **op_cpu.run(batches, repeats, versions=versions)}
     print(json.dumps(results["summary"], indent=1))
     if not (args.quick or args.no_networks):
-        results["networks"] = networks.run(batch=1, repeats=repeats)
+        results["networks"] = networks.run(batches, repeats, compiled=args.compile)
     path = args.json or os.path.join("out", "bench_cpu.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as file:

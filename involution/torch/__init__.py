@@ -1,4 +1,7 @@
-"""PyTorch modules and ops: ``Involution2d``, ``RedNet``, ``ResNet`` (backend chosen by name) and the tap-loop op."""
+"""PyTorch modules and ops: ``Involution2d``, ``RedNet``, ``ResNet`` (backend chosen by name), the tap-loop op and
+the checkpoint loader shared with the NumPy models."""
+from involution.reference.checkpoint import load_checkpoint
+
 from .models import Bottleneck, Involution2d, RedNet, ResNet
 
-__all__ = ["Bottleneck", "Involution2d", "RedNet", "ResNet"]
+__all__ = ["Bottleneck", "Involution2d", "RedNet", "ResNet", "load_checkpoint"]

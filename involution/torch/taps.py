@@ -11,31 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from involution.spec import Geometry, check_geometry
-
-
-def check_tensors(x: torch.Tensor, kernel: torch.Tensor, stride, padding, dilation) -> Geometry:
-    """Validate torch ``x`` and ``kernel`` like the NumPy backends do; return the call's :class:`Geometry`.
-
-    Raises
-    ------
-    TypeError
-        ``x`` or ``kernel`` not a floating-point tensor, or their dtypes differ.
-    ValueError
-        Wrong number of dimensions, tensors on different devices, or any rule of :func:`involution.spec.check_geometry`.
-    """
-    for name, tensor, ndim, layout in (("x", x, 4, "(B, C, H, W)"), ("kernel", kernel, 6, "(B, G, Kh, Kw, Ho, Wo)")):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
-        if not tensor.is_floating_point():
-            raise TypeError(f"{name} must have a floating-point dtype, got {tensor.dtype}")
-        if tensor.dim() != ndim:
-            raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(tensor.shape)}")
-    if x.dtype != kernel.dtype:
-        raise TypeError(f"x and kernel must have the same dtype, got x {x.dtype} and kernel {kernel.dtype}")
-    if x.device != kernel.device:
-        raise ValueError(f"x and kernel must be on one device, got x on {x.device} and kernel on {kernel.device}")
-    return check_geometry(tuple(x.shape), tuple(kernel.shape), stride, padding, dilation)
+from .checks import check_tensors
 
 
 def involution2d(x: torch.Tensor, kernel: torch.Tensor, stride=1, padding=0, dilation=1) -> torch.Tensor:
@@ -56,7 +32,7 @@ def involution2d(x: torch.Tensor, kernel: torch.Tensor, stride=1, padding=0, dil
     Raises
     ------
     TypeError, ValueError
-        As :func:`check_tensors`.
+        As :func:`involution.torch.checks.check_tensors`.
     """
     g = check_tensors(x, kernel, stride, padding, dilation)
     (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
