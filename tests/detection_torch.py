@@ -48,7 +48,7 @@ def backbone(family: str, task: str, stem_kernel_size: int = 7) -> nn.Module:
     involution, mmdet's ResNet (7x7 stem) or mmseg's ResNetV1c (deep stem)."""
     blocks = STAGE_BLOCKS[50]
     if family == "rednet":
-        model = torch_models.RedNetBackbone(blocks, 7, 16, 4, "bottleneck", 3, 64, 64, "unfold")
+        model = torch_models.RedNetBackbone(blocks, 7, 16, 4, "bottleneck", 3, 64, 64, "taps")
         model.stem[1] = torch_models.Involution2d(32, stem_kernel_size)
     else:
         model = torch_models.ResNetBackbone(blocks, 3, 64, 64)

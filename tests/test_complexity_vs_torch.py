@@ -69,7 +69,7 @@ def mmcv_rule_flops(module, inputs, output) -> int:
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, torch_models.GlobalAvgPool2d)):
         return elements_in
     if isinstance(module, torch_models.Involution2d):
-        return module.kernel_size ** 2 * elements_in
+        return prod(module.kernel_size) * elements_in
     return 0
 
 
@@ -87,7 +87,7 @@ def observe(model, x) -> dict:
         if not name.startswith("head"):
             seen["mmcv_flops"] += mmcv_rule_flops(module, inputs, output)
         if isinstance(module, torch_models.Involution2d):
-            seen["involution_macs"] += module.kernel_size ** 2 * output.numel()
+            seen["involution_macs"] += prod(module.kernel_size) * output.numel()
 
     handles = [module.register_forward_hook(lambda *args, name=name: hook(*args, name))
                for name, module in model.named_modules()

@@ -42,7 +42,7 @@ def mmcv_rule(module, inputs, output) -> int:
     if kind in (nn.MaxPool2d, nn.AvgPool2d):
         return elements_in
     if kind is torch_models.Involution2d:
-        return module.kernel_size ** 2 * elements_in
+        return prod(module.kernel_size) * elements_in
     return 0
 
 
