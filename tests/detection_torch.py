@@ -4,7 +4,7 @@
 Module names follow the official state dicts where the counter names layers (``neck.lateral_convs.0.conv``,
 ``rpn_head.rpn_conv``, ``roi_head.bbox_head.shared_fcs.0``, ``roi_head.mask_head.convs.0.conv``,
 ``decode_head.scale_heads.2.0.conv``...). RoIAlign is not modelled: the RoI heads run on random RoI features of
-the right shape. ``MmcvConv2d`` / ``MmcvConvTranspose2d`` stand for mmcv's wrapper types (subclasses, so a
+the right shape. Involutions use the plain "taps" op, which FlopCounterMode does not see (as fvcore). ``MmcvConv2d`` / ``MmcvConvTranspose2d`` stand for mmcv's wrapper types (subclasses, so a
 counter hooking exact types skips them, as mmcv's did before its PR #715).
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def mixer(kind: str, channels: int) -> nn.Module:
     """``ConvModule(C, C, 3, padding=1)`` without norm (``conv``) or ``involution(C, 7, 1)``."""
     if kind == "conv":
         return conv_module(channels, channels, 3, padding=1, norm=False, act=False)
-    return torch_models.Involution2d(channels, 7)
+    return torch_models.Involution2d(channels, 7, backend="taps")
 
 
 def backbone(family: str, task: str, stem_kernel_size: int = 7) -> nn.Module:
@@ -49,7 +49,7 @@ def backbone(family: str, task: str, stem_kernel_size: int = 7) -> nn.Module:
     blocks = STAGE_BLOCKS[50]
     if family == "rednet":
         model = torch_models.RedNetBackbone(blocks, 7, 16, 4, "bottleneck", 3, 64, 64, "taps")
-        model.stem[1] = torch_models.Involution2d(32, stem_kernel_size)
+        model.stem[1] = torch_models.Involution2d(32, stem_kernel_size, backend="taps")
     else:
         model = torch_models.ResNetBackbone(blocks, 3, 64, 64)
         if task == "segmentation":  # ResNetV1c: three 3x3 convs replace the 7x7 one
@@ -96,7 +96,7 @@ class RPNHead(nn.Module):
 
     def __init__(self, head: str):
         super().__init__()
-        self.rpn_conv = nn.Conv2d(256, 256, 3, padding=1) if head == "conv" else torch_models.Involution2d(256, 7)
+        self.rpn_conv = nn.Conv2d(256, 256, 3, padding=1) if head == "conv" else torch_models.Involution2d(256, 7, backend="taps")
         self.rpn_cls = nn.Conv2d(256, 3, 1)
         self.rpn_reg = nn.Conv2d(256, 12, 1)
 
@@ -133,7 +133,7 @@ class MaskHead(nn.Module):
         if head == "conv":
             self.convs = nn.ModuleList(conv_module(256, 256, 3, padding=1, norm=False) for _ in range(4))
         else:
-            self.convs = nn.ModuleList(nn.Sequential(torch_models.Involution2d(256, 7), nn.ReLU()) for _ in range(4))
+            self.convs = nn.ModuleList(nn.Sequential(torch_models.Involution2d(256, 7, backend="taps"), nn.ReLU()) for _ in range(4))
         self.upsample = MmcvConvTranspose2d(256, 256, 2, 2)
         self.relu = nn.ReLU()
         self.conv_logits = MmcvConv2d(256, 80, 1)
