@@ -4,8 +4,9 @@
 Module names follow the official state dicts where the counter names layers (``neck.lateral_convs.0.conv``,
 ``rpn_head.rpn_conv``, ``roi_head.bbox_head.shared_fcs.0``, ``roi_head.mask_head.convs.0.conv``,
 ``decode_head.scale_heads.2.0.conv``...). RoIAlign is not modelled: the RoI heads run on random RoI features of
-the right shape. Involutions use the plain "taps" op, which FlopCounterMode does not see (as fvcore). ``MmcvConv2d`` / ``MmcvConvTranspose2d`` stand for mmcv's wrapper types (subclasses, so a
-counter hooking exact types skips them, as mmcv's did before its PR #715).
+the right shape. Involutions use the plain "taps" op, which FlopCounterMode does not see (as fvcore).
+``MmcvConv2d`` / ``MmcvConvTranspose2d`` stand for mmcv's wrapper types (subclasses, so a counter hooking exact
+types skips them, as mmcv's did before its PR #715).
 """
 from __future__ import annotations
 
