@@ -206,3 +206,17 @@ def test_empty_batch_through_an_involution_layer_with_pairs():
     out = layer(np.zeros((0, 8, 7, 6), np.float32))
     assert out.shape == (0, 8, 4, 6)
     assert layer.backward(out).shape == (0, 8, 7, 6)
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(num_classes=0), ValueError, "num_classes must be >= 1, got 0"),
+    (dict(num_classes=-1), ValueError, "num_classes must be >= 1, got -1"),
+    (dict(num_classes=2.0), TypeError, "num_classes must be an int"),
+    (dict(base_channels=(8, 8)), TypeError, "base_channels must be an int"),
+])
+def test_torch_networks_reject_what_the_numpy_ones_reject(options, error, message):
+    torch_models = pytest.importorskip("involution.torch.models")
+    for numpy_class, torch_class in ((RedNet, torch_models.RedNet), (ResNet, torch_models.ResNet)):
+        for network in (numpy_class, torch_class):
+            with pytest.raises(error, match=message):
+                network(26, **options)

@@ -19,7 +19,7 @@ from torch import nn
 
 from involution import backends
 from involution.reference.involution_layer import check_involution_options
-from involution.reference.rednet import EXPANSION, stage_blocks_for
+from involution.reference.rednet import EXPANSION, check_classifier_options, stage_blocks_for
 
 
 def _involution_function(backend: str | None):
@@ -242,6 +242,7 @@ class RedNet(_Classifier):
                  dtype=torch.float32, seed=0, backend=None):
         super().__init__()
         stage_blocks = stage_blocks_for(depth, stage_blocks)
+        check_classifier_options(num_classes, stem_channels, base_channels, seed, even_stem=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             backbone = RedNetBackbone(stage_blocks, kernel_size, group_channels, reduction, kernel_gen, in_channels,
@@ -263,6 +264,7 @@ class ResNet(_Classifier):
                  stage_blocks=None, dtype=torch.float32, seed=0):
         super().__init__()
         stage_blocks = stage_blocks_for(depth, stage_blocks)
+        check_classifier_options(num_classes, stem_channels, base_channels, seed, even_stem=False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             backbone = ResNetBackbone(stage_blocks, in_channels, stem_channels, base_channels)
