@@ -11,6 +11,7 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
 * ``multiply_add(a, b, c)``: ``a * b + c`` lane by lane (LLVM ``fmuladd``: fused where the CPU has FMA)
 * ``lane(vector, index)``: one lane, a scalar
 * ``count(lanes)``: the lane count as an integer constant
+* ``transpose(rows)``: the transpose of a square tuple of vectors (lanes a power of 2)
 
 ``lanes`` is a compile-time count: an integer literal in the kernel's source, or a :class:`Lanes` argument
 (its count is part of the argument's numba type, so each count compiles, and caches, its own kernel).
@@ -74,9 +75,9 @@ def _count(lanes):
     return None
 
 
-def _element_pointer(context, builder, array_type, array, start, vector_type):
+def _element_pointer(context, builder, array_type, array, start, vector_type, view=None):
     """Pointer to ``array[start]`` as a vector pointer; checks ``0 <= start <= size - lanes`` under boundscheck."""
-    view = context.make_array(array_type)(context, builder, array)
+    view = view or context.make_array(array_type)(context, builder, array)
     if context.enable_boundscheck:
         size = builder.extract_value(view.shape, 0)
         last = builder.add(start, ir.Constant(start.type, vector_type.count))
@@ -167,3 +168,108 @@ def count(typingctx, lanes):
         return context.get_constant(types.intp, _count(lanes))
 
     return types.intp(lanes), codegen
+
+
+@intrinsic
+def transpose(typingctx, rows):
+    """``rows``: a tuple of ``lanes`` vectors of ``lanes`` lanes (a square matrix); returns its transpose, the tuple
+    whose vector ``t`` holds lane ``t`` of every row. log2(lanes) butterfly stages of ``lanes`` shuffles each."""
+    if not (isinstance(rows, types.UniTuple) and isinstance(rows.dtype, Vector) and rows.count == rows.dtype.lanes
+            and rows.count & (rows.count - 1) == 0):
+        return None
+    size = rows.count
+
+    def codegen(context, builder, signature, args):
+        matrix = [builder.extract_value(args[0], index) for index in range(size)]
+        step = size // 2
+        while step:
+            # pair rows i and i + step (i & step == 0): swap the off-diagonal blocks of width step
+            low = ir.Constant(ir.VectorType(ir.IntType(32), size),
+                              [j if j & step == 0 else size + j - step for j in range(size)])
+            high = ir.Constant(ir.VectorType(ir.IntType(32), size),
+                               [j + step if j & step == 0 else size + j for j in range(size)])
+            for i in range(size):
+                if i & step == 0:
+                    first, second = matrix[i], matrix[i + step]
+                    matrix[i] = builder.shuffle_vector(first, second, low)
+                    matrix[i + step] = builder.shuffle_vector(first, second, high)
+            step //= 2
+        result = context.get_constant_undef(signature.return_type)
+        for index, vector in enumerate(matrix):
+            result = builder.insert_value(result, vector, index)
+        return result
+
+    return rows(rows), codegen
+
+
+def _quad_type(context, vector):
+    return ir.VectorType(context.get_value_type(vector.dtype), 4)
+
+
+@intrinsic
+def store_columns(typingctx, array, start, step, count, a0, a1, a2, a3):
+    """``array[start + l*step + p] = a_p[l]`` for lanes ``l < count`` and ``p < 4``: four vectors of channels
+    written as ``count`` runs of 4 consecutive values (a transpose, shuffled in registers)."""
+    if not (isinstance(a0, Vector) and a0 == a1 == a2 == a3):
+        return None
+    lanes = a0.lanes
+
+    def codegen(context, builder, signature, args):
+        target, start_value, step_value, count_value = args[:4]
+        vectors = args[4:]
+        first = builder.shuffle_vector(vectors[0], vectors[1], ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes),
+                                                                           list(range(2 * lanes))))
+        second = builder.shuffle_vector(vectors[2], vectors[3], ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes),
+                                                                            list(range(2 * lanes))))
+        quad = _quad_type(context, a0)
+        view = context.make_array(signature.args[0])(context, builder, target)
+        for lane in range(lanes):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), 4), [lane, lanes + lane, 2 * lanes + lane, 3 * lanes + lane])
+            column = builder.shuffle_vector(first, second, mask)
+            inside = builder.icmp_signed("<", ir.Constant(count_value.type, lane), count_value)
+            with builder.if_then(inside, likely=True):
+                offset = builder.add(start_value, builder.mul(step_value, ir.Constant(step_value.type, lane)))
+                pointer = _element_pointer(context, builder, signature.args[0], target, offset, quad, view)
+                builder.store(column, pointer, align=context.get_abi_sizeof(quad.element))
+        return context.get_dummy_value()
+
+    return types.none(array, start, step, count, a0, a1, a2, a3), codegen
+
+
+@intrinsic
+def load_columns(typingctx, array, start, step, count, lanes):
+    """Four vectors: lane ``l`` of vector ``p`` is ``array[start + l*step + p]`` for ``l < count`` (``count >= 1``),
+    zero for ``l >= count``; the inverse of :func:`store_columns`."""
+    if _count(lanes) is None:
+        return None
+    size = _count(lanes)
+    vector = Vector(array.dtype, size)
+    result_type = types.UniTuple(vector, 4)
+
+    def codegen(context, builder, signature, args):
+        source, start_value, step_value, count_value = args[:4]
+        quad = _quad_type(context, vector)
+        view = context.make_array(signature.args[0])(context, builder, source)
+        zero = ir.Constant(quad, None)
+        last = builder.sub(count_value, ir.Constant(count_value.type, 1))
+        columns = []
+        for lane in range(size):
+            lane_value = ir.Constant(count_value.type, lane)
+            inside = builder.icmp_signed("<", lane_value, count_value)
+            row = builder.select(inside, lane_value, last)  # lanes past count re-read the last row, then drop it
+            offset = builder.add(start_value, builder.mul(step_value, row))
+            pointer = _element_pointer(context, builder, signature.args[0], source, offset, quad, view)
+            loaded = builder.load(pointer, align=context.get_abi_sizeof(quad.element))
+            columns.append(builder.select(inside, loaded, zero))
+        # concatenate the quads pairwise into one <4*size> vector, then pick every 4th element
+        while len(columns) > 1:
+            width = columns[0].type.count
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * width), list(range(2 * width)))
+            columns = [builder.shuffle_vector(columns[i], columns[i + 1], mask) for i in range(0, len(columns), 2)]
+        result = context.get_constant_undef(result_type)
+        for position in range(4):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), size), [4 * lane + position for lane in range(size)])
+            result = builder.insert_value(result, builder.shuffle_vector(columns[0], columns[0], mask), position)
+        return result
+
+    return result_type(array, start, step, count, lanes), codegen

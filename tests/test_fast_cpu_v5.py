@@ -1,5 +1,5 @@
-"""v5 (channel vectors, ``involution.fast.simd``) against the NumPy reference: the shared cases, channel counts that
-leave partial vectors, rows narrower than a block, non-finite values, thread counts, bounds checks."""
+"""v5 and v6 (channel vectors, ``involution.fast.simd``) against the NumPy reference: the shared cases, channel
+counts that leave partial vectors, rows narrower than a block, non-finite values, thread counts, bounds checks."""
 import os
 import subprocess
 import sys
@@ -28,21 +28,32 @@ V5_CASES = [
     (1, 64, 4, 15, 15, 7, 7, (2, 2), (3, 3), (1, 1)),
 ]
 DTYPES = [np.float32, np.float64]
+CHANNEL_VECTOR_VERSIONS = [5, 6]
 
 
+@pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("case", CASES + V5_CASES, ids=[case_id(case) for case in CASES + V5_CASES])
-def test_v5_matches_reference(case, dtype):
+def test_matches_reference(case, dtype, version):
     x, kernel, grad_out, stride, padding, dilation = make_case(case, dtype)
-    context = f"version 5, {np.dtype(dtype)}, case {case}"
-    out = cpu.involution2d(x, kernel, stride, padding, dilation, version=5)
+    context = f"version {version}, {np.dtype(dtype)}, case {case}"
+    out = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
     assert_forward_matches(out, x, kernel, stride, padding, dilation, context)
-    grads = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=5)
+    grads = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version)
     assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation, context)
 
 
+def test_v6_is_bitwise_v5():
+    """v6 changes only how values move between layouts, not the arithmetic."""
+    for case in V5_CASES + CASES[7:9]:
+        x, kernel, _, stride, padding, dilation = make_case(case, np.float32, seed=2)
+        v5, v6 = (cpu.involution2d(x, kernel, stride, padding, dilation, version=v) for v in (5, 6))
+        assert np.array_equal(v5, v6), f"case {case}: v6 differs from v5 by up to {np.abs(v5 - v6).max()}"
+
+
+@pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-def test_v5_non_finite_values_propagate_like_the_reference(dtype):
+def test_non_finite_values_propagate_like_the_reference(dtype, version):
     """An inf weight on a tap that reads the zero padding gives inf * 0 = NaN, as the definition does; an inf or
     NaN input reaches exactly the outputs whose windows hold it."""
     case = (1, 16, 1, 6, 7, 3, 3, (1, 1), (1, 1), (1, 1))
@@ -51,7 +62,7 @@ def test_v5_non_finite_values_propagate_like_the_reference(dtype):
     x[0, 5, 4, 6] = np.nan
     x[0, 9, 0, 0] = -np.inf
     expected = involution2d(x, kernel, stride, padding, dilation)
-    got = cpu.involution2d(x, kernel, stride, padding, dilation, version=5)
+    got = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
     assert np.isnan(expected[:, :, 0, 3]).all(), "the reference should give NaN on every channel of output (0, 3)"
     for name, mask in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
         assert np.array_equal(mask(got), mask(expected)), (
@@ -66,21 +77,22 @@ def test_v5_non_finite_values_propagate_like_the_reference(dtype):
     assert (error <= bound).all(), f"finite outputs off by up to {(error / bound).max():.2f} times the rounding bound"
 
 
-def test_v5_bitwise_identical_for_any_thread_count():
+@pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
+def test_bitwise_identical_for_any_thread_count(version):
     numba = pytest.importorskip("numba")
     x, kernel, _, stride, padding, dilation = make_case(V5_CASES[4], np.float32, seed=5)
     threads = numba.get_num_threads()
-    first = cpu.involution2d(x, kernel, stride, padding, dilation, version=5)
+    first = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
     try:
         numba.set_num_threads(1)
-        single = cpu.involution2d(x, kernel, stride, padding, dilation, version=5)
+        single = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
     finally:
         numba.set_num_threads(threads)
-    assert np.array_equal(first, single), f"v5 differs between {threads} threads and 1 thread"
-    assert np.array_equal(first, cpu.involution2d(x, kernel, stride, padding, dilation, version=5))
+    assert np.array_equal(first, single), f"v{version} differs between {threads} threads and 1 thread"
+    assert np.array_equal(first, cpu.involution2d(x, kernel, stride, padding, dilation, version=version))
 
 
-def test_v5_bands_and_lanes_cover_every_shape():
+def test_bands_and_lanes_cover_every_shape():
     """The band never exceeds the output rows or the scratch budget; a vector holds 8 to 16 float32 channels."""
     for group_channels, lanes in ((1, 8), (8, 8), (9, 16), (16, 16), (64, 16)):
         assert cpu_kernels.lanes_v5(group_channels, np.float32) == lanes
@@ -115,18 +127,20 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
         out_h = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         out_w = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         kernel = rng.standard_normal((batch, groups, kh, kw, out_h, out_w)).astype(np.float32)
-        got = cpu.involution2d(x, kernel, stride, padding, dilation, version=5)
         expected = involution2d(x.astype(np.float64), kernel.astype(np.float64), stride, padding, dilation)
-        if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
-            raise SystemExit(f"v5 differs from the reference, case {{case}}")
+        for version in {versions!r}:
+            got = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
+            if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+                raise SystemExit(f"v{{version}} differs from the reference, case {{case}}")
     print("ok")
 """)
 
 
-def test_v5_never_reads_out_of_bounds(tmp_path):
-    """v5 compiled fresh with numba's bounds checks, which then cover its vector loads too."""
+def test_never_reads_out_of_bounds(tmp_path):
+    """v5 and v6 compiled fresh with numba's bounds checks, which then cover their vector loads too."""
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES)], env=env,
+    result = subprocess.run([sys.executable, "-c", BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES,
+                                                                                   versions=CHANNEL_VECTOR_VERSIONS)], env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0 and result.stdout.split() == ["ok"], (
         f"stdout {result.stdout!r}\nstderr {result.stderr[-3000:]}")

@@ -1,5 +1,6 @@
-"""Benchmark the involution op on RedNet-50's layers (fast CPU kernels vs NumPy reference vs torch unfold) and
-whole networks (RedNet-50 with each op, ResNet-50); validated against the reference before any timing.
+"""Benchmark the involution op on RedNet-50's layers (fast CPU kernels beside the NumPy reference, torch unfold, the
+compiled tap loop and the same-shape depthwise conv), its robustness (under load, threads, fork) and whole networks
+(RedNet-50 with each op, ResNet-50); validated against the reference before any timing.
 ``--backend cuda`` runs the GPU benchmark (involution.benchmarks.op_cuda) instead."""
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="cpu: batch 1, 2 repeats, no networks (a smoke run)")
     parser.add_argument("--kernel-versions", action="store_true", help="cpu: also time every numbered kernel")
     parser.add_argument("--no-networks", action="store_true", help="cpu: skip the whole-network table")
+    parser.add_argument("--layers", type=int, nargs="+", metavar="INDEX",
+                        help="cpu: only these of RedNet-50's 8 involution layers (0-7, benchmarks/layers.py)")
+    parser.add_argument("--no-checks", action="store_true", help="cpu: skip the under-load, threads and fork checks")
     parser.add_argument("--threads", type=int, help="cpu: numba and torch threads (default numba's setting)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (cpu default out/bench_cpu.json)")
     parser.add_argument("--dtype", choices=["float32", "float64"], help="for --backend cuda: default float32")
@@ -49,6 +53,7 @@ def run(args) -> int:
     import numba
 
     from involution.benchmarks import networks, op_cpu
+    from involution.benchmarks.layers import REDNET_LAYERS
     from involution.fast import cpu
 
     if args.threads:
@@ -57,9 +62,14 @@ def run(args) -> int:
     batches = args.batch or ([1] if args.quick else [1, 8])
     repeats = args.repeats or (2 if args.quick else 5)
     versions = cpu.VERSIONS if args.kernel_versions else ()
+    if args.layers and not all(0 <= index < len(REDNET_LAYERS) for index in args.layers):
+        print(f"involution bench: --layers takes indices 0 to {len(REDNET_LAYERS) - 1}, got {args.layers}",
+              file=sys.stderr)
+        return 2
+    layers = tuple(REDNET_LAYERS[index] for index in args.layers) if args.layers else REDNET_LAYERS
     print(op_cpu.format_rows([], versions))
     results = {"command": " ".join(["python -m involution", *sys.argv[1:]]),
-               **op_cpu.run(batches, repeats, versions=versions)}
+               **op_cpu.run(batches, repeats, layers, versions, robustness_checks=not args.no_checks)}
     print(json.dumps(results["summary"], indent=1))
     if not (args.quick or args.no_networks):
         results["networks"] = networks.run(batch=1, repeats=repeats)
