@@ -531,7 +531,8 @@ def multiply_add_taps_one(kernel_flat, kernel_start, plane, scratch, start, kern
     a0 = simd.zeros(scratch, lanes)
     for u in range(kernel_h):
         for v in range(kernel_w):
-            a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(kernel_start + (u * kernel_w + v) * plane)], lanes),
+            weight = kernel_flat[numba.uint64(kernel_start + (u * kernel_w + v) * plane)]
+            a0 = simd.multiply_add(simd.splat(weight, lanes),
                                    simd.load(scratch, start + u * row_step + v * column_step, lanes), a0)
     return a0
 

@@ -224,7 +224,7 @@ def store_columns(typingctx, array, start, step, count, a0, a1, a2, a3):
         quad = _quad_type(context, a0)
         view = context.make_array(signature.args[0])(context, builder, target)
         for lane in range(lanes):
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), 4), [lane, lanes + lane, 2 * lanes + lane, 3 * lanes + lane])
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), 4), [position * lanes + lane for position in range(4)])
             column = builder.shuffle_vector(first, second, mask)
             inside = builder.icmp_signed("<", ir.Constant(count_value.type, lane), count_value)
             with builder.if_then(inside, likely=True):

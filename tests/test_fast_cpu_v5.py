@@ -139,8 +139,7 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
 def test_never_reads_out_of_bounds(tmp_path):
     """v5 and v6 compiled fresh with numba's bounds checks, which then cover their vector loads too."""
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES,
-                                                                                   versions=CHANNEL_VECTOR_VERSIONS)], env=env,
-                            capture_output=True, text=True, timeout=900)
+    script = BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES, versions=CHANNEL_VECTOR_VERSIONS)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0 and result.stdout.split() == ["ok"], (
         f"stdout {result.stdout!r}\nstderr {result.stderr[-3000:]}")
