@@ -5,7 +5,8 @@ spatially shared weights, the practical floor for this op).
 
 Every involution implementation is first checked against the float64 NumPy reference (rounding bounds of
 ``involution.conformance.tolerances``), then timed in this one process with one thread count: the median of
-``repeats`` calls after a warm-up, forward and backward (grad_x + grad_kernel; for the depthwise conv, grad_x and
+``repeats`` calls after a warm-up, all implementations' calls interleaved round-robin (a shared machine's load
+falls alike on each), forward and backward (grad_x + grad_kernel; for the depthwise conv, grad_x and
 grad_weight), GFLOP/s from ``Geometry.macs`` (2 FLOPs per multiply-add; backward twice the forward's), the
 fraction of a float32 matmul measured in the same run ("sgemm"), and the peak memory a forward call adds
 (resident-set high-water mark, glibc told to unmap every freed block above 64 KiB). Then two robustness checks of
@@ -152,12 +153,12 @@ def compiled_taps():
 AUTOGRAD_BACKWARDS = {"unfold": "oracle", "taps-compiled": "taps"}  # timed as autograd's backward of one forward
 
 
-def time_backward_only(geometry: Geometry, name: str, backward, inputs, repeats: int) -> float:
-    """Median seconds of the backward pass alone; for the torch formulations, autograd's backward of a recorded
-    forward (``retain_graph``), so the forward is not counted."""
+def backward_call(geometry: Geometry, name: str, backward, inputs):
+    """A zero-argument call of the backward pass alone; for the torch formulations, autograd's backward of a
+    forward recorded once (``retain_graph``), so that the forward is not counted."""
     grad_out, x, kernel = inputs
     if name not in AUTOGRAD_BACKWARDS:
-        return median_seconds(lambda: backward(grad_out, x, kernel), repeats)
+        return lambda: backward(grad_out, x, kernel)
     import torch
 
     from involution.conformance import oracle
@@ -166,13 +167,14 @@ def time_backward_only(geometry: Geometry, name: str, backward, inputs, repeats:
     x_leaf, kernel_leaf = (torch.from_numpy(a).requires_grad_() for a in (x, kernel))
     out = forward(x_leaf, kernel_leaf, geometry.stride, geometry.padding, geometry.dilation)
     grad = torch.from_numpy(grad_out)
-    return median_seconds(lambda: torch.autograd.grad(out, (x_leaf, kernel_leaf), grad, retain_graph=True), repeats)
+    return lambda: torch.autograd.grad(out, (x_leaf, kernel_leaf), grad, retain_graph=True)
 
 
-def depthwise_conv_ms(geometry: Geometry, x, grad_out, repeats: int) -> dict:
-    """Forward and backward (grad_x, grad_weight) milliseconds of ``torch.nn.functional.conv2d`` with
-    ``groups=C`` and the layer's kernel size, stride, padding and dilation: the same multiply-adds as the
-    involution with one weight per channel and tap instead of one per group, tap and position."""
+def depthwise_conv_calls(geometry: Geometry, x, grad_out):
+    """``(forward, backward)`` zero-argument calls of ``torch.nn.functional.conv2d`` with ``groups=C`` and the
+    layer's kernel size, stride, padding and dilation (backward: grad_x and grad_weight of one recorded forward):
+    the same multiply-adds as the involution with one weight per channel and tap instead of one per group, tap
+    and position."""
     import torch
     import torch.nn.functional as F
 
@@ -181,18 +183,34 @@ def depthwise_conv_ms(geometry: Geometry, x, grad_out, repeats: int) -> dict:
     params = dict(stride=geometry.stride, padding=geometry.padding, dilation=geometry.dilation,
                   groups=geometry.channels)
     x_tensor = torch.from_numpy(x)
-    with torch.no_grad():
-        forward_s = median_seconds(lambda: F.conv2d(x_tensor, weight, **params), repeats)
+
+    def forward():
+        with torch.no_grad():
+            return F.conv2d(x_tensor, weight, **params)
+
     x_leaf, weight_leaf = x_tensor.clone().requires_grad_(), weight.clone().requires_grad_()
     out = F.conv2d(x_leaf, weight_leaf, **params)
     grad = torch.from_numpy(grad_out)
-    backward_s = median_seconds(lambda: torch.autograd.grad(out, (x_leaf, weight_leaf), grad, retain_graph=True),
-                                repeats)
-    return {"forward_ms": 1e3 * forward_s, "backward_ms": 1e3 * backward_s}
+    return forward, lambda: torch.autograd.grad(out, (x_leaf, weight_leaf), grad, retain_graph=True)
+
+
+def interleaved_medians(calls: dict, counts: dict) -> dict:
+    """name -> median seconds of ``calls[name]()`` over ``counts[name]`` calls, timed round-robin after one warm-up
+    round (one call of each per round), so that a shared machine's load falls alike on every implementation."""
+    for call in calls.values():
+        call()
+    times = {name: [] for name in calls}
+    for round_index in range(max(counts.values())):
+        for name, call in calls.items():
+            if round_index < counts[name]:
+                started = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def bench_layer(layer, batch: int, repeats: int, sgemm: float, versions=(), measure_memory: bool = True) -> dict:
-    """Validate, then time every implementation on one layer at ``batch``; one JSON-ready row."""
+    """Validate, then time every implementation on one layer at ``batch``, interleaved; one JSON-ready row."""
     geometry = layer_geometry(layer, batch)
     x, kernel, grad_out = random_inputs(geometry, np.float32, seed=batch)
     impls = implementations(geometry, versions)
@@ -200,15 +218,21 @@ def bench_layer(layer, batch: int, repeats: int, sgemm: float, versions=(), meas
     row = {"layer": layer_name(layer), "batch": batch, "macs": geometry.macs,
            "input_bytes": x.nbytes, "output_bytes": x.itemsize * math.prod(geometry.out_shape),
            "kernel_bytes": kernel.nbytes}
+    calls, counts = {}, {}
     slow_repeats = max(1, repeats // 3)  # the NumPy reference takes up to seconds per call
     for name, (forward, backward) in impls.items():
-        count = slow_repeats if name == "reference" or name == "fast-cpu v1" else repeats
-        forward_s = median_seconds(lambda: forward(x, kernel), count)
-        backward_s = time_backward_only(geometry, name, backward, (grad_out, x, kernel), count)
-        row[name] = rates(geometry, 1e3 * forward_s, 1e3 * backward_s, sgemm)
-        if measure_memory:
-            row[name]["forward_peak_extra_bytes"] = peak_extra_bytes(lambda: forward(x, kernel))
-    row["depthwise-conv"] = rates(geometry, **depthwise_conv_ms(geometry, x, grad_out, repeats), sgemm=sgemm)
+        calls[name, "forward"] = lambda forward=forward: forward(x, kernel)
+        calls[name, "backward"] = backward_call(geometry, name, backward, (grad_out, x, kernel))
+        counts[name, "forward"] = counts[name, "backward"] = (
+            slow_repeats if name in ("reference", "fast-cpu v1") else repeats)
+    calls["depthwise-conv", "forward"], calls["depthwise-conv", "backward"] = depthwise_conv_calls(geometry, x,
+                                                                                                   grad_out)
+    counts["depthwise-conv", "forward"] = counts["depthwise-conv", "backward"] = repeats
+    seconds = interleaved_medians(calls, counts)
+    for name in (*impls, "depthwise-conv"):
+        row[name] = rates(geometry, 1e3 * seconds[name, "forward"], 1e3 * seconds[name, "backward"], sgemm)
+        if measure_memory and name in impls:
+            row[name]["forward_peak_extra_bytes"] = peak_extra_bytes(lambda: impls[name][0](x, kernel))
     for name in ("reference", "unfold", "taps-compiled", "depthwise-conv"):
         for direction in ("forward", "backward"):
             row[f"{direction}_speedup_vs_{name}"] = row[name][f"{direction}_ms"] / row["fast-cpu"][f"{direction}_ms"]
