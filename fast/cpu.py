@@ -13,10 +13,11 @@ from involution.spec import Geometry, check_involution2d, check_involution2d_bac
 from . import cpu_kernels
 
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
-VERSIONS = (1, 2, 3, 4, 5, 6)
-# v6 (channel vectors) for the forward where cpu_kernels.fits_v5, else v4 (kernel rows in registers); v3 (wide
-# rows) for the gradients but grad_x on output rows narrower than 8, where v3's padded wide rows are mostly
-# padding and v2 (row-wise) wins (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's.
+VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+# v6 (channel vectors) for the forward where cpu_kernels.fits_v5, else v4 (kernel rows in registers); v7 (channel
+# vectors) for grad_kernel there too on rows of 4 or more outputs, else v3 (wide rows); v3 for grad_x but on output
+# rows narrower than 8, where v3's padded wide rows are mostly padding and v2 (row-wise) wins (see
+# docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's; v7's forward is v6's.
 NARROW_OUTPUT = 8
 
 
@@ -24,7 +25,9 @@ def best_version(name: str, geometry: Geometry) -> int:
     """The fastest numbered version of kernel ``name`` ("forward", "grad_x", "grad_kernel") for ``geometry``."""
     if name == "forward":
         return 6 if cpu_kernels.fits_v5(geometry) else 4
-    return 2 if name == "grad_x" and geometry.out_w < NARROW_OUTPUT else 3
+    if name == "grad_kernel":
+        return 7 if cpu_kernels.fits_v5(geometry) and geometry.out_w >= cpu_kernels.POSITIONS else 3
+    return 2 if geometry.out_w < NARROW_OUTPUT else 3
 
 
 def _run(name: str, version: int | None, geometry: Geometry, *arrays) -> None:

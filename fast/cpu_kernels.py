@@ -719,3 +719,99 @@ def forward_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, workers):
 
 
 grad_x_v6, grad_kernel_v6 = grad_x_v3, grad_kernel_v3
+
+
+# ------------------------------------------------ v7: the kernel gradient with channel vectors, v6's forward
+# grad_kernel[b, g, u, v, i, j] = sum_c grad_out[c, i, j] * x_pad[c, i*sh + u*dh, j*sw + v*dw] is a sum over the
+# group's channels: with channels in vector lanes it is one vector multiply per (tap, position) and one horizontal
+# sum. v7 copies, per (b, g, band), the band's padded input (as v6) and its grad_out rows channels-last, then for
+# four consecutive positions of a row and each tap multiplies the positions' grad_out vectors (held in registers
+# across the taps when the group fits one vector) by their input vectors, adding channel blocks, and reduces the
+# four products at once (``simd.store_sums``: shuffles across the four vectors, 4 consecutive results stored).
+# The channel sum is a tree, not v3's sequence: results differ from v3's by rounding.
+
+
+@jit
+def grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, threads, lanes, band):
+    """``grad_kernel_v7`` for ``lanes`` (a ``simd.Lanes``) and ``band`` output rows per unit; ``threads`` must be
+    ``numba.get_num_threads()``."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
+    group_channels = channels // groups
+    lane_count = simd.count(lanes)
+    blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    input_slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count  # per channel block
+    output_slot = band * out_w * lane_count
+    slot = blocks * (input_slot + output_slot)
+    plane, taps = out_h * out_w, kernel_h * kernel_w
+    x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
+    scratch = np.empty(threads * slot, x.dtype)
+    units = batch * groups * bands
+    for unit in prange(units):
+        start = numba.get_thread_id() * slot
+        outputs = start + blocks * input_slot  # the grad_out copies follow the input copies
+        image, i0 = unit // bands, unit % bands * band
+        b, g = image // groups, image % groups
+        rows = min(band, out_h - i0)
+        for block in range(blocks):
+            c0 = b * channels + g * group_channels + block * lane_count
+            valid = min(lane_count, group_channels - block * lane_count)
+            load_channels_last_v6(x_flat, scratch, start + block * input_slot, c0, valid, lanes, height, width,
+                                  i0 * sh - ph, (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
+            load_channels_last_v6(grad_out_flat, scratch, outputs + block * output_slot, c0, valid, lanes, out_h,
+                                  out_w, i0, rows, out_w, 0)
+        target_image = (b * groups + g) * taps * plane
+        for i in range(i0, i0 + rows):
+            if out_w < POSITIONS:  # too narrow for a block: one position at a time, lanes summed one by one
+                for j in range(out_w):
+                    for tap in range(taps):
+                        shift = (tap // kernel_w * dh * wide + tap % kernel_w * dw) * lane_count
+                        product = simd.zeros(scratch, lanes)
+                        for block in range(blocks):
+                            product = simd.multiply_add(
+                                simd.load(scratch, outputs + block * output_slot + ((i - i0) * out_w + j) * lane_count,
+                                          lanes),
+                                simd.load(scratch, start + block * input_slot + shift
+                                          + ((i - i0) * sh * wide + j * sw) * lane_count, lanes), product)
+                        total = simd.lane(product, 0)
+                        for l in range(1, lane_count):
+                            total += simd.lane(product, l)
+                        grad_kernel_flat[numba.uint64(target_image + tap * plane + i * out_w + j)] = total
+                continue
+            for j in range(0, out_w, POSITIONS):
+                j = min(j, out_w - POSITIONS)  # the row's last block ends at out_w (overlap: same values)
+                output_base = outputs + ((i - i0) * out_w + j) * lane_count
+                input_base = start + ((i - i0) * sh * wide + j * sw) * lane_count
+                for u in range(kernel_h):
+                    for v in range(kernel_w):
+                        x0 = input_base + (u * dh * wide + v * dw) * lane_count
+                        a0 = a1 = a2 = a3 = simd.zeros(scratch, lanes)
+                        for block in range(blocks):
+                            o = output_base + block * output_slot
+                            s = x0 + block * input_slot
+                            a0 = simd.multiply_add(simd.load(scratch, o, lanes), simd.load(scratch, s, lanes), a0)
+                            a1 = simd.multiply_add(simd.load(scratch, o + lane_count, lanes),
+                                                   simd.load(scratch, s + sw * lane_count, lanes), a1)
+                            a2 = simd.multiply_add(simd.load(scratch, o + 2 * lane_count, lanes),
+                                                   simd.load(scratch, s + 2 * sw * lane_count, lanes), a2)
+                            a3 = simd.multiply_add(simd.load(scratch, o + 3 * lane_count, lanes),
+                                                   simd.load(scratch, s + 3 * sw * lane_count, lanes), a3)
+                        simd.store_sums(grad_kernel_flat, target_image + (u * kernel_w + v) * plane + i * out_w + j,
+                                        a0, a1, a2, a3)
+
+
+def grad_kernel_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers):
+    """Channel vectors for the kernel gradient: per (b, g, band), channels-last copies of the input and grad_out
+    bands, then per tap four positions' channel products reduced together."""
+    batch, channels = x.shape[:2]
+    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
+    lanes = lanes_v5(channels // groups, x.dtype)
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    band = band_v5(batch, groups, lanes, lanes, out_h, wide + out_w, kernel_h, sh, dh, workers)  # one block's share
+    with numba.parallel_chunksize(1):
+        grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, numba.get_num_threads(),
+                                simd.Lanes(lanes), band)
+
+
+forward_v7, grad_x_v7 = forward_v6, grad_x_v3

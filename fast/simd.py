@@ -1,4 +1,4 @@
-"""Explicit SIMD vectors for numba kernels: a vector type held in registers and five intrinsics over it.
+"""Explicit SIMD vectors for numba kernels: a vector type held in registers and a few intrinsics over it.
 
 numba vectorises only innermost loops, and reloads accumulators it cannot prove unaliased; a value of type
 ``Vector(dtype, lanes)`` is one LLVM ``<lanes x dtype>`` SSA value, so a kernel that keeps a few of them in local
@@ -11,7 +11,8 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
 * ``multiply_add(a, b, c)``: ``a * b + c`` lane by lane (LLVM ``fmuladd``: fused where the CPU has FMA)
 * ``lane(vector, index)``: one lane, a scalar
 * ``count(lanes)``: the lane count as an integer constant
-* ``transpose(rows)``: the transpose of a square tuple of vectors (lanes a power of 2)
+* ``load_columns``, ``store_columns``: four columns of channels to four channel vectors and back
+* ``store_sums(array, start, a0, a1, a2, a3)``: the four vectors' lane sums to 4 consecutive values
 
 ``lanes`` is a compile-time count: an integer literal in the kernel's source, or a :class:`Lanes` argument
 (its count is part of the argument's numba type, so each count compiles, and caches, its own kernel).
@@ -170,38 +171,6 @@ def count(typingctx, lanes):
     return types.intp(lanes), codegen
 
 
-@intrinsic
-def transpose(typingctx, rows):
-    """``rows``: a tuple of ``lanes`` vectors of ``lanes`` lanes (a square matrix); returns its transpose, the tuple
-    whose vector ``t`` holds lane ``t`` of every row. log2(lanes) butterfly stages of ``lanes`` shuffles each."""
-    if not (isinstance(rows, types.UniTuple) and isinstance(rows.dtype, Vector) and rows.count == rows.dtype.lanes
-            and rows.count & (rows.count - 1) == 0):
-        return None
-    size = rows.count
-
-    def codegen(context, builder, signature, args):
-        matrix = [builder.extract_value(args[0], index) for index in range(size)]
-        step = size // 2
-        while step:
-            # pair rows i and i + step (i & step == 0): swap the off-diagonal blocks of width step
-            low = ir.Constant(ir.VectorType(ir.IntType(32), size),
-                              [j if j & step == 0 else size + j - step for j in range(size)])
-            high = ir.Constant(ir.VectorType(ir.IntType(32), size),
-                               [j + step if j & step == 0 else size + j for j in range(size)])
-            for i in range(size):
-                if i & step == 0:
-                    first, second = matrix[i], matrix[i + step]
-                    matrix[i] = builder.shuffle_vector(first, second, low)
-                    matrix[i + step] = builder.shuffle_vector(first, second, high)
-            step //= 2
-        result = context.get_constant_undef(signature.return_type)
-        for index, vector in enumerate(matrix):
-            result = builder.insert_value(result, vector, index)
-        return result
-
-    return rows(rows), codegen
-
-
 def _quad_type(context, vector):
     return ir.VectorType(context.get_value_type(vector.dtype), 4)
 
@@ -273,3 +242,41 @@ def load_columns(typingctx, array, start, step, count, lanes):
         return result
 
     return result_type(array, start, step, count, lanes), codegen
+
+
+@intrinsic
+def store_sums(typingctx, array, start, a0, a1, a2, a3):
+    """``array[start + p] = sum of the lanes of a_p`` for ``p < 4``: four horizontal sums at once, reduced by
+    shuffles across the four vectors (log2(lanes) + 1 shuffle-and-add stages), stored as 4 consecutive values."""
+    if not (isinstance(a0, Vector) and a0 == a1 == a2 == a3 and a0.lanes >= 4):
+        return None
+    lanes = a0.lanes
+
+    def codegen(context, builder, signature, args):
+        def mask(indices):
+            return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), indices)
+
+        half, quarter = lanes // 2, lanes // 4
+        # pairs: [a lower half + a upper half, b lower half + b upper half]
+        low, high = mask(list(range(half)) + [lanes + j for j in range(half)]), \
+            mask([half + j for j in range(half)] + [lanes + half + j for j in range(half)])
+        pairs = [builder.fadd(builder.shuffle_vector(a, b, low), builder.shuffle_vector(a, b, high))
+                 for a, b in ((args[2], args[3]), (args[4], args[5]))]
+        # quarters: [a0, a1, a2, a3] partial sums, lanes // 4 each
+        first = [j for segment in (0, half) for j in range(segment, segment + quarter)]
+        second = [j + quarter for j in first]
+        folded = builder.fadd(
+            builder.shuffle_vector(pairs[0], pairs[1], mask(first + [lanes + j for j in first])),
+            builder.shuffle_vector(pairs[0], pairs[1], mask(second + [lanes + j for j in second])))
+        width = quarter
+        while width > 1:  # fold each quarter's upper half onto its lower half
+            width //= 2
+            shifted = mask([(j + width) % lanes for j in range(lanes)])
+            folded = builder.fadd(folded, builder.shuffle_vector(folded, folded, shifted))
+        sums = builder.shuffle_vector(folded, folded, mask([0, quarter, 2 * quarter, 3 * quarter]))
+        quad = _quad_type(context, a0)
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], quad)
+        builder.store(sums, pointer, align=context.get_abi_sizeof(quad.element))
+        return context.get_dummy_value()
+
+    return types.none(array, start, a0, a1, a2, a3), codegen

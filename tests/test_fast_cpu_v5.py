@@ -1,5 +1,6 @@
-"""v5 and v6 (channel vectors, ``involution.fast.simd``) against the NumPy reference: the shared cases, channel
-counts that leave partial vectors, rows narrower than a block, non-finite values, thread counts, bounds checks."""
+"""v5 to v7 (channel vectors, ``involution.fast.simd``; v7 adds the kernel gradient) against the NumPy reference:
+the shared cases, channel counts that leave partial vectors, rows narrower than a block, non-finite values, thread
+counts, bounds checks."""
 import os
 import subprocess
 import sys
@@ -28,7 +29,7 @@ V5_CASES = [
     (1, 64, 4, 15, 15, 7, 7, (2, 2), (3, 3), (1, 1)),
 ]
 DTYPES = [np.float32, np.float64]
-CHANNEL_VECTOR_VERSIONS = [5, 6]
+CHANNEL_VECTOR_VERSIONS = [5, 6, 7]
 
 
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
@@ -80,16 +81,22 @@ def test_non_finite_values_propagate_like_the_reference(dtype, version):
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
 def test_bitwise_identical_for_any_thread_count(version):
     numba = pytest.importorskip("numba")
-    x, kernel, _, stride, padding, dilation = make_case(V5_CASES[4], np.float32, seed=5)
+    x, kernel, grad_out, stride, padding, dilation = make_case(V5_CASES[4], np.float32, seed=5)
+
+    def results():
+        return (cpu.involution2d(x, kernel, stride, padding, dilation, version=version),
+                *cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version))
+
     threads = numba.get_num_threads()
-    first = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
+    first = results()
     try:
         numba.set_num_threads(1)
-        single = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
+        single = results()
     finally:
         numba.set_num_threads(threads)
-    assert np.array_equal(first, single), f"v{version} differs between {threads} threads and 1 thread"
-    assert np.array_equal(first, cpu.involution2d(x, kernel, stride, padding, dilation, version=version))
+    for name, a, b, c in zip(("out", "grad_x", "grad_kernel"), first, single, results()):
+        assert np.array_equal(a, b), f"v{version} {name} differs between {threads} threads and 1 thread"
+        assert np.array_equal(a, c), f"v{version} {name} differs between two runs"
 
 
 def test_bands_and_lanes_cover_every_shape():
@@ -109,7 +116,7 @@ def test_bands_and_lanes_cover_every_shape():
 BOUNDSCHECK_SCRIPT = textwrap.dedent("""
     import numba, numpy as np
     from involution.fast import cpu, simd
-    from involution.reference import involution2d
+    from involution.reference import involution2d, involution2d_backward
 
     @numba.njit
     def load_past_end(array):
@@ -127,17 +134,22 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
         out_h = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         out_w = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         kernel = rng.standard_normal((batch, groups, kh, kw, out_h, out_w)).astype(np.float32)
+        grad_out = rng.standard_normal((batch, channels, out_h, out_w)).astype(np.float32)
         expected = involution2d(x.astype(np.float64), kernel.astype(np.float64), stride, padding, dilation)
+        expected_grad = involution2d_backward(grad_out.astype(np.float64), x.astype(np.float64),
+                                              kernel.astype(np.float64), stride, padding, dilation)[1]
         for version in {versions!r}:
             got = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
-            if not np.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            got_grad = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version)[1]
+            if not (np.allclose(got, expected, rtol=1e-4, atol=1e-4)
+                    and np.allclose(got_grad, expected_grad, rtol=1e-4, atol=1e-3)):
                 raise SystemExit(f"v{{version}} differs from the reference, case {{case}}")
     print("ok")
 """)
 
 
 def test_never_reads_out_of_bounds(tmp_path):
-    """v5 and v6 compiled fresh with numba's bounds checks, which then cover their vector loads too."""
+    """v5 to v7 compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
     script = BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES, versions=CHANNEL_VECTOR_VERSIONS)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
