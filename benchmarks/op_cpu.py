@@ -1,17 +1,23 @@
-"""CPU benchmark of the involution op on RedNet-50's layers: fast numba kernels vs NumPy reference vs torch unfold.
+"""CPU benchmark of the involution op on RedNet-50's layers: fast numba kernels beside the NumPy reference, torch
+unfold, the compiled tap loop (``torch.compile`` of :func:`involution.torch.taps.involution2d`) and the same-shape
+depthwise ``conv2d`` (``groups=C``, same kernel size, stride, padding and dilation: the same multiply-adds with
+spatially shared weights, the practical floor for this op).
 
-Every implementation is first checked against the float64 NumPy reference (rounding bounds of
+Every involution implementation is first checked against the float64 NumPy reference (rounding bounds of
 ``involution.conformance.tolerances``), then timed in this one process with one thread count: the median of
-``repeats`` calls after a warm-up, forward and backward (grad_x + grad_kernel), GFLOP/s from
-``Geometry.macs`` (2 FLOPs per multiply-add; backward twice the forward's), and the peak memory a forward
-call adds (resident-set high-water mark, glibc told to unmap every freed block above 64 KiB). The machine's
-ceiling is a NumPy float32 matmul measured in the same run.
+``repeats`` calls after a warm-up, all implementations' calls interleaved round-robin (a shared machine's load
+falls alike on each), forward and backward (grad_x + grad_kernel; for the depthwise conv, grad_x and
+grad_weight), GFLOP/s from ``Geometry.macs`` (2 FLOPs per multiply-add; backward twice the forward's), the
+fraction of a float32 matmul measured in the same run ("sgemm"), and the peak memory a forward call adds
+(resident-set high-water mark, glibc told to unmap every freed block above 64 KiB). Then two robustness checks of
+the fast forward: under load (a process spinning on one core) and after ``fork`` (:mod:`benchmarks.robustness`).
 
 Run: ``python -m involution bench [--quick] [--batch 1 8] [--repeats 5] [--kernel-versions] [--json PATH]``
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import math
 import os
@@ -40,7 +46,7 @@ def median_seconds(call, repeats: int, warmup: int = 1) -> float:
 
 
 def sgemm_gflops(size: int = 1024, repeats: int = 10) -> float:
-    """GFLOP/s of NumPy's float32 ``size x size`` matmul: the machine's practical ceiling."""
+    """GFLOP/s of NumPy's float32 ``size x size`` matmul (2 size^3 FLOPs): the machine's practical ceiling."""
     a, b = (np.random.default_rng(seed).standard_normal((size, size), dtype=np.float32) for seed in (0, 1))
     return 2 * size**3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
 
@@ -104,12 +110,22 @@ def implementations(geometry: Geometry, versions=()) -> dict:
         out = oracle.involution2d(x_leaf, kernel_leaf, *params)
         return tuple(g.numpy() for g in torch.autograd.grad(out, (x_leaf, kernel_leaf), torch.from_numpy(grad_out)))
 
+    def taps_forward(x, kernel):
+        with torch.no_grad():
+            return compiled_taps()(torch.from_numpy(x), torch.from_numpy(kernel), *params).numpy()
+
+    def taps_backward(grad_out, x, kernel):
+        x_leaf, kernel_leaf = (torch.from_numpy(a).requires_grad_() for a in (x, kernel))
+        out = compiled_taps()(x_leaf, kernel_leaf, *params)
+        return tuple(g.numpy() for g in torch.autograd.grad(out, (x_leaf, kernel_leaf), torch.from_numpy(grad_out)))
+
     result = {
         "fast-cpu": (lambda x, k: cpu.involution2d(x, k, *params),
                      lambda go, x, k: cpu.involution2d_backward(go, x, k, *params)),
         "reference": (lambda x, k: involution2d(x, k, *params),
                       lambda go, x, k: involution2d_backward(go, x, k, *params)),
         "unfold": (unfold_forward, unfold_backward),
+        "taps-compiled": (taps_forward, taps_backward),
     }
     for version in versions:
         result[f"fast-cpu v{version}"] = (
@@ -118,23 +134,83 @@ def implementations(geometry: Geometry, versions=()) -> dict:
     return result
 
 
-def time_backward_only(geometry: Geometry, name: str, backward, inputs, repeats: int) -> float:
-    """Median seconds of the backward pass alone; for unfold, autograd's backward of a recorded forward."""
+@functools.cache
+def compiled_taps():
+    """``torch.compile(involution.torch.taps.involution2d, dynamic=False)``: one graph per shape (dynamo's
+    recompile limit raised so that every benchmarked shape gets its own, never the eager fallback; donated
+    buffers off, so that its backward can be timed repeatedly on one recorded graph, ``retain_graph=True``)."""
+    import torch
+    import torch._dynamo
+    import torch._functorch.config
+
+    from involution.torch import taps
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._functorch.config.donated_buffer = False
+    return torch.compile(taps.involution2d, dynamic=False)
+
+
+AUTOGRAD_BACKWARDS = {"unfold": "oracle", "taps-compiled": "taps"}  # timed as autograd's backward of one forward
+
+
+def backward_call(geometry: Geometry, name: str, backward, inputs):
+    """A zero-argument call of the backward pass alone; for the torch formulations, autograd's backward of a
+    forward recorded once (``retain_graph``), so that the forward is not counted."""
     grad_out, x, kernel = inputs
-    if name != "unfold":
-        return median_seconds(lambda: backward(grad_out, x, kernel), repeats)
+    if name not in AUTOGRAD_BACKWARDS:
+        return lambda: backward(grad_out, x, kernel)
     import torch
 
     from involution.conformance import oracle
 
+    forward = oracle.involution2d if name == "unfold" else compiled_taps()
     x_leaf, kernel_leaf = (torch.from_numpy(a).requires_grad_() for a in (x, kernel))
-    out = oracle.involution2d(x_leaf, kernel_leaf, geometry.stride, geometry.padding, geometry.dilation)
+    out = forward(x_leaf, kernel_leaf, geometry.stride, geometry.padding, geometry.dilation)
     grad = torch.from_numpy(grad_out)
-    return median_seconds(lambda: torch.autograd.grad(out, (x_leaf, kernel_leaf), grad, retain_graph=True), repeats)
+    return lambda: torch.autograd.grad(out, (x_leaf, kernel_leaf), grad, retain_graph=True)
 
 
-def bench_layer(layer, batch: int, repeats: int, versions=(), measure_memory: bool = True) -> dict:
-    """Validate, then time every implementation on one layer at ``batch``; one JSON-ready row."""
+def depthwise_conv_calls(geometry: Geometry, x, grad_out):
+    """``(forward, backward)`` zero-argument calls of ``torch.nn.functional.conv2d`` with ``groups=C`` and the
+    layer's kernel size, stride, padding and dilation (backward: grad_x and grad_weight of one recorded forward):
+    the same multiply-adds as the involution with one weight per channel and tap instead of one per group, tap
+    and position."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = torch.randn(geometry.channels, 1, geometry.kernel_h, geometry.kernel_w,
+                         generator=torch.Generator().manual_seed(0))
+    params = dict(stride=geometry.stride, padding=geometry.padding, dilation=geometry.dilation,
+                  groups=geometry.channels)
+    x_tensor = torch.from_numpy(x)
+
+    def forward():
+        with torch.no_grad():
+            return F.conv2d(x_tensor, weight, **params)
+
+    x_leaf, weight_leaf = x_tensor.clone().requires_grad_(), weight.clone().requires_grad_()
+    out = F.conv2d(x_leaf, weight_leaf, **params)
+    grad = torch.from_numpy(grad_out)
+    return forward, lambda: torch.autograd.grad(out, (x_leaf, weight_leaf), grad, retain_graph=True)
+
+
+def interleaved_medians(calls: dict, counts: dict) -> dict:
+    """name -> median seconds of ``calls[name]()`` over ``counts[name]`` calls, timed round-robin after one warm-up
+    round (one call of each per round), so that a shared machine's load falls alike on every implementation."""
+    for call in calls.values():
+        call()
+    times = {name: [] for name in calls}
+    for round_index in range(max(counts.values())):
+        for name, call in calls.items():
+            if round_index < counts[name]:
+                started = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_layer(layer, batch: int, repeats: int, sgemm: float, versions=(), measure_memory: bool = True) -> dict:
+    """Validate, then time every implementation on one layer at ``batch``, interleaved; one JSON-ready row."""
     geometry = layer_geometry(layer, batch)
     x, kernel, grad_out = random_inputs(geometry, np.float32, seed=batch)
     impls = implementations(geometry, versions)
@@ -142,41 +218,53 @@ def bench_layer(layer, batch: int, repeats: int, versions=(), measure_memory: bo
     row = {"layer": layer_name(layer), "batch": batch, "macs": geometry.macs,
            "input_bytes": x.nbytes, "output_bytes": x.itemsize * math.prod(geometry.out_shape),
            "kernel_bytes": kernel.nbytes}
+    calls, counts = {}, {}
     slow_repeats = max(1, repeats // 3)  # the NumPy reference takes up to seconds per call
     for name, (forward, backward) in impls.items():
-        count = slow_repeats if name == "reference" or name == "fast-cpu v1" else repeats
-        forward_s = median_seconds(lambda: forward(x, kernel), count)
-        backward_s = time_backward_only(geometry, name, backward, (grad_out, x, kernel), count)
-        row[name] = {"forward_ms": 1e3 * forward_s, "backward_ms": 1e3 * backward_s,
-                     "forward_gflops": 2 * geometry.macs / forward_s / 1e9,
-                     "backward_gflops": 4 * geometry.macs / backward_s / 1e9}
-        if measure_memory:
-            row[name]["forward_peak_extra_bytes"] = peak_extra_bytes(lambda: forward(x, kernel))
-    for name in ("reference", "unfold"):
+        calls[name, "forward"] = lambda forward=forward: forward(x, kernel)
+        calls[name, "backward"] = backward_call(geometry, name, backward, (grad_out, x, kernel))
+        counts[name, "forward"] = counts[name, "backward"] = (
+            slow_repeats if name in ("reference", "fast-cpu v1") else repeats)
+    calls["depthwise-conv", "forward"], calls["depthwise-conv", "backward"] = depthwise_conv_calls(geometry, x,
+                                                                                                   grad_out)
+    counts["depthwise-conv", "forward"] = counts["depthwise-conv", "backward"] = repeats
+    seconds = interleaved_medians(calls, counts)
+    for name in (*impls, "depthwise-conv"):
+        row[name] = rates(geometry, 1e3 * seconds[name, "forward"], 1e3 * seconds[name, "backward"], sgemm)
+        if measure_memory and name in impls:
+            row[name]["forward_peak_extra_bytes"] = peak_extra_bytes(lambda: impls[name][0](x, kernel))
+    for name in ("reference", "unfold", "taps-compiled", "depthwise-conv"):
         for direction in ("forward", "backward"):
             row[f"{direction}_speedup_vs_{name}"] = row[name][f"{direction}_ms"] / row["fast-cpu"][f"{direction}_ms"]
     return row
 
 
-def geometric_mean(values) -> float:
-    values = list(values)
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+def rates(geometry: Geometry, forward_ms: float, backward_ms: float, sgemm: float) -> dict:
+    """Milliseconds, GFLOP/s (forward ``2 * macs``, backward twice that) and their fractions of ``sgemm``."""
+    forward_gflops, backward_gflops = 2 * geometry.macs / forward_ms / 1e6, 4 * geometry.macs / backward_ms / 1e6
+    return {"forward_ms": forward_ms, "backward_ms": backward_ms, "forward_gflops": forward_gflops,
+            "backward_gflops": backward_gflops, "forward_fraction_of_sgemm": forward_gflops / sgemm,
+            "backward_fraction_of_sgemm": backward_gflops / sgemm}
+
+
+COMPARED = ("unfold", "reference", "taps-compiled", "depthwise-conv")
 
 
 def summarize(rows: list[dict], sgemm: float) -> dict:
-    """Per batch: geometric means of the speedups and of the fast forward's GFLOP/s, and the memory check."""
+    """Per batch: geometric means over the layers of the speedups (other's time / fast time) and of the fast
+    GFLOP/s, the smallest speedup over the compiled tap loop, and the memory check."""
     summary = {}
     for batch in sorted({row["batch"] for row in rows}):
         chosen = [row for row in rows if row["batch"] == batch]
-        forward_gflops = geometric_mean(row["fast-cpu"]["forward_gflops"] for row in chosen)
+        forward_gflops = statistics.geometric_mean(row["fast-cpu"]["forward_gflops"] for row in chosen)
         summary[f"batch {batch}"] = {
-            "forward_speedup_vs_unfold": geometric_mean(row["forward_speedup_vs_unfold"] for row in chosen),
-            "backward_speedup_vs_unfold": geometric_mean(row["backward_speedup_vs_unfold"] for row in chosen),
-            "forward_speedup_vs_reference": geometric_mean(row["forward_speedup_vs_reference"] for row in chosen),
-            "backward_speedup_vs_reference": geometric_mean(row["backward_speedup_vs_reference"] for row in chosen),
+            **{f"{direction}_speedup_vs_{name}": statistics.geometric_mean(
+                row[f"{direction}_speedup_vs_{name}"] for row in chosen)
+               for name in COMPARED for direction in ("forward", "backward")},
+            "forward_min_speedup_vs_taps-compiled": min(row["forward_speedup_vs_taps-compiled"] for row in chosen),
             "forward_gflops": forward_gflops,
             "forward_fraction_of_sgemm": forward_gflops / sgemm,
-            "backward_gflops": geometric_mean(row["fast-cpu"]["backward_gflops"] for row in chosen),
+            "backward_gflops": statistics.geometric_mean(row["fast-cpu"]["backward_gflops"] for row in chosen),
             "forward_memory_within_input_plus_output": all(
                 row["fast-cpu"].get("forward_peak_extra_bytes") is not None
                 and row["fast-cpu"]["forward_peak_extra_bytes"] <= row["input_bytes"] + row["output_bytes"]
@@ -190,26 +278,31 @@ def _mib(value) -> str:
 
 
 def format_rows(rows: list[dict], versions=()) -> str:
-    """The per-layer table: milliseconds, GFLOP/s, speedups and forward peak memory (MiB)."""
-    header = (f"{'layer':>14s} {'B':>2s} | {'fwd ms':>7s} {'GF/s':>5s} {'ref':>8s} {'unfold':>8s} {'x ref':>6s} "
-              f"{'x unf':>5s} | {'bwd ms':>7s} {'GF/s':>5s} {'ref':>8s} {'unfold':>8s} {'x ref':>6s} {'x unf':>5s} | "
-              f"{'in+out':>6s} {'fast':>5s} {'unf':>6s} MiB")
+    """The per-layer table: the fast op's milliseconds, GFLOP/s and % of sgemm, then each other implementation's
+    milliseconds and "x" = its time / fast time (above 1: fast is faster; for the depthwise conv, the floor, at
+    most about 1); forward peak memory (MiB)."""
+    others = (("taps", "taps-compiled"), ("dw", "depthwise-conv"), ("unf", "unfold"), ("ref", "reference"))
+    header = (f"{'layer':>14s} {'B':>2s} | " + " | ".join(
+        f"{way + ' ms':>7s} {'GF/s':>5s} {'%sg':>3s} " + " ".join(f"{short:>7s} {'x':>5s}" for short, _ in others)
+        for way in ("fwd", "bwd")) + f" | {'in+out':>6s} {'fast':>5s} {'unf':>6s} MiB")
     lines = [header, "-" * len(header)]
     for row in rows:
-        fast, ref, unfold = row["fast-cpu"], row["reference"], row["unfold"]
+        fast = row["fast-cpu"]
         cells = [f"{row['layer']:>14s} {row['batch']:>2d} |"]
         for way in ("forward", "backward"):
-            cells.append(f"{fast[way + '_ms']:7.2f} {fast[way + '_gflops']:5.1f} {ref[way + '_ms']:8.1f} "
-                         f"{unfold[way + '_ms']:8.1f} {row[way + '_speedup_vs_reference']:6.0f} "
-                         f"{row[way + '_speedup_vs_unfold']:5.1f} |")
-        fast_peak, unfold_peak = fast.get("forward_peak_extra_bytes"), unfold.get("forward_peak_extra_bytes")
+            cells.append(f"{fast[way + '_ms']:7.2f} {fast[way + '_gflops']:5.1f} "
+                         f"{100 * fast[way + '_fraction_of_sgemm']:3.0f}")
+            cells.extend(f"{row[name][way + '_ms']:7.2f} {row[f'{way}_speedup_vs_{name}']:5.2f}" for _, name in others)
+            cells.append("|")
+        fast_peak, unfold_peak = fast.get("forward_peak_extra_bytes"), row["unfold"].get("forward_peak_extra_bytes")
         cells.append(f"{_mib(row['input_bytes'] + row['output_bytes']):>6s} {_mib(fast_peak):>5s} "
                      f"{_mib(unfold_peak):>6s}")
         lines.append(" ".join(cells))
         for version in versions:
             timing = row[f"fast-cpu v{version}"]
             lines.append(f"{'v' + str(version):>17s} | {timing['forward_ms']:7.2f} {timing['forward_gflops']:5.1f} "
-                         f"{'':30s}| {timing['backward_ms']:7.2f} {timing['backward_gflops']:5.1f}")
+                         f"{100 * timing['forward_fraction_of_sgemm']:3.0f} {'':55s}| {timing['backward_ms']:7.2f} "
+                         f"{timing['backward_gflops']:5.1f} {100 * timing['backward_fraction_of_sgemm']:3.0f}")
     return "\n".join(lines)
 
 
@@ -230,18 +323,28 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), log=print) -> dict:
-    """Validate and time every layer at every batch size; return rows, summary, sgemm and machine."""
+def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), robustness_checks: bool = True,
+        log=print) -> dict:
+    """Validate and time every layer at every batch size, then (``robustness_checks``) the under-load and fork
+    checks of the fast forward; return rows, summary, sgemm, machine and the checks."""
     import numba
     import torch
+
+    from involution.benchmarks import robustness
 
     torch.set_num_threads(numba.get_num_threads())  # same thread count for every implementation
     unmap_freed_memory()
     sgemm = sgemm_gflops()
-    log(f"numpy float32 matmul 1024^3: {sgemm:.1f} GFLOP/s (this run's ceiling)")
+    log(f"numpy float32 matmul 1024^3: {sgemm:.1f} GFLOP/s (this run's ceiling; %sg below is a fraction of it)")
     rows = []
     for batch in batches:
         for layer in layers:
-            rows.append(bench_layer(layer, batch, repeats, versions))
+            rows.append(bench_layer(layer, batch, repeats, sgemm, versions))
             log("\n".join(format_rows(rows[-1:], versions).splitlines()[2:]))
-    return {"machine": machine(), "sgemm_gflops": sgemm, "rows": rows, "summary": summarize(rows, sgemm)}
+    result = {"machine": machine(), "load_average": os.getloadavg(), "sgemm_gflops": sgemm, "rows": rows,
+              "summary": summarize(rows, sgemm)}
+    if robustness_checks:
+        result["under_load"] = robustness.under_load(layers, log=log)
+        result["threads"] = robustness.threads_check(log=log)
+        result["fork"] = robustness.fork_check(log=log)
+    return result

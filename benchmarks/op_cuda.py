@@ -7,7 +7,7 @@ and write at least). v1 follows the official CUDA kernel's strategy (one thread 
 CuPy port of that kernel is not part of this benchmark. Without a CUDA GPU (or under numba's simulator)
 it exits with status 2 and one line on stderr.
 
-Run: ``python -m involution bench --backend cuda [--batch 32 1] [--dtype float32] [--json results.json]``
+Run: ``python -m involution bench --backend fast-cuda [--batch 32 1] [--dtype float32] [--json results.json]``
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from involution.arguments import int_at_least, output_file, positive_int
 from involution.benchmarks.layers import REDNET_LAYERS, Layer, layer_geometry, layer_name, random_inputs
 from involution.spec import Geometry
 
@@ -32,18 +33,18 @@ def traffic_bytes(geometry: Geometry, itemsize: int, direction: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options on ``parser``."""
-    parser.add_argument("--batch", type=int, nargs="+", default=[32, 1], help="batch sizes (default 32 1)")
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=[32, 1], help="batch sizes (default 32 1)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="default float32")
-    parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls per measurement (default 20)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed calls first (default 3)")
+    parser.add_argument("--json", metavar="PATH", type=output_file, help="also write the results as JSON to PATH")
     parser.add_argument("--plan", action="store_true",
                         help="print each layer's v2 launch plan, MACs and minimum traffic (no GPU needed) and exit")
 
 
 def main(argv=None) -> int:
     """Parse ``argv``, check for a GPU, validate and time every layer; return the exit status."""
-    parser = argparse.ArgumentParser(prog="involution bench --backend cuda", description=__doc__)
+    parser = argparse.ArgumentParser(prog="involution bench --backend fast-cuda", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
@@ -55,7 +56,7 @@ def run(args) -> int:
         return 0
     missing = _no_gpu_reason()
     if missing:
-        print(f"involution bench --backend cuda: no CUDA GPU is available: {missing}", file=sys.stderr)
+        print(f"involution bench --backend fast-cuda: no CUDA GPU is available: {missing}", file=sys.stderr)
         return 2
     import torch
     from numba import cuda

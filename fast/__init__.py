@@ -1,5 +1,5 @@
-"""Fast backends: numba CPU kernels (``involution.fast.cpu``), numba.cuda kernels (``involution.fast.cuda``) and
-the torch bridge (``involution.fast.torch_ops``). Import the submodule you need; this package imports nothing
+"""Fast backends: numba CPU kernels (``involution.fast.cpu``) and numba.cuda kernels (``involution.fast.cuda``);
+``involution.torch.ops`` makes them a torch op. Import the submodule you need; this package imports nothing
 heavy, so ``import involution.fast`` stays cheap.
 
 Both kernel backends share one dispatch convention: ``choose_version(name, geometry)`` picks the numbered

@@ -25,10 +25,11 @@ from .runtime import call_guard
 
 KINDS = ("forward", "grad_x", "grad_kernel")
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
-VERSIONS = (1, 2, 3, 4)
-# v4 (kernel rows in registers) for the forward; v3 (wide rows) for the gradients but grad_x on output rows
-# narrower than 8, where v3's padded wide rows are mostly padding and v2 (row-wise) wins (see
-# docs/performance.md, --kernel-versions). v4's gradients are v3's.
+VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+# v6 (channel vectors) for the forward where cpu_kernels.fits_v5, else v4 (kernel rows in registers); v7 (channel
+# vectors) for grad_kernel there too on rows of 4 or more outputs, else v3 (wide rows); v3 for grad_x but on output
+# rows narrower than 8, where v3's padded wide rows are mostly padding and v2 (row-wise) wins (see
+# docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's; v7's forward is v6's.
 NARROW_OUTPUT = 8
 # v3 and v4 copy the input per stride phase into wide rows: their scratch (all threads) may be at most this
 # many times the elements of the op's arrays (x, kernel and the output), plus SCRATCH_SLACK per thread for
@@ -41,12 +42,18 @@ SCRATCH_SLACK = 4096
 def choose_version(name: str, geometry: Geometry) -> int:
     """The version of kernel ``name`` ("forward", "grad_x", "grad_kernel") that runs for ``geometry``.
 
-    The fastest one measured (v4 forward, v3 gradients, v2 grad_x on narrow outputs) among those whose
-    scratch fits (:func:`scratch_elements`); v4 only for kernel rows up to ``cpu_kernels.MAX_ROW_TAPS`` taps.
+    The fastest one measured (docs/performance.md): the channel-vector kernels (v6 forward, v7 grad_kernel on rows
+    of at least ``cpu_kernels.POSITIONS`` outputs) where ``cpu_kernels.fits_v5``; else v4 forward (kernel rows up to
+    ``cpu_kernels.MAX_ROW_TAPS`` taps, v3 beyond), v3 gradients and v2 grad_x on narrow outputs, among those whose
+    scratch fits (:func:`scratch_elements`), else v2, which needs none.
     """
     _check_kind(name)
     if name == "forward":
+        if cpu_kernels.fits_v5(geometry):
+            return 6
         preferred = 4 if geometry.kernel_w <= cpu_kernels.MAX_ROW_TAPS else 3
+    elif name == "grad_kernel" and cpu_kernels.fits_v5(geometry) and geometry.out_w >= cpu_kernels.POSITIONS:
+        return 7
     else:
         preferred = 2 if name == "grad_x" and geometry.out_w < NARROW_OUTPUT else 3
     return preferred if preferred < 3 or scratch_fits(name, preferred, geometry) else 2
@@ -102,20 +109,33 @@ def _scratch_fits(name: str, version: int, geometry: Geometry, workers: int) -> 
     return scratch_elements(name, version, geometry, workers) <= SCRATCH_RATIO * arrays + SCRATCH_SLACK * workers
 
 
+def introduced(name: str, version: int) -> int:
+    """The version whose code ``<name>_v<version>`` runs: a version that changes only some kernels reuses the
+    others (``grad_x_v4`` is ``grad_x_v3``), so its limits are theirs."""
+    kernel = getattr(cpu_kernels, f"{name}_v{version}")
+    return min(number for number in VERSIONS if getattr(cpu_kernels, f"{name}_v{number}") is kernel)
+
+
 def check_version(name: str, version: int | None, geometry: Geometry) -> int:
     """``version`` if kernel ``name`` can run it on ``geometry``, :func:`choose_version` for None; else ValueError."""
     if version is None:
         return choose_version(name, geometry)
     if isinstance(version, bool) or version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS} or None, got {version!r}")
-    if name == "forward" and version == 4 and geometry.kernel_w > cpu_kernels.MAX_ROW_TAPS:
-        raise ValueError(f"version 4 unrolls kernel rows of up to {cpu_kernels.MAX_ROW_TAPS} taps, got Kw="
-                         f"{geometry.kernel_w}; use version=None (picks {choose_version(name, geometry)}) or 1-3")
-    if version >= 3 and not scratch_fits(name, version, geometry):
-        raise ValueError(f"version {version} of {name} would need {scratch_elements(name, version, geometry)} scratch "
+    code = introduced(name, version)
+    advice = f"use version=None (picks {choose_version(name, geometry)})"
+    if name == "forward" and code == 4 and geometry.kernel_w > cpu_kernels.MAX_ROW_TAPS:
+        raise ValueError(f"version {version} unrolls kernel rows of up to {cpu_kernels.MAX_ROW_TAPS} taps, got Kw="
+                         f"{geometry.kernel_w}; {advice} or 1-3")
+    if code in (3, 4) and not scratch_fits(name, code, geometry):
+        raise ValueError(f"version {version} of {name} would need {scratch_elements(name, code, geometry)} scratch "
                          f"elements for stride {geometry.stride}, dilation {geometry.dilation} and output "
-                         f"{geometry.out_h}x{geometry.out_w}, more than {SCRATCH_RATIO}x the arrays; use version=None "
-                         f"(picks {choose_version(name, geometry)}) or 1-2")
+                         f"{geometry.out_h}x{geometry.out_w}, more than {SCRATCH_RATIO}x the arrays; {advice} or 1-2")
+    if code >= 5 and not cpu_kernels.fits_v5(geometry):
+        raise ValueError(f"version {version} of {name} (channel vectors) needs cpu_kernels.fits_v5: at least half a "
+                         f"vector of channels per group and no stride or dilation that skips most of the input, got "
+                         f"{geometry.group_channels} channels per group, stride {geometry.stride}, dilation "
+                         f"{geometry.dilation}; {advice}")
     return version
 
 

@@ -570,3 +570,361 @@ def forward_v4(x, kernel, out, sh, sw, ph, pw, dh, dw):
 
 
 grad_x_v4, grad_kernel_v4 = grad_x_v3, grad_kernel_v3  # v4 changes only the forward
+
+
+# ---------------------------------------- v5: channels-last group copies, channel vectors held in registers
+# v3 and v4 vectorise along output positions and spend 37-72% of their time building stride-phase and wide
+# kernel copies. v5 vectorises along channels instead: per (b, g, block of LANES channels, band of output rows),
+# one pass copies the band's padded input rows channels-last, S[r, q, l] = x_pad[c0 + l, y0 + r, q]; then every
+# output position is one ``simd.Vector`` of its LANES channels, and tap (u, v) is one kernel value broadcast
+# against one vector load, multiply-added in a register. POSITIONS consecutive output positions (flat over the
+# band, so rows of 7 leave no tail) are accumulated at once in local vectors, which LLVM keeps in registers.
+# The kernel is read where it lies: the POSITIONS values of a tap are consecutive. Scratch: one channels-last
+# band per thread (``numba.get_thread_id``), bounded by SCRATCH_ELEMENTS; units are scheduled one at a time
+# (parallel chunk size 1), so a descheduled thread holds up at most one unit. Same summation order as v1-v4.
+from . import simd  # noqa: E402  (v5's vocabulary, kept in its own section)
+
+POSITIONS = 4  # output positions accumulated together: 4 independent multiply-add chains per tap
+SCRATCH_ELEMENTS = 1 << 15  # a channels-last band per thread: 128 KiB of float32, inside L2
+UNITS_PER_THREAD = 8  # aim for this many units per thread, so that dynamic scheduling can balance them
+
+
+@numba.njit(inline="always", cache=True)
+def load_channels_last(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
+    """``scratch[start + (r*wide + q)*lanes + l] = x[c0 + l, y0 + r, q - pw]`` for ``l < valid``; zero in the
+    padding, past the image and in lanes ``l >= valid``."""
+    row_length = wide * lanes
+    inside_lo = min(pw, wide)
+    inside_hi = max(inside_lo, min(wide, width + pw))
+    for r in range(rows):
+        y = y0 + r
+        row_start = start + r * row_length
+        if y < 0 or y >= height:
+            scratch[row_start:row_start + row_length] = 0
+            continue
+        scratch[row_start:row_start + inside_lo * lanes] = 0
+        scratch[row_start + inside_hi * lanes:row_start + row_length] = 0
+        for l in range(lanes):
+            if l < valid:
+                source = ((c0 + l) * height + y) * width - pw
+                for q in range(inside_lo, inside_hi):
+                    scratch[numba.uint64(row_start + q * lanes + l)] = x_flat[numba.uint64(source + q)]
+            else:
+                for q in range(inside_lo, inside_hi):
+                    scratch[numba.uint64(row_start + q * lanes + l)] = 0
+
+
+@numba.njit(inline="always", cache=True)
+def multiply_add_taps_four(kernel_flat, kernel_start, plane, scratch, start, position_step, kernel_h, kernel_w,
+                           row_step, column_step, lanes):
+    """Four consecutive output positions' channel vectors: ``sum_{u,v} kernel[kernel_start + (u*Kw + v)*plane + p]
+    * scratch[start + p*position_step + u*row_step + v*column_step : ... + lanes]`` for ``p < 4``."""
+    a0 = a1 = a2 = a3 = simd.zeros(scratch, lanes)
+    for u in range(kernel_h):
+        for v in range(kernel_w):
+            k = kernel_start + (u * kernel_w + v) * plane
+            x = start + u * row_step + v * column_step
+            a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), simd.load(scratch, x, lanes), a0)
+            a1 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 1)], lanes),
+                                   simd.load(scratch, x + position_step, lanes), a1)
+            a2 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 2)], lanes),
+                                   simd.load(scratch, x + 2 * position_step, lanes), a2)
+            a3 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 3)], lanes),
+                                   simd.load(scratch, x + 3 * position_step, lanes), a3)
+    return a0, a1, a2, a3
+
+
+@numba.njit(inline="always", cache=True)
+def multiply_add_taps_one(kernel_flat, kernel_start, plane, scratch, start, kernel_h, kernel_w, row_step,
+                          column_step, lanes):
+    """``multiply_add_taps_four`` for one position: rows narrower than a block."""
+    a0 = simd.zeros(scratch, lanes)
+    for u in range(kernel_h):
+        for v in range(kernel_w):
+            weight = kernel_flat[numba.uint64(kernel_start + (u * kernel_w + v) * plane)]
+            a0 = simd.multiply_add(simd.splat(weight, lanes),
+                                   simd.load(scratch, start + u * row_step + v * column_step, lanes), a0)
+    return a0
+
+
+@jit
+def forward_channels_v5(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band):
+    """``forward_v5`` for ``lanes`` (a ``simd.Lanes``: channels per vector) and ``band`` output rows per unit;
+    ``threads`` must be ``numba.get_num_threads()``: one scratch slot per thread id."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    group_channels = channels // groups
+    lane_count = simd.count(lanes)  # channels per vector
+    blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1  # padded input columns the taps read
+    slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count
+    plane, taps = out_h * out_w, kernel_h * kernel_w
+    x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
+    scratch = np.empty(threads * slot, x.dtype)
+    units = batch * groups * blocks * bands
+    for unit in prange(units):
+        start = numba.get_thread_id() * slot
+        image, block, i0 = unit // (blocks * bands), unit // bands % blocks, unit % bands * band
+        b, g = image // groups, image % groups
+        rows = min(band, out_h - i0)
+        c0 = b * channels + g * group_channels + block * lane_count  # flat (b, c) of the block's first channel
+        valid = min(lane_count, group_channels - block * lane_count)
+        load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, i0 * sh - ph,
+                           (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
+        for i in range(i0, i0 + rows):
+            kernel_row = (b * groups + g) * taps * plane + i * out_w  # tap 0 of output row i
+            scratch_row = start + (i - i0) * sh * wide * lane_count
+            if out_w < POSITIONS:  # too narrow for a block: one position at a time
+                for j in range(out_w):
+                    a0 = multiply_add_taps_one(kernel_flat, kernel_row + j, plane, scratch,
+                                               scratch_row + j * sw * lane_count, kernel_h, kernel_w,
+                                               dh * wide * lane_count, dw * lane_count, lanes)
+                    for l in range(valid):
+                        out_flat[numba.uint64((c0 + l) * plane + i * out_w + j)] = simd.lane(a0, l)
+                continue
+            for j in range(0, out_w, POSITIONS):
+                # a row's last block ends at out_w, overlapping the one before (same values, stored twice)
+                j = min(j, out_w - POSITIONS)
+                a0, a1, a2, a3 = multiply_add_taps_four(
+                    kernel_flat, kernel_row + j, plane, scratch, scratch_row + j * sw * lane_count,
+                    sw * lane_count, kernel_h, kernel_w, dh * wide * lane_count, dw * lane_count, lanes)
+                target = c0 * plane + i * out_w + j
+                for l in range(valid):
+                    out_flat[numba.uint64(target + l * plane)] = simd.lane(a0, l)
+                    out_flat[numba.uint64(target + l * plane + 1)] = simd.lane(a1, l)
+                    out_flat[numba.uint64(target + l * plane + 2)] = simd.lane(a2, l)
+                    out_flat[numba.uint64(target + l * plane + 3)] = simd.lane(a3, l)
+
+
+def lanes_v5(group_channels: int, dtype) -> int:
+    """Channels per vector: the group's channels rounded up to a 32-byte register, at most 64 bytes."""
+    per_register = 32 // np.dtype(dtype).itemsize
+    return per_register if group_channels <= per_register else 2 * per_register
+
+
+def band_v5(batch, groups, group_channels, lanes, out_h, wide, kernel_h, sh, dh, workers) -> int:
+    """Output rows per unit: about UNITS_PER_THREAD units per thread, scratch within SCRATCH_ELEMENTS."""
+    blocks = (group_channels + lanes - 1) // lanes
+    by_memory = max(1, (SCRATCH_ELEMENTS // (wide * lanes) - (kernel_h - 1) * dh - 1) // sh + 1)
+    bands_wanted = -(-UNITS_PER_THREAD * workers // (batch * groups * blocks))
+    return max(1, min(by_memory, -(-out_h // bands_wanted)))
+
+
+def fits_v5(geometry) -> bool:
+    """Whether v5 suits ``geometry``: at least half of each float32 vector's lanes hold channels (float64 vectors
+    have half as many lanes), and a one-row band's
+    scratch holds at most 4x the input values that row's taps read (huge strides or dilations skip most of the
+    padded input, which v5 would copy)."""
+    (sh, sw), (dh, dw) = geometry.stride, geometry.dilation
+    rows_in, wide = (geometry.kernel_h - 1) * dh + 1, (geometry.out_w - 1) * sw + (geometry.kernel_w - 1) * dw + 1
+    return (2 * geometry.group_channels > lanes_v5(geometry.group_channels, np.float32)
+            and rows_in * wide <= 4 * geometry.kernel_h * geometry.kernel_w * geometry.out_w)
+
+
+def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
+    """Channel vectors: per (b, g, channel block, band), a channels-last input copy, then each output position's
+    channels accumulate in one register, POSITIONS positions at a time."""
+    workers = numba.get_num_threads()
+    batch, channels = x.shape[:2]
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    lanes = lanes_v5(channels // groups, x.dtype)
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    band = band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+    with numba.parallel_chunksize(1):  # units one at a time to whichever thread is free
+        forward_channels_v5(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
+
+
+grad_x_v5, grad_kernel_v5 = grad_x_v3, grad_kernel_v3  # v5 changes only the forward (so far)
+
+
+# ------------------------------------------------------ v6: v5 with its layout changes shuffled in registers
+# v5 moves every value between the channels-first arrays and its channels-last scratch one scalar at a time: an
+# extract and a store per output value, a load and a store per input value, as many instructions as its
+# multiply-adds on 7x7 taps (more on 3x3 and stride 2). v6 moves four columns of ``lanes`` channels at once:
+# ``simd.load_columns`` reads 4 consecutive input columns of each channel and shuffles them into 4 channel
+# vectors, ``simd.store_columns`` shuffles 4 positions' channel vectors back into runs of 4 outputs per channel.
+# Rows narrower than 4 columns fall back to v5's scalar copy. Same arithmetic, so results are bitwise v5's.
+
+
+@numba.njit(inline="always", cache=True)
+def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
+    """``load_channels_last`` four columns at a time, transposed in registers."""
+    lane_count = simd.count(lanes)
+    row_length = wide * lane_count
+    inside_lo = min(pw, wide)
+    inside_hi = max(inside_lo, min(wide, width + pw))
+    if inside_hi - inside_lo < 4:
+        load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, y0, rows, wide, pw)
+        return
+    for r in range(rows):
+        y = y0 + r
+        row_start = start + r * row_length
+        if y < 0 or y >= height:
+            scratch[row_start:row_start + row_length] = 0
+            continue
+        scratch[row_start:row_start + inside_lo * lane_count] = 0
+        scratch[row_start + inside_hi * lane_count:row_start + row_length] = 0
+        source = (c0 * height + y) * width - pw
+        for q in range(inside_lo, inside_hi, 4):
+            q = min(q, inside_hi - 4)  # the last four end at the row's end, overlapping (same values)
+            p0, p1, p2, p3 = simd.load_columns(x_flat, source + q, height * width, valid, lanes)
+            target = row_start + q * lane_count
+            simd.store(scratch, target, p0)
+            simd.store(scratch, target + lane_count, p1)
+            simd.store(scratch, target + 2 * lane_count, p2)
+            simd.store(scratch, target + 3 * lane_count, p3)
+
+
+@jit
+def forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band):
+    """``forward_channels_v5`` with ``load_channels_last_v6`` and ``simd.store_columns``."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    group_channels = channels // groups
+    lane_count = simd.count(lanes)
+    blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count
+    plane, taps = out_h * out_w, kernel_h * kernel_w
+    x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
+    scratch = np.empty(threads * slot, x.dtype)
+    units = batch * groups * blocks * bands
+    for unit in prange(units):
+        start = numba.get_thread_id() * slot
+        image, block, i0 = unit // (blocks * bands), unit // bands % blocks, unit % bands * band
+        b, g = image // groups, image % groups
+        rows = min(band, out_h - i0)
+        c0 = b * channels + g * group_channels + block * lane_count
+        valid = min(lane_count, group_channels - block * lane_count)
+        load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
+                              (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
+        for i in range(i0, i0 + rows):
+            kernel_row = (b * groups + g) * taps * plane + i * out_w
+            scratch_row = start + (i - i0) * sh * wide * lane_count
+            if out_w < POSITIONS:
+                for j in range(out_w):
+                    a0 = multiply_add_taps_one(kernel_flat, kernel_row + j, plane, scratch,
+                                               scratch_row + j * sw * lane_count, kernel_h, kernel_w,
+                                               dh * wide * lane_count, dw * lane_count, lanes)
+                    for l in range(valid):
+                        out_flat[numba.uint64((c0 + l) * plane + i * out_w + j)] = simd.lane(a0, l)
+                continue
+            for j in range(0, out_w, POSITIONS):
+                j = min(j, out_w - POSITIONS)
+                a0, a1, a2, a3 = multiply_add_taps_four(
+                    kernel_flat, kernel_row + j, plane, scratch, scratch_row + j * sw * lane_count,
+                    sw * lane_count, kernel_h, kernel_w, dh * wide * lane_count, dw * lane_count, lanes)
+                simd.store_columns(out_flat, c0 * plane + i * out_w + j, plane, valid, a0, a1, a2, a3)
+
+
+def forward_v6(x, kernel, out, sh, sw, ph, pw, dh, dw):
+    """Channel vectors with layout changes in registers: v5's plan, four columns per shuffle."""
+    workers = numba.get_num_threads()
+    batch, channels = x.shape[:2]
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    lanes = lanes_v5(channels // groups, x.dtype)
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    band = band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+    with numba.parallel_chunksize(1):
+        forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes),
+                            band)
+
+
+grad_x_v6, grad_kernel_v6 = grad_x_v3, grad_kernel_v3
+
+
+# ------------------------------------------------ v7: the kernel gradient with channel vectors, v6's forward
+# grad_kernel[b, g, u, v, i, j] = sum_c grad_out[c, i, j] * x_pad[c, i*sh + u*dh, j*sw + v*dw] is a sum over the
+# group's channels: with channels in vector lanes it is one vector multiply per (tap, position) and one horizontal
+# sum. v7 copies, per (b, g, band), the band's padded input (as v6) and its grad_out rows channels-last, then for
+# four consecutive positions of a row and each tap multiplies the positions' grad_out vectors (held in registers
+# across the taps when the group fits one vector) by their input vectors, adding channel blocks, and reduces the
+# four products at once (``simd.store_sums``: shuffles across the four vectors, 4 consecutive results stored).
+# The channel sum is a tree, not v3's sequence: results differ from v3's by rounding.
+
+
+@jit
+def grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, threads, lanes, band):
+    """``grad_kernel_v7`` for ``lanes`` (a ``simd.Lanes``) and ``band`` output rows per unit; ``threads`` must be
+    ``numba.get_num_threads()``."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
+    group_channels = channels // groups
+    lane_count = simd.count(lanes)
+    blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    input_slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count  # per channel block
+    output_slot = band * out_w * lane_count
+    slot = blocks * (input_slot + output_slot)
+    plane, taps = out_h * out_w, kernel_h * kernel_w
+    x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
+    scratch = np.empty(threads * slot, x.dtype)
+    units = batch * groups * bands
+    for unit in prange(units):
+        start = numba.get_thread_id() * slot
+        outputs = start + blocks * input_slot  # the grad_out copies follow the input copies
+        image, i0 = unit // bands, unit % bands * band
+        b, g = image // groups, image % groups
+        rows = min(band, out_h - i0)
+        for block in range(blocks):
+            c0 = b * channels + g * group_channels + block * lane_count
+            valid = min(lane_count, group_channels - block * lane_count)
+            load_channels_last_v6(x_flat, scratch, start + block * input_slot, c0, valid, lanes, height, width,
+                                  i0 * sh - ph, (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
+            load_channels_last_v6(grad_out_flat, scratch, outputs + block * output_slot, c0, valid, lanes, out_h,
+                                  out_w, i0, rows, out_w, 0)
+        target_image = (b * groups + g) * taps * plane
+        for i in range(i0, i0 + rows):
+            if out_w < POSITIONS:  # too narrow for a block: one position at a time, lanes summed one by one
+                for j in range(out_w):
+                    for tap in range(taps):
+                        shift = (tap // kernel_w * dh * wide + tap % kernel_w * dw) * lane_count
+                        product = simd.zeros(scratch, lanes)
+                        for block in range(blocks):
+                            product = simd.multiply_add(
+                                simd.load(scratch, outputs + block * output_slot + ((i - i0) * out_w + j) * lane_count,
+                                          lanes),
+                                simd.load(scratch, start + block * input_slot + shift
+                                          + ((i - i0) * sh * wide + j * sw) * lane_count, lanes), product)
+                        total = simd.lane(product, 0)
+                        for l in range(1, lane_count):
+                            total += simd.lane(product, l)
+                        grad_kernel_flat[numba.uint64(target_image + tap * plane + i * out_w + j)] = total
+                continue
+            for j in range(0, out_w, POSITIONS):
+                j = min(j, out_w - POSITIONS)  # the row's last block ends at out_w (overlap: same values)
+                output_base = outputs + ((i - i0) * out_w + j) * lane_count
+                input_base = start + ((i - i0) * sh * wide + j * sw) * lane_count
+                for u in range(kernel_h):
+                    for v in range(kernel_w):
+                        x0 = input_base + (u * dh * wide + v * dw) * lane_count
+                        a0 = a1 = a2 = a3 = simd.zeros(scratch, lanes)
+                        for block in range(blocks):
+                            o = output_base + block * output_slot
+                            s = x0 + block * input_slot
+                            a0 = simd.multiply_add(simd.load(scratch, o, lanes), simd.load(scratch, s, lanes), a0)
+                            a1 = simd.multiply_add(simd.load(scratch, o + lane_count, lanes),
+                                                   simd.load(scratch, s + sw * lane_count, lanes), a1)
+                            a2 = simd.multiply_add(simd.load(scratch, o + 2 * lane_count, lanes),
+                                                   simd.load(scratch, s + 2 * sw * lane_count, lanes), a2)
+                            a3 = simd.multiply_add(simd.load(scratch, o + 3 * lane_count, lanes),
+                                                   simd.load(scratch, s + 3 * sw * lane_count, lanes), a3)
+                        simd.store_sums(grad_kernel_flat, target_image + (u * kernel_w + v) * plane + i * out_w + j,
+                                        a0, a1, a2, a3)
+
+
+def grad_kernel_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
+    """Channel vectors for the kernel gradient: per (b, g, band), channels-last copies of the input and grad_out
+    bands, then per tap four positions' channel products reduced together."""
+    workers = numba.get_num_threads()
+    batch, channels = x.shape[:2]
+    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
+    lanes = lanes_v5(channels // groups, x.dtype)
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    band = band_v5(batch, groups, lanes, lanes, out_h, wide + out_w, kernel_h, sh, dh, workers)  # one block's share
+    with numba.parallel_chunksize(1):
+        grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, numba.get_num_threads(),
+                                simd.Lanes(lanes), band)
+
+
+forward_v7, grad_x_v7 = forward_v6, grad_x_v3

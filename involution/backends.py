@@ -6,7 +6,7 @@ name           framework   module                                          what 
 ``reference``  numpy       ``involution.reference.op``                     readable NumPy, the yardstick
 ``fast-cpu``   numpy       ``involution.fast.cpu``                         numba parallel CPU kernels
 ``fast-cuda``  numpy       ``involution.fast.cuda``                        numba.cuda kernels (host or device arrays)
-``fast``       torch       ``involution.fast.torch_ops``                   the numba kernels as a torch op (CPU/CUDA)
+``fast``       torch       ``involution.torch.ops``                        the numba kernels as a torch op (CPU/CUDA)
 ``taps``       torch       ``involution.torch.taps``                       plain PyTorch, one strided slice per tap
 =============  ==========  ==============================================  =========================================
 
@@ -39,7 +39,7 @@ BACKENDS = {backend.name: backend for backend in (
     Backend("reference", "numpy", "involution.reference.op", "", "readable NumPy, the yardstick"),
     Backend("fast-cpu", "numpy", "involution.fast.cpu", "fast", "numba parallel CPU kernels"),
     Backend("fast-cuda", "numpy", "involution.fast.cuda", "fast", "numba.cuda kernels"),
-    Backend("fast", "torch", "involution.fast.torch_ops", "fast,torch", "numba kernels as a torch op (CPU, CUDA)"),
+    Backend("fast", "torch", "involution.torch.ops", "fast,torch", "numba kernels as a torch op (CPU, CUDA)"),
     Backend("taps", "torch", "involution.torch.taps", "torch", "plain PyTorch, one strided slice per tap"),
 )}
 FRAMEWORKS = ("numpy", "torch")

@@ -7,7 +7,7 @@ import importlib
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS = {
     "demo": ("involution.commands.demo", "the main job: op + gradient check, complexity table, conformance matrix, benchmark"),
-    "bench": ("involution.commands.bench", "time the op and whole networks on the CPU (or --backend cuda)"),
+    "bench": ("involution.commands.bench", "time the op and whole networks on the CPU (or --backend fast-cuda)"),
     "conformance": ("involution.commands.conformance", "run the op conformance suite on backends or your implementation"),
     "complexity": ("involution.commands.complexity", "params, MACs and FLOPs of RedNet/ResNet and their detectors and segmentor, per layer"),
     "train-digits": ("involution.commands.train_digits", "train a tiny RedNet on scikit-learn's digits (NumPy layers)"),

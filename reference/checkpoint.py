@@ -13,7 +13,7 @@ NumPy :class:`~involution.reference.module.Module` or a ``torch.nn.Module``. It 
 
 Loading checks everything first and writes only when every tensor fits, so a failed load leaves the model as it
 was. Errors summarise: counts of missing, unexpected and mismatched keys, a few examples, and a hint. Torch files
-are read with ``weights_only=True`` plus an allow-list of NumPy scalar types (:mod:`involution.torch.checkpoint`);
+are read with ``weights_only=True`` plus an allow-list of NumPy scalar types (:mod:`involution.reference.torch_files`);
 an unrestricted unpickle happens only when the caller passes ``weights_only=False``. Nothing is downloaded.
 """
 from __future__ import annotations
@@ -179,7 +179,7 @@ def state_dict_from_torch(obj_or_path, weights_only: bool = True) -> "OrderedDic
     Parameters
     ----------
     obj_or_path : mapping, checkpoint dict (``"state_dict"`` or ``"model"`` entry), ``torch.nn.Module`` or path
-        A path is read by :func:`involution.torch.checkpoint.read_torch_file` (``weights_only`` loading with
+        A path is read by :func:`involution.reference.torch_files.read_torch_file` (``weights_only`` loading with
         NumPy scalars allowed).
     weights_only : bool
         ``False`` unpickles a path without restriction: only for files you trust.
@@ -198,7 +198,7 @@ def state_dict_from_torch(obj_or_path, weights_only: bool = True) -> "OrderedDic
     try:
         import torch  # noqa: F401  (first, so that a missing torch is reported as such)
 
-        from involution.torch.checkpoint import numpy_state_dict
+        from involution.reference.torch_files import numpy_state_dict
     except ImportError as error:
         raise ImportError("state_dict_from_torch needs PyTorch: pip install 'involution[torch]'") from error
     return numpy_state_dict(obj_or_path, weights_only)[0]
@@ -255,7 +255,7 @@ def load_checkpoint(model, source, *, strict: bool = True, weights_only: bool = 
         try:
             import torch  # noqa: F401  (first, so that a missing torch is reported as such)
 
-            from involution.torch.checkpoint import numpy_state_dict
+            from involution.reference.torch_files import numpy_state_dict
         except ImportError as error:
             raise ImportError(f"reading {type(source).__name__} {source!r:.80} needs PyTorch (only .npz files do "
                               "not): pip install 'involution[torch]'") from error
@@ -263,7 +263,7 @@ def load_checkpoint(model, source, *, strict: bool = True, weights_only: bool = 
     if isinstance(model, Module):
         expected, as_model_values = model.state_spec(), None
     else:
-        from involution.torch.checkpoint import state_spec, to_tensors
+        from involution.reference.torch_files import state_spec, to_tensors
 
         expected, as_model_values = state_spec(model), to_tensors
     state = _rename(state, expected, notes)

@@ -305,12 +305,12 @@ def test_benchmark_refuses_the_simulator(capsys):
 def test_bench_command_passes_dtype_and_plan_to_the_cuda_benchmark(capsys):
     from involution.cli import main
 
-    assert main(["bench", "--backend", "cuda", "--plan", "--dtype", "float64", "--batch", "2"]) == 0
+    assert main(["bench", "--backend", "fast-cuda", "--plan", "--dtype", "float64", "--batch", "2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == op_cuda.plans([2], 8), printed
     assert printed != op_cuda.plans([2], 4), "float64 and float32 plans should differ in shared bytes"
     assert main(["bench", "--plan"]) == 2
-    assert "--dtype and --plan are for --backend cuda" in capsys.readouterr().err
+    assert "--dtype and --plan are for --backend fast-cuda" in capsys.readouterr().err
 
 
 def run_without_simulator(code: str) -> dict:

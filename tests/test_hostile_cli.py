@@ -5,12 +5,13 @@ options the data set decides (a batch larger than it) fail before training with 
 being finite fails with exit 1 and a message on stderr.
 """
 import argparse
+import os
 import re
 
 import pytest
 
 from involution.cli import main
-from involution.commands import arguments
+from involution import arguments
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -27,6 +28,14 @@ from involution.commands import arguments
     (["train-digits", "--seed", "4294967296"], r"argument --seed: expected an integer >= 0 and <= 4294967295"),
     (["train-digits", "--out", "no-such-folder/w.npz"],
      r"argument --out: folder 'no-such-folder' of 'no-such-folder/w.npz' does not exist"),
+    (["bench", "--threads", "100"], rf"argument --threads: expected an integer >= 1 and <= {os.cpu_count()}, got 100"),
+    (["bench", "--threads", "-1"], r"argument --threads: expected an integer >= 1 and <= \d+, got -1"),
+    (["bench", "--threads", "0"], r"argument --threads: expected an integer >= 1 and <= \d+, got 0"),
+    (["bench", "--backend", "fast-cuda", "--plan", "--batch", "0"], r"argument --batch: expected an integer >= 1, got 0"),
+    (["bench", "--repeats", "0"], r"argument --repeats: expected an integer >= 1, got 0"),
+    (["bench", "--layers", "8"], r"argument --layers: expected an integer >= 0 and <= 7, got 8"),
+    (["bench", "--backend", "cuda"], r"argument --backend: invalid choice: 'cuda'"),
+    (["bench", "--json", "no-such-folder/b.json"], r"argument --json: folder 'no-such-folder'"),
 ])
 def test_bad_options_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

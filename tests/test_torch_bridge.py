@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
 
 from involution.conformance import oracle, tolerances  # noqa: E402
-from involution.fast import torch_ops  # noqa: E402
+from involution.torch import ops as torch_ops  # noqa: E402
 from involution.spec import check_geometry, output_size  # noqa: E402
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation)

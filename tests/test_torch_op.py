@@ -17,7 +17,7 @@ pytest.importorskip("numba")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from involution.conformance import oracle, tolerances  # noqa: E402
-from involution.fast import torch_ops  # noqa: E402
+from involution.torch import ops as torch_ops  # noqa: E402
 from involution.reference.complexity import count  # noqa: E402
 from involution.reference.rednet import RedNet as NumpyRedNet  # noqa: E402
 from involution.spec import check_geometry  # noqa: E402

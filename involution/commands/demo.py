@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from involution.commands.arguments import positive_int, seed
+from involution.arguments import positive_int, seed
 from involution.reference import involution2d, involution2d_backward, output_size
 from involution.reference.gradcheck import involution_gradients_fd
 

@@ -5,7 +5,7 @@ import sys
 import time
 
 from involution import backends
-from involution.commands.arguments import int_at_least, output_file, positive_float, positive_int, seed
+from involution.arguments import int_at_least, output_file, positive_float, positive_int, seed
 
 
 def add_arguments(parser) -> None:

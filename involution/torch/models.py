@@ -4,7 +4,7 @@ Same constructor arguments and the same ``state_dict`` keys as the NumPy referen
 mmcls keys (``backbone.stem.1.conv2.conv.bias``, ``backbone.layer1.0.conv2.conv1.bn.running_mean``,
 ``head.fc.weight``...), so an official checkpoint loads without renaming. Built from standard torch layers;
 the involution op is a torch backend of :mod:`involution.backends`: ``"fast"`` (the numba kernels,
-:mod:`involution.fast.torch_ops`) or ``"taps"`` (plain PyTorch, :mod:`involution.torch.taps`); the default is the
+:mod:`involution.torch.ops`) or ``"taps"`` (plain PyTorch, :mod:`involution.torch.taps`); the default is the
 fastest that imports here.
 
 One deliberate difference from the official code: the kernel-generation pool of a strided involution is

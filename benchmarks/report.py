@@ -1,0 +1,102 @@
+"""Markdown tables of a ``python -m involution bench`` JSON file, as pasted into docs/performance.md.
+
+Run: ``python -m involution.benchmarks.report out/bench_cpu.json``
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+# issue 17's targets, checked against the run's summary (batch 8 unless noted)
+TARGETS = (
+    ("forward >= 3x the compiled tap loop (geometric mean), batch 8", "batch 8", "forward_speedup_vs_taps-compiled",
+     3.0),
+    ("forward >= 3x the compiled tap loop (geometric mean), batch 1", "batch 1", "forward_speedup_vs_taps-compiled",
+     3.0),
+    ("forward >= 1.5x the compiled tap loop on every layer, batch 8", "batch 8",
+     "forward_min_speedup_vs_taps-compiled", 1.5),
+    ("forward >= 1.5x the compiled tap loop on every layer, batch 1", "batch 1",
+     "forward_min_speedup_vs_taps-compiled", 1.5),
+    ("forward within 2x of the depthwise conv (time ratio >= 0.5), batch 8", "batch 8",
+     "forward_speedup_vs_depthwise-conv", 0.5),
+    ("forward >= 40 GFLOP/s, batch 8", "batch 8", "forward_gflops", 40.0),
+    ("backward >= 8x the compiled tap loop's autograd backward, batch 8", "batch 8",
+     "backward_speedup_vs_taps-compiled", 8.0),
+    ("backward >= 20 GFLOP/s, batch 8", "batch 8", "backward_gflops", 20.0),
+)
+OTHERS = (("compiled taps", "taps-compiled"), ("depthwise conv", "depthwise-conv"), ("unfold", "unfold"))
+
+
+def layer_table(rows: list[dict], way: str) -> str:
+    """Per layer: fast ms, GFLOP/s, % of sgemm, then each other's ms and its time / fast time."""
+    head = ["layer", "B", f"fast {way} ms", "GFLOP/s", "of sgemm"]
+    for label, _ in OTHERS:
+        head += [f"{label} ms", f"{label} / fast"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
+    for row in rows:
+        fast = row["fast-cpu"]
+        cells = [row["layer"], str(row["batch"]), f"{fast[way + '_ms']:.2f}", f"{fast[way + '_gflops']:.1f}",
+                 f"{100 * fast[way + '_fraction_of_sgemm']:.0f}%"]
+        for _, name in OTHERS:
+            cells += [f"{row[name][way + '_ms']:.2f}", f"{row[f'{way}_speedup_vs_{name}']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_table(summary: dict) -> str:
+    lines = ["| target (issue 17) | this run | met? |", "|---|--:|:-:|"]
+    for label, batch, key, threshold in TARGETS:
+        if batch in summary:
+            value = summary[batch][key]
+            lines.append(f"| {label} | {value:.2f} | {'yes' if value >= threshold else '**no**'} |")
+    return "\n".join(lines)
+
+
+def checks_table(results: dict) -> str:
+    lines = []
+    if "under_load" in results:
+        load = results["under_load"]
+        lines += ["| layer | B | quiet median ms | loaded median ms | loaded p90 ms | p90 / quiet median |",
+                  "|---|--:|--:|--:|--:|--:|"]
+        lines += [f"| {row['layer']} | {row['batch']} | {row['quiet_median_ms']:.2f} | {row['loaded_median_ms']:.2f} | "
+                  f"{row['loaded_p90_ms']:.2f} | {row['p90_over_quiet_median']:.2f} |" for row in load["rows"]]
+        lines.append(f"\nUnder load (one process spinning on core {load['spinning_core']}, {load['calls']} calls per "
+                     f"layer): worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
+                     f"({'within' if load['within_2x'] else '**not** within'} the 2x target).")
+    if "threads" in results:
+        threads = results["threads"]
+        lines.append(f"Threads: {threads['threads']} Python threads, {threads['calls']} concurrent calls: "
+                     f"{'all results bitwise equal to a lone call' if threads['ok'] else '**results differ**'}.")
+    if "fork" in results:
+        lines.append(f"Fork ('fork' Pool after using the op, threading layer {results['fork']['threading_layer']}): "
+                     f"{results['fork']['status']}.")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """Every table of one run, with its command, machine, load and sgemm."""
+    machine = results["machine"]
+    parts = [f"Command: `{results['command']}`; {machine['cpu']}, {machine['cores']} cores, load average "
+             f"{', '.join(f'{value:.1f}' for value in results.get('load_average', ()))} at the end; numba "
+             f"{machine['numba']} ({machine['numba_threading_layer']}, {machine['numba_threads']} threads), torch "
+             f"{machine['torch']} ({machine['torch_threads']} threads); sgemm in the same run: "
+             f"{results['sgemm_gflops']:.1f} GFLOP/s.",
+             "Forward:", layer_table(results["rows"], "forward"),
+             "Backward (both gradients; torch formulations: autograd's backward of one recorded forward):",
+             layer_table(results["rows"], "backward"),
+             targets_table(results["summary"]), checks_table(results)]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if len(paths) != 1:
+        print("usage: python -m involution.benchmarks.report BENCH_JSON", file=sys.stderr)
+        return 2
+    with open(paths[0]) as file:
+        print(markdown(json.load(file)), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Explicit SIMD vectors for numba kernels: a vector type held in registers and a few intrinsics over it.
+
+numba vectorises only innermost loops, and reloads accumulators it cannot prove unaliased; a value of type
+``Vector(dtype, lanes)`` is one LLVM ``<lanes x dtype>`` SSA value, so a kernel that keeps a few of them in local
+variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, two ymm with AVX2).
+
+* ``load(array, start, lanes)``: ``array[start:start + lanes]`` of a 1-D C-contiguous array, as a vector
+* ``store(array, start, vector)``: ``array[start:start + lanes] = vector``
+* ``splat(value, lanes)``: ``value`` in every lane
+* ``zeros(array, lanes)``: zero in every lane, of the array's dtype
+* ``multiply_add(a, b, c)``: ``a * b + c`` lane by lane (LLVM ``fmuladd``: fused where the CPU has FMA)
+* ``lane(vector, index)``: one lane, a scalar
+* ``count(lanes)``: the lane count as an integer constant
+* ``load_columns``, ``store_columns``: four columns of channels to four channel vectors and back
+* ``store_sums(array, start, a0, a1, a2, a3)``: the four vectors' lane sums to 4 consecutive values
+
+``lanes`` is a compile-time count: an integer literal in the kernel's source, or a :class:`Lanes` argument
+(its count is part of the argument's numba type, so each count compiles, and caches, its own kernel).
+Loads and stores are unaligned; like numba's own indexing they are bounds-checked (``IndexError``) only when
+numba's bounds checks are on (``NUMBA_BOUNDSCHECK=1``), otherwise callers must index inside the array.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.extending import NativeValue, intrinsic, models, register_model, typeof_impl, unbox
+
+
+class Vector(types.Type):
+    """numba type of a ``<lanes x dtype>`` SIMD register value."""
+
+    def __init__(self, dtype, lanes: int):
+        self.dtype, self.lanes = dtype, lanes
+        super().__init__(name=f"Vector({dtype}, {lanes})")
+
+
+@register_model(Vector)
+class VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+class Lanes:
+    """A vector width to pass to a kernel: ``Lanes(16)`` is typed ``LanesType(16)``, a compile-time constant."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+
+class LanesType(types.Type):
+    def __init__(self, count: int):
+        self.count = count
+        super().__init__(name=f"Lanes({count})")
+
+
+@typeof_impl.register(Lanes)
+def _typeof_lanes(value, context):
+    return LanesType(value.count)
+
+
+register_model(LanesType)(models.OpaqueModel)
+
+
+@unbox(LanesType)
+def _unbox_lanes(typ, obj, c):
+    return NativeValue(c.context.get_constant_null(typ))
+
+
+def _count(lanes):
+    """The lane count of a ``LanesType`` or integer-literal argument; None (decline the typing) otherwise."""
+    if isinstance(lanes, LanesType):
+        return lanes.count
+    if isinstance(lanes, types.IntegerLiteral):
+        return lanes.literal_value
+    return None
+
+
+def _element_pointer(context, builder, array_type, array, start, vector_type, view=None):
+    """Pointer to ``array[start]`` as a vector pointer; checks ``0 <= start <= size - lanes`` under boundscheck."""
+    view = view or context.make_array(array_type)(context, builder, array)
+    if context.enable_boundscheck:
+        size = builder.extract_value(view.shape, 0)
+        last = builder.add(start, ir.Constant(start.type, vector_type.count))
+        outside = builder.or_(builder.icmp_signed("<", start, ir.Constant(start.type, 0)),
+                              builder.icmp_signed(">", last, size))
+        with builder.if_then(outside, likely=False):
+            context.call_conv.return_user_exc(builder, IndexError, ("vector access outside the array",))
+    return builder.bitcast(builder.gep(view.data, [start]), vector_type.as_pointer())
+
+
+@intrinsic
+def load(typingctx, array, start, lanes):
+    if _count(lanes) is None:
+        return None
+    vector = Vector(array.dtype, _count(lanes))
+
+    def codegen(context, builder, signature, args):
+        vector_type = context.get_value_type(vector)
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], vector_type)
+        return builder.load(pointer, align=context.get_abi_sizeof(context.get_value_type(array.dtype)))
+
+    return vector(array, start, lanes), codegen
+
+
+@intrinsic
+def store(typingctx, array, start, vector):
+    def codegen(context, builder, signature, args):
+        vector_type = context.get_value_type(vector)
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], vector_type)
+        builder.store(args[2], pointer, align=context.get_abi_sizeof(context.get_value_type(array.dtype)))
+        return context.get_dummy_value()
+
+    return types.none(array, start, vector), codegen
+
+
+@intrinsic
+def splat(typingctx, value, lanes):
+    if _count(lanes) is None:
+        return None
+    vector = Vector(value, _count(lanes))
+
+    def codegen(context, builder, signature, args):
+        vector_type = context.get_value_type(vector)
+        single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(single, single, ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None))
+
+    return vector(value, lanes), codegen
+
+
+@intrinsic
+def zeros(typingctx, array, lanes):
+    if _count(lanes) is None:
+        return None
+    vector = Vector(array.dtype, _count(lanes))
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(context.get_value_type(vector), None)
+
+    return vector(array, lanes), codegen
+
+
+@intrinsic
+def multiply_add(typingctx, a, b, c):
+    def codegen(context, builder, signature, args):
+        vector_type = context.get_value_type(a)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector_type, [vector_type] * 3),
+            f"llvm.fmuladd.v{a.lanes}f{a.dtype.bitwidth}")
+        return builder.call(function, args)
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def lane(typingctx, vector, index):
+    def codegen(context, builder, signature, args):
+        return builder.extract_element(args[0], builder.trunc(args[1], ir.IntType(32)))
+
+    return vector.dtype(vector, index), codegen
+
+
+@intrinsic
+def count(typingctx, lanes):
+    if _count(lanes) is None:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, _count(lanes))
+
+    return types.intp(lanes), codegen
+
+
+def _quad_type(context, vector):
+    return ir.VectorType(context.get_value_type(vector.dtype), 4)
+
+
+@intrinsic
+def store_columns(typingctx, array, start, step, count, a0, a1, a2, a3):
+    """``array[start + l*step + p] = a_p[l]`` for lanes ``l < count`` and ``p < 4``: four vectors of channels
+    written as ``count`` runs of 4 consecutive values (a transpose, shuffled in registers)."""
+    if not (isinstance(a0, Vector) and a0 == a1 == a2 == a3):
+        return None
+    lanes = a0.lanes
+
+    def codegen(context, builder, signature, args):
+        target, start_value, step_value, count_value = args[:4]
+        vectors = args[4:]
+        first = builder.shuffle_vector(vectors[0], vectors[1], ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes),
+                                                                           list(range(2 * lanes))))
+        second = builder.shuffle_vector(vectors[2], vectors[3], ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes),
+                                                                            list(range(2 * lanes))))
+        quad = _quad_type(context, a0)
+        view = context.make_array(signature.args[0])(context, builder, target)
+        for lane in range(lanes):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), 4), [position * lanes + lane for position in range(4)])
+            column = builder.shuffle_vector(first, second, mask)
+            inside = builder.icmp_signed("<", ir.Constant(count_value.type, lane), count_value)
+            with builder.if_then(inside, likely=True):
+                offset = builder.add(start_value, builder.mul(step_value, ir.Constant(step_value.type, lane)))
+                pointer = _element_pointer(context, builder, signature.args[0], target, offset, quad, view)
+                builder.store(column, pointer, align=context.get_abi_sizeof(quad.element))
+        return context.get_dummy_value()
+
+    return types.none(array, start, step, count, a0, a1, a2, a3), codegen
+
+
+@intrinsic
+def load_columns(typingctx, array, start, step, count, lanes):
+    """Four vectors: lane ``l`` of vector ``p`` is ``array[start + l*step + p]`` for ``l < count`` (``count >= 1``),
+    zero for ``l >= count``; the inverse of :func:`store_columns`."""
+    if _count(lanes) is None:
+        return None
+    size = _count(lanes)
+    vector = Vector(array.dtype, size)
+    result_type = types.UniTuple(vector, 4)
+
+    def codegen(context, builder, signature, args):
+        source, start_value, step_value, count_value = args[:4]
+        quad = _quad_type(context, vector)
+        view = context.make_array(signature.args[0])(context, builder, source)
+        zero = ir.Constant(quad, None)
+        last = builder.sub(count_value, ir.Constant(count_value.type, 1))
+        columns = []
+        for lane in range(size):
+            lane_value = ir.Constant(count_value.type, lane)
+            inside = builder.icmp_signed("<", lane_value, count_value)
+            row = builder.select(inside, lane_value, last)  # lanes past count re-read the last row, then drop it
+            offset = builder.add(start_value, builder.mul(step_value, row))
+            pointer = _element_pointer(context, builder, signature.args[0], source, offset, quad, view)
+            loaded = builder.load(pointer, align=context.get_abi_sizeof(quad.element))
+            columns.append(builder.select(inside, loaded, zero))
+        # concatenate the quads pairwise into one <4*size> vector, then pick every 4th element
+        while len(columns) > 1:
+            width = columns[0].type.count
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * width), list(range(2 * width)))
+            columns = [builder.shuffle_vector(columns[i], columns[i + 1], mask) for i in range(0, len(columns), 2)]
+        result = context.get_constant_undef(result_type)
+        for position in range(4):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), size), [4 * lane + position for lane in range(size)])
+            result = builder.insert_value(result, builder.shuffle_vector(columns[0], columns[0], mask), position)
+        return result
+
+    return result_type(array, start, step, count, lanes), codegen
+
+
+@intrinsic
+def store_sums(typingctx, array, start, a0, a1, a2, a3):
+    """``array[start + p] = sum of the lanes of a_p`` for ``p < 4``: four horizontal sums at once, reduced by
+    shuffles across the four vectors (log2(lanes) + 1 shuffle-and-add stages), stored as 4 consecutive values."""
+    if not (isinstance(a0, Vector) and a0 == a1 == a2 == a3 and a0.lanes >= 4):
+        return None
+    lanes = a0.lanes
+
+    def codegen(context, builder, signature, args):
+        def mask(indices):
+            return ir.Constant(ir.VectorType(ir.IntType(32), len(indices)), indices)
+
+        half, quarter = lanes // 2, lanes // 4
+        # pairs: [a lower half + a upper half, b lower half + b upper half]
+        low, high = mask(list(range(half)) + [lanes + j for j in range(half)]), \
+            mask([half + j for j in range(half)] + [lanes + half + j for j in range(half)])
+        pairs = [builder.fadd(builder.shuffle_vector(a, b, low), builder.shuffle_vector(a, b, high))
+                 for a, b in ((args[2], args[3]), (args[4], args[5]))]
+        # quarters: [a0, a1, a2, a3] partial sums, lanes // 4 each
+        first = [j for segment in (0, half) for j in range(segment, segment + quarter)]
+        second = [j + quarter for j in first]
+        folded = builder.fadd(
+            builder.shuffle_vector(pairs[0], pairs[1], mask(first + [lanes + j for j in first])),
+            builder.shuffle_vector(pairs[0], pairs[1], mask(second + [lanes + j for j in second])))
+        width = quarter
+        while width > 1:  # fold each quarter's upper half onto its lower half
+            width //= 2
+            shifted = mask([(j + width) % lanes for j in range(lanes)])
+            folded = builder.fadd(folded, builder.shuffle_vector(folded, folded, shifted))
+        sums = builder.shuffle_vector(folded, folded, mask([0, quarter, 2 * quarter, 3 * quarter]))
+        quad = _quad_type(context, a0)
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1], quad)
+        builder.store(sums, pointer, align=context.get_abi_sizeof(quad.element))
+        return context.get_dummy_value()
+
+    return types.none(array, start, a0, a1, a2, a3), codegen

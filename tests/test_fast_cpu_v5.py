@@ -1,0 +1,157 @@
+"""v5 to v7 (channel vectors, ``involution.fast.simd``; v7 adds the kernel gradient) against the NumPy reference:
+the shared cases, channel counts that leave partial vectors, rows narrower than a block, non-finite values, thread
+counts, bounds checks."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+pytest.importorskip("torch")  # the tolerance magnitudes come from the torch oracle
+
+from involution.fast import cpu, cpu_kernels  # noqa: E402
+from involution.reference import involution2d  # noqa: E402
+
+from cases import assert_backward_matches, assert_forward_matches, case_id, make_case  # noqa: E402
+from test_fast_cpu import CASES  # noqa: E402  (the shared geometry cases)
+
+# (B, C, G, H, W, Kh, Kw, stride, padding, dilation): what v5 adds to the shared cases. Channels per group 8 (one
+# narrow vector), 24 and 40 (a full block and a partial one), output rows of 3, 4 and 5 (narrower than, equal to
+# and one past a block of POSITIONS), several bands, dilation with stride 1.
+V5_CASES = [
+    (2, 16, 2, 9, 3, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (1, 48, 2, 6, 4, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (1, 40, 1, 7, 5, 5, 5, (1, 1), (2, 2), (1, 1)),
+    (2, 32, 1, 40, 9, 3, 7, (1, 2), (1, 3), (2, 1)),
+    (1, 64, 4, 15, 15, 7, 7, (2, 2), (3, 3), (1, 1)),
+]
+DTYPES = [np.float32, np.float64]
+CHANNEL_VECTOR_VERSIONS = [5, 6, 7]
+
+
+@pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("case", CASES + V5_CASES, ids=[case_id(case) for case in CASES + V5_CASES])
+def test_matches_reference(case, dtype, version):
+    x, kernel, grad_out, stride, padding, dilation = make_case(case, dtype)
+    context = f"version {version}, {np.dtype(dtype)}, case {case}"
+    out = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
+    assert_forward_matches(out, x, kernel, stride, padding, dilation, context)
+    grads = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version)
+    assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation, context)
+
+
+def test_v6_is_bitwise_v5():
+    """v6 changes only how values move between layouts, not the arithmetic."""
+    for case in V5_CASES + CASES[7:9]:
+        x, kernel, _, stride, padding, dilation = make_case(case, np.float32, seed=2)
+        v5, v6 = (cpu.involution2d(x, kernel, stride, padding, dilation, version=v) for v in (5, 6))
+        assert np.array_equal(v5, v6), f"case {case}: v6 differs from v5 by up to {np.abs(v5 - v6).max()}"
+
+
+@pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_non_finite_values_propagate_like_the_reference(dtype, version):
+    """An inf weight on a tap that reads the zero padding gives inf * 0 = NaN, as the definition does; an inf or
+    NaN input reaches exactly the outputs whose windows hold it."""
+    case = (1, 16, 1, 6, 7, 3, 3, (1, 1), (1, 1), (1, 1))
+    x, kernel, _, stride, padding, dilation = make_case(case, dtype)
+    kernel[0, 0, 0, 0, 0, 3] = np.inf  # tap (0, 0) of output (0, 3) reads padded row -1
+    x[0, 5, 4, 6] = np.nan
+    x[0, 9, 0, 0] = -np.inf
+    expected = involution2d(x, kernel, stride, padding, dilation)
+    got = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
+    assert np.isnan(expected[:, :, 0, 3]).all(), "the reference should give NaN on every channel of output (0, 3)"
+    for name, mask in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        assert np.array_equal(mask(got), mask(expected)), (
+            f"{name} positions differ: v5 {np.argwhere(mask(got)).tolist()} reference "
+            f"{np.argwhere(mask(expected)).tolist()}")
+    # elsewhere, the rounding bound of 9 terms: 9 * eps * sum_taps |kernel * x|
+    magnitude = involution2d(np.abs(np.nan_to_num(x, posinf=0, neginf=0)), np.abs(np.nan_to_num(kernel, posinf=0)),
+                             stride, padding, dilation)
+    finite = np.isfinite(expected)
+    error = np.abs(got[finite] - expected[finite])
+    bound = 9 * np.finfo(dtype).eps * magnitude[finite]
+    assert (error <= bound).all(), f"finite outputs off by up to {(error / bound).max():.2f} times the rounding bound"
+
+
+@pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
+def test_bitwise_identical_for_any_thread_count(version):
+    numba = pytest.importorskip("numba")
+    x, kernel, grad_out, stride, padding, dilation = make_case(V5_CASES[4], np.float32, seed=5)
+
+    def results():
+        return (cpu.involution2d(x, kernel, stride, padding, dilation, version=version),
+                *cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version))
+
+    threads = numba.get_num_threads()
+    first = results()
+    try:
+        numba.set_num_threads(1)
+        single = results()
+    finally:
+        numba.set_num_threads(threads)
+    for name, a, b, c in zip(("out", "grad_x", "grad_kernel"), first, single, results()):
+        assert np.array_equal(a, b), f"v{version} {name} differs between {threads} threads and 1 thread"
+        assert np.array_equal(a, c), f"v{version} {name} differs between two runs"
+
+
+def test_bands_and_lanes_cover_every_shape():
+    """The band never exceeds the output rows or the scratch budget; a vector holds 8 to 16 float32 channels."""
+    for group_channels, lanes in ((1, 8), (8, 8), (9, 16), (16, 16), (64, 16)):
+        assert cpu_kernels.lanes_v5(group_channels, np.float32) == lanes
+    assert cpu_kernels.lanes_v5(16, np.float64) == 8
+    for out_h, wide, kernel_h, stride, dilation in ((1, 5, 3, 1, 1), (56, 62, 7, 1, 1), (28, 61, 7, 2, 1),
+                                                    (1, 4000, 3, 1, 2000), (500, 3, 1, 3000, 1)):
+        band = cpu_kernels.band_v5(1, 1, 16, 16, out_h, wide, kernel_h, stride, dilation, 2)
+        assert 1 <= band <= out_h, f"band {band} for {out_h} output rows"
+        if band > 1:
+            rows_in = (band - 1) * stride + (kernel_h - 1) * dilation + 1
+            assert rows_in * wide * 16 <= cpu_kernels.SCRATCH_ELEMENTS, f"band {band} overflows the scratch"
+
+
+BOUNDSCHECK_SCRIPT = textwrap.dedent("""
+    import numba, numpy as np
+    from involution.fast import cpu, simd
+    from involution.reference import involution2d, involution2d_backward
+
+    @numba.njit
+    def load_past_end(array):
+        return simd.lane(simd.load(array, array.size - 1, 8), 0)
+
+    try:  # proves the vector loads' bounds checks are compiled in
+        load_past_end(np.zeros(8, np.float32))
+        raise SystemExit("simd.load is not bounds-checked under NUMBA_BOUNDSCHECK")
+    except IndexError:
+        pass
+    for case in {cases!r}:
+        batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch, channels, height, width)).astype(np.float32)
+        out_h = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        out_w = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        kernel = rng.standard_normal((batch, groups, kh, kw, out_h, out_w)).astype(np.float32)
+        grad_out = rng.standard_normal((batch, channels, out_h, out_w)).astype(np.float32)
+        expected = involution2d(x.astype(np.float64), kernel.astype(np.float64), stride, padding, dilation)
+        expected_grad = involution2d_backward(grad_out.astype(np.float64), x.astype(np.float64),
+                                              kernel.astype(np.float64), stride, padding, dilation)[1]
+        for version in {versions!r}:
+            got = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
+            got_grad = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version)[1]
+            if not (np.allclose(got, expected, rtol=1e-4, atol=1e-4)
+                    and np.allclose(got_grad, expected_grad, rtol=1e-4, atol=1e-3)):
+                raise SystemExit(f"v{{version}} differs from the reference, case {{case}}")
+    print("ok")
+""")
+
+
+def test_never_reads_out_of_bounds(tmp_path):
+    """v5 to v7 compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    script = BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES, versions=CHANNEL_VECTOR_VERSIONS)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0 and result.stdout.split() == ["ok"], (
+        f"stdout {result.stdout!r}\nstderr {result.stderr[-3000:]}")
