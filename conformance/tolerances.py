@@ -82,12 +82,19 @@ def finite_difference_bound(geometry: Geometry, grad_magnitude, loss_l1: float, 
 
 
 def assert_within(actual, expected, tolerance, what: str, case) -> None:
-    """Assert ``|actual - expected| <= tolerance`` elementwise (NaN fails) with the shapes, dtypes and worst value."""
+    """Assert ``|actual - expected| <= tolerance`` elementwise with the shapes, dtypes and worst value.
+
+    Where ``expected`` is NaN or infinite, ``actual`` must be the same (NaN, or the same infinity); anywhere else
+    a NaN fails.
+    """
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}; {case}"
     error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    bad = ~(error <= tolerance)
+    finite = np.isfinite(expected)
+    same_nonfinite = (np.isnan(actual) & np.isnan(expected)) | (actual == expected)
+    bad = np.where(finite, ~(error <= tolerance), ~same_nonfinite)
     if bad.any():
+        error = np.where(finite, error, np.inf)
         worst = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(error, nan=np.inf), -1.0)), error.shape)
         tol = np.broadcast_to(tolerance, error.shape)
         raise AssertionError(
