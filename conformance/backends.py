@@ -22,6 +22,11 @@ from typing import Callable
 from involution import backends
 from involution.conformance.strategies import Limits
 
+# The CUDA kernels run under numba's simulator unless a real GPU is asked for (the repository's root conftest has
+# the same default). Set before any backend or worker process imports numba.
+if os.environ.get("INVOLUTION_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 # framework -> name -> module: the project's backends (from the one registry, same names), plus the suite's own
 # oracle, which judges itself as a check that every property can be met.
 PROJECT_BACKENDS = {

@@ -10,7 +10,6 @@ Tests take the ``impl`` fixture (parametrized with readable ids) and the ``prove
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -19,12 +18,8 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-# Same default as the repository's root conftest, which an installed copy of this package does not have.
-if os.environ.get("INVOLUTION_REAL_GPU") != "1":
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-
-from involution.conformance.backends import PROJECT_BACKENDS, Implementation, cached_load, close_all  # noqa: E402
-from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds  # noqa: E402
+from involution.conformance.backends import PROJECT_BACKENDS, Implementation, cached_load, close_all
+from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds
 
 
 def pytest_addoption(parser) -> None:

@@ -226,7 +226,7 @@ def cases(draw, limits: Limits = Limits(), dtypes=None, layouts=("contiguous",),
 
     The geometry comes from ``geometry_strategy`` if given, else from :func:`geometries` with ``limits``.
     """
-    geometry = draw(geometry_strategy or geometries(limits, max_elements))
+    geometry = draw(geometries(limits, max_elements) if geometry_strategy is None else geometry_strategy)
     dtype = draw(st.sampled_from(dtypes or limits.dtypes))
     seed = draw(st.integers(0, 2**32 - 1))
     layout = draw(st.sampled_from(layouts))

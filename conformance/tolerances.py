@@ -89,7 +89,8 @@ def assert_within(actual, expected, tolerance, what: str, case) -> None:
     """
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}; {case}"
-    error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    with np.errstate(invalid="ignore"):  # inf - inf where both are infinite: judged by same_nonfinite below
+        error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     finite = np.isfinite(expected)
     same_nonfinite = (np.isnan(actual) & np.isnan(expected)) | (actual == expected)
     bad = np.where(finite, ~(error <= tolerance), ~same_nonfinite)

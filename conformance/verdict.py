@@ -34,8 +34,8 @@ TIER_OF = {prop: tier for tier, properties in TIERS.items() for prop in properti
 CORE = "core_cases_computed"
 
 # Matrix cells.
-PASS, FAIL, SKIP, UNSUPPORTED, LIMITED, REJECTED, ANSWERS, NOT_RUN = (
-    "pass", "FAIL", "skip", "unsupported", "limited", "rejected", "answers", "-")
+PASS, FAIL, SKIP, UNSUPPORTED, LIMITED, REJECTED, ANSWERS, NOT_APPLICABLE, NOT_RUN = (
+    "pass", "FAIL", "skip", "unsupported", "limited", "rejected", "answers", "n/a", "-")
 
 CONFORMANT, FAILED, WITHIN_LIMITS, TOO_LITTLE, UNAVAILABLE = (
     "conformant", "FAIL", "conformant only within declared limits", "too little evidence", "not run")
@@ -51,7 +51,8 @@ def cell(prop: str, outcomes: list) -> str:
         return FAIL
     if any(o.outcome == "passed" for o in outcomes):
         return ANSWERS if TIER_OF.get(prop) == "capabilities" else PASS
-    for prefix, value in (("limited", LIMITED), ("unsupported", UNSUPPORTED), ("rejected", REJECTED)):
+    for prefix, value in (("limited", LIMITED), ("unsupported", UNSUPPORTED), ("rejected", REJECTED),
+                          ("n/a", NOT_APPLICABLE)):
         if all(o.detail.startswith(prefix) for o in outcomes):
             return value
     return SKIP

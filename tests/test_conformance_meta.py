@@ -36,7 +36,8 @@ def test_suite_rejects_broken_implementation(name):
     properties = failing or ["core_cases_computed", "forward_matches_oracle"]
     result = run_suite(impls=[spec], max_examples=BROKEN_EXAMPLES, properties=properties, timeout=3)
     cells = {prop: result.matrix[prop][spec] for prop in properties}
-    assert result.exit_code == expected_code, f"{name}: exit {result.exit_code}, cells {cells}\n{result.format_matrix()}"
+    assert result.exit_code == expected_code, \
+        f"{name}: exit {result.exit_code}, cells {cells}\n{result.format_matrix()}"
     assert all(cells[prop] == verdict.FAIL for prop in failing), f"{name}: every listed property should fail: {cells}"
     assert result.verdicts[spec].verdict != verdict.CONFORMANT
     if name in DETAILS:
@@ -57,7 +58,8 @@ def test_narrow_declared_limits_are_printed_and_exit_3(tmp_path):
     """The official formula at op level: honest limits (it declines what it cannot express); the verdict is
     "conformant only within declared limits", with the limits in the matrix header and the report."""
     spec = "involution.conformance.adapters.official_naive"
-    result = run_suite(impls=[spec], max_examples=EXAMPLES, properties=["core_cases_computed", "forward_matches_oracle"])
+    result = run_suite(impls=[spec], max_examples=EXAMPLES,
+                       properties=["core_cases_computed", "forward_matches_oracle"])
     assert result.matrix["forward_matches_oracle"][spec] == verdict.PASS, result.format_matrix()
     assert sum(o.declined for o in result.outcomes) > 0, "no drawn case was outside the official code's reach"
     assert result.verdicts[spec].verdict == verdict.WITHIN_LIMITS and result.exit_code == 3
@@ -112,10 +114,21 @@ def test_project_backend_in_a_worker_and_report(tmp_path):
     assert {r["property"] for r in report["results"]} == set(verdict.PROPERTIES)
 
 
+def test_torch_backends_through_the_adapter():
+    """The project's torch backends ("fast": numba kernels as a torch op, "taps": plain PyTorch) are judged with
+    tensors in and out; the conformance CI run covers the NumPy ones."""
+    properties = ["core_cases_computed", "forward_matches_oracle", "backward_matches_autograd",
+                  "forward_errors_name_the_argument", "backward_errors_name_the_argument"]
+    result = run_suite(backends=["fast", "taps"], framework="torch", max_examples=3, properties=properties)
+    for name in ("fast", "taps"):
+        assert result.verdicts[name].verdict == verdict.CONFORMANT, result.format_matrix()
+
+
 def test_matrix_fits_100_columns_with_many_implementations():
     specs = [f"involution.conformance.broken:{name}" for name in ("padding_off_by_one", "dilation_ignored")]
-    result = run_suite(backends=["reference", "oracle"], impls=specs + ["involution.conformance.adapters.official_naive"],
-                       max_examples=2, properties=["core_cases_computed", "forward_matches_oracle"])
+    result = run_suite(backends=["reference", "oracle"],
+                       impls=specs + ["involution.conformance.adapters.official_naive"], max_examples=2,
+                       properties=["core_cases_computed", "forward_matches_oracle"])
     text = result.format_matrix()
     assert max(len(line) for line in text.splitlines()) <= WIDTH, text
     assert "official_naive" in text and "padding_off_by_one" not in text.split("\n\n")[1], text

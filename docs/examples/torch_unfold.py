@@ -6,12 +6,12 @@ It has no backward function: the suite takes its gradients from autograd through
 
 (tests/test_conformance_meta.py runs exactly that and expects exit code 0).
 """
-import torch
 import torch.nn.functional as F
 
 
 def involution2d(x, kernel, stride=1, padding=0, dilation=1):
-    """``x (B, C, H, W)``, ``kernel (B, G, Kh, Kw, Ho, Wo)`` -> ``(B, C, Ho, Wo)``; channel c uses group c // (C // G)."""
+    """``x (B, C, H, W)``, ``kernel (B, G, Kh, Kw, Ho, Wo)`` -> ``(B, C, Ho, Wo)``; channel c uses group
+    c // (C // G)."""
     batch, channels, _, _ = x.shape
     _, groups, kernel_h, kernel_w, out_h, out_w = kernel.shape
     if kernel.shape[0] != batch or channels % groups:
