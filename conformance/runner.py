@@ -87,6 +87,7 @@ class Collector:
         elif report.failed:
             crash = getattr(report.longrepr, "reprcrash", None)
             detail = crash.message if crash else report.longreprtext.strip().splitlines()[-1]
+            detail = detail.partition("\nFailing test case")[0]  # hypothesis' notes repeat the drawn case
         declined = sum(value for key, value in report.user_properties if key == "declined")
         self.outcomes[report.nodeid] = Outcome(report.nodeid, prop, implementation, report.outcome, detail, declined)
 

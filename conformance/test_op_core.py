@@ -5,15 +5,12 @@ float64. Each is called even outside the implementation's declared limits: a wro
 tier); declining it (``NotImplementedError``, or any exception outside the declared limits), or declaring limits
 that exclude it, makes the property "limited", and the verdict "conformant only within declared limits".
 """
-import numpy as np
 import pytest
 
 from involution.conformance.adapters import torch_oracle
 from involution.conformance.core import CORE, core_case, describe
 from involution.conformance.strategies import excluded_by
-from involution.conformance.tolerances import (
-    assert_within, bound, forward_terms, grad_kernel_terms, grad_x_terms, magnitudes,
-)
+from involution.conformance.tolerances import assert_matches_reference
 
 
 def check_core_case(impl, entry) -> str | None:
@@ -30,19 +27,9 @@ def check_core_case(impl, entry) -> str | None:
     except declines as error:
         because = f"; declared limits exclude it: {', '.join(excluded)}" if excluded else ""
         return f"{where}: {type(error).__name__}: {error}{because}"
-    x64, kernel64 = x.astype(np.float64), kernel.astype(np.float64)
-    out_magnitude, grad_x_magnitude, grad_kernel_magnitude = magnitudes(x, kernel, geometry, grad_out)
-    assert isinstance(out, np.ndarray) and out.dtype == dtype, \
-        f"{where}: forward returned {type(out).__name__} {getattr(out, 'dtype', '')}, expected {dtype} array"
-    assert_within(out, torch_oracle.involution2d(x64, kernel64, *params),
-                  bound(forward_terms(geometry), dtype, out_magnitude), "forward vs oracle", where)
-    if grads is not None:
-        expected = torch_oracle.involution2d_backward(grad_out.astype(np.float64), x64, kernel64, *params)
-        for name, grad, wanted, terms, magnitude in (
-            ("grad_x", grads[0], expected[0], grad_x_terms(geometry), grad_x_magnitude),
-            ("grad_kernel", grads[1], expected[1], grad_kernel_terms(geometry), grad_kernel_magnitude),
-        ):
-            assert_within(grad, wanted, bound(terms, dtype, magnitude), f"{name} vs autograd", where)
+    results = {"out": out} if grads is None else {"out": out, "grad_x": grads[0], "grad_kernel": grads[1]}
+    assert_matches_reference(results, x, kernel, geometry, where, None if grads is None else grad_out,
+                             reference=(torch_oracle.involution2d, torch_oracle.involution2d_backward))
     return f"{where}: declared limits exclude it: {', '.join(excluded)}" if excluded else None
 
 

@@ -105,21 +105,27 @@ def assert_within(actual, expected, tolerance, what: str, case) -> None:
         )
 
 
-def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, context, grad_out=None) -> None:
+def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, context, grad_out=None, *,
+                             reference=(involution2d, involution2d_backward)) -> None:
     """Each of ``results`` (``"out"``, ``"grad_x"``, ``"grad_kernel"`` -> array; the gradients need ``grad_out``)
-    has ``x``'s dtype and equals the float64 NumPy reference within its reduction's rounding bound."""
+    is an ndarray of ``x``'s dtype and equals the float64 reference within its reduction's rounding bound.
+
+    ``reference``: the ``(forward, backward)`` computing the expected values in float64, by default the NumPy
+    reference op; the conformance suite passes its PyTorch oracle.
+    """
+    forward, backward = reference
     x64, kernel64 = x.astype(np.float64), kernel.astype(np.float64)
     expected, terms = {}, {"out": forward_terms(geometry), "grad_x": grad_x_terms(geometry),
                            "grad_kernel": grad_kernel_terms(geometry)}
     if "out" in results:
-        expected["out"] = involution2d(x64, kernel64, *geometry.hyper_parameters)
+        expected["out"] = forward(x64, kernel64, *geometry.hyper_parameters)
     if grad_out is None:
         magnitude = {"out": magnitudes(x, kernel, geometry)}
     else:
         grad_out64 = grad_out.astype(np.float64)
-        expected["grad_x"], expected["grad_kernel"] = involution2d_backward(grad_out64, x64, kernel64,
-                                                                            *geometry.hyper_parameters)
+        expected["grad_x"], expected["grad_kernel"] = backward(grad_out64, x64, kernel64, *geometry.hyper_parameters)
         magnitude = dict(zip(("out", "grad_x", "grad_kernel"), magnitudes(x, kernel, geometry, grad_out)))
     for name, actual in results.items():
-        assert actual.dtype == x.dtype, f"{name} dtype {actual.dtype}, expected {x.dtype}; {context}"
+        assert isinstance(actual, np.ndarray) and actual.dtype == x.dtype, \
+            f"{name} is {type(actual).__name__} {getattr(actual, 'dtype', '')}, expected a {x.dtype} array; {context}"
         assert_within(actual, expected[name], bound(terms[name], x.dtype, magnitude[name]), name, context)
