@@ -56,6 +56,7 @@ class Implementation:
     backward: Callable | None = None
     declared: dict = field(default_factory=dict)
     skip_reason: str | None = None
+    gradients: str | None = None  # where the backward comes from: its own function, or autograd (torch)
     isolated: bool = False
     close: Callable = lambda: None
 
@@ -74,6 +75,7 @@ class Implementation:
         """A JSON-ready summary: name, framework, whether it loaded (and why not), backward, declared limits."""
         return {"name": self.name, "framework": self.framework, "available": self.skip_reason is None,
                 "skip_reason": self.skip_reason, "has_backward": self.backward is not None,
+                "gradients": self.gradients,
                 "declared_limits": self.declared, "isolated": self.isolated}
 
 
@@ -95,11 +97,13 @@ def load_here(spec: str, framework: str = "numpy", device: str = "cpu") -> Imple
         Limits(**declared)  # unknown fields are the implementation's error: report them now
     except Exception as error:  # any import-time failure becomes "unavailable" with its reason
         return Implementation(spec, framework, skip_reason=f"{spec} unavailable: {type(error).__name__}: {error}")
+    gradients = None if backward is None else "involution2d_backward"
     if framework == "torch":
         from involution.conformance.adapters.torch_framework import wrap
 
+        gradients = gradients or "autograd through involution2d"
         forward, backward = wrap(forward, backward, device)
-    return Implementation(spec, framework, forward, backward, declared)
+    return Implementation(spec, framework, forward, backward, declared, gradients=gradients)
 
 
 class _Remote:
@@ -129,7 +133,7 @@ def load(spec: str, framework: str = "numpy", device: str = "cpu", *, isolate: b
         return Implementation(spec, framework, skip_reason=description["skip_reason"], isolated=True)
     backward = _Remote(worker, "backward") if description["has_backward"] else None
     return Implementation(spec, framework, _Remote(worker, "forward"), backward, description["declared_limits"],
-                          isolated=True, close=worker.close)
+                          gradients=description["gradients"], isolated=True, close=worker.close)
 
 
 _cache: dict[tuple, Implementation] = {}

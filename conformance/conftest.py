@@ -133,9 +133,11 @@ class Prover:
         try:
             config(given(data=st.data())(test))()
         except Unsatisfiable:
-            if not self.declined:
-                raise
-            pytest.skip(f"{declined_label} by {self.impl.name}: {self.declined[-1]}")
+            if self.declined:
+                pytest.skip(f"{declined_label} by {self.impl.name}: {self.declined[-1]}")
+            if self.impl.declared:  # nothing drawn fits the declared limits (else the strategies are at fault)
+                pytest.skip(f"limited: no drawn case fits the declared limits {self.impl.declared}")
+            raise
         finally:
             torch.set_num_threads(threads)
             if numba:

@@ -132,7 +132,7 @@ class Worker:
 
     def _unavailable(self, reason: str) -> dict:
         self.description = {"name": self.spec, "available": False, "skip_reason": f"{self.spec} unavailable: {reason}",
-                            "has_backward": False, "declared_limits": {}}
+                            "has_backward": False, "gradients": None, "declared_limits": {}}
         return self.description
 
     def _exit_status(self):
@@ -239,5 +239,7 @@ def main(argv=None) -> None:
     serve(Connection(args.fd), args.spec, args.framework, args.device)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run from the module's importable name, so that Unpicklable pickles as its own
+    from involution.conformance import worker
+
+    worker.main()
