@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
@@ -113,16 +113,19 @@ class Prover:
             reject()
 
     def __call__(self, test, *, single_threaded: bool = False, declines=(NotImplementedError,),
-                 declined_label: str = "unsupported") -> None:
+                 declined_label: str = "unsupported", shrink: bool = True) -> None:
         """Run ``test(data)`` on ``max_examples`` drawn examples; skip with ``declined_label`` if every draw was
         declined.
 
         The oracle's tensors are tiny, so torch runs on one thread (waking its pool costs more than the work).
         ``single_threaded`` also runs numba's parallel kernels on one thread, for properties that
         call the implementation hundreds of times per example; the others keep every thread, so races show.
+        ``shrink=False`` reports the first failing example as drawn (for draws that are small already and whose
+        every shrinking step can cost a compilation in the implementation).
         """
         self.declines = declines
-        config = settings(settings(), max_examples=self.max_examples, deadline=None,
+        phases = [phase for phase in settings().phases if shrink or phase != Phase.shrink]
+        config = settings(settings(), max_examples=self.max_examples, deadline=None, phases=phases,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

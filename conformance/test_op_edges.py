@@ -56,4 +56,5 @@ def test_extreme_geometry_matches_oracle(impl, prove):
         assert_matches_reference(results, x, kernel, geometry, case, None if impl.backward is None else grad_out,
                                  reference=(torch_oracle.involution2d, torch_oracle.involution2d_backward))
 
-    prove(check)
+    # Not shrunk: the draws are small, and a compiled backend may compile a kernel per width shrinking tries.
+    prove(check, shrink=False)
