@@ -121,8 +121,8 @@ def test_torch_backends_through_the_adapter():
 def test_matrix_fits_100_columns_with_many_implementations():
     specs = [f"involution.conformance.broken:{name}" for name in ("padding_off_by_one", "dilation_ignored")]
     result = run_suite(backends=["reference", "oracle"],
-                       impls=specs + ["involution.conformance.adapters.official_naive"], max_examples=2,
-                       properties=["core_cases_computed", "forward_matches_oracle"])
+                       impls=specs + ["involution.conformance.adapters.official_naive"],
+                       properties=["core_cases_computed"])
     text = result.format_matrix()
     assert max(len(line) for line in text.splitlines()) <= WIDTH, text
     assert "official_naive" in text and "padding_off_by_one" not in text.split("\n\n")[1], text
