@@ -1,67 +1,155 @@
 """The implementations the suite judges: the project's backends by name, or any ``package.module[:attr]``.
 
 An implementation exposes ``involution2d(x, kernel, stride, padding, dilation)`` and optionally
-``involution2d_backward(grad_out, x, kernel, stride, padding, dilation) -> (grad_x, grad_kernel)``, NumPy
-arrays in and out, and optionally ``CONFORMANCE_LIMITS``, a dict of :class:`~involution.conformance.strategies.Limits`
-fields restricting what the suite draws for it. It raises ``NotImplementedError`` for a valid case it
-cannot compute (reported as "unsupported"). One that cannot be imported is reported as skipped, with the reason.
+``involution2d_backward(grad_out, x, kernel, stride, padding, dilation) -> (grad_x, grad_kernel)``: NumPy
+arrays in and out (``--framework numpy``) or torch tensors (``--framework torch``, through the suite's adapter
+:mod:`~involution.conformance.adapters.torch_framework`). It may declare ``CONFORMANCE_LIMITS``, a dict of
+:class:`~involution.conformance.strategies.Limits` fields restricting what the suite draws for it; limits that
+exclude a core case make its verdict "conformant only within declared limits". It raises
+``NotImplementedError`` for a valid case it cannot compute ("unsupported"). One that cannot be imported is
+reported as unavailable, with the reason.
+
+Implementations given as ``module[:attr]`` always run in a worker process (:mod:`~involution.conformance.worker`);
+the project's backends run in the test process unless ``isolate`` is asked for (the CLI always asks).
 """
 from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 from involution import backends
 from involution.conformance.strategies import Limits
 
-# name -> module: the project's NumPy backends (from the one registry, same names), plus the suite's own oracle
-# behind a NumPy adapter, which judges itself as a check that every property can be met. All run by default.
+# The CUDA kernels run under numba's simulator unless a real GPU is asked for (the repository's root conftest has
+# the same default). Set before any backend or worker process imports numba.
+if os.environ.get("INVOLUTION_REAL_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+# framework -> name -> module: the project's backends (from the one registry, same names), plus the suite's own
+# oracle, which judges itself as a check that every property can be met.
 PROJECT_BACKENDS = {
-    **{name: backends.get(name).module for name in backends.names("numpy")},
-    "torch": "involution.conformance.adapters.torch_oracle",
+    "numpy": {**{name: backends.get(name).module for name in backends.names("numpy")},
+              "oracle": "involution.conformance.adapters.torch_oracle"},
+    "torch": {**{name: backends.get(name).module for name in backends.names("torch")},
+              "oracle": "involution.conformance.oracle"},
 }
 
-# The CUDA simulator interprets every thread in Python: tiny shapes and few examples keep CI in budget.
+# The CUDA simulator interprets every thread in Python: tiny shapes and few examples keep CI in budget. These cap
+# the random draws only; they are the suite's, not declared by the backend, so the core cases still run in full.
 CUDA_SIMULATOR_LIMITS = dict(max_work=600, max_fd_elements=40, max_extent=3, max_groups=2, max_group_channels=2,
                              max_batch=2, max_kernel=3, max_examples=6)
 
 
 @dataclass
 class Implementation:
-    """One implementation under test; ``skip_reason`` is set when it could not be loaded."""
+    """One implementation under test, NumPy in and out whatever its framework.
+
+    ``declared`` holds its ``CONFORMANCE_LIMITS``; ``limits`` is what the random draws respect (the declared
+    limits plus the suite's cost caps). ``skip_reason`` is set when it could not be loaded.
+    """
 
     name: str
+    framework: str = "numpy"
     forward: Callable | None = None
     backward: Callable | None = None
-    limits: Limits = field(default_factory=Limits)
+    declared: dict = field(default_factory=dict)
     skip_reason: str | None = None
+    gradients: str | None = None  # where the backward comes from: its own function, or autograd (torch)
+    isolated: bool = False
+    close: Callable = lambda: None
+
+    @property
+    def limits(self) -> Limits:
+        caps = CUDA_SIMULATOR_LIMITS if self.name == "fast-cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" \
+            else {}
+        return Limits(**{**caps, **self.declared})
+
+    @property
+    def project(self) -> bool:
+        """Whether this is one of the project's own backends (its strict tier is required)."""
+        return self.name in PROJECT_BACKENDS[self.framework]
 
     def describe(self) -> dict:
-        """A JSON-ready summary: name, whether it loaded (and why not), backward present, limits."""
-        return {"name": self.name, "available": self.skip_reason is None, "skip_reason": self.skip_reason,
-                "has_backward": self.backward is not None, "limits": asdict(self.limits)}
+        """A JSON-ready summary: name, framework, whether it loaded (and why not), backward, declared limits."""
+        return {"name": self.name, "framework": self.framework, "available": self.skip_reason is None,
+                "skip_reason": self.skip_reason, "has_backward": self.backward is not None,
+                "gradients": self.gradients,
+                "declared_limits": self.declared, "isolated": self.isolated}
 
 
-def _limits_for(name: str, target) -> Limits:
-    declared = dict(getattr(target, "CONFORMANCE_LIMITS", {}) or {})
-    if name == "fast-cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        declared = {**CUDA_SIMULATOR_LIMITS, **declared}
-    return Limits(**declared)
+def _target(spec: str, framework: str):
+    module_name, _, attr = PROJECT_BACKENDS[framework].get(spec, spec).partition(":")
+    target = importlib.import_module(module_name)
+    return getattr(target, attr) if attr else target
 
 
-def load(spec: str) -> Implementation:
-    """Load a project backend by name (see :data:`PROJECT_BACKENDS`) or ``package.module[:attr]``.
+def load_here(spec: str, framework: str = "numpy", device: str = "cpu") -> Implementation:
+    """Import ``spec`` (a project backend of ``framework`` or ``package.module[:attr]``) into this process.
 
     Never raises for a missing or broken module: the returned implementation carries ``skip_reason``.
     """
-    module_name, _, attr = PROJECT_BACKENDS.get(spec, spec).partition(":")
     try:
-        target = importlib.import_module(module_name)
-        if attr:
-            target = getattr(target, attr)
-        forward = getattr(target, "involution2d")
-        return Implementation(spec, forward, getattr(target, "involution2d_backward", None), _limits_for(spec, target))
-    except Exception as error:  # any import-time failure becomes a skip with its reason
-        return Implementation(spec, skip_reason=f"{spec} unavailable: {type(error).__name__}: {error}")
+        target = _target(spec, framework)
+        forward, backward = getattr(target, "involution2d"), getattr(target, "involution2d_backward", None)
+        declared = dict(getattr(target, "CONFORMANCE_LIMITS", {}) or {})
+        Limits(**declared)  # unknown fields are the implementation's error: report them now
+    except Exception as error:  # any import-time failure becomes "unavailable" with its reason
+        return Implementation(spec, framework, skip_reason=f"{spec} unavailable: {type(error).__name__}: {error}")
+    gradients = None if backward is None else "involution2d_backward"
+    if framework == "torch":
+        from involution.conformance.adapters.torch_framework import wrap
+
+        gradients = gradients or "autograd through involution2d"
+        forward, backward = wrap(forward, backward, device)
+    return Implementation(spec, framework, forward, backward, declared, gradients=gradients)
+
+
+class _Remote:
+    """``worker.call(function, ...)`` as a plain callable."""
+
+    def __init__(self, worker, function: str):
+        self.worker, self.function = worker, function
+
+    def __call__(self, *args, **kwargs):
+        return self.worker.call(self.function, args, kwargs)
+
+
+def load(spec: str, framework: str = "numpy", device: str = "cpu", *, isolate: bool = False,
+         timeout: float) -> Implementation:
+    """The implementation ``spec``; in a worker process if ``isolate`` or if it is not a project backend.
+
+    ``timeout`` is the worker's limit in seconds per call (see :class:`~involution.conformance.worker.Worker`).
+    """
+    if not isolate and spec in PROJECT_BACKENDS[framework]:
+        return load_here(spec, framework, device)
+    from involution.conformance.worker import Worker
+
+    worker = Worker(spec, framework, device, timeout)
+    description = worker.start()
+    if description["skip_reason"]:
+        worker.close()
+        return Implementation(spec, framework, skip_reason=description["skip_reason"], isolated=True)
+    backward = _Remote(worker, "backward") if description["has_backward"] else None
+    return Implementation(spec, framework, _Remote(worker, "forward"), backward, description["declared_limits"],
+                          gradients=description["gradients"], isolated=True, close=worker.close)
+
+
+_cache: dict[tuple, Implementation] = {}
+
+
+def cached_load(spec: str, framework: str = "numpy", device: str = "cpu", *, isolate: bool = False,
+                timeout: float) -> Implementation:
+    """:func:`load`, once per process and set of options: the runner's check that an implementation loads and
+    the pytest session that judges it share one worker process. :func:`close_all` stops them."""
+    key = (spec, framework, device, isolate, timeout)
+    if key not in _cache:
+        _cache[key] = load(spec, framework, device, isolate=isolate, timeout=timeout)
+    return _cache[key]
+
+
+def close_all() -> None:
+    """Stop every worker process :func:`cached_load` started."""
+    while _cache:
+        _cache.popitem()[1].close()

@@ -2,10 +2,13 @@
 
 Each attribute is an implementation for ``--impl involution.conformance.broken:NAME``: one bug on top of the
 NumPy reference, every other part correct (so a failure points at the bug, and validation still works).
+:data:`CAUGHT_BY` says which exit code and failing properties catch each.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,20 +62,109 @@ def _stride_ignored_backward(grad_out, x, kernel, stride=1, padding=0, dilation=
     return grad_x_padded[:, :, ph:ph + g.height, pw:pw + g.width].copy(), grad_kernel
 
 
-wrong_group_rule = SimpleNamespace(involution2d=_wrong_group_rule_forward, involution2d_backward=involution2d_backward)
-padding_off_by_one = SimpleNamespace(involution2d=_padding_off_by_one_forward,
-                                     involution2d_backward=involution2d_backward)
-dilation_ignored = SimpleNamespace(involution2d=_dilation_ignored_forward, involution2d_backward=involution2d_backward)
-float32_accumulation = SimpleNamespace(involution2d=_float32_accumulation_forward,
-                                       involution2d_backward=involution2d_backward)
-stride_ignored_in_backward = SimpleNamespace(involution2d=involution2d, involution2d_backward=_stride_ignored_backward)
+def _kernel_taps_transposed_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Reads the ``Kh * Kw`` taps of each kernel position as if stored column-major (tap (u, v) is weight (v, u)
+    of a square kernel)."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    taps = kernel.reshape(g.batch, g.groups, g.kernel_w, g.kernel_h, g.out_h, g.out_w).transpose(0, 1, 3, 2, 4, 5)
+    return involution2d(x, np.ascontiguousarray(taps), g.stride, g.padding, g.dilation)
 
-# name -> the properties (test function names without ``test_``) that must catch it.
+
+def _last_row_dropped_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Computes ``Ho - 1`` rows when ``H`` is odd (a floor where a ceil belonged) and leaves the last row 0."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    out = involution2d(x, kernel, g.stride, g.padding, g.dilation)
+    if g.height % 2:
+        out[:, :, -1] = 0
+    return out
+
+
+def _grad_kernel_first_channel_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1):
+    """``grad_kernel`` from the group's first channel only, instead of the sum over its ``C // G`` channels."""
+    grad_out, x, kernel, g = check_involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
+    grad_x, _ = involution2d_backward(grad_out, x, kernel, g.stride, g.padding, g.dilation)
+    first_channels = np.zeros(g.channels, dtype=x.dtype)
+    first_channels[::g.group_channels] = 1
+    _, grad_kernel = involution2d_backward(grad_out * first_channels[:, None, None], x, kernel, g.stride, g.padding,
+                                           g.dilation)
+    return grad_x, grad_kernel
+
+
+def _pair_unchecked(value):
+    """Whatever came, as two numbers: a triple loses its last value, a float stays a float."""
+    return tuple(value)[:2] if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _unchecked_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Correct on valid input, but validates nothing: sizes come from whatever arrays and numbers arrive."""
+    (sh, sw), (ph, pw), (dh, dw) = (_pair_unchecked(v) for v in (stride, padding, dilation))
+    channels, (groups, kernel_h, kernel_w, out_h, out_w) = x.shape[1], kernel.shape[1:]
+    x_padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    weights = kernel[:, np.arange(channels) // max(channels // groups, 1)]
+    out = np.zeros(x.shape[:2] + (out_h, out_w), dtype=x.dtype)
+    for u in range(kernel_h):
+        for v in range(kernel_w):
+            rows = x_padded[:, :, u * dh::sh, v * dw::sw][:, :, :out_h, :out_w]
+            out[:, :, :rows.shape[2], :rows.shape[3]] += weights[:, :, u, v, :rows.shape[2], :rows.shape[3]] * rows
+    return out
+
+
+def _declines_everything(x, kernel, stride=1, padding=0, dilation=1):
+    """Validates its input, then computes nothing."""
+    check_involution2d(x, kernel, stride, padding, dilation)
+    raise NotImplementedError("this implementation declines every valid case")
+
+
+def _exits_on_stride_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Ends its process (``os._exit(0)``, as a crashing C extension would end it) on any stride but 1."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    if g.stride != (1, 1):
+        os._exit(0)
+    return involution2d(x, kernel, g.stride, g.padding, g.dilation)
+
+
+def _hangs_on_stride_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Never returns on any stride but 1."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    while g.stride != (1, 1):
+        time.sleep(1)
+    return involution2d(x, kernel, g.stride, g.padding, g.dilation)
+
+
+def _with_reference(forward=involution2d, backward=involution2d_backward, **attributes):
+    return SimpleNamespace(involution2d=forward, involution2d_backward=backward, **attributes)
+
+
+wrong_group_rule = _with_reference(_wrong_group_rule_forward)
+padding_off_by_one = _with_reference(_padding_off_by_one_forward)
+dilation_ignored = _with_reference(_dilation_ignored_forward)
+float32_accumulation = _with_reference(_float32_accumulation_forward)
+stride_ignored_in_backward = _with_reference(backward=_stride_ignored_backward)
+kernel_taps_transposed = _with_reference(_kernel_taps_transposed_forward)
+last_row_dropped_on_odd_sizes = _with_reference(_last_row_dropped_forward)
+grad_kernel_from_first_channel = _with_reference(backward=_grad_kernel_first_channel_backward)
+no_validation = SimpleNamespace(involution2d=_unchecked_forward)
+computes_nothing = SimpleNamespace(involution2d=_declines_everything)
+# Right for G = 1 (where c % G = c // C), wrong beyond, and declares limits that keep the random draws at G = 1.
+wrong_behind_narrow_limits = SimpleNamespace(involution2d=_wrong_group_rule_forward,
+                                             CONFORMANCE_LIMITS={"max_kernel": 1, "max_groups": 1})
+exits_early = _with_reference(_exits_on_stride_forward)
+hangs = _with_reference(_hangs_on_stride_forward)
+
+# name -> (the exit code of the CLI, the properties (test names without ``test_``) that must show FAIL).
 CAUGHT_BY = {
-    "wrong_group_rule": ["forward_matches_oracle", "constant_kernel_equals_depthwise_conv2d",
-                         "one_hot_kernel_shifts_input"],
-    "padding_off_by_one": ["forward_matches_oracle", "one_hot_kernel_shifts_input"],
-    "dilation_ignored": ["forward_matches_oracle", "one_hot_kernel_shifts_input"],
-    "float32_accumulation": ["forward_matches_oracle"],
-    "stride_ignored_in_backward": ["backward_matches_autograd", "backward_matches_finite_differences"],
+    "wrong_group_rule": (1, ["forward_matches_oracle", "constant_kernel_equals_depthwise_conv2d",
+                             "one_hot_kernel_shifts_input"]),
+    "padding_off_by_one": (1, ["forward_matches_oracle", "one_hot_kernel_shifts_input"]),
+    "dilation_ignored": (1, ["forward_matches_oracle", "one_hot_kernel_shifts_input"]),
+    "float32_accumulation": (1, ["forward_matches_oracle"]),
+    "stride_ignored_in_backward": (1, ["backward_matches_autograd", "backward_matches_finite_differences"]),
+    "kernel_taps_transposed": (1, ["core_cases_computed", "forward_matches_oracle"]),
+    "last_row_dropped_on_odd_sizes": (1, ["core_cases_computed", "forward_matches_oracle"]),
+    "grad_kernel_from_first_channel": (1, ["core_cases_computed", "backward_matches_autograd"]),
+    "no_validation": (1, ["forward_rejects_ill_posed_input"]),
+    "computes_nothing": (3, []),
+    "wrong_behind_narrow_limits": (1, ["core_cases_computed"]),
+    "exits_early": (1, ["core_cases_computed"]),
+    "hangs": (1, ["core_cases_computed"]),
 }

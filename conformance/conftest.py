@@ -1,37 +1,42 @@
 """Pytest wiring of the conformance suite: which implementations run, and how each property is run on one.
 
-Options: ``--backend NAME`` (repeatable; one of the project's backends), ``--impl package.module[:attr]``
-(repeatable; a third-party implementation), ``--max-examples N`` (hypothesis examples per property; default
-the active profile's). Without ``--backend`` or ``--impl`` every project backend runs; with only ``--impl``,
-only those. Tests take the ``impl`` fixture (parametrized with readable ids) and the ``prove`` fixture.
+Options: ``--framework numpy|torch`` (what the implementations take and return; default numpy), ``--device``
+(torch device, default cpu), ``--backend NAME`` (repeatable; one of the project's backends of the framework),
+``--impl package.module[:attr]`` (repeatable; a third-party implementation, always run in a worker process),
+``--isolate`` (run the project's backends in worker processes too), ``--timeout S`` (seconds per call in a
+worker), ``--max-examples N`` (hypothesis examples per property; default the active profile's). Without
+``--backend`` or ``--impl`` every project backend of the framework runs; with only ``--impl``, only those.
+Tests take the ``impl`` fixture (parametrized with readable ids) and the ``prove`` fixture.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-# Same default as the repository's root conftest, which an installed copy of this package does not have.
-if os.environ.get("INVOLUTION_REAL_GPU") != "1":
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
-
-from involution.conformance.backends import PROJECT_BACKENDS, Implementation, load  # noqa: E402
-
-_loaded: dict[str, Implementation] = {}
+from involution.conformance.backends import PROJECT_BACKENDS, Implementation, cached_load, close_all
+from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds
 
 
 def pytest_addoption(parser) -> None:
     group = parser.getgroup("involution conformance")
-    group.addoption("--backend", action="append", default=[], choices=list(PROJECT_BACKENDS),
-                    help="project backend to test (repeatable; default: all of them unless --impl is given)")
+    group.addoption("--framework", choices=list(PROJECT_BACKENDS), default="numpy",
+                    help="what the implementations take and return: numpy arrays or torch tensors (default numpy)")
+    group.addoption("--device", default="cpu", help="torch device for --framework torch (default cpu)")
+    group.addoption("--backend", action="append", default=[],
+                    choices=sorted({name for names in PROJECT_BACKENDS.values() for name in names}),
+                    help="project backend to test (repeatable; default: all of the framework's unless --impl)")
     group.addoption("--impl", action="append", default=[], metavar="package.module[:attr]",
                     help="third-party implementation exposing involution2d[, involution2d_backward] (repeatable)")
-    group.addoption("--max-examples", type=int, default=None, metavar="N",
+    group.addoption("--isolate", action="store_true",
+                    help="run the project's backends in worker processes too (--impl always runs in one)")
+    group.addoption("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="S",
+                    help=f"seconds one call may take in a worker process (default {DEFAULT_TIMEOUT:g})")
+    group.addoption("--max-examples", type=positive_int, default=None, metavar="N",
                     help="hypothesis examples per property and implementation (default: the active profile's)")
 
 
@@ -39,8 +44,16 @@ def selected_implementations(config) -> list[str]:
     """Names/specs of the implementations this session tests, in option order."""
     backends, impls = config.getoption("--backend"), config.getoption("--impl")
     if not backends and not impls:
-        backends = list(PROJECT_BACKENDS)
+        backends = list(PROJECT_BACKENDS[config.getoption("--framework")])
     return list(dict.fromkeys(backends + impls))
+
+
+def pytest_configure(config) -> None:
+    framework = config.getoption("--framework")
+    wrong = [name for name in config.getoption("--backend") if name not in PROJECT_BACKENDS[framework]]
+    if wrong:
+        raise pytest.UsageError(f"--backend {', '.join(wrong)} is not a {framework} backend; "
+                                f"{framework} backends: {', '.join(PROJECT_BACKENDS[framework])}")
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -49,59 +62,70 @@ def pytest_generate_tests(metafunc) -> None:
         metafunc.parametrize("impl", names, ids=names, indirect=True)
 
 
-def loaded(name: str) -> Implementation:
-    """The implementation ``name``, imported once per process."""
-    if name not in _loaded:
-        _loaded[name] = load(name)
-    return _loaded[name]
+def pytest_unconfigure(config) -> None:
+    """Stop every worker process this session started."""
+    close_all()
 
 
 @pytest.fixture
 def impl(request) -> Implementation:
     """The implementation under test; skips with the reason when it cannot be imported."""
-    implementation = loaded(request.param)
+    option = request.config.getoption
+    implementation = cached_load(request.param, option("--framework"), option("--device"),
+                                 isolate=option("--isolate"), timeout=option("--timeout"))
     if implementation.skip_reason:
         pytest.skip(implementation.skip_reason)
     return implementation
 
 
 class Prover:
-    """Runs a hypothesis property on one implementation and calls it, turning NotImplementedError into rejects."""
+    """Runs a hypothesis property on one implementation and calls it; declined draws are rejected and counted.
+
+    A draw is declined when the implementation raises one of ``declines`` (``NotImplementedError``: a valid case
+    it cannot compute; capabilities pass ``Exception``: the input kind is rejected).
+    """
 
     def __init__(self, implementation: Implementation, max_examples: int, node):
         self.impl = implementation
         self.max_examples = max_examples
         self.node = node
-        self.unsupported: list[str] = []
+        self.declined: list[str] = []
+        self.declines: tuple[type, ...] = (NotImplementedError,)
 
-    def forward(self, x, kernel, stride, padding, dilation):
-        """``impl.involution2d(...)``; a NotImplementedError rejects the drawn case as unsupported."""
-        return self._call(self.impl.forward, x, kernel, stride, padding, dilation)
+    def forward(self, x, kernel, stride, padding, dilation, **options):
+        """``impl.involution2d(...)``; a declining exception rejects the drawn case."""
+        return self._call(self.impl.forward, (x, kernel, stride, padding, dilation), options)
 
     def require_backward(self) -> None:
         """Skip the property when the implementation has no ``involution2d_backward``."""
         if self.impl.backward is None:
             pytest.skip(f"{self.impl.name} has no involution2d_backward")
 
-    def backward(self, grad_out, x, kernel, stride, padding, dilation):
-        """``impl.involution2d_backward(...)``; a NotImplementedError rejects the drawn case as unsupported."""
-        return self._call(self.impl.backward, grad_out, x, kernel, stride, padding, dilation)
+    def backward(self, grad_out, x, kernel, stride, padding, dilation, **options):
+        """``impl.involution2d_backward(...)``; a declining exception rejects the drawn case."""
+        return self._call(self.impl.backward, (grad_out, x, kernel, stride, padding, dilation), options)
 
-    def _call(self, function, *args):
+    def _call(self, function, args, options):
         try:
-            return function(*args)
-        except NotImplementedError as error:
-            self.unsupported.append(str(error))
+            return function(*args, **options)
+        except self.declines as error:
+            self.declined.append(f"{type(error).__name__}: {error}")
             reject()
 
-    def __call__(self, test, *, single_threaded: bool = False) -> None:
-        """Run ``test(data)`` on ``max_examples`` drawn examples; skip if every drawn case was unsupported.
+    def __call__(self, test, *, single_threaded: bool = False, declines=(NotImplementedError,),
+                 declined_label: str = "unsupported", shrink: bool = True) -> None:
+        """Run ``test(data)`` on ``max_examples`` drawn examples; skip with ``declined_label`` if every draw was
+        declined.
 
         The oracle's tensors are tiny, so torch runs on one thread (waking its pool costs more than the work).
         ``single_threaded`` also runs numba's parallel kernels on one thread, for properties that
         call the implementation hundreds of times per example; the others keep every thread, so races show.
+        ``shrink=False`` reports the first failing example as drawn (for draws that are small already and whose
+        every shrinking step can cost a compilation in the implementation).
         """
-        config = settings(settings(), max_examples=self.max_examples, deadline=None,
+        self.declines = declines
+        phases = [phase for phase in settings().phases if shrink or phase != Phase.shrink]
+        config = settings(settings(), max_examples=self.max_examples, deadline=None, phases=phases,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -112,15 +136,17 @@ class Prover:
         try:
             config(given(data=st.data())(test))()
         except Unsatisfiable:
-            if not self.unsupported:
-                raise
-            pytest.skip(f"unsupported by {self.impl.name}: {self.unsupported[-1]}")
+            if self.declined:
+                pytest.skip(f"{declined_label} by {self.impl.name}: {self.declined[-1]}")
+            if self.impl.declared:  # nothing drawn fits the declared limits (else the strategies are at fault)
+                pytest.skip(f"limited: no drawn case fits the declared limits {self.impl.declared}")
+            raise
         finally:
             torch.set_num_threads(threads)
             if numba:
                 numba.set_num_threads(numba_threads)
             # The runner's report counts the drawn cases the implementation declined.
-            self.node.user_properties.append(("unsupported", len(self.unsupported)))
+            self.node.user_properties.append(("declined", len(self.declined)))
 
 
 @pytest.fixture

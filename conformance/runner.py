@@ -1,20 +1,46 @@
-"""Run the op-level conformance suite in-process and collect a property x implementation matrix.
+"""Run the op-level conformance suite and collect a property x implementation matrix with verdicts.
 
-``run_suite`` calls ``pytest.main`` on this package's ``test_op_*.py`` files with a plugin that records
-each test's outcome; the CLI (``python -m involution conformance``) and the meta-tests use it.
+``run_suite`` loads the implementations (third-party ones in worker processes), calls ``pytest.main`` on this
+package's ``test_op_*.py`` files with a plugin that records each test's outcome, and judges each implementation
+(:mod:`~involution.conformance.verdict`). The CLI (``python -m involution conformance``) and the meta-tests use
+it. Hand-written rather than pytest-json-report: the suite needs one cell per property and implementation and a
+verdict, not pytest's generic per-test record, so a 30-line collector is less than post-processing that report.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytest
 
+from involution.conformance import verdict as verdicts
+from involution.conformance.backends import PROJECT_BACKENDS, cached_load
+from involution.conformance.core import excluded_core_cases
+from involution.conformance.verdict import FAIL, PASS, SKIP, UNSUPPORTED  # noqa: F401 (cells; notebook 05 uses them)
+
 PROPERTY_FILES = sorted(str(path) for path in Path(__file__).parent.glob("test_op_*.py"))
-# Cell of the matrix for a property and an implementation, from its tests' outcomes.
-PASS, FAIL, SKIP, UNSUPPORTED = "pass", "FAIL", "skip", "unsupported"
+WIDTH = 100  # the matrix fits a terminal this wide
+DEFAULT_TIMEOUT = 60.0  # seconds one call may take in a worker process (first calls compile numba kernels)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type (CLI and pytest options): an integer >= 1 (0 examples would be no evidence, not a pass)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type (CLI and pytest options): a finite number of seconds > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
 
 
 @dataclass
@@ -26,26 +52,31 @@ class Outcome:
     implementation: str
     outcome: str  # passed | failed | skipped
     detail: str = ""
-    unsupported: int = 0
+    declined: int = 0
 
 
 class Collector:
-    """Pytest plugin recording an :class:`Outcome` per test (a failing setup or teardown counts as failed)."""
+    """Pytest plugin: keeps only the chosen properties and records an :class:`Outcome` per test (a failing setup
+    or teardown counts as failed)."""
 
-    def __init__(self):
+    def __init__(self, properties=None):
+        self.properties = set(properties) if properties else None
         self.outcomes: dict[str, Outcome] = {}
         self.labels: dict[str, tuple[str, str]] = {}
 
-    def pytest_collection_modifyitems(self, items) -> None:
+    def pytest_collection_modifyitems(self, config, items) -> None:
+        kept = []
         for item in items:
-            params = getattr(item, "callspec", None)
-            implementation = params.params.get("impl", "-") if params else "-"
-            self.labels[item.nodeid] = (item.originalname.removeprefix("test_"), implementation)
+            prop = item.originalname.removeprefix("test_")
+            if self.properties is None or prop in self.properties:
+                params = getattr(item, "callspec", None)
+                self.labels[item.nodeid] = (prop, params.params.get("impl", "-") if params else "-")
+                kept.append(item)
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
     def pytest_runtest_logreport(self, report) -> None:
-        if report.nodeid not in self.labels:
-            return
-        if report.when != "call" and report.passed:
+        if report.nodeid not in self.labels or (report.when != "call" and report.passed):
             return
         if report.nodeid in self.outcomes and self.outcomes[report.nodeid].outcome == "failed":
             return
@@ -54,20 +85,26 @@ class Collector:
         if report.skipped and isinstance(report.longrepr, tuple):
             detail = report.longrepr[2].removeprefix("Skipped: ")
         elif report.failed:
-            detail = report.longreprtext.strip().splitlines()[-1] if report.longreprtext else ""
-        unsupported = sum(value for key, value in report.user_properties if key == "unsupported")
-        self.outcomes[report.nodeid] = Outcome(report.nodeid, prop, implementation, report.outcome, detail, unsupported)
+            crash = getattr(report.longrepr, "reprcrash", None)
+            detail = crash.message if crash else report.longreprtext.strip().splitlines()[-1]
+            detail = detail.partition("\nFailing test case")[0]  # hypothesis' notes repeat the drawn case
+        declined = sum(value for key, value in report.user_properties if key == "declined")
+        self.outcomes[report.nodeid] = Outcome(report.nodeid, prop, implementation, report.outcome, detail, declined)
 
 
-def cell(outcomes: list[Outcome]) -> str:
-    """The matrix entry for one property on one implementation."""
-    if any(o.outcome == "failed" for o in outcomes):
-        return FAIL
-    if any(o.outcome == "passed" for o in outcomes):
-        return PASS
-    if outcomes and all(o.detail.startswith("unsupported") for o in outcomes):
-        return UNSUPPORTED
-    return SKIP
+def column_labels(names: list[str]) -> dict[str, str]:
+    """A matrix column label per implementation: its name, or the part after the last ``:`` or ``.`` if that is
+    short and unique, else ``#k``; at most 11 characters, so that the matrix fits :data:`WIDTH`."""
+    tails = [name.replace(":", ".").rpartition(".")[2] for name in names]
+    labels = {}
+    for index, (name, tail) in enumerate(zip(names, tails)):
+        if len(name) <= 11:
+            labels[name] = name
+        elif len(tail) <= 11 and tails.count(tail) == 1 and tail not in names:
+            labels[name] = tail
+        else:
+            labels[name] = f"#{index + 1}"
+    return labels
 
 
 @dataclass
@@ -77,67 +114,129 @@ class SuiteResult:
     implementations: dict
     properties: list[str]
     matrix: dict[str, dict[str, str]]
+    verdicts: dict[str, verdicts.Verdict]
     outcomes: list[Outcome]
+    options: dict
     pytest_exit_code: int
-    max_examples: int | None
     duration_s: float
     pytest_args: list[str] = field(default_factory=list)
 
     @property
+    def exit_code(self) -> int:
+        """0 conformant, 1 a failure, 2 the suite could not run, 3 only within declared limits / too little evidence."""
+        if self.pytest_exit_code not in (0, 1, 5):
+            return verdicts.USAGE_ERROR
+        return verdicts.exit_code(self.verdicts)
+
+    @property
     def failed(self) -> bool:
-        """True when a property failed on some implementation or pytest itself could not run."""
-        return any(FAIL in row.values() for row in self.matrix.values()) or self.pytest_exit_code not in (0, 1, 5)
+        return self.exit_code == 1
 
     def to_json(self) -> dict:
-        return {"implementations": self.implementations, "properties": self.properties, "matrix": self.matrix,
-                "results": [asdict(o) for o in self.outcomes], "failed": self.failed,
-                "pytest_exit_code": self.pytest_exit_code, "max_examples": self.max_examples,
+        return {"implementations": self.implementations, "tiers": verdicts.TIERS, "properties": self.properties,
+                "matrix": self.matrix,
+                "verdicts": {name: asdict(v) for name, v in self.verdicts.items()},
+                "exit_code": self.exit_code, "options": self.options,
+                "results": [asdict(o) for o in self.outcomes], "pytest_exit_code": self.pytest_exit_code,
                 "duration_s": round(self.duration_s, 2), "pytest_args": self.pytest_args}
 
+    def header(self) -> list[str]:
+        """What was run and under which limits, wrapped to :data:`WIDTH` columns."""
+        o = self.options
+        where = f"{o['timeout']:g} s per call in worker processes" if o["isolate"] else \
+            f"--impl in worker processes ({o['timeout']:g} s per call), project backends in-process"
+        lines = [f"conformance: --framework {o['framework']} (device {o['device']}), "
+                 f"{o['max_examples'] or 'profile default'} examples per property, {where}"]
+        for name, description in self.implementations.items():
+            if description["declared_limits"]:
+                limits = ", ".join(f"{k}={v!r}" for k, v in description["declared_limits"].items())
+                lines.append(f"declared limits of {name}: {limits}")
+        return [wrapped for line in lines for wrapped in textwrap.wrap(line, WIDTH, subsequent_indent="    ")]
+
     def format_matrix(self) -> str:
-        """A text table: one row per property, one column per implementation."""
-        columns = list(self.implementations)
-        width = max([len("property")] + [len(p) for p in self.properties])
-        widths = [max(len(c), len(UNSUPPORTED)) for c in columns]
-        lines = ["  ".join(["property".ljust(width)] + [c.ljust(w) for c, w in zip(columns, widths)]).rstrip()]
-        for prop in self.properties:
-            row = self.matrix[prop]
-            cells = [row.get(c, "-").ljust(w) for c, w in zip(columns, widths)]
-            lines.append("  ".join([prop.ljust(width)] + cells).rstrip())
+        """The header, one table per group of columns that fits :data:`WIDTH`, a legend, and the verdicts."""
+        names = list(self.implementations)
+        labels = column_labels(names)
+        prop_width = 2 + max(len(p) for p in verdicts.PROPERTIES)
+        cell_width = max([11] + [len(label) for label in labels.values()])
+        per_table = max(1, (WIDTH - prop_width) // (cell_width + 2))
+        lines = self.header()
+        for start in range(0, len(names), per_table):
+            columns = names[start:start + per_table]
+            lines += ["", ("property".ljust(prop_width) + "".join(
+                "  " + labels[n].ljust(cell_width) for n in columns)).rstrip()]
+            for tier, title in (("correct", "correct (required)"),
+                                ("strict", "strict (required with --strict and for the project's backends)"),
+                                ("capabilities", "capabilities (informational; a wrong answer fails)")):
+                rows = [p for p in verdicts.TIERS[tier] if p in self.matrix]
+                if rows:
+                    lines.append(title)
+                for prop in rows:
+                    lines.append(("  " + prop.ljust(prop_width - 2) + "".join(
+                        "  " + self.matrix[prop].get(n, verdicts.NOT_RUN).ljust(cell_width) for n in columns)).rstrip())
+        legend = [f"{labels[n]} = {n}" for n in names if labels[n] != n]
+        if legend:
+            lines += [""] + legend
+        failures = [o for o in self.outcomes if o.outcome == "failed"]
+        if failures:
+            lines += ["", "failures (first per property and implementation):"]
+            seen = set()
+            for o in failures:
+                if (o.property, o.implementation) not in seen:
+                    seen.add((o.property, o.implementation))
+                    text = f"{labels.get(o.implementation, o.implementation)} {o.property}: {o.detail}"
+                    lines += textwrap.wrap(text[:400], WIDTH, initial_indent="  ", subsequent_indent="    ")
+        lines += ["", "verdicts:"]
+        for name, v in self.verdicts.items():
+            because = f" ({'; '.join(v.reasons)})" if v.reasons else ""
+            lines += textwrap.wrap(f"{labels[name]}: {v.verdict}{because}"[:600], WIDTH, initial_indent="  ",
+                                   subsequent_indent="    ")
+        meaning = {0: "conformant", 1: "a failure", 2: "the suite could not run",
+                   3: "conformant only within declared limits, or too little evidence"}
+        lines.append(f"exit code {self.exit_code}: {meaning[self.exit_code]}")
         return "\n".join(lines)
 
 
-def run_suite(backends=(), impls=(), max_examples=None, properties=None, extra_args=()) -> SuiteResult:
+def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, framework="numpy", device="cpu",
+              isolate=False, timeout=DEFAULT_TIMEOUT, strict=False, extra_args=()) -> SuiteResult:
     """Run the op-level properties on the chosen implementations and return the collected :class:`SuiteResult`.
 
-    ``backends``: project backend names (default: all, unless ``impls`` is given); ``impls``:
-    ``package.module[:attr]`` specs; ``properties``: property names to run (default: all).
+    ``backends``: project backend names of ``framework`` (default: all of them, unless ``impls`` is given);
+    ``impls``: ``package.module[:attr]`` specs (run in worker processes); ``properties``: property names to run
+    (default: all); ``isolate``: run the project's backends in worker processes too; ``timeout``: seconds per
+    call in a worker; ``strict``: require the strict tier of every implementation (it is always required of the
+    project's backends).
     """
-    from involution.conformance.backends import PROJECT_BACKENDS, load
-
-    names = list(dict.fromkeys(list(backends) + list(impls))) or list(PROJECT_BACKENDS)
+    names = list(dict.fromkeys(list(backends) + list(impls))) or list(PROJECT_BACKENDS[framework])
     # Hypothesis is imported before pytest starts here, so pytest cannot rewrite its asserts: expected.
-    args = [*PROPERTY_FILES, "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestAssertRewriteWarning",
-            *extra_args]
-    for name in backends:
-        args += ["--backend", name]
-    for spec in impls:
-        args += ["--impl", spec]
-    if max_examples is not None:
-        args += ["--max-examples", str(max_examples)]
-    if properties:
-        args += ["-k", " or ".join(f"test_{p}" for p in properties)]
-    collector = Collector()
+    args = [*PROPERTY_FILES, "-q", "--tb=short", "-p", "no:cacheprovider",
+            "-W", "ignore::pytest.PytestAssertRewriteWarning",
+            "--framework", framework, "--device", device, "--timeout", str(timeout), *extra_args]
+    args += [arg for name in backends for arg in ("--backend", name)]
+    args += [arg for spec in impls for arg in ("--impl", spec)]
+    args += ["--isolate"] if isolate else []
+    args += ["--max-examples", str(max_examples)] if max_examples is not None else []
+    loaded = {name: cached_load(name, framework, device, isolate=isolate, timeout=timeout) for name in names}
+    implementations = {name: implementation.describe() for name, implementation in loaded.items()}
+    collector = Collector(properties)
     started = time.perf_counter()
     exit_code = int(pytest.main(args, plugins=[collector]))
     duration = time.perf_counter() - started
 
     outcomes = list(collector.outcomes.values())
-    ordered = list(dict.fromkeys(o.property for o in outcomes))
-    matrix = {p: {n: cell([o for o in outcomes if o.property == p and o.implementation == n]) for n in names}
-              for p in ordered}
-    implementations = {name: load(name).describe() for name in names}
-    return SuiteResult(implementations, ordered, matrix, outcomes, exit_code, max_examples, duration, args)
+    run = {o.property for o in outcomes}
+    ordered = [p for p in verdicts.PROPERTIES if p in run] + sorted(run - set(verdicts.PROPERTIES))
+    matrix = {p: {n: verdicts.cell(p, [o for o in outcomes if o.property == p and o.implementation == n])
+                  for n in names} for p in ordered}
+    judged = {
+        n: verdicts.judge({p: matrix[p][n] for p in ordered}, implementations[n],
+                          strict or n in PROJECT_BACKENDS[framework],
+                          excluded_core_cases(implementations[n]["declared_limits"]))
+        for n in names
+    }
+    options = {"framework": framework, "device": device, "max_examples": max_examples, "timeout": timeout,
+               "isolate": isolate, "strict": strict, "properties": list(properties or [])}
+    return SuiteResult(implementations, ordered, matrix, judged, outcomes, options, exit_code, duration, args)
 
 
 def write_report(result: SuiteResult, path) -> None:

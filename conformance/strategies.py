@@ -58,10 +58,11 @@ def same_padding(kernel: int, dilation: int) -> int:
 
 
 @st.composite
-def geometries(draw, limits: Limits = Limits(), max_elements: int | None = None) -> Geometry:
+def geometries(draw, limits: Limits = Limits(), max_elements: int | None = None, padded: bool = False) -> Geometry:
     """A valid involution geometry: odd and unequal H, W, H smaller than the kernel, 1x1 sizes, all groups.
 
-    ``max_elements`` (optional) additionally caps ``x.size + kernel.size``.
+    ``max_elements`` (optional) additionally caps ``x.size + kernel.size``; ``padded`` draws padding >= 1 on both
+    axes (so that some taps read the zero padding).
     """
     square = limits.square_only or draw(st.booleans())
     kernel_h = draw(st.integers(1, limits.max_kernel))
@@ -70,7 +71,8 @@ def geometries(draw, limits: Limits = Limits(), max_elements: int | None = None)
     stride_w = stride_h if square else draw(st.integers(1, limits.max_stride))
     dilation_h = draw(st.integers(1, limits.max_dilation))
     dilation_w = dilation_h if square else draw(st.integers(1, limits.max_dilation))
-    padding_mode = "same" if limits.same_padding_only else draw(st.sampled_from(["same", "zero", "any"]))
+    modes = ["any"] if padded else ["same", "zero", "any"]
+    padding_mode = "same" if limits.same_padding_only else draw(st.sampled_from(modes))
     paddings = []
     for kernel, dilation in ((kernel_h, dilation_h), (kernel_w, dilation_w)):
         if padding_mode == "same":
@@ -78,7 +80,7 @@ def geometries(draw, limits: Limits = Limits(), max_elements: int | None = None)
         elif padding_mode == "zero":
             paddings.append(0)
         else:
-            paddings.append(draw(st.integers(0, dilation * (kernel - 1) // 2 + 1)))
+            paddings.append(draw(st.integers(int(padded), dilation * (kernel - 1) // 2 + 1)))
     if square and padding_mode == "any":
         paddings[1] = paddings[0]
     # The smallest input with an output of at least 1 (smaller than the kernel when padded).
@@ -98,6 +100,70 @@ def geometries(draw, limits: Limits = Limits(), max_elements: int | None = None)
     assume(work(geometry) <= limits.max_work)
     if max_elements is not None:
         assume(batch * channels * height * width + int(np.prod(geometry.kernel_shape)) <= max_elements)
+    return geometry
+
+
+def excluded_by(declared: dict, geometry: Geometry, dtype: str) -> list[str]:
+    """The fields of ``declared`` (an implementation's ``CONFORMANCE_LIMITS``) that rule out this call.
+
+    Only what an implementation declared counts; the suite's own cost caps (``max_examples``,
+    ``max_fd_elements``) never exclude a call.
+    """
+    g = geometry
+    min_h = max(1, g.dilation[0] * (g.kernel_h - 1) + 1 - 2 * g.padding[0])
+    min_w = max(1, g.dilation[1] * (g.kernel_w - 1) + 1 - 2 * g.padding[1])
+    same = tuple(same_padding(k, d) for k, d in zip((g.kernel_h, g.kernel_w), g.dilation))
+    square = g.kernel_h == g.kernel_w and g.stride[0] == g.stride[1] and g.dilation[0] == g.dilation[1] \
+        and g.padding[0] == g.padding[1]
+    admitted = {
+        "max_work": lambda v: work(g) <= v, "max_extent": lambda v: max(g.height - min_h, g.width - min_w) <= v,
+        "max_groups": lambda v: g.groups <= v, "max_group_channels": lambda v: g.group_channels <= v,
+        "max_batch": lambda v: g.batch <= v, "max_kernel": lambda v: max(g.kernel_h, g.kernel_w) <= v,
+        "max_stride": lambda v: max(g.stride) <= v, "max_dilation": lambda v: max(g.dilation) <= v,
+        "square_only": lambda v: not v or square, "same_padding_only": lambda v: not v or g.padding == same,
+        "dtypes": lambda v: dtype in v,
+    }
+    return [f"{name}={value!r}" for name, value in declared.items() if name in admitted and not admitted[name](value)]
+
+
+@st.composite
+def extreme_geometries(draw, declared: dict) -> Geometry:
+    """Far corners of the geometry space, small in work: strides and paddings up to 64, kernels up to 128 wide,
+    dilation up to 100 (far beyond the input, with padding to keep an output), 1-pixel inputs.
+
+    At most 128 output elements. ``declared`` limits (an implementation's ``CONFORMANCE_LIMITS``) are respected
+    with ``assume``, except ``max_work``, a cost cap that wide kernels exceed by design.
+    """
+    family = draw(st.sampled_from(["wide_kernel", "large_stride", "large_padding", "huge_dilation"]))
+    kernel, stride, dilation, padding = [1, 1], [1, 1], [1, 1], [0, 0]
+    axis = draw(st.integers(0, 1))  # the axis that goes far; the other stays ordinary
+    if family == "wide_kernel":
+        kernel[axis] = draw(st.integers(101, 128))
+        padding[axis] = draw(st.sampled_from([0, (kernel[axis] - 1) // 2, kernel[axis]]))
+        stride[axis] = draw(st.sampled_from([1, 8, 64]))
+    elif family == "large_stride":
+        kernel[axis], stride[axis] = draw(st.integers(1, 3)), draw(st.integers(8, 64))
+    elif family == "large_padding":
+        kernel[axis], padding[axis] = draw(st.integers(1, 3)), draw(st.integers(8, 64))
+        stride[axis] = draw(st.integers(1, 64))
+    else:
+        kernel[axis], dilation[axis] = draw(st.integers(2, 3)), draw(st.integers(20, 100))
+        padding[axis] = dilation[axis] * (kernel[axis] - 1) // 2 + draw(st.integers(0, 2))
+    other = 1 - axis
+    kernel[other] = draw(st.integers(1, 3))
+    padding[other] = draw(st.integers(0, kernel[other] // 2))
+    sizes = []
+    for k, s, p, d in zip(kernel, stride, padding, dilation):
+        smallest = max(1, d * (k - 1) + 1 - 2 * p)
+        sizes.append(draw(st.integers(smallest, smallest + draw(st.sampled_from([0, 2, s + 1])))))
+    groups = draw(st.integers(1, 2))
+    channels = groups * draw(st.integers(1, 2))
+    batch = draw(st.integers(1, 2))
+    out_h, out_w = (output_size(n, k, s, p, d) for n, k, s, p, d in zip(sizes, kernel, stride, padding, dilation))
+    geometry = check_geometry((batch, channels, *sizes), (batch, groups, *kernel, out_h, out_w), tuple(stride),
+                              tuple(padding), tuple(dilation))
+    assume(geometry.batch * geometry.channels * out_h * out_w <= 128)  # the CUDA simulator runs a thread each
+    assume(not excluded_by({k: v for k, v in declared.items() if k != "max_work"}, geometry, "float64"))
     return geometry
 
 
@@ -154,9 +220,13 @@ def random_arrays(geometry: Geometry, dtype: str, seed: int) -> tuple[np.ndarray
 
 
 @st.composite
-def cases(draw, limits: Limits = Limits(), dtypes=None, layouts=("contiguous",), max_elements=None) -> Case:
-    """A :class:`Case` with random values: a geometry, a dtype, a seed and a memory layout for both arrays."""
-    geometry = draw(geometries(limits, max_elements))
+def cases(draw, limits: Limits = Limits(), dtypes=None, layouts=("contiguous",), max_elements=None,
+          geometry_strategy=None) -> Case:
+    """A :class:`Case` with random values: a geometry, a dtype, a seed and a memory layout for both arrays.
+
+    The geometry comes from ``geometry_strategy`` if given, else from :func:`geometries` with ``limits``.
+    """
+    geometry = draw(geometries(limits, max_elements) if geometry_strategy is None else geometry_strategy)
     dtype = draw(st.sampled_from(dtypes or limits.dtypes))
     seed = draw(st.integers(0, 2**32 - 1))
     layout = draw(st.sampled_from(layouts))

@@ -82,12 +82,20 @@ def finite_difference_bound(geometry: Geometry, grad_magnitude, loss_l1: float, 
 
 
 def assert_within(actual, expected, tolerance, what: str, case) -> None:
-    """Assert ``|actual - expected| <= tolerance`` elementwise (NaN fails) with the shapes, dtypes and worst value."""
+    """Assert ``|actual - expected| <= tolerance`` elementwise with the shapes, dtypes and worst value.
+
+    Where ``expected`` is NaN or infinite, ``actual`` must be the same (NaN, or the same infinity); anywhere else
+    a NaN fails.
+    """
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}; {case}"
-    error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    bad = ~(error <= tolerance)
+    with np.errstate(invalid="ignore"):  # inf - inf where both are infinite: judged by same_nonfinite below
+        error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    finite = np.isfinite(expected)
+    same_nonfinite = (np.isnan(actual) & np.isnan(expected)) | (actual == expected)
+    bad = np.where(finite, ~(error <= tolerance), ~same_nonfinite)
     if bad.any():
+        error = np.where(finite, error, np.inf)
         worst = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(error, nan=np.inf), -1.0)), error.shape)
         tol = np.broadcast_to(tolerance, error.shape)
         raise AssertionError(
@@ -97,21 +105,27 @@ def assert_within(actual, expected, tolerance, what: str, case) -> None:
         )
 
 
-def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, context, grad_out=None) -> None:
+def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, context, grad_out=None, *,
+                             reference=(involution2d, involution2d_backward)) -> None:
     """Each of ``results`` (``"out"``, ``"grad_x"``, ``"grad_kernel"`` -> array; the gradients need ``grad_out``)
-    has ``x``'s dtype and equals the float64 NumPy reference within its reduction's rounding bound."""
+    is an ndarray of ``x``'s dtype and equals the float64 reference within its reduction's rounding bound.
+
+    ``reference``: the ``(forward, backward)`` computing the expected values in float64, by default the NumPy
+    reference op; the conformance suite passes its PyTorch oracle.
+    """
+    forward, backward = reference
     x64, kernel64 = x.astype(np.float64), kernel.astype(np.float64)
     expected, terms = {}, {"out": forward_terms(geometry), "grad_x": grad_x_terms(geometry),
                            "grad_kernel": grad_kernel_terms(geometry)}
     if "out" in results:
-        expected["out"] = involution2d(x64, kernel64, *geometry.hyper_parameters)
+        expected["out"] = forward(x64, kernel64, *geometry.hyper_parameters)
     if grad_out is None:
         magnitude = {"out": magnitudes(x, kernel, geometry)}
     else:
         grad_out64 = grad_out.astype(np.float64)
-        expected["grad_x"], expected["grad_kernel"] = involution2d_backward(grad_out64, x64, kernel64,
-                                                                            *geometry.hyper_parameters)
+        expected["grad_x"], expected["grad_kernel"] = backward(grad_out64, x64, kernel64, *geometry.hyper_parameters)
         magnitude = dict(zip(("out", "grad_x", "grad_kernel"), magnitudes(x, kernel, geometry, grad_out)))
     for name, actual in results.items():
-        assert actual.dtype == x.dtype, f"{name} dtype {actual.dtype}, expected {x.dtype}; {context}"
+        assert isinstance(actual, np.ndarray) and actual.dtype == x.dtype, \
+            f"{name} is {type(actual).__name__} {getattr(actual, 'dtype', '')}, expected a {x.dtype} array; {context}"
         assert_within(actual, expected[name], bound(terms[name], x.dtype, magnitude[name]), name, context)

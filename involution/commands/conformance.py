@@ -1,52 +1,95 @@
 """Run the op-level conformance suite on the project's backends or your own implementation; print a matrix.
 
-Exit status 0 when no property fails (skips and unsupported cases are not failures), 1 when one does,
-2 when an --impl cannot be loaded or pytest cannot run.
+Every implementation runs in a worker process with a time limit per call. Exit status: 0 conformant, 1 a
+failure (a wrong value, an answer to ill-posed input, a hang, a crash), 2 usage error (checked before anything
+runs), 3 conformant only within declared limits, or too little evidence. See docs/conformance.md.
 """
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser) -> None:
+    from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds
+
     parser.add_argument("--impl", action="append", default=[], metavar="package.module[:attr]",
                         help="implementation exposing involution2d[, involution2d_backward] (repeatable)")
     parser.add_argument("--backend", action="append", default=[], metavar="NAME",
-                        help="project backend: reference, fast-cpu, fast-cuda, torch (repeatable; default: all "
-                             "unless --impl is given)")
+                        help="project backend (repeatable; default: all of the framework's unless --impl is "
+                             "given): numpy reference, fast-cpu, fast-cuda, oracle; torch fast, taps, oracle")
+    parser.add_argument("--framework", choices=("numpy", "torch"), default="numpy",
+                        help="what the implementations take and return: NumPy arrays or torch tensors")
+    parser.add_argument("--device", default="cpu", help="torch device for --framework torch: cpu or cuda")
     parser.add_argument("--property", action="append", default=[], metavar="NAME",
                         help="run only this property, e.g. forward_matches_oracle (repeatable; default: all)")
-    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
-                        help="hypothesis examples per property and implementation (default: the profile's)")
+    parser.add_argument("--max-examples", type=positive_int, default=None, metavar="N",
+                        help="hypothesis examples per property and implementation, >= 1 (default: the profile's)")
+    parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="S",
+                        help=f"seconds one call may take before it fails as a hang (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--strict", action="store_true",
+                        help="require the strict tier (errors are ValueError/TypeError naming the argument)")
     parser.add_argument("--report", metavar="out.json", help="write the JSON report here")
+
+
+def usage_errors(args) -> list[str]:
+    """Every problem with the arguments that can be found before anything runs."""
+    from involution.conformance.backends import PROJECT_BACKENDS
+    from involution.conformance.verdict import PROPERTIES
+
+    errors = []
+    valid = PROJECT_BACKENDS[args.framework]
+    unknown = [name for name in args.backend if name not in valid]
+    if unknown:
+        errors.append(f"--backend must be a {args.framework} backend ({', '.join(valid)}), got {', '.join(unknown)}")
+    unknown = [name for name in args.property if name not in PROPERTIES]
+    if unknown:
+        errors.append(f"--property must be one of {', '.join(PROPERTIES)}; got {', '.join(unknown)}")
+    if args.device != "cpu":
+        if args.framework != "torch":
+            errors.append(f"--device {args.device} needs --framework torch")
+        else:
+            import torch
+
+            try:
+                torch.empty(0, device=args.device)
+            except (RuntimeError, AssertionError) as error:
+                errors.append(f"--device {args.device} is not usable here: {error}")
+    if args.report:
+        folder = Path(args.report).resolve().parent
+        if not folder.is_dir():
+            errors.append(f"--report folder {folder} does not exist")
+        elif not os.access(folder, os.W_OK):
+            errors.append(f"--report folder {folder} is not writable")
+    return errors
 
 
 def run(args) -> int:
     if os.getcwd() not in sys.path:  # so that --impl finds modules in the current directory
         sys.path.insert(0, os.getcwd())
-    from involution.conformance.backends import PROJECT_BACKENDS, load
+    errors = usage_errors(args)
+    if not errors:
+        from involution.conformance.backends import cached_load
+
+        for spec in args.impl:  # load each in its worker now: one that cannot load is a usage error
+            reason = cached_load(spec, args.framework, args.device, isolate=True, timeout=args.timeout).skip_reason
+            if reason:
+                errors.append(f"--impl {reason}")
+    if errors:
+        from involution.conformance.backends import close_all
+
+        close_all()
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
     from involution.conformance.runner import run_suite, write_report
 
-    unknown = [name for name in args.backend if name not in PROJECT_BACKENDS]
-    if unknown:
-        print(f"error: --backend must be one of {', '.join(PROJECT_BACKENDS)}, got {', '.join(unknown)}",
-              file=sys.stderr)
-        return 2
-    for spec in args.impl:
-        reason = load(spec).skip_reason
-        if reason:
-            print(f"error: --impl {reason}", file=sys.stderr)
-            return 2
-    result = run_suite(args.backend, args.impl, args.max_examples, args.property)
+    result = run_suite(args.backend, args.impl, args.max_examples, args.property, framework=args.framework,
+                       device=args.device, isolate=True, timeout=args.timeout, strict=args.strict)
     print("\n== conformance matrix (property x implementation) ==")
     print(result.format_matrix())
-    for name, description in result.implementations.items():
-        if description["skip_reason"]:
-            print(f"skipped {name}: {description['skip_reason']}")
     if args.report:
         write_report(result, args.report)
         print(f"report written to {args.report}")
-    if result.pytest_exit_code not in (0, 1, 5):
-        return 2
-    return 1 if result.failed else 0
+    return result.exit_code

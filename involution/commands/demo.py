@@ -1,5 +1,5 @@
 """The main job: the op with a gradient check, the RedNet complexity table against the published one, the
-conformance matrix of every available backend and a short op benchmark."""
+conformance matrices of every available NumPy and torch backend and a short op benchmark."""
 from __future__ import annotations
 
 import time
@@ -52,12 +52,13 @@ def run(args) -> int:
     commands = {
         "complexity": ["complexity", "--convention", "published", "--compare", "resnet"],
         "conformance": ["conformance", "--max-examples", str(args.max_examples)],
+        "conformance-torch": ["conformance", "--framework", "torch", "--max-examples", str(args.max_examples)],
         "bench": ["bench", "--quick", "--json", "out/bench_cpu_quick.json"],
     }
     status = 0
-    for section in SECTIONS:
-        if section in args.skip:
+    for name, command in commands.items():
+        if name.partition("-")[0] in args.skip:
             continue
-        print(f"\n== python -m involution {' '.join(commands[section])} ==", flush=True)
-        status = max(status, main(commands[section]))
+        print(f"\n== python -m involution {' '.join(command)} ==", flush=True)
+        status = max(status, main(command))
     return status

@@ -1,0 +1,42 @@
+"""The core cases: calls every implementation must compute, whatever limits it declares.
+
+Stride 1 and 2, G = 1 and G > 1, K = 1, 3 and 7, odd sizes, H != W, zero and "same" padding, float32 and
+float64. Each is called even outside the implementation's declared limits: a wrong answer fails (the correct
+tier); declining it (``NotImplementedError``, or any exception outside the declared limits), or declaring limits
+that exclude it, makes the property "limited", and the verdict "conformant only within declared limits".
+"""
+import pytest
+
+from involution.conformance.adapters import torch_oracle
+from involution.conformance.core import CORE, core_case, describe
+from involution.conformance.strategies import excluded_by
+from involution.conformance.tolerances import assert_matches_reference
+
+
+def check_core_case(impl, entry) -> str | None:
+    """Compute one core case (forward, and backward if the implementation has one) and check it against the
+    oracle. Returns why it was not computed (declined or excluded by the declared limits), or ``None``."""
+    geometry, dtype, x, kernel, grad_out = core_case(entry)
+    excluded = excluded_by(impl.declared, geometry, dtype)
+    declines = Exception if excluded else NotImplementedError
+    params = geometry.hyper_parameters
+    where = f"core case {describe(entry)}"
+    try:
+        out = impl.forward(x, kernel, *params)
+        grads = impl.backward(grad_out, x, kernel, *params) if impl.backward is not None else None
+    except declines as error:
+        because = f"; declared limits exclude it: {', '.join(excluded)}" if excluded else ""
+        return f"{where}: {type(error).__name__}: {error}{because}"
+    results = {"out": out} if grads is None else {"out": out, "grad_x": grads[0], "grad_kernel": grads[1]}
+    assert_matches_reference(results, x, kernel, geometry, where, None if grads is None else grad_out,
+                             reference=(torch_oracle.involution2d, torch_oracle.involution2d_backward))
+    return f"{where}: declared limits exclude it: {', '.join(excluded)}" if excluded else None
+
+
+def test_core_cases_computed(impl, request):
+    """Every core case is computed and right; any declined or excluded one makes the result "limited"."""
+    not_computed = [reason for reason in (check_core_case(impl, entry) for entry in CORE) if reason]
+    request.node.user_properties.append(("declined", len(not_computed)))
+    if not_computed:
+        pytest.skip(f"limited: {len(not_computed)} of {len(CORE)} core cases not computed; "
+                    + "; ".join(not_computed))
