@@ -20,7 +20,6 @@ import pytest
 from involution.conformance import verdict as verdicts
 from involution.conformance.backends import PROJECT_BACKENDS, cached_load
 from involution.conformance.core import excluded_core_cases
-from involution.conformance.verdict import FAIL, PASS, SKIP, UNSUPPORTED  # noqa: F401 (cells; notebook 05 uses them)
 
 PROPERTY_FILES = sorted(str(path) for path in Path(__file__).parent.glob("test_op_*.py"))
 WIDTH = 100  # the matrix fits a terminal this wide

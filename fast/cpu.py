@@ -59,9 +59,6 @@ def choose_version(name: str, geometry: Geometry) -> int:
     return preferred if preferred < 3 or scratch_fits(name, preferred, geometry) else 2
 
 
-best_version = choose_version  # the earlier name, still used by notebook 05
-
-
 def versions_for(geometry: Geometry) -> dict[str, int]:
     """``{"forward": v, "grad_x": v, "grad_kernel": v}``: the versions :func:`involution2d` and
     :func:`involution2d_backward` run for ``geometry`` with ``version=None``."""

@@ -27,7 +27,6 @@ from involution.spec import Geometry
 from .index import cuda_helpers
 
 VERSIONS = (1, 2)
-LATEST = 2  # the highest version; which one runs is involution.fast.cuda.choose_version's call
 THREADS_V1 = 256
 MAX_BLOCK_THREADS = 256
 # Channels a v2 block stages at once; the per-thread accumulators of that many channels stay in registers.
