@@ -75,7 +75,8 @@ def load(name: str, framework: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(backend.module)
     except ImportError as error:
-        hint = f" (pip install 'involution[{backend.extra}]')" if backend.extra else ""
+        missing_package = isinstance(error, ModuleNotFoundError) and not (error.name or "").startswith("involution")
+        hint = f" (pip install 'involution[{backend.extra}]')" if backend.extra and missing_package else ""
         raise ImportError(f"backend {name!r} needs {backend.module}, which failed to import{hint}: {error}") from error
 
 

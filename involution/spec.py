@@ -137,17 +137,17 @@ def check_float_layout(value, name: str, ndim: int, layout: str) -> None:
 
 
 def as_float_array(value, name: str, ndim: int, layout: str) -> np.ndarray:
-    """``value`` as an ndarray of float32/float64 with ``ndim`` dimensions, else a named error.
+    """``value``, an ndarray of float32/float64 with ``ndim`` dimensions, else a named error.
 
-    A masked array is a ``TypeError``: the op would read the data under the mask and silently drop the mask.
+    Anything else is a ``TypeError``, never converted: a masked array would lose its mask, and a torch tensor its
+    autograd graph (torch tensors go to a torch backend, :mod:`involution.backends`).
     """
     if isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a plain NumPy array {layout}, got a masked array (its mask would be "
                         f"ignored; pass {name}.filled(value))")
     if not isinstance(value, np.ndarray):
-        if hasattr(value, "__cuda_array_interface__") or not hasattr(value, "__array__"):
-            raise TypeError(f"{name} must be a NumPy array {layout}, got {type(value).__name__}")
-        value = np.asarray(value)
+        raise TypeError(f"{name} must be a NumPy array {layout}, got {type(value).__module__}.{type(value).__name__} "
+                        f"(convert it with np.asarray, or use a backend of its framework)")
     check_float_layout(value, name, ndim, layout)
     return value
 

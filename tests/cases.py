@@ -43,6 +43,18 @@ def assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilatio
                                         grad_out)
 
 
+def assert_matches_reference_on(case, dtype, forward, backward, context):
+    """``forward(x, kernel, stride, padding, dilation)`` and ``backward(grad_out, x, kernel, ...)`` on ``case`` in
+    ``dtype`` equal the float64 reference within the rounding bounds; returns the forward's result."""
+    x, kernel, grad_out, stride, padding, dilation = make_case(case, dtype)
+    context = f"{context}, {np.dtype(dtype)}, case {case}"
+    out = forward(x, kernel, stride, padding, dilation)
+    assert_forward_matches(out, x, kernel, stride, padding, dilation, context)
+    grads = backward(grad_out, x, kernel, stride, padding, dilation)
+    assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation, context)
+    return out
+
+
 def good_args():
     """``(x, kernel, stride, padding, dilation)``: a valid float64 call that ``ERROR_INPUTS`` each break once."""
     x, kernel, _, stride, padding, dilation = make_case((2, 4, 2, 6, 6, 3, 3, (1, 1), (1, 1), (1, 1)))

@@ -4,6 +4,7 @@ policy, scratch bounds, huge hyper-parameters, NaN/inf, threads, fork, an unwrit
 The fresh-compile bounds-checked run of every kernel takes minutes and is skipped by default; run it with
 ``python -m pytest tests/test_fast_cpu.py -m slow`` (or ``INVOLUTION_SLOW_TESTS=1``).
 """
+import functools
 import json
 import os
 import re
@@ -23,8 +24,9 @@ from involution.reference import involution2d, involution2d_backward  # noqa: E4
 
 from involution.reference.loops import involution2d_loops  # noqa: E402
 
-from cases import (assert_backward_matches, assert_forward_matches, assert_same_nonfinite,  # noqa: E402
-                   LARGE_CASES, backward_loops, case_id, geometry_of, good_args, make_case, make_nonfinite_case)
+from cases import (assert_backward_matches, assert_forward_matches, assert_matches_reference_on,  # noqa: E402
+                   assert_same_nonfinite, LARGE_CASES, backward_loops, case_id, geometry_of, good_args, make_case,
+                   make_nonfinite_case)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,12 +56,8 @@ DTYPES = [np.float32, np.float64]
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_every_version_matches_reference(case, dtype, version):
-    x, kernel, grad_out, stride, padding, dilation = make_case(case, dtype)
-    context = f"version {version}, {np.dtype(dtype)}, case {case}"
-    out = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
-    assert_forward_matches(out, x, kernel, stride, padding, dilation, context)
-    grads = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version)
-    assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation, context)
+    assert_matches_reference_on(case, dtype, functools.partial(cpu.involution2d, version=version),
+                                functools.partial(cpu.involution2d_backward, version=version), f"version {version}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

@@ -123,3 +123,14 @@ def test_definition_multiplies_padded_taps():
     for out in results:
         assert np.isnan(out[0, 0, 0, 0]) and out[0, 0, 1, 1] == np.inf, out
         assert out[0, 0, 2, 2] == x[0, 0, 1:, 1:].sum(), out  # finite weights on padding add 0
+
+
+def test_front_door_rejects_mixed_frameworks():
+    """A torch tensor among NumPy arrays would be converted and lose its autograd graph: a TypeError naming it."""
+    torch = pytest.importorskip("torch")
+    x = np.zeros((1, 4, 5, 5))
+    kernel = torch.zeros((1, 2, 3, 3, 5, 5), dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match=r"kernel must be a NumPy array \(B, G, Kh, Kw, Ho, Wo\), got torch.Tensor"):
+        involution2d(x, kernel, 1, 1, 1)
+    with pytest.raises(TypeError, match=r"kernel must be a torch.Tensor"):
+        involution2d(torch.zeros((1, 4, 5, 5), dtype=torch.float64), np.zeros((1, 2, 3, 3, 5, 5)), 1, 1, 1)
