@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=help_text, description=module.__doc__)
+        description = (module.__doc__ or "").replace("``", "")  # docstrings are reST; a terminal shows plain text
+        sub = subparsers.add_parser(name, help=help_text, description=description)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser

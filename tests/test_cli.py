@@ -3,7 +3,9 @@ import re
 import subprocess
 import sys
 
-from involution.cli import COMMANDS
+import pytest
+
+from involution.cli import COMMANDS, main
 
 
 def run_cli(*args):
@@ -29,3 +31,10 @@ def test_demo_gradient_check_reports_small_errors():
 def test_unknown_command_fails():
     result = run_cli("no-such-command")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_help_shows_plain_text_not_rest_markup(capsys):
+    for name in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        assert "``" not in capsys.readouterr().out, f"{name} --help shows reST double backticks"
