@@ -128,11 +128,10 @@ def check_version(name: str, version: int | None, geometry: Geometry) -> int:
         raise ValueError(f"version {version} of {name} would need {scratch_elements(name, code, geometry)} scratch "
                          f"elements for stride {geometry.stride}, dilation {geometry.dilation} and output "
                          f"{geometry.out_h}x{geometry.out_w}, more than {SCRATCH_RATIO}x the arrays; {advice} or 1-2")
-    if code >= 5 and not cpu_kernels.fits_v5(geometry):
-        raise ValueError(f"version {version} of {name} (channel vectors) needs cpu_kernels.fits_v5: at least half a "
-                         f"vector of channels per group and no stride or dilation that skips most of the input, got "
-                         f"{geometry.group_channels} channels per group, stride {geometry.stride}, dilation "
-                         f"{geometry.dilation}; {advice}")
+    if code >= 5 and not cpu_kernels.scratch_fits_v5(geometry):
+        raise ValueError(f"version {version} of {name} (channel vectors) would copy far more of the padded input than "
+                         f"its taps read (stride {geometry.stride}, dilation {geometry.dilation}, kernel "
+                         f"{geometry.kernel_h}x{geometry.kernel_w}, output width {geometry.out_w}); {advice}")
     return version
 
 

@@ -710,15 +710,19 @@ def band_v5(batch, groups, group_channels, lanes, out_h, wide, kernel_h, sh, dh,
     return max(1, min(by_memory, -(-out_h // bands_wanted)))
 
 
-def fits_v5(geometry) -> bool:
-    """Whether v5 suits ``geometry``: at least half of each float32 vector's lanes hold channels (float64 vectors
-    have half as many lanes), and a one-row band's
-    scratch holds at most 4x the input values that row's taps read (huge strides or dilations skip most of the
-    padded input, which v5 would copy)."""
+def scratch_fits_v5(geometry) -> bool:
+    """Whether a one-row band's channels-last scratch holds at most 4x the input values that row's taps read (huge
+    strides or dilations skip most of the padded input, which v5 would copy): v5 to v7 may run on ``geometry``."""
     (sh, sw), (dh, dw) = geometry.stride, geometry.dilation
     rows_in, wide = (geometry.kernel_h - 1) * dh + 1, (geometry.out_w - 1) * sw + (geometry.kernel_w - 1) * dw + 1
+    return rows_in * wide <= 4 * geometry.kernel_h * geometry.kernel_w * geometry.out_w
+
+
+def fits_v5(geometry) -> bool:
+    """Whether v5 suits ``geometry`` (the version policy's test): its scratch fits (:func:`scratch_fits_v5`) and at
+    least half of each float32 vector's lanes hold channels (float64 vectors have half as many lanes)."""
     return (2 * geometry.group_channels > lanes_v5(geometry.group_channels, np.float32)
-            and rows_in * wide <= 4 * geometry.kernel_h * geometry.kernel_w * geometry.out_w)
+            and scratch_fits_v5(geometry))
 
 
 def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
