@@ -589,7 +589,7 @@ SCRATCH_ELEMENTS = 1 << 15  # a channels-last band per thread: 128 KiB of float3
 UNITS_PER_THREAD = 8  # aim for this many units per thread, so that dynamic scheduling can balance them
 
 
-@numba.njit(inline="always", cache=True)
+@inline
 def load_channels_last(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``scratch[start + (r*wide + q)*lanes + l] = x[c0 + l, y0 + r, q - pw]`` for ``l < valid``; zero in the
     padding, past the image and in lanes ``l >= valid``."""
@@ -614,7 +614,7 @@ def load_channels_last(x_flat, scratch, start, c0, valid, lanes, height, width, 
                     scratch[numba.uint64(row_start + q * lanes + l)] = 0
 
 
-@numba.njit(inline="always", cache=True)
+@inline
 def multiply_add_taps_four(kernel_flat, kernel_start, plane, scratch, start, position_step, kernel_h, kernel_w,
                            row_step, column_step, lanes):
     """Four consecutive output positions' channel vectors: ``sum_{u,v} kernel[kernel_start + (u*Kw + v)*plane + p]
@@ -634,7 +634,7 @@ def multiply_add_taps_four(kernel_flat, kernel_start, plane, scratch, start, pos
     return a0, a1, a2, a3
 
 
-@numba.njit(inline="always", cache=True)
+@inline
 def multiply_add_taps_one(kernel_flat, kernel_start, plane, scratch, start, kernel_h, kernel_w, row_step,
                           column_step, lanes):
     """``multiply_add_taps_four`` for one position: rows narrower than a block."""
@@ -750,7 +750,7 @@ grad_x_v5, grad_kernel_v5 = grad_x_v3, grad_kernel_v3  # v5 changes only the for
 # Rows narrower than 4 columns fall back to v5's scalar copy. Same arithmetic, so results are bitwise v5's.
 
 
-@numba.njit(inline="always", cache=True)
+@inline
 def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``load_channels_last`` four columns at a time, transposed in registers."""
     lane_count = simd.count(lanes)
