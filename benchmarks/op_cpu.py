@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, layer_name, random_inputs
+from involution.benchmarks.robustness import call_seconds
 from involution.spec import Geometry
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -35,14 +36,7 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 def median_seconds(call, repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``call()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(call_seconds(call, repeats, warmup))
 
 
 def sgemm_gflops(size: int = 1024, repeats: int = 10) -> float:

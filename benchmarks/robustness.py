@@ -27,9 +27,10 @@ SPIN = ("import os, time\nos.sched_setaffinity(0, {{{core}}})\nend = time.monoto
         "while time.monotonic() < end:\n    pass\n")
 
 
-def call_seconds(call, count: int) -> list[float]:
-    """Wall times of ``count`` calls of ``call()``, after one untimed call."""
-    call()
+def call_seconds(call, count: int, warmup: int = 1) -> list[float]:
+    """Wall times of ``count`` calls of ``call()``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(count):
         started = time.perf_counter()
