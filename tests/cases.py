@@ -89,6 +89,24 @@ ERROR_INPUTS = [
 
 # Hyper-parameters far beyond the image: v3 and v4 would need scratch growing with stride**2 or the dilation,
 # so the CPU policy runs v2; each must equal the definition's loops (``backward_loops``).
+# (B, C, G, H, W, Kh, Kw, stride, padding, dilation): odd sizes, strides 1-3, dilations 1-2, rectangular
+# kernels, G = 1 and G = C, taps reading past every edge, images tall enough for several v3 bands.
+CASES = [
+    (1, 4, 1, 5, 5, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (2, 6, 3, 7, 4, 3, 3, (2, 2), (1, 1), (1, 1)),
+    (1, 4, 4, 8, 9, 5, 3, (3, 2), (2, 0), (1, 2)),
+    (2, 8, 2, 6, 6, 3, 3, (2, 2), (2, 2), (2, 2)),
+    (1, 3, 3, 2, 3, 3, 3, (1, 1), (1, 1), (1, 1)),  # input smaller than the kernel
+    (2, 4, 2, 11, 5, 3, 2, (2, 3), (1, 2), (2, 1)),  # rectangular kernel
+    (1, 4, 2, 1, 1, 1, 1, (1, 1), (0, 0), (1, 1)),  # 1x1 everything
+    (1, 34, 2, 9, 10, 7, 7, (1, 1), (3, 3), (1, 1)),  # 17 channels per group, RedNet's K7
+    (2, 32, 2, 13, 11, 7, 5, (2, 2), (3, 2), (1, 1)),  # 16 channels per group, stride 2, odd sizes
+    (1, 5, 5, 12, 7, 3, 3, (3, 1), (0, 4), (2, 2)),  # padding wider than the kernel's reach
+    (1, 4, 2, 5, 7, 2, 2, (2, 3), (0, 0), (1, 1)),  # last input row and columns read by no tap
+    (1, 4, 2, 37, 30, 3, 3, (1, 1), (1, 1), (1, 1)),  # 3 bands of wide rows, the last one short
+    (1, 4, 1, 70, 33, 3, 5, (2, 2), (1, 2), (1, 1)),  # 2 bands, stride 2
+]
+
 LARGE_CASES = [
     (1, 16, 4, 4, 4, 3, 3, (3000, 3000), (1, 1), (1, 1)),  # v3 phases: 741 MB before the policy
     (1, 4, 2, 5, 5, 3, 3, (1, 1), (99998, 99998), (100000, 100000)),  # 1x1 output, the centre tap inside

@@ -25,28 +25,11 @@ from involution.reference import involution2d, involution2d_backward  # noqa: E4
 from involution.reference.loops import involution2d_loops  # noqa: E402
 
 from cases import (assert_backward_matches, assert_forward_matches, assert_matches_reference_on,  # noqa: E402
-                   assert_same_nonfinite, LARGE_CASES, backward_loops, case_id, geometry_of, good_args, make_case,
+                   assert_same_nonfinite, CASES, LARGE_CASES, backward_loops, case_id, geometry_of, good_args, make_case,
                    make_nonfinite_case)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (B, C, G, H, W, Kh, Kw, stride, padding, dilation): odd sizes, strides 1-3, dilations 1-2, rectangular
-# kernels, G = 1 and G = C, taps reading past every edge, images tall enough for several v3 bands.
-CASES = [
-    (1, 4, 1, 5, 5, 3, 3, (1, 1), (1, 1), (1, 1)),
-    (2, 6, 3, 7, 4, 3, 3, (2, 2), (1, 1), (1, 1)),
-    (1, 4, 4, 8, 9, 5, 3, (3, 2), (2, 0), (1, 2)),
-    (2, 8, 2, 6, 6, 3, 3, (2, 2), (2, 2), (2, 2)),
-    (1, 3, 3, 2, 3, 3, 3, (1, 1), (1, 1), (1, 1)),  # input smaller than the kernel
-    (2, 4, 2, 11, 5, 3, 2, (2, 3), (1, 2), (2, 1)),  # rectangular kernel
-    (1, 4, 2, 1, 1, 1, 1, (1, 1), (0, 0), (1, 1)),  # 1x1 everything
-    (1, 34, 2, 9, 10, 7, 7, (1, 1), (3, 3), (1, 1)),  # 17 channels per group, RedNet's K7
-    (2, 32, 2, 13, 11, 7, 5, (2, 2), (3, 2), (1, 1)),  # 16 channels per group, stride 2, odd sizes
-    (1, 5, 5, 12, 7, 3, 3, (3, 1), (0, 4), (2, 2)),  # padding wider than the kernel's reach
-    (1, 4, 2, 5, 7, 2, 2, (2, 3), (0, 0), (1, 1)),  # last input row and columns read by no tap
-    (1, 4, 2, 37, 30, 3, 3, (1, 1), (1, 1), (1, 1)),  # 3 bands of wide rows, the last one short
-    (1, 4, 1, 70, 33, 3, 5, (2, 2), (1, 2), (1, 1)),  # 2 bands, stride 2
-]
 IDS = [case_id(case) for case in CASES]
 WIDE_CASE = (1, 2, 1, 3, 300, 1, 101, (1, 1), (0, 0), (1, 1))  # Kw = 101 > v4's MAX_ROW_TAPS
 DTYPES = [np.float32, np.float64]

@@ -15,8 +15,7 @@ pytest.importorskip("numba")
 from involution.fast import cpu, cpu_kernels  # noqa: E402
 from involution.reference import involution2d  # noqa: E402
 
-from cases import assert_matches_reference_on, case_id, make_case  # noqa: E402
-from test_fast_cpu import CASES  # noqa: E402  (the shared geometry cases)
+from cases import CASES, assert_matches_reference_on, case_id, make_case  # noqa: E402
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation): what v5 adds to the shared cases. Channels per group 8 (one
 # narrow vector), 24 and 40 (a full block and a partial one), output rows of 3, 4 and 5 (narrower than, equal to
