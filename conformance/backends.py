@@ -4,7 +4,7 @@ An implementation exposes ``involution2d(x, kernel, stride, padding, dilation)``
 ``involution2d_backward(grad_out, x, kernel, stride, padding, dilation) -> (grad_x, grad_kernel)``: NumPy
 arrays in and out (``--framework numpy``) or torch tensors (``--framework torch``, through the suite's adapter
 :mod:`~involution.conformance.adapters.torch_framework`). It may declare ``CONFORMANCE_LIMITS``, a dict of
-:class:`~involution.conformance.strategies.Limits` fields restricting what the suite draws for it; limits that
+:class:`~involution.conformance.limits.Limits` fields restricting what the suite draws for it; limits that
 exclude a core case make its verdict "conformant only within declared limits". It raises
 ``NotImplementedError`` for a valid case it cannot compute ("unsupported"). One that cannot be imported is
 reported as unavailable, with the reason.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from involution import backends
-from involution.conformance.strategies import Limits
+from involution.conformance.limits import Limits
 
 # The CUDA kernels run under numba's simulator unless a real GPU is asked for (the repository's root conftest has
 # the same default). Set before any backend or worker process imports numba.
@@ -38,7 +38,7 @@ PROJECT_BACKENDS = {
 
 # The CUDA simulator interprets every thread in Python: tiny shapes and few examples keep CI in budget. These cap
 # the random draws only; they are the suite's, not declared by the backend, so the core cases still run in full.
-CUDA_SIMULATOR_LIMITS = dict(max_work=600, max_fd_elements=40, max_extent=3, max_groups=2, max_group_channels=2,
+CUDA_SIMULATOR_LIMITS = dict(max_work=600, max_fd_elements=12, max_extent=3, max_groups=2, max_group_channels=2,
                              max_batch=2, max_kernel=3, max_examples=6)
 
 

@@ -4,7 +4,8 @@ Options: ``--framework numpy|torch`` (what the implementations take and return; 
 (torch device, default cpu), ``--backend NAME`` (repeatable; one of the project's backends of the framework),
 ``--impl package.module[:attr]`` (repeatable; a third-party implementation, always run in a worker process),
 ``--isolate`` (run the project's backends in worker processes too), ``--timeout S`` (seconds per call in a
-worker), ``--max-examples N`` (hypothesis examples per property; default the active profile's). Without
+worker), ``--max-examples N`` (hypothesis examples per property; default the active profile's), ``--no-shrink``
+(report a failing example as first drawn, not shrunk to a minimal one). Without
 ``--backend`` or ``--impl`` every project backend of the framework runs; with only ``--impl``, only those.
 Tests take the ``impl`` fixture (parametrized with readable ids) and the ``prove`` fixture.
 """
@@ -38,6 +39,8 @@ def pytest_addoption(parser) -> None:
                     help=f"seconds one call may take in a worker process (default {DEFAULT_TIMEOUT:g})")
     group.addoption("--max-examples", type=positive_int, default=None, metavar="N",
                     help="hypothesis examples per property and implementation (default: the active profile's)")
+    group.addoption("--no-shrink", action="store_true",
+                    help="report a failing example as first drawn instead of shrinking it (faster verdicts)")
 
 
 def selected_implementations(config) -> list[str]:
@@ -85,12 +88,15 @@ class Prover:
     it cannot compute; capabilities pass ``Exception``: the input kind is rejected).
     """
 
-    def __init__(self, implementation: Implementation, max_examples: int, node):
+    def __init__(self, implementation: Implementation, max_examples: int, node, shrink: bool = True):
         self.impl = implementation
         self.max_examples = max_examples
         self.node = node
+        self.shrink = shrink
         self.declined: list[str] = []
+        self.answered = 0
         self.declines: tuple[type, ...] = (NotImplementedError,)
+        self.declined_label = "unsupported"
 
     def forward(self, x, kernel, stride, padding, dilation, **options):
         """``impl.involution2d(...)``; a declining exception rejects the drawn case."""
@@ -107,10 +113,19 @@ class Prover:
 
     def _call(self, function, args, options):
         try:
-            return function(*args, **options)
+            result = function(*args, **options)
         except self.declines as error:
             self.declined.append(f"{type(error).__name__}: {error}")
+            if not self.answered and len(self.declined) >= self.max_examples:
+                # As many draws as examples asked for, every one declined: more would only cost time (hypothesis
+                # itself gives up after ten times as many). pytest's skip stops hypothesis at once.
+                self._skip_declined()
             reject()
+        self.answered += 1
+        return result
+
+    def _skip_declined(self):
+        pytest.skip(f"{self.declined_label} by {self.impl.name}: {self.declined[-1]}")
 
     def __call__(self, test, *, single_threaded: bool = False, declines=(NotImplementedError,),
                  declined_label: str = "unsupported", shrink: bool = True) -> None:
@@ -121,9 +136,11 @@ class Prover:
         ``single_threaded`` also runs numba's parallel kernels on one thread, for properties that
         call the implementation hundreds of times per example; the others keep every thread, so races show.
         ``shrink=False`` reports the first failing example as drawn (for draws that are small already and whose
-        every shrinking step can cost a compilation in the implementation).
+        every shrinking step can cost a compilation in the implementation); ``--no-shrink`` does it everywhere.
+        When the first ``max_examples`` draws are all declined and none was answered, the property stops there.
         """
-        self.declines = declines
+        self.declines, self.declined_label = declines, declined_label
+        shrink = shrink and self.shrink
         phases = [phase for phase in settings().phases if shrink or phase != Phase.shrink]
         config = settings(settings(), max_examples=self.max_examples, deadline=None, phases=phases,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -137,7 +154,7 @@ class Prover:
             config(given(data=st.data())(test))()
         except Unsatisfiable:
             if self.declined:
-                pytest.skip(f"{declined_label} by {self.impl.name}: {self.declined[-1]}")
+                self._skip_declined()
             if self.impl.declared:  # nothing drawn fits the declared limits (else the strategies are at fault)
                 pytest.skip(f"limited: no drawn case fits the declared limits {self.impl.declared}")
             raise
@@ -155,4 +172,4 @@ def prove(impl, request) -> Prover:
     examples = request.config.getoption("--max-examples") or settings().max_examples
     if impl.limits.max_examples:
         examples = min(examples, impl.limits.max_examples)
-    return Prover(impl, examples, request.node)
+    return Prover(impl, examples, request.node, shrink=not request.config.getoption("--no-shrink"))

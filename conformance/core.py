@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from involution.conformance.strategies import excluded_by, random_arrays
+from involution.conformance.limits import excluded_by
+from involution.conformance.strategies import random_arrays
 from involution.spec import check_geometry, output_size
 
 # (B, C, G, H, W, K, stride, padding, dtype); padding "same" is (K - 1) // 2.

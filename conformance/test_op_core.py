@@ -9,7 +9,7 @@ import pytest
 
 from involution.conformance.adapters import torch_oracle
 from involution.conformance.core import CORE, core_case, describe
-from involution.conformance.strategies import excluded_by
+from involution.conformance.limits import excluded_by
 from involution.conformance.tolerances import assert_matches_reference
 
 

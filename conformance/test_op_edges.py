@@ -4,7 +4,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from involution.conformance.adapters import torch_oracle
-from involution.conformance.strategies import DTYPES, cases, extreme_geometries, geometries
+from involution.conformance.limits import DTYPES
+from involution.conformance.strategies import cases, extreme_geometries, geometries
 from involution.conformance.tolerances import assert_matches_reference, assert_within, bound, forward_terms, magnitudes
 
 NONFINITE = (np.nan, np.inf, -np.inf)

@@ -55,13 +55,19 @@ def _absolute(array) -> np.ndarray:
     return np.abs(np.asarray(array, dtype=np.float64))
 
 
-def magnitudes(x, kernel, geometry: Geometry, grad_out=None):
+def magnitudes(x, kernel, geometry: Geometry, grad_out=None, *, any_group_rule=False):
     """``sum |products|`` of the forward (and, with ``grad_out``, of ``grad_x`` and ``grad_kernel``), float64.
 
     The op and its backward are sums of products, so each magnitude is the same computation on absolute values.
     Returns ``out_magnitude`` or ``(out_magnitude, grad_x_magnitude, grad_kernel_magnitude)``.
+    ``any_group_rule=True`` bounds the forward's ``sum |products|`` whichever group each channel reads its kernel
+    from (each kernel entry replaced by its largest magnitude over the groups): for properties of an
+    implementation against itself, which hold for any group rule, so that a wrong group rule fails only the
+    comparisons with the oracle.
     """
     x_abs, kernel_abs = _absolute(x), _absolute(kernel)
+    if any_group_rule:
+        kernel_abs = np.broadcast_to(kernel_abs.max(axis=1, keepdims=True, initial=0.0), kernel_abs.shape)
     out = involution2d(x_abs, kernel_abs, *geometry.hyper_parameters)
     if grad_out is None:
         return out

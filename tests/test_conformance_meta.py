@@ -15,6 +15,7 @@ from involution.conformance.runner import PROPERTY_FILES, WIDTH, run_suite, writ
 
 EXAMPLES = 10
 BROKEN_EXAMPLES = 20  # enough for hypothesis to find each bug every time (1 < G < C, odd sizes, dilation)
+# Broken implementations run without shrinking: the verdict is the same, only the printed example is not minimal.
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "docs" / "examples"
 # What the report says when the implementation hangs or ends its process (on a stride-2 core case).
 DETAILS = {"hangs": "timed out after 3 s in forward(x (2, 4, 7, 9) float32",
@@ -34,7 +35,7 @@ def test_suite_rejects_broken_implementation(name):
     expected_code, failing = broken.CAUGHT_BY[name]
     spec = f"involution.conformance.broken:{name}"
     properties = failing or ["core_cases_computed", "forward_matches_oracle", "forward_rejects_ill_posed_input"]
-    result = run_suite(impls=[spec], max_examples=BROKEN_EXAMPLES, properties=properties, timeout=3)
+    result = run_suite(impls=[spec], max_examples=BROKEN_EXAMPLES, properties=properties, timeout=3, shrink=False)
     cells = {prop: result.matrix[prop][spec] for prop in properties}
     assert result.exit_code == expected_code, \
         f"{name}: exit {result.exit_code}, cells {cells}\n{result.format_matrix()}"
@@ -43,9 +44,23 @@ def test_suite_rejects_broken_implementation(name):
     if not failing:  # computes nothing: declines the core cases and every draw, still rejects ill-posed input
         assert cells == {"core_cases_computed": verdict.LIMITED, "forward_matches_oracle": verdict.UNSUPPORTED,
                          "forward_rejects_ill_posed_input": verdict.PASS}, cells
+        # and the property stopped once as many draws as examples asked for were declined
+        declined = [o.declined for o in result.outcomes if o.property == "forward_matches_oracle"]
+        assert declined == [BROKEN_EXAMPLES], declined
     if name in DETAILS:
         detail = next(o.detail for o in result.outcomes if o.outcome == "failed")
         assert DETAILS[name] in detail, detail
+
+
+def test_self_consistency_holds_whatever_the_group_rule():
+    """``c % G`` groups are a wrong answer, caught against the oracle; linearity, a property of the implementation
+    against itself, still holds, and its tolerance must not assume contiguous groups (no misleading FAIL)."""
+    spec = "involution.conformance.broken:wrong_group_rule"
+    properties = ["linear_in_x", "linear_in_kernel", "forward_matches_oracle"]
+    result = run_suite(impls=[spec], max_examples=BROKEN_EXAMPLES, properties=properties, shrink=False)
+    cells = {prop: result.matrix[prop][spec] for prop in properties}
+    assert cells == {"linear_in_x": verdict.PASS, "linear_in_kernel": verdict.PASS,
+                     "forward_matches_oracle": verdict.FAIL}, result.format_matrix()
 
 
 def test_narrow_declared_limits_are_printed_and_exit_3(tmp_path):
@@ -155,10 +170,12 @@ def test_invalid_numbers_exit_2(argv, capsys):
 def test_cli_exit_codes_for_failure_and_too_little_evidence(tmp_path, capsys):
     report = tmp_path / "report.json"
     code = main(["conformance", "--impl", "involution.conformance.broken:padding_off_by_one",
-                 "--property", "forward_matches_oracle", "--max-examples", "10", "--report", str(report)])
+                 "--property", "forward_matches_oracle", "--max-examples", "10", "--no-shrink",
+                 "--report", str(report)])
     assert code == 1
     assert "forward_matches_oracle" in capsys.readouterr().out
-    assert json.loads(report.read_text())["exit_code"] == 1
+    data = json.loads(report.read_text())
+    assert data["exit_code"] == 1 and data["options"]["shrink"] is False, data["options"]
     code = main(["conformance", "--backend", "reference", "--property", "linear_in_x", "--max-examples", "2"])
     assert code == 3  # the core cases were not run: too little evidence for "conformant"
     assert "too little evidence" in capsys.readouterr().out

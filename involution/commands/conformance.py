@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
                         help=f"seconds one call may take before it fails as a hang (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("--strict", action="store_true",
                         help="require the strict tier (errors are ValueError/TypeError naming the argument)")
+    parser.add_argument("--no-shrink", dest="shrink", action="store_false",
+                        help="report a failing example as first drawn, not shrunk to a minimal one (faster)")
     parser.add_argument("--report", metavar="out.json", help="write the JSON report here")
 
 
@@ -86,7 +88,7 @@ def run(args) -> int:
     from involution.conformance.runner import run_suite, write_report
 
     result = run_suite(args.backend, args.impl, args.max_examples, args.property, framework=args.framework,
-                       device=args.device, isolate=True, timeout=args.timeout, strict=args.strict)
+                       device=args.device, isolate=True, timeout=args.timeout, strict=args.strict, shrink=args.shrink)
     print("\n== conformance matrix (property x implementation) ==")
     print(result.format_matrix())
     if args.report:

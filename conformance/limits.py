@@ -1,0 +1,74 @@
+"""What an implementation can take: its declared ``CONFORMANCE_LIMITS`` and the suite's cost caps, as rules.
+
+No hypothesis here (the worker process imports this through ``backends``; the strategies draw inside it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from involution.spec import Geometry
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an implementation can take: the strategies only draw cases inside these limits.
+
+    ``max_work`` caps ``x.size + kernel.size + B*C*Kh*Kw*Ho*Wo`` (the CUDA simulator runs a Python thread
+    per output element, so it gets a small cap); ``max_fd_elements`` caps ``x.size + kernel.size`` for
+    finite differences (two forward calls per element). ``square_only``, ``max_dilation`` and
+    ``same_padding_only`` restrict the geometry for implementations that cannot express the rest
+    (the official naive code). ``max_examples`` caps hypothesis' examples per property.
+    """
+
+    max_work: int = 20_000
+    max_fd_elements: int = 100
+    max_extent: int = 7
+    max_groups: int = 4
+    max_group_channels: int = 4
+    max_batch: int = 3
+    max_kernel: int = 5
+    max_stride: int = 3
+    max_dilation: int = 3
+    square_only: bool = False
+    same_padding_only: bool = False
+    max_examples: int | None = None
+    dtypes: tuple[str, ...] = DTYPES
+
+
+def work(geometry: Geometry) -> int:
+    """The size measure that :attr:`Limits.max_work` caps."""
+    x_size = geometry.batch * geometry.channels * geometry.height * geometry.width
+    kernel_size = int(np.prod(geometry.kernel_shape))
+    return x_size + kernel_size + geometry.macs
+
+
+def same_padding(kernel: int, dilation: int) -> int:
+    """The padding that keeps the size at stride 1 for odd kernels: ``dilation * (kernel - 1) // 2``."""
+    return dilation * (kernel - 1) // 2
+
+
+def excluded_by(declared: dict, geometry: Geometry, dtype: str) -> list[str]:
+    """The fields of ``declared`` (an implementation's ``CONFORMANCE_LIMITS``) that rule out this call.
+
+    Only what an implementation declared counts; the suite's own cost caps (``max_examples``,
+    ``max_fd_elements``) never exclude a call.
+    """
+    g = geometry
+    min_h = max(1, g.dilation[0] * (g.kernel_h - 1) + 1 - 2 * g.padding[0])
+    min_w = max(1, g.dilation[1] * (g.kernel_w - 1) + 1 - 2 * g.padding[1])
+    same = tuple(same_padding(k, d) for k, d in zip((g.kernel_h, g.kernel_w), g.dilation))
+    square = g.kernel_h == g.kernel_w and g.stride[0] == g.stride[1] and g.dilation[0] == g.dilation[1] \
+        and g.padding[0] == g.padding[1]
+    admitted = {
+        "max_work": lambda v: work(g) <= v, "max_extent": lambda v: max(g.height - min_h, g.width - min_w) <= v,
+        "max_groups": lambda v: g.groups <= v, "max_group_channels": lambda v: g.group_channels <= v,
+        "max_batch": lambda v: g.batch <= v, "max_kernel": lambda v: max(g.kernel_h, g.kernel_w) <= v,
+        "max_stride": lambda v: max(g.stride) <= v, "max_dilation": lambda v: max(g.dilation) <= v,
+        "square_only": lambda v: not v or square, "same_padding_only": lambda v: not v or g.padding == same,
+        "dtypes": lambda v: dtype in v,
+    }
+    return [f"{name}={value!r}" for name, value in declared.items() if name in admitted and not admitted[name](value)]
