@@ -48,6 +48,14 @@ def _float32_accumulation_forward(x, kernel, stride=1, padding=0, dilation=1):
     return out.astype(x.dtype)
 
 
+def _zero_taps_skipped_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Skips every tap whose weights are all zero (a tempting speed-up), so a NaN or Inf read there is lost."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    used = kernel.any(axis=(0, 1, 4, 5))[:, :, None, None]  # (Kh, Kw, 1, 1): broadcast over (u, v, i, j)
+    taps = np.where(used, windows(pad(x, g), g), 0)
+    return np.einsum("bgcuvij,bguvij->bgcij", taps, kernel).reshape(g.out_shape)
+
+
 def _stride_ignored_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1):
     """``grad_x`` scatters output pixel i to input row ``i + u*dh`` (stride 1); ``grad_kernel`` is correct."""
     grad_out, x, kernel, g = check_involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
@@ -139,6 +147,7 @@ wrong_group_rule = _with_reference(_wrong_group_rule_forward)
 padding_off_by_one = _with_reference(_padding_off_by_one_forward)
 dilation_ignored = _with_reference(_dilation_ignored_forward)
 float32_accumulation = _with_reference(_float32_accumulation_forward)
+zero_taps_skipped = _with_reference(_zero_taps_skipped_forward)
 stride_ignored_in_backward = _with_reference(backward=_stride_ignored_backward)
 kernel_taps_transposed = _with_reference(_kernel_taps_transposed_forward)
 last_row_dropped_on_odd_sizes = _with_reference(_last_row_dropped_forward)
@@ -158,6 +167,7 @@ CAUGHT_BY = {
     "padding_off_by_one": (1, ["forward_matches_oracle", "one_hot_kernel_shifts_input"]),
     "dilation_ignored": (1, ["forward_matches_oracle", "one_hot_kernel_shifts_input"]),
     "float32_accumulation": (1, ["forward_matches_oracle"]),
+    "zero_taps_skipped": (1, ["nonfinite_follows_definition"]),
     "stride_ignored_in_backward": (1, ["backward_matches_autograd", "backward_matches_finite_differences"]),
     "kernel_taps_transposed": (1, ["core_cases_computed", "forward_matches_oracle"]),
     "last_row_dropped_on_odd_sizes": (1, ["core_cases_computed", "forward_matches_oracle"]),

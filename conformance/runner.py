@@ -9,6 +9,8 @@ verdict, not pytest's generic per-test record, so a 30-line collector is less th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import textwrap
 import time
@@ -19,10 +21,11 @@ import pytest
 
 from involution.conformance import verdict as verdicts
 from involution.conformance.backends import PROJECT_BACKENDS, cached_load
-from involution.conformance.core import excluded_core_cases
+from involution.conformance.core import CORE, excluded_core_cases
 
 PROPERTY_FILES = sorted(str(path) for path in Path(__file__).parent.glob("test_op_*.py"))
 WIDTH = 100  # the matrix fits a terminal this wide
+LABEL_WIDTH = 15  # longest column label: three columns of it beside the longest property name fit WIDTH
 DEFAULT_TIMEOUT = 60.0  # seconds one call may take in a worker process (first calls compile numba kernels)
 
 
@@ -87,19 +90,20 @@ class Collector:
             crash = getattr(report.longrepr, "reprcrash", None)
             detail = crash.message if crash else report.longreprtext.strip().splitlines()[-1]
             detail = detail.partition("\nFailing test case")[0]  # hypothesis' notes repeat the drawn case
+            detail = detail.partition("\nassert ")[0]  # pytest's introspection of the assert repeats the message
         declined = sum(value for key, value in report.user_properties if key == "declined")
         self.outcomes[report.nodeid] = Outcome(report.nodeid, prop, implementation, report.outcome, detail, declined)
 
 
 def column_labels(names: list[str]) -> dict[str, str]:
     """A matrix column label per implementation: its name, or the part after the last ``:`` or ``.`` if that is
-    short and unique, else ``#k``; at most 11 characters, so that the matrix fits :data:`WIDTH`."""
+    short and unique, else ``#k``; at most :data:`LABEL_WIDTH` characters, so that the matrix fits :data:`WIDTH`."""
     tails = [name.replace(":", ".").rpartition(".")[2] for name in names]
     labels = {}
     for index, (name, tail) in enumerate(zip(names, tails)):
-        if len(name) <= 11:
+        if len(name) <= LABEL_WIDTH:
             labels[name] = name
-        elif len(tail) <= 11 and tails.count(tail) == 1 and tail not in names:
+        elif len(tail) <= LABEL_WIDTH and tails.count(tail) == 1 and tail not in names:
             labels[name] = tail
         else:
             labels[name] = f"#{index + 1}"
@@ -119,6 +123,7 @@ class SuiteResult:
     pytest_exit_code: int
     duration_s: float
     pytest_args: list[str] = field(default_factory=list)
+    pytest_output: str = ""  # pytest's own report (tracebacks, hypothesis' reproduction lines); not in the JSON
 
     @property
     def exit_code(self) -> int:
@@ -183,13 +188,17 @@ class SuiteResult:
             for o in failures:
                 if (o.property, o.implementation) not in seen:
                     seen.add((o.property, o.implementation))
-                    text = f"{labels.get(o.implementation, o.implementation)} {o.property}: {o.detail}"
-                    lines += textwrap.wrap(text[:400], WIDTH, initial_indent="  ", subsequent_indent="    ")
+                    optional = verdicts.TIER_OF.get(o.property) == "strict" and o.implementation in self.verdicts \
+                        and not self.verdicts[o.implementation].strict_required
+                    text = f"{labels.get(o.implementation, o.implementation)} {o.property}" \
+                           f"{' (strict tier, not required)' if optional else ''}: {o.detail}"
+                    lines += textwrap.wrap(textwrap.shorten(text, 400, placeholder=" [...]"), WIDTH,
+                                           initial_indent="  ", subsequent_indent="    ")
         lines += ["", "verdicts:"]
         for name, v in self.verdicts.items():
             because = f" ({'; '.join(v.reasons)})" if v.reasons else ""
-            lines += textwrap.wrap(f"{labels[name]}: {v.verdict}{because}"[:600], WIDTH, initial_indent="  ",
-                                   subsequent_indent="    ")
+            lines += textwrap.wrap(textwrap.shorten(f"{labels[name]}: {v.verdict}{because}", 600, placeholder=" [...]"),
+                                   WIDTH, initial_indent="  ", subsequent_indent="    ")
         meaning = {0: "conformant", 1: "a failure", 2: "the suite could not run",
                    3: "conformant only within declared limits, or too little evidence"}
         lines.append(f"exit code {self.exit_code}: {meaning[self.exit_code]}")
@@ -222,7 +231,8 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
     implementations = {name: implementation.describe() for name, implementation in loaded.items()}
     collector = Collector(properties)
     started = time.perf_counter()
-    exit_code = int(pytest.main(args, plugins=[collector]))
+    with contextlib.redirect_stdout(io.StringIO()) as pytest_output:  # the matrix says it all; --verbose shows this
+        exit_code = int(pytest.main(args, plugins=[collector]))
     duration = time.perf_counter() - started
 
     outcomes = list(collector.outcomes.values())
@@ -233,12 +243,15 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
     judged = {
         n: verdicts.judge({p: matrix[p][n] for p in ordered}, implementations[n],
                           strict or n in PROJECT_BACKENDS[framework],
-                          excluded_core_cases(implementations[n]["declared_limits"]))
+                          excluded_core_cases(implementations[n]["declared_limits"]),
+                          nothing_computed=sum(o.declined for o in outcomes if o.property == verdicts.CORE
+                                               and o.implementation == n) >= len(CORE))
         for n in names
     }
     options = {"framework": framework, "device": device, "max_examples": max_examples, "timeout": timeout,
                "isolate": isolate, "strict": strict, "shrink": shrink, "properties": list(properties or [])}
-    return SuiteResult(implementations, ordered, matrix, judged, outcomes, options, exit_code, duration, args)
+    return SuiteResult(implementations, ordered, matrix, judged, outcomes, options, exit_code, duration, args,
+                       pytest_output.getvalue())
 
 
 def write_report(result: SuiteResult, path) -> None:

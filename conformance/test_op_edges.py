@@ -13,7 +13,8 @@ NONFINITE = (np.nan, np.inf, -np.inf)
 
 def test_nonfinite_follows_definition(impl, prove):
     """NaN and Inf in ``x`` and ``kernel`` propagate as the definition says: an infinite weight on a tap that reads
-    the zero padding gives ``inf * 0 = NaN`` (as ``unfold`` and ``conv2d`` do), not 0 (a skipped tap)."""
+    the zero padding gives ``inf * 0 = NaN`` (as ``unfold`` and ``conv2d`` do), not 0 (a skipped tap), and a tap
+    whose weights are all zero still multiplies what it reads (``0 * NaN = NaN``: skipping zero taps is wrong)."""
     def check(data):
         case = data.draw(cases(impl.limits, geometry_strategy=geometries(impl.limits, padded=True)),
                          label="case (padding >= 1)")
@@ -23,8 +24,19 @@ def test_nonfinite_follows_definition(impl, prove):
             for _ in range(count):
                 index = tuple(data.draw(st.integers(0, size - 1)) for size in array.shape)
                 array[index] = data.draw(st.sampled_from(NONFINITE), label=f"{name}{list(index)}")
-        # Tap (u, 0) at output row 0 reads padded row -ph (< 0): padding. Likewise (0, v) at column 0.
         b, group = data.draw(st.integers(0, geometry.batch - 1)), data.draw(st.integers(0, geometry.groups - 1))
+        if data.draw(st.booleans(), label="a tap with all weights zero, reading a NaN"):
+            (sh, sw), (ph, pw), (dh, dw) = geometry.hyper_parameters
+            u, v = data.draw(st.integers(0, geometry.kernel_h - 1)), data.draw(st.integers(0, geometry.kernel_w - 1))
+            kernel[:, :, u, v] = 0  # everywhere: catches skipping per tap, per group or per weight
+            inside = [(i * sh + u * dh - ph, j * sw + v * dw - pw) for i in range(geometry.out_h)
+                      for j in range(geometry.out_w)
+                      if 0 <= i * sh + u * dh - ph < geometry.height and 0 <= j * sw + v * dw - pw < geometry.width]
+            if inside:  # else the tap reads only padding
+                row, column = data.draw(st.sampled_from(inside), label=f"NaN read by zero tap {(u, v)}")
+                channel = group * geometry.group_channels + data.draw(st.integers(0, geometry.group_channels - 1))
+                x[b, channel, row, column] = np.nan
+        # Tap (u, 0) at output row 0 reads padded row -ph (< 0): padding. Likewise (0, v) at column 0.
         if data.draw(st.booleans(), label="padded tap along the height (else the width)"):
             index = (b, group, 0, data.draw(st.integers(0, geometry.kernel_w - 1)), 0,
                      data.draw(st.integers(0, geometry.out_w - 1)))

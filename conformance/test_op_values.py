@@ -18,7 +18,7 @@ def test_forward_matches_oracle(impl, prove):
         case = data.draw(cases(impl.limits), label="case")
         x_before, kernel_before = case.x.copy(), case.kernel.copy()
         out = prove.forward(case.x, case.kernel, *case.params)
-        assert isinstance(out, np.ndarray), f"forward returned {type(out).__name__}, not an ndarray; {case}"
+        assert isinstance(out, np.ndarray), f"forward returned {out!r:.80}, not an array; {case}"
         assert out.dtype == case.dtype, f"forward returned dtype {out.dtype} for {case.dtype} inputs; {case}"
         expected, tolerance = oracle_bound(case)
         assert_within(out, expected, tolerance, "forward vs oracle", case)

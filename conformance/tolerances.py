@@ -133,5 +133,6 @@ def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, conte
         magnitude = dict(zip(("out", "grad_x", "grad_kernel"), magnitudes(x, kernel, geometry, grad_out)))
     for name, actual in results.items():
         assert isinstance(actual, np.ndarray) and actual.dtype == x.dtype, \
-            f"{name} is {type(actual).__name__} {getattr(actual, 'dtype', '')}, expected a {x.dtype} array; {context}"
+            f"{name} is {f'a {actual.dtype} array' if isinstance(actual, np.ndarray) else f'{actual!r:.80}'}, " \
+            f"expected a {x.dtype} array; {context}"
         assert_within(actual, expected[name], bound(terms[name], x.dtype, magnitude[name]), name, context)

@@ -71,10 +71,13 @@ class Verdict:
         return EXIT_CODES[self.verdict]
 
 
-def judge(column: dict[str, str], description: dict, strict_required: bool, core_excluded: list[str]) -> Verdict:
+def judge(column: dict[str, str], description: dict, strict_required: bool, core_excluded: list[str],
+          nothing_computed: bool = False) -> Verdict:
     """The verdict of one implementation from its matrix ``column`` (property -> cell).
 
-    ``core_excluded``: the core cases its declared limits exclude (see ``test_op_core``).
+    ``core_excluded``: the core cases its declared limits exclude (see ``test_op_core``); ``nothing_computed``:
+    it declined every core case (raised instead of answering). Such an implementation is never "conformant", not
+    even within limits: too little evidence.
     """
     if not description["available"]:
         return Verdict(UNAVAILABLE, [description["skip_reason"]], strict_required)
@@ -85,12 +88,16 @@ def judge(column: dict[str, str], description: dict, strict_required: bool, core
     reasons = []
     if column.get(CORE) in (None, NOT_RUN):
         return Verdict(TOO_LITTLE, [f"{CORE} was not run"], strict_required)
+    if nothing_computed:
+        return Verdict(TOO_LITTLE, ["no core case computed: every one was declined"], strict_required)
     if column[CORE] != PASS or core_excluded:
         reasons = [f"{CORE}: {column[CORE]}"] + [f"declared limits exclude core case {case}" for case in core_excluded]
         return Verdict(WITHIN_LIMITS, reasons, strict_required)
     strict_failed = [p for p in TIERS["strict"] if column.get(p) == FAIL]
     if strict_failed:
         reasons.append(f"strict tier not met ({', '.join(strict_failed)}); required with --strict")
+    if not description["has_backward"]:
+        reasons.append("forward only: no involution2d_backward, gradient properties skipped")
     return Verdict(CONFORMANT, reasons, strict_required)
 
 

@@ -44,6 +44,7 @@ def test_suite_rejects_broken_implementation(name):
     if not failing:  # computes nothing: declines the core cases and every draw, still rejects ill-posed input
         assert cells == {"core_cases_computed": verdict.LIMITED, "forward_matches_oracle": verdict.UNSUPPORTED,
                          "forward_rejects_ill_posed_input": verdict.PASS}, cells
+        assert result.verdicts[spec].verdict == verdict.TOO_LITTLE, result.format_matrix()  # never "conformant"
         # and the property stopped once as many draws as examples asked for were declined
         declined = [o.declined for o in result.outcomes if o.property == "forward_matches_oracle"]
         assert declined == [BROKEN_EXAMPLES], declined
@@ -111,6 +112,20 @@ def test_torch_unfold_example_is_conformant_through_the_cli(tmp_path, monkeypatc
     assert data["matrix"]["bfloat16"]["torch_unfold"] in (verdict.ANSWERS, verdict.REJECTED)
 
 
+def test_torch_framework_requires_tensors_back(tmp_path, monkeypatch):
+    """Tensors in, right values out, but as NumPy arrays: not a torch implementation's answer."""
+    (tmp_path / "answers_numpy.py").write_text(
+        "from involution.reference import involution2d as reference\n\n\n"
+        "def involution2d(x, kernel, stride=1, padding=0, dilation=1):\n"
+        "    return reference(x.numpy(), kernel.numpy(), stride, padding, dilation)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run_suite(impls=["answers_numpy"], framework="torch", max_examples=3, shrink=False,
+                       properties=["core_cases_computed", "forward_matches_oracle"])
+    text = result.format_matrix()
+    assert result.matrix["forward_matches_oracle"]["answers_numpy"] == verdict.FAIL, text
+    assert "forward returned NotATensor(numpy.ndarray)" in text and result.exit_code == 1, text
+
+
 def test_project_backend_in_a_worker_and_report(tmp_path):
     result = run_suite(backends=["reference"], max_examples=3, isolate=True)
     assert result.implementations["reference"]["isolated"] is True
@@ -144,7 +159,8 @@ def test_matrix_fits_100_columns_with_many_implementations():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--property", "forward_matches_oracel"], "--property must be one of"),
+    (["--property", "forward_matches_oracel"], "(did you mean forward_matches_oracle?)"),
+    (["--impl", "./my_involution.py"], "not a file path"),
     (["--backend", "no-such-backend"], "--backend must be a numpy backend"),
     (["--backend", "taps"], "--backend must be a numpy backend"),
     (["--impl", "no_such_module_for_conformance"], "no_such_module_for_conformance unavailable"),

@@ -5,7 +5,8 @@ The properties speak NumPy; :func:`wrap` turns a torch implementation's ``involu
 with the same memory layout where torch can express it (channels-last, Fortran order and sliced views keep
 their strides; reversed views, which torch cannot hold, become permuted non-contiguous tensors); results come
 back as NumPy arrays of the tensor's dtype. Anything that is not an array (a bad argument in the error tables)
-is passed through unchanged, and a result that is not a tensor is returned as it came, for the suite to judge.
+is passed through unchanged, and a result that is not a tensor comes back wrapped in :class:`NotATensor`, which
+every check of the suite rejects with its type named (a NumPy array is not a torch implementation's answer).
 
 Without ``involution2d_backward`` the gradients are autograd's through the implementation's forward: the
 adapter checks ``grad_out``'s shape against the forward's output (a named ValueError, as a backward would)
@@ -39,10 +40,20 @@ def to_tensor(value, device: str, as_dtype: str | None = None):
     return tensor.copy_(contiguous)
 
 
+class NotATensor:
+    """What a torch implementation returned instead of a tensor; the suite's type checks fail on it."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"NotATensor({type(self.value).__module__}.{type(self.value).__qualname__})"
+
+
 def to_numpy(value):
-    """A tensor as a NumPy array (bfloat16 as float32); anything else unchanged."""
+    """A tensor as a NumPy array (bfloat16 as float32); anything else wrapped in :class:`NotATensor`."""
     if not isinstance(value, torch.Tensor):
-        return value
+        return NotATensor(value)
     value = value.detach().cpu()
     if value.dtype == torch.bfloat16:
         value = value.float()
@@ -64,7 +75,7 @@ def wrap(forward, backward, device: str = "cpu"):
             results = backward(grad_out_t, x_t, kernel_t, stride, padding, dilation)
         else:
             results = autograd_backward(forward, grad_out_t, x_t, kernel_t, stride, padding, dilation)
-        return tuple(to_numpy(result) for result in results) if isinstance(results, tuple) else to_numpy(results)
+        return tuple(to_numpy(r) for r in results) if isinstance(results, (tuple, list)) else to_numpy(results)
 
     return numpy_forward, numpy_backward
 

@@ -6,6 +6,7 @@ runs), 3 conformant only within declared limits, or too little evidence. See doc
 """
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-shrink", dest="shrink", action="store_false",
                         help="report a failing example as first drawn, not shrunk to a minimal one (faster)")
     parser.add_argument("--report", metavar="out.json", help="write the JSON report here")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print pytest's own report (tracebacks, hypothesis' reproduction lines) before the "
+                             "matrix")
 
 
 def usage_errors(args) -> list[str]:
@@ -47,7 +51,13 @@ def usage_errors(args) -> list[str]:
         errors.append(f"--backend must be a {args.framework} backend ({', '.join(valid)}), got {', '.join(unknown)}")
     unknown = [name for name in args.property if name not in PROPERTIES]
     if unknown:
-        errors.append(f"--property must be one of {', '.join(PROPERTIES)}; got {', '.join(unknown)}")
+        guesses = [guess for name in unknown for guess in difflib.get_close_matches(name, PROPERTIES, n=1)]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        errors.append(f"--property must be one of {', '.join(PROPERTIES)}; got {', '.join(unknown)}{hint}")
+    paths = [spec for spec in args.impl if spec.endswith(".py") or os.sep in spec]
+    if paths:
+        errors.append(f"--impl takes an importable module name (package.module[:attr]), not a file path; got "
+                      f"{', '.join(paths)}: run from the folder that holds the file and pass its name without .py")
     if args.device != "cpu":
         if args.framework != "torch":
             errors.append(f"--device {args.device} needs --framework torch")
@@ -89,6 +99,8 @@ def run(args) -> int:
 
     result = run_suite(args.backend, args.impl, args.max_examples, args.property, framework=args.framework,
                        device=args.device, isolate=True, timeout=args.timeout, strict=args.strict, shrink=args.shrink)
+    if args.verbose:
+        print(result.pytest_output)
     print("\n== conformance matrix (property x implementation) ==")
     print(result.format_matrix())
     if args.report:
