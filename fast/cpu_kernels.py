@@ -937,32 +937,29 @@ forward_v7, grad_x_v7 = forward_v6, grad_x_v3
 # ------------------------------------------------------- v8: the input gradient with channel vectors, v6/v7's rest
 # grad_x[c, y, x] = sum of kernel[u, v, i, j] * grad_out[c, i, j] over the taps with y + ph - u*dh = i*sh and
 # x + pw - v*dw = j*sw, (i, j) inside the output: v6's forward mirrored. Per (b, g, block of lanes channels, band of
-# input rows), v8 copies the grad_out rows the band's taps read channels-last, with BORDER zero columns on each side:
-# S[r, BORDER + j, l] = grad_out[c0 + l, i0 + r, j]. An input row's taps are those u with u*dh = y + ph (mod sh), and
-# their output rows i step down by lcm(sh, dh) // sh; input columns are taken by stride phase, x = xs + sw*m, whose
-# taps v*dw = xs + pw (mod sw) read j = m + shift(v): four consecutive m read four consecutive j, so four positions'
-# channel vectors accumulate in registers, each tap one kernel value (read where it lies, four consecutive) broadcast
-# against one vector load. Taps whose output row is outside the output are skipped per row; a block of positions all
-# of whose taps read inside the output runs unchecked, a block at the border gives the weight 0 to positions whose j
-# is outside (their scratch columns are zero: nothing non-finite is made, and every read stays inside the arrays).
-# Stride 1 stores four positions per shuffle (``simd.store_columns``); wider strides collect an input row
-# channels-last, then store it four columns at a time. Each element sums its taps in (u, v) order, like v1.
+# input rows), v8 copies the grad_out rows the band's taps read channels-last, S[r, j, l] = grad_out[c0 + l, i0 + r, j].
+# An input row's taps are those u with u*dh = y + ph (mod sh), and their output rows i step down by
+# lcm(sh, dh) // sh; input columns are taken by stride phase, x = xs + sw*m, whose taps v*dw = xs + pw (mod sw) read
+# j = m + shift(v): four consecutive m read four consecutive j, so four positions' channel vectors accumulate in
+# registers, each tap one kernel value (read where it lies, four consecutive) broadcast against one vector load.
+# Taps whose output row is outside the output are skipped per row; a block of positions all of whose taps read
+# inside the output runs unchecked, a block at the border checks per tap and adds only the positions whose j is
+# inside (the definition has no term for the others: no 0 * inf). Stride 1 stores four positions per shuffle
+# (``simd.store_columns``); wider strides collect an input row channels-last, then store it four columns at a time.
+# Each element sums its taps in (u, v) order, like v1, and is written by the unit owning its row.
 import math  # noqa: E402
-
-BORDER = POSITIONS - 1  # zero grad_out columns on each side: a block of POSITIONS reading any column reads no further
 
 
 def band_v8(batch, groups, group_channels, lanes, height, width, out_h, out_w, kernel_h, sh, dh, workers):
     """``(band, slot)``: input rows per unit (about UNITS_PER_THREAD units per thread, the grad_out rows they read
     within SCRATCH_ELEMENTS) and the per-thread scratch length: those grad_out rows channels-last, one input row."""
     blocks = (group_channels + lanes - 1) // lanes
-    pitch = out_w + 2 * BORDER
-    rows_fit = max(1, SCRATCH_ELEMENTS // (pitch * lanes))
+    rows_fit = max(1, SCRATCH_ELEMENTS // (out_w * lanes))
     by_memory = height if out_h <= rows_fit else max(1, rows_fit * sh - (kernel_h - 1) * dh)
     bands_wanted = -(-UNITS_PER_THREAD * workers // (batch * groups * blocks))
     band = max(1, min(by_memory, -(-height // bands_wanted)))
     grad_out_rows = min(out_h, (band - 1 + (kernel_h - 1) * dh) // sh + 1)
-    return band, (grad_out_rows * pitch + width) * lanes
+    return band, (grad_out_rows * out_w + width) * lanes
 
 
 @inline
@@ -978,15 +975,6 @@ def tap_progression(position, padding, dilation, stride, taps, step):
             break
     count = (taps - first + step - 1) // step
     return first, count, (position + padding - first * dilation) // stride
-
-
-@inline
-def weight_inside(kernel_flat, k, j, out_w, zero):
-    """``kernel_flat[k]``, the weight of output column ``j``, or ``zero`` when ``j`` is outside ``[0, out_w)``
-    (read at the clamped column, so never outside the array)."""
-    clamped = min(max(j, 0), out_w - 1)
-    weight = kernel_flat[numba.uint64(k - j + clamped)]
-    return weight if clamped == j else zero
 
 
 @inline
@@ -1013,26 +1001,38 @@ def gather_taps_four(kernel_flat, scratch, k0, s0, row_k, row_s, column_k, colum
 
 @inline
 def gather_taps_four_border(kernel_flat, scratch, k0, s0, row_k, row_s, column_k, column_s, rows_lo, rows_hi, columns,
-                            lanes, j0, j_step, out_w, zero):
+                            lanes, j0, j_step, out_w):
     """``gather_taps_four`` where tap ``n`` reads output columns ``j0 - n*j_step + p``, some outside the output:
-    those positions weigh ``zero`` (against zero scratch columns), taps reading no column inside are skipped."""
+    a tap with all four inside runs unchecked, the others add only their positions inside."""
     lane_step = simd.count(lanes)
     a0 = a1 = a2 = a3 = simd.zeros(scratch, lanes)
     for r in range(rows_lo, rows_hi):
         for n in range(columns):
             j = j0 - n * j_step
-            if j + 3 < 0 or j >= out_w:
-                continue
             k = k0 + r * row_k + n * column_k
             s = s0 + r * row_s + n * column_s
-            a0 = simd.multiply_add(simd.splat(weight_inside(kernel_flat, k, j, out_w, zero), lanes),
-                                   simd.load(scratch, s, lanes), a0)
-            a1 = simd.multiply_add(simd.splat(weight_inside(kernel_flat, k + 1, j + 1, out_w, zero), lanes),
-                                   simd.load(scratch, s + lane_step, lanes), a1)
-            a2 = simd.multiply_add(simd.splat(weight_inside(kernel_flat, k + 2, j + 2, out_w, zero), lanes),
-                                   simd.load(scratch, s + 2 * lane_step, lanes), a2)
-            a3 = simd.multiply_add(simd.splat(weight_inside(kernel_flat, k + 3, j + 3, out_w, zero), lanes),
-                                   simd.load(scratch, s + 3 * lane_step, lanes), a3)
+            if j >= 0 and j + 3 < out_w:
+                a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), simd.load(scratch, s, lanes),
+                                       a0)
+                a1 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 1)], lanes),
+                                       simd.load(scratch, s + lane_step, lanes), a1)
+                a2 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 2)], lanes),
+                                       simd.load(scratch, s + 2 * lane_step, lanes), a2)
+                a3 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 3)], lanes),
+                                       simd.load(scratch, s + 3 * lane_step, lanes), a3)
+                continue
+            if 0 <= j < out_w:
+                a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), simd.load(scratch, s, lanes),
+                                       a0)
+            if 0 <= j + 1 < out_w:
+                a1 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 1)], lanes),
+                                       simd.load(scratch, s + lane_step, lanes), a1)
+            if 0 <= j + 2 < out_w:
+                a2 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 2)], lanes),
+                                       simd.load(scratch, s + 2 * lane_step, lanes), a2)
+            if 0 <= j + 3 < out_w:
+                a3 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 3)], lanes),
+                                       simd.load(scratch, s + 3 * lane_step, lanes), a3)
     return a0, a1, a2, a3
 
 
@@ -1060,14 +1060,12 @@ def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads
     group_channels = channels // groups
     lane_count = simd.count(lanes)
     blocks, bands = (group_channels + lane_count - 1) // lane_count, (height + band - 1) // band
-    pitch = out_w + 2 * BORDER
     plane, taps, image_plane = out_h * out_w, kernel_h * kernel_w, height * width
     i_step, j_step = u_step * dh // sh, v_step * dw // sw  # output rows (columns) between successive taps
     row_k, column_k = u_step * kernel_w * plane - i_step * out_w, v_step * plane - j_step
-    row_s, column_s = -i_step * pitch * lane_count, -j_step * lane_count
+    row_s, column_s = -i_step * out_w * lane_count, -j_step * lane_count
     grad_out_flat, kernel_flat, grad_x_flat = grad_out.reshape(-1), kernel.reshape(-1), grad_x.reshape(-1)
     scratch = np.empty(threads * slot, grad_x.dtype)
-    zero = simd.lane(simd.zeros(kernel_flat, lanes), 0)
     direct = sw == 1 and width >= POSITIONS  # four consecutive positions: store them straight to grad_x
     units = batch * groups * blocks * bands
     for unit in prange(units):
@@ -1082,7 +1080,7 @@ def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads
         i_hi = min(out_h - 1, (y0 + rows - 1 + ph) // sh)
         if i_hi >= i_lo:
             load_channels_last_v6(grad_out_flat, scratch, start, c0, valid, lanes, out_h, out_w, i_lo, i_hi - i_lo + 1,
-                                  pitch, BORDER)
+                                  out_w, 0)
         kernel_image = (b * groups + g) * taps * plane
         for y in range(y0, y0 + rows):
             u_first, u_count, i_first = tap_progression(y, ph, dh, sh, kernel_h, u_step)
@@ -1092,7 +1090,7 @@ def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads
                 count = (width - 1 - xs) // sw + 1  # positions x = xs + m*sw
                 v_first, v_count, j_first = tap_progression(xs, pw, dw, sw, kernel_w, v_step)
                 k_row = kernel_image + (u_first * kernel_w + v_first) * plane + i_first * out_w + j_first
-                s_row = start + ((i_first - i_lo) * pitch + BORDER + j_first) * lane_count
+                s_row = start + ((i_first - i_lo) * out_w + j_first) * lane_count
                 if count < POSITIONS:
                     for m in range(count):
                         a0 = gather_taps_one(kernel_flat, scratch, k_row + m, s_row + m * lane_count, row_k, row_s,
@@ -1110,7 +1108,7 @@ def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads
                     else:
                         a0, a1, a2, a3 = gather_taps_four_border(
                             kernel_flat, scratch, k_row + m, s_row + m * lane_count, row_k, row_s, column_k, column_s,
-                            rows_lo, rows_hi, v_count, lanes, j, j_step, out_w, zero)
+                            rows_lo, rows_hi, v_count, lanes, j, j_step, out_w)
                     if direct:
                         simd.store_columns(grad_x_flat, c0 * image_plane + y * width + m, image_plane, valid,
                                            a0, a1, a2, a3)

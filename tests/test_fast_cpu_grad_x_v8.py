@@ -58,6 +58,8 @@ def test_non_finite_values_propagate_like_the_reference(dtype):
     kernel[0, 0, 2, 2, 8, 10] = np.inf  # output (8, 10), tap (2, 2) reads row 9, column 11: the padding
     kernel[0, 0, 1, 2, 3, 10] = -np.inf  # output (3, 10), tap (1, 2) reads padded column 11: no input
     kernel[0, 0, 1, 1, 4, 0] = np.inf  # tap (1, 1) of output (4, 0) reads x[4, 0]: inf or NaN there
+    kernel[0, 0, 1, 0, 3, 10] = np.inf  # tap (1, 0) of the last output column reads x[3, 9]; input column 10's
+    # border block sees this tap's column 11, outside: weight 0 there, not this inf
     grad_out[0, 5, 0, 0] = np.nan  # the corner: its window holds inputs of a border block
     grad_out[0, 9, 8, 10] = np.inf
     with np.errstate(invalid="ignore"):
