@@ -1074,6 +1074,18 @@ def gather_taps_one(kernel_flat, scratch, k0, s0, row_k, row_s, column_k, column
     return a0
 
 
+@inline
+def prefetch_kernel_rows(kernel_flat, start, row_step, rows_lo, rows_hi, kernel_w, plane, out_w):
+    """Prefetch the kernel rows ``kernel_flat[start + r*row_step + v*plane : ... + out_w]``, ``rows_lo <= r < rows_hi``,
+    ``v < kernel_w``, one cache line at a time."""
+    line = 64 // kernel_flat.itemsize
+    for r in range(rows_lo, rows_hi):
+        for v in range(kernel_w):
+            first = start + r * row_step + v * plane
+            for offset in range(0, out_w + line - 1, line):
+                simd.prefetch(kernel_flat, first + min(offset, out_w - 1))
+
+
 @jit
 def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads, lanes, band, slot, u_step, v_step):
     """``grad_x_v8`` for ``lanes`` (a ``simd.Lanes``), ``band`` input rows per unit, ``slot`` scratch elements per
@@ -1120,6 +1132,10 @@ def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads
         kernel_image = (b * groups + g) * taps * plane
         for y in range(y0, y0 + rows):
             u_first, rows_lo, rows_hi, i_first = row_plan[y, 0], row_plan[y, 1], row_plan[y, 2], row_plan[y, 3]
+            if y + 1 < y0 + rows:  # the next row's kernel rows, one plane per tap: too many streams for the hardware
+                prefetch_kernel_rows(kernel_flat, kernel_image + row_plan[y + 1, 0] * kernel_w * plane
+                                     + row_plan[y + 1, 3] * out_w, u_step * kernel_w * plane - i_step * out_w,
+                                     row_plan[y + 1, 1], row_plan[y + 1, 2], kernel_w, plane, out_w)
             for xs in range(min(sw, width)):  # positions x = xs + m*sw, m < count
                 count, v_first, v_count, j_first = phase_plan[xs, 0], phase_plan[xs, 1], phase_plan[xs, 2], \
                     phase_plan[xs, 3]
