@@ -615,6 +615,19 @@ def load_channels_last(x_flat, scratch, start, c0, valid, lanes, height, width, 
 
 
 @inline
+def multiply_add_four(kernel_flat, k, scratch, s, step, lanes, a0, a1, a2, a3):
+    """One tap of four positions: ``a_p + kernel_flat[k + p] * scratch[s + p*step : ... + lanes]`` for ``p < 4``,
+    each kernel value broadcast against its position's channel vector."""
+    return (simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), simd.load(scratch, s, lanes), a0),
+            simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 1)], lanes), simd.load(scratch, s + step, lanes),
+                              a1),
+            simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 2)], lanes),
+                              simd.load(scratch, s + 2 * step, lanes), a2),
+            simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 3)], lanes),
+                              simd.load(scratch, s + 3 * step, lanes), a3))
+
+
+@inline
 def multiply_add_taps_four(kernel_flat, kernel_start, plane, scratch, start, position_step, kernel_h, kernel_w,
                            row_step, column_step, lanes):
     """Four consecutive output positions' channel vectors: ``sum_{u,v} kernel[kernel_start + (u*Kw + v)*plane + p]
@@ -624,13 +637,7 @@ def multiply_add_taps_four(kernel_flat, kernel_start, plane, scratch, start, pos
         for v in range(kernel_w):
             k = kernel_start + (u * kernel_w + v) * plane
             x = start + u * row_step + v * column_step
-            a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), simd.load(scratch, x, lanes), a0)
-            a1 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 1)], lanes),
-                                   simd.load(scratch, x + position_step, lanes), a1)
-            a2 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 2)], lanes),
-                                   simd.load(scratch, x + 2 * position_step, lanes), a2)
-            a3 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 3)], lanes),
-                                   simd.load(scratch, x + 3 * position_step, lanes), a3)
+            a0, a1, a2, a3 = multiply_add_four(kernel_flat, k, scratch, x, position_step, lanes, a0, a1, a2, a3)
     return a0, a1, a2, a3
 
 
@@ -989,13 +996,7 @@ def gather_taps_four(kernel_flat, scratch, k0, s0, row_k, row_s, column_k, colum
         for n in range(columns):
             k = k0 + r * row_k + n * column_k
             s = s0 + r * row_s + n * column_s
-            a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), simd.load(scratch, s, lanes), a0)
-            a1 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 1)], lanes),
-                                   simd.load(scratch, s + lane_step, lanes), a1)
-            a2 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 2)], lanes),
-                                   simd.load(scratch, s + 2 * lane_step, lanes), a2)
-            a3 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 3)], lanes),
-                                   simd.load(scratch, s + 3 * lane_step, lanes), a3)
+            a0, a1, a2, a3 = multiply_add_four(kernel_flat, k, scratch, s, lane_step, lanes, a0, a1, a2, a3)
     return a0, a1, a2, a3
 
 
@@ -1036,14 +1037,7 @@ def gather_taps_four_border(kernel_flat, scratch, k0, s0, row_k, row_s, column_k
             k = k0 + r * row_k + n * column_k
             s = s0 + r * row_s + n * column_s
             if j >= 0 and j + 3 < out_w:
-                a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), simd.load(scratch, s, lanes),
-                                       a0)
-                a1 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 1)], lanes),
-                                       simd.load(scratch, s + lane_step, lanes), a1)
-                a2 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 2)], lanes),
-                                       simd.load(scratch, s + 2 * lane_step, lanes), a2)
-                a3 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 3)], lanes),
-                                       simd.load(scratch, s + 3 * lane_step, lanes), a3)
+                a0, a1, a2, a3 = multiply_add_four(kernel_flat, k, scratch, s, lane_step, lanes, a0, a1, a2, a3)
                 continue
             if 0 <= j < out_w:
                 a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), simd.load(scratch, s, lanes),

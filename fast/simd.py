@@ -180,8 +180,8 @@ def prefetch(typingctx, array, start):
         byte_pointer = ir.IntType(8).as_pointer()
         pointer = builder.bitcast(builder.gep(view.data, [args[1]]), byte_pointer)  # no inbounds: any address
         integer = ir.IntType(32)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, integer, integer, integer]), "llvm.prefetch.p0")
+        signature_type = ir.FunctionType(ir.VoidType(), [byte_pointer, integer, integer, integer])
+        function = cgutils.get_or_insert_function(builder.module, signature_type, "llvm.prefetch.p0")
         # a read (0), kept in every cache level (locality 3), of data (1)
         builder.call(function, [pointer, ir.Constant(integer, 0), ir.Constant(integer, 3), ir.Constant(integer, 1)])
         return context.get_dummy_value()

@@ -15,7 +15,8 @@ pytest.importorskip("numba")
 from involution.fast import cpu, cpu_kernels  # noqa: E402
 from involution.reference import involution2d_backward  # noqa: E402
 
-from cases import CASES, LARGE_CASES, assert_backward_matches, case_id, geometry_of, make_case  # noqa: E402
+from cases import (CASES, LARGE_CASES, SIMD_BOUNDSCHECK_PROBE, assert_backward_matches, case_id,  # noqa: E402
+                   geometry_of, make_case)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,19 +123,10 @@ def test_scratch_per_thread_stays_within_the_budget():
 BOUNDSCHECK_SCRIPT = textwrap.dedent("""
     import sys
     import numba, numpy as np
-    from involution.fast import cpu, cpu_kernels, simd
+    from involution.fast import cpu_kernels, simd
     sys.path.insert(0, "tests")
     from cases import backward_loops, make_case
-
-    @numba.njit
-    def load_past_end(array):
-        return simd.lane(simd.load(array, array.size - 1, 8), 0)
-
-    try:  # proves the vector loads' bounds checks are compiled in
-        load_past_end(np.zeros(8, np.float32))
-        raise SystemExit("simd.load is not bounds-checked under NUMBA_BOUNDSCHECK")
-    except IndexError:
-        pass
+""") + SIMD_BOUNDSCHECK_PROBE + textwrap.dedent("""
     assert numba.get_num_threads() == 1, "an IndexError on a second thread would be dropped"
     for case in {cases!r}:
         x, kernel, grad_out, stride, padding, dilation = make_case(case)
