@@ -25,11 +25,12 @@ from .runtime import call_guard
 
 KINDS = ("forward", "grad_x", "grad_kernel")
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
-VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 # v6 (channel vectors) for the forward where cpu_kernels.fits_v5, else v4 (kernel rows in registers); v7 (channel
-# vectors) for grad_kernel there too on rows of 4 or more outputs, else v3 (wide rows); v3 for grad_x but on output
-# rows narrower than 8, where v3's padded wide rows are mostly padding and v2 (row-wise) wins (see
-# docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's; v7's forward is v6's.
+# vectors) for grad_kernel there too on rows of 4 or more outputs, else v3 (wide rows); v8 (channel vectors) for
+# grad_x where fits_v5, else v3 but on output rows narrower than 8, where v3's padded wide rows are mostly padding and
+# v2 (row-wise) wins (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's; v7's forward is
+# v6's, v8's forward and kernel gradient are v6's and v7's.
 NARROW_OUTPUT = 8
 # v3 and v4 copy the input per stride phase into wide rows: their scratch (all threads) may be at most this
 # many times the elements of the op's arrays (x, kernel and the output), plus SCRATCH_SLACK per thread for
@@ -43,7 +44,7 @@ def choose_version(name: str, geometry: Geometry) -> int:
     """The version of kernel ``name`` ("forward", "grad_x", "grad_kernel") that runs for ``geometry``.
 
     The fastest one measured (docs/performance.md): the channel-vector kernels (v6 forward, v7 grad_kernel on rows
-    of at least ``cpu_kernels.POSITIONS`` outputs) where ``cpu_kernels.fits_v5``; else v4 forward (kernel rows up to
+    of at least ``cpu_kernels.POSITIONS`` outputs, v8 grad_x) where ``cpu_kernels.fits_v5``; else v4 forward (kernel rows up to
     ``cpu_kernels.MAX_ROW_TAPS`` taps, v3 beyond), v3 gradients and v2 grad_x on narrow outputs, among those whose
     scratch fits (:func:`scratch_elements`), else v2, which needs none.
     """
@@ -54,6 +55,8 @@ def choose_version(name: str, geometry: Geometry) -> int:
         preferred = 4 if geometry.kernel_w <= cpu_kernels.MAX_ROW_TAPS else 3
     elif name == "grad_kernel" and cpu_kernels.fits_v5(geometry) and geometry.out_w >= cpu_kernels.POSITIONS:
         return 7
+    elif name == "grad_x" and cpu_kernels.fits_v5(geometry):
+        return 8
     else:
         preferred = 2 if name == "grad_x" and geometry.out_w < NARROW_OUTPUT else 3
     return preferred if preferred < 3 or scratch_fits(name, preferred, geometry) else 2
@@ -67,12 +70,17 @@ def versions_for(geometry: Geometry) -> dict[str, int]:
 
 def scratch_elements(name: str, version: int, geometry: Geometry, workers: int | None = None) -> int:
     """Elements of scratch memory ``<name>_v<version>`` allocates for ``geometry`` on ``workers`` threads
-    (default: numba's current count), from the kernels' own layout functions, in exact Python ints."""
+    (default: numba's current count), from the kernels' own layout functions, in exact Python ints (v8's for float32,
+    whose vectors hold at least as many channels as float64's)."""
     _check_kind(name)
     if version < 3:
         return 0
     g = geometry
     workers = numba.get_num_threads() if workers is None else workers
+    if name == "grad_x" and introduced(name, version) == 8:  # one slot per thread
+        lanes = cpu_kernels.lanes_v5(g.group_channels, np.float32)
+        return workers * cpu_kernels.band_v8(g.batch, g.groups, g.group_channels, lanes, g.height, g.width, g.out_h,
+                                             g.out_w, g.kernel_h, g.stride[0], g.dilation[0], workers)[1]
     (sh, sw), (ph, _), (dh, dw) = g.stride, g.padding, g.dilation
     if name == "forward":
         block = cpu_kernels.CHANNEL_BLOCK if version == 4 else 1

@@ -11,6 +11,8 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
 * ``multiply_add(a, b, c)``: ``a * b + c`` lane by lane (LLVM ``fmuladd``: fused where the CPU has FMA)
 * ``lane(vector, index)``: one lane, a scalar
 * ``count(lanes)``: the lane count as an integer constant
+* ``prefetch(array, start)``: a hint to bring the cache line of ``array[start]`` closer (never faults, so ``start``
+  may lie outside the array; not bounds-checked)
 * ``load_columns``, ``store_columns``: four columns of channels to four channel vectors and back
 * ``store_sums(array, start, a0, a1, a2, a3)``: the four vectors' lane sums to 4 consecutive values
 
@@ -169,6 +171,22 @@ def count(typingctx, lanes):
         return context.get_constant(types.intp, _count(lanes))
 
     return types.intp(lanes), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, start):
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, args[0])
+        byte_pointer = ir.IntType(8).as_pointer()
+        pointer = builder.bitcast(builder.gep(view.data, [args[1]]), byte_pointer)  # no inbounds: any address
+        integer = ir.IntType(32)
+        signature_type = ir.FunctionType(ir.VoidType(), [byte_pointer, integer, integer, integer])
+        function = cgutils.get_or_insert_function(builder.module, signature_type, "llvm.prefetch.p0")
+        # a read (0), kept in every cache level (locality 3), of data (1)
+        builder.call(function, [pointer, ir.Constant(integer, 0), ir.Constant(integer, 3), ir.Constant(integer, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, start), codegen
 
 
 def _quad_type(context, vector):

@@ -115,6 +115,20 @@ LARGE_CASES = [
     (1, 4, 1, 6, 4, 3, 3, (1, 3000), (1, 1), (2, 1)),  # huge along W only
 ]
 
+# Lines for a NUMBA_BOUNDSCHECK=1 script that has imported numba, numpy as np and involution.fast.simd: they prove
+# that the vector loads' bounds checks are compiled in (a load past the end raises IndexError).
+SIMD_BOUNDSCHECK_PROBE = """
+@numba.njit
+def load_past_end(array):
+    return simd.lane(simd.load(array, array.size - 1, 8), 0)
+
+try:
+    load_past_end(np.zeros(8, np.float32))
+    raise SystemExit("simd.load is not bounds-checked under NUMBA_BOUNDSCHECK")
+except IndexError:
+    pass
+"""
+
 # A case with padding on every side, stride 2 rows and dilation 2 columns, for non-finite inputs.
 NONFINITE_CASE = (2, 4, 2, 6, 7, 3, 3, (2, 1), (2, 1), (1, 2))
 

@@ -15,7 +15,8 @@ pytest.importorskip("numba")
 from involution.fast import cpu, cpu_kernels  # noqa: E402
 from involution.reference import involution2d  # noqa: E402
 
-from cases import CASES, assert_matches_reference_on, case_id, make_case  # noqa: E402
+from cases import (CASES, SIMD_BOUNDSCHECK_PROBE, assert_matches_reference_on, case_id,  # noqa: E402
+                   make_case)
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation): what v5 adds to the shared cases. Channels per group 8 (one
 # narrow vector), 24 and 40 (a full block and a partial one), output rows of 3, 4 and 5 (narrower than, equal to
@@ -113,16 +114,7 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
     import numba, numpy as np
     from involution.fast import cpu, simd
     from involution.reference import involution2d, involution2d_backward
-
-    @numba.njit
-    def load_past_end(array):
-        return simd.lane(simd.load(array, array.size - 1, 8), 0)
-
-    try:  # proves the vector loads' bounds checks are compiled in
-        load_past_end(np.zeros(8, np.float32))
-        raise SystemExit("simd.load is not bounds-checked under NUMBA_BOUNDSCHECK")
-    except IndexError:
-        pass
+""") + SIMD_BOUNDSCHECK_PROBE + textwrap.dedent("""
     for case in {cases!r}:
         batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
         rng = np.random.default_rng(0)
