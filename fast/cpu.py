@@ -25,11 +25,12 @@ from .runtime import call_guard
 
 KINDS = ("forward", "grad_x", "grad_kernel")
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
-VERSIONS = (1, 2, 3, 4, 5, 6, 7)
-# v6 (channel vectors) for the forward where cpu_kernels.fits_v5, else v4 (kernel rows in registers); v7 (channel
-# vectors) for grad_kernel there too on rows of 4 or more outputs, else v3 (wide rows); v3 for grad_x but on output
-# rows narrower than 8, where v3's padded wide rows are mostly padding and v2 (row-wise) wins (see
-# docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's; v7's forward is v6's.
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+# v8 (channel vectors, eight positions per block) for the forward where cpu_kernels.fits_v5, else v4 (kernel rows
+# in registers); v7 (channel vectors) for grad_kernel there too on rows of 4 or more outputs, else v3 (wide rows); v3
+# for grad_x but on output rows narrower than 8, where v3's padded wide rows are mostly padding and v2 (row-wise)
+# wins (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's; v7's forward is v6's; v8's
+# gradients are v3's and v7's.
 NARROW_OUTPUT = 8
 # v3 and v4 copy the input per stride phase into wide rows: their scratch (all threads) may be at most this
 # many times the elements of the op's arrays (x, kernel and the output), plus SCRATCH_SLACK per thread for
@@ -42,7 +43,7 @@ SCRATCH_SLACK = 4096
 def choose_version(name: str, geometry: Geometry) -> int:
     """The version of kernel ``name`` ("forward", "grad_x", "grad_kernel") that runs for ``geometry``.
 
-    The fastest one measured (docs/performance.md): the channel-vector kernels (v6 forward, v7 grad_kernel on rows
+    The fastest one measured (docs/performance.md): the channel-vector kernels (v8 forward, v7 grad_kernel on rows
     of at least ``cpu_kernels.POSITIONS`` outputs) where ``cpu_kernels.fits_v5``; else v4 forward (kernel rows up to
     ``cpu_kernels.MAX_ROW_TAPS`` taps, v3 beyond), v3 gradients and v2 grad_x on narrow outputs, among those whose
     scratch fits (:func:`scratch_elements`), else v2, which needs none.
@@ -50,7 +51,7 @@ def choose_version(name: str, geometry: Geometry) -> int:
     _check_kind(name)
     if name == "forward":
         if cpu_kernels.fits_v5(geometry):
-            return 6
+            return 8
         preferred = 4 if geometry.kernel_w <= cpu_kernels.MAX_ROW_TAPS else 3
     elif name == "grad_kernel" and cpu_kernels.fits_v5(geometry) and geometry.out_w >= cpu_kernels.POSITIONS:
         return 7

@@ -13,6 +13,8 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
 * ``count(lanes)``: the lane count as an integer constant
 * ``load_columns``, ``store_columns``: four columns of channels to four channel vectors and back
 * ``store_sums(array, start, a0, a1, a2, a3)``: the four vectors' lane sums to 4 consecutive values
+* ``prefetch(array, index)``: ask the CPU to bring ``array[index]``'s cache line into L1 (a hint: never faults, so
+  any index is allowed and none is bounds-checked)
 
 ``lanes`` is a compile-time count: an integer literal in the kernel's source, or a :class:`Lanes` argument
 (its count is part of the argument's numba type, so each count compiles, and caches, its own kernel).
@@ -280,3 +282,23 @@ def store_sums(typingctx, array, start, a0, a1, a2, a3):
         return context.get_dummy_value()
 
     return types.none(array, start, a0, a1, a2, a3), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint the cache line of ``array[index]`` into every cache level (LLVM ``prefetch``: read, high locality,
+    data); an index past the array is harmless (a prefetch never faults), so it is not bounds-checked."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, args[0])
+        byte_pointer = ir.IntType(8).as_pointer()
+        address = builder.bitcast(builder.gep(view.data, [args[1]]), byte_pointer)
+        int32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]), "llvm.prefetch.p0i8")
+        builder.call(function, [address, ir.Constant(int32, 0), ir.Constant(int32, 3), ir.Constant(int32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, index), codegen
