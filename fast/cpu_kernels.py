@@ -943,7 +943,9 @@ forward_v7, grad_x_v7 = forward_v6, grad_x_v3
 # Stride 2 keeps two windows, even and odd columns (tap v + 2 of position p reads what tap v of p + 1 read). Rows
 # of 5 to 7 outputs run as one block whose missing positions read a valid kernel value (clamped) and a few columns
 # past the row (the scratch slot has a tail for them) and are never stored. Other strides and dilations, and rows
-# narrower than 5, run v6's four-position code. The kernel is read where it lies, Kh*Kw planes apart: more streams
+# narrower than 5, run v6's four-position code. The channels-last copy moves ``lanes`` columns at a time
+# (``simd.copy_transposed``: a lanes x lanes transpose in registers) where rows are that wide, v6's four otherwise
+# (a few percent on the stride-2 layers). The kernel is read where it lies, Kh*Kw planes apart: more streams
 # than the hardware prefetchers follow, so with the tap loop no longer bound by input loads, one thread spent much of
 # its time waiting for kernel cache lines (64@56 K7 at batch 8: 1.8x faster with a prefetch); each tap of a block
 # prefetches its kernel values PREFETCH_AHEAD_V8 elements (four blocks) ahead (``simd.prefetch``). Each output still
@@ -1018,6 +1020,32 @@ def multiply_add_taps_eight(kernel_flat, kernel_start, last, plane, scratch, sta
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
+@inline
+def load_channels_last_v8(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
+    """``load_channels_last`` ``lanes`` columns at a time (``simd.copy_transposed``); rows of fewer inside columns
+    run ``load_channels_last_v6``."""
+    lane_count = simd.count(lanes)
+    row_length = wide * lane_count
+    inside_lo = min(pw, wide)
+    inside_hi = max(inside_lo, min(wide, width + pw))
+    if inside_hi - inside_lo < lane_count:
+        load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw)
+        return
+    for r in range(rows):
+        y = y0 + r
+        row_start = start + r * row_length
+        if y < 0 or y >= height:
+            scratch[row_start:row_start + row_length] = 0
+            continue
+        scratch[row_start:row_start + inside_lo * lane_count] = 0
+        scratch[row_start + inside_hi * lane_count:row_start + row_length] = 0
+        source = (c0 * height + y) * width - pw
+        for q in range(inside_lo, inside_hi, lane_count):
+            q = min(q, inside_hi - lane_count)  # the last block ends at the row's end, overlapping (same values)
+            simd.copy_transposed(x_flat, source + q, height * width, valid, scratch, row_start + q * lane_count,
+                                 lanes)
+
+
 def slot_tail_v8(out_w, sw, dw, lanes) -> int:
     """Scratch elements past a v8 band that a block of 5 to 7 positions reads (its missing positions' columns)."""
     if dw != 1 or sw > 2 or out_w < NARROWEST_V8 or out_w >= POSITIONS_V8:
@@ -1049,7 +1077,7 @@ def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
         rows = min(band, out_h - i0)
         c0 = b * channels + g * group_channels + block * lane_count
         valid = min(lane_count, group_channels - block * lane_count)
-        load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
+        load_channels_last_v8(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
                               (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
         for i in range(i0, i0 + rows):
             kernel_row = (b * groups + g) * taps * plane + i * out_w

@@ -12,6 +12,7 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
 * ``lane(vector, index)``: one lane, a scalar
 * ``count(lanes)``: the lane count as an integer constant
 * ``load_columns``, ``store_columns``: four columns of channels to four channel vectors and back
+* ``copy_transposed``: ``lanes`` columns of ``lanes`` channels to ``lanes`` channel vectors, stored consecutively
 * ``store_sums(array, start, a0, a1, a2, a3)``: the four vectors' lane sums to 4 consecutive values
 * ``prefetch(array, index)``: ask the CPU to bring ``array[index]``'s cache line into L1 (a hint: never faults, so
   any index is allowed and none is bounds-checked)
@@ -244,6 +245,50 @@ def load_columns(typingctx, array, start, step, count, lanes):
         return result
 
     return result_type(array, start, step, count, lanes), codegen
+
+
+@intrinsic
+def copy_transposed(typingctx, source, start, step, count, target, target_start, lanes):
+    """``target[target_start + p*lanes + l] = source[start + l*step + p]`` for ``p < lanes`` and ``l < count``
+    (``1 <= count <= lanes``), zero for ``l >= count``: a ``lanes x lanes`` block transposed in registers (``lanes``
+    vector loads, log2(lanes) rounds of ``lanes`` two-vector interleaves, ``lanes`` vector stores)."""
+    if _count(lanes) is None or source.dtype != target.dtype:
+        return None
+    size = _count(lanes)
+    if size & (size - 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source_value, start_value, step_value, count_value, target_value, target_start_value = args[:6]
+        vector_type = context.get_value_type(Vector(source.dtype, size))
+        align = context.get_abi_sizeof(vector_type.element)
+        view = context.make_array(signature.args[0])(context, builder, source_value)
+        zero = ir.Constant(vector_type, None)
+        last = builder.sub(count_value, ir.Constant(count_value.type, 1))
+        rows = []
+        for lane in range(size):
+            lane_value = ir.Constant(count_value.type, lane)
+            inside = builder.icmp_signed("<", lane_value, count_value)
+            row = builder.select(inside, lane_value, last)  # rows past count re-read the last row, then drop it
+            offset = builder.add(start_value, builder.mul(step_value, row))
+            pointer = _element_pointer(context, builder, signature.args[0], source_value, offset, vector_type, view)
+            rows.append(builder.select(inside, builder.load(pointer, align=align), zero))
+        half = size // 2
+        low = ir.Constant(ir.VectorType(ir.IntType(32), size), [j + side * size for j in range(half) for side in (0, 1)])
+        high = ir.Constant(ir.VectorType(ir.IntType(32), size),
+                           [half + j + side * size for j in range(half) for side in (0, 1)])
+        for _ in range(size.bit_length() - 1):  # perfect shuffles: after log2(size) rounds, rows are columns
+            rows = [part for i in range(half) for part in (builder.shuffle_vector(rows[i], rows[i + half], low),
+                                                           builder.shuffle_vector(rows[i], rows[i + half], high))]
+        target_view = context.make_array(signature.args[4])(context, builder, target_value)
+        for position, column in enumerate(rows):
+            offset = builder.add(target_start_value, ir.Constant(target_start_value.type, position * size))
+            pointer = _element_pointer(context, builder, signature.args[4], target_value, offset, vector_type,
+                                       target_view)
+            builder.store(column, pointer, align=align)
+        return context.get_dummy_value()
+
+    return types.none(source, start, step, count, target, target_start, lanes), codegen
 
 
 @intrinsic

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+numba = pytest.importorskip("numba")
 
 from involution.fast import cpu, cpu_kernels  # noqa: E402
 from involution.reference import involution2d  # noqa: E402
@@ -64,6 +64,28 @@ def test_v8_is_bitwise_v6(dtype):
         v6, v8 = (cpu.involution2d(x, kernel, stride, padding, dilation, version=v) for v in (6, 8))
         assert np.array_equal(v6, v8, equal_nan=True), (
             f"case {case}: v8 differs from v6 by up to {np.abs(v6 - v8).max()}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_copy_transposed_is_a_transpose_with_zero_lanes(dtype):
+    """``simd.copy_transposed``, v8's channels-last copy: rows ``l < count`` of the source block become lane ``l`` of
+    consecutive vectors, lanes ``l >= count`` are zero, nothing outside the block is written."""
+    from involution.fast import simd
+
+    @numba.njit
+    def copy(source, start, step, count, target, target_start, lanes):
+        simd.copy_transposed(source, start, step, count, target, target_start, lanes)
+
+    source = np.arange(1, 40 * 50 + 1).astype(dtype)
+    for lanes in (4, 8, 16):
+        for count in (1, lanes // 2 + 1, lanes):
+            target = np.full(lanes * lanes + 5, -1, dtype)
+            copy(source, 7, 50, count, target, 3, simd.Lanes(lanes))
+            expected = np.zeros((lanes, lanes), dtype)  # [position, lane]
+            expected[:, :count] = source[7 + 50 * np.arange(count)[None, :] + np.arange(lanes)[:, None]]
+            got = target[3:3 + lanes * lanes].reshape(lanes, lanes)
+            assert np.array_equal(got, expected), f"lanes {lanes}, count {count}: got\n{got}\nexpected\n{expected}"
+            assert (target[:3] == -1).all() and (target[3 + lanes * lanes:] == -1).all(), "wrote outside the block"
 
 
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
