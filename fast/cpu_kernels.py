@@ -725,15 +725,21 @@ def fits_v5(geometry) -> bool:
             and scratch_fits_v5(geometry))
 
 
-def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
-    """Channel vectors: per (b, g, channel block, band), a channels-last input copy, then each output position's
-    channels accumulate in one register, POSITIONS positions at a time."""
+def forward_plan_v5(x, kernel, sh, sw, dh, dw):
+    """``(workers, lanes, band)`` of the channel-vector forwards: numba's thread count, channels per vector
+    (:func:`lanes_v5`) and output rows per unit (:func:`band_v5`)."""
     workers = numba.get_num_threads()
     batch, channels = x.shape[:2]
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     lanes = lanes_v5(channels // groups, x.dtype)
     wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    band = band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+    return workers, lanes, band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+
+
+def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
+    """Channel vectors: per (b, g, channel block, band), a channels-last input copy, then each output position's
+    channels accumulate in one register, POSITIONS positions at a time."""
+    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
     with numba.parallel_chunksize(1):  # units one at a time to whichever thread is free
         forward_channels_v5(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
 
@@ -779,6 +785,28 @@ def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, widt
             simd.store(scratch, target + 3 * lane_count, p3)
 
 
+@inline
+def forward_row_v6(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid, out_w,
+                   kernel_h, kernel_w, sw, row_step, dw, lanes):
+    """One output row of a channel block: POSITIONS positions at a time (``multiply_add_taps_four``, stored by
+    ``simd.store_columns``), or one at a time on rows narrower than a block; ``row_step`` is the scratch's
+    elements per dilated kernel row, ``target_row`` the flat output index of the block's first channel."""
+    lane_count = simd.count(lanes)
+    if out_w < POSITIONS:
+        for j in range(out_w):
+            a0 = multiply_add_taps_one(kernel_flat, kernel_row + j, plane, scratch, scratch_row + j * sw * lane_count,
+                                       kernel_h, kernel_w, row_step, dw * lane_count, lanes)
+            for l in range(valid):
+                out_flat[numba.uint64(target_row + l * plane + j)] = simd.lane(a0, l)
+        return
+    for j in range(0, out_w, POSITIONS):
+        j = min(j, out_w - POSITIONS)
+        a0, a1, a2, a3 = multiply_add_taps_four(kernel_flat, kernel_row + j, plane, scratch,
+                                                scratch_row + j * sw * lane_count, sw * lane_count, kernel_h,
+                                                kernel_w, row_step, dw * lane_count, lanes)
+        simd.store_columns(out_flat, target_row + j, plane, valid, a0, a1, a2, a3)
+
+
 @jit
 def forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band):
     """``forward_channels_v5`` with ``load_channels_last_v6`` and ``simd.store_columns``."""
@@ -803,35 +831,16 @@ def forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
         load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
                               (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
         for i in range(i0, i0 + rows):
-            kernel_row = (b * groups + g) * taps * plane + i * out_w
-            scratch_row = start + (i - i0) * sh * wide * lane_count
-            if out_w < POSITIONS:
-                for j in range(out_w):
-                    a0 = multiply_add_taps_one(kernel_flat, kernel_row + j, plane, scratch,
-                                               scratch_row + j * sw * lane_count, kernel_h, kernel_w,
-                                               dh * wide * lane_count, dw * lane_count, lanes)
-                    for l in range(valid):
-                        out_flat[numba.uint64((c0 + l) * plane + i * out_w + j)] = simd.lane(a0, l)
-                continue
-            for j in range(0, out_w, POSITIONS):
-                j = min(j, out_w - POSITIONS)
-                a0, a1, a2, a3 = multiply_add_taps_four(
-                    kernel_flat, kernel_row + j, plane, scratch, scratch_row + j * sw * lane_count,
-                    sw * lane_count, kernel_h, kernel_w, dh * wide * lane_count, dw * lane_count, lanes)
-                simd.store_columns(out_flat, c0 * plane + i * out_w + j, plane, valid, a0, a1, a2, a3)
+            forward_row_v6(kernel_flat, (b * groups + g) * taps * plane + i * out_w, plane, scratch,
+                           start + (i - i0) * sh * wide * lane_count, out_flat, c0 * plane + i * out_w, valid,
+                           out_w, kernel_h, kernel_w, sw, dh * wide * lane_count, dw, lanes)
 
 
 def forward_v6(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Channel vectors with layout changes in registers: v5's plan, four columns per shuffle."""
-    workers = numba.get_num_threads()
-    batch, channels = x.shape[:2]
-    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
-    lanes = lanes_v5(channels // groups, x.dtype)
-    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    band = band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
     with numba.parallel_chunksize(1):
-        forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes),
-                            band)
+        forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
 
 
 grad_x_v6, grad_kernel_v6 = grad_x_v3, grad_kernel_v3
@@ -1098,33 +1107,17 @@ def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
                         simd.store_columns(out_flat, target_row + j + 2, plane, valid, a2, a3, a4, a5)
                     else:
                         simd.store_columns(out_flat, target_row + j + 1, plane, valid, a1, a2, a3, a4)
-            elif out_w < POSITIONS:
-                for j in range(out_w):
-                    a0 = multiply_add_taps_one(kernel_flat, kernel_row + j, plane, scratch,
-                                               scratch_row + j * sw * lane_count, kernel_h, kernel_w,
-                                               dh * wide * lane_count, dw * lane_count, lanes)
-                    for l in range(valid):
-                        out_flat[numba.uint64(target_row + l * plane + j)] = simd.lane(a0, l)
             else:
-                for j in range(0, out_w, POSITIONS):
-                    j = min(j, out_w - POSITIONS)
-                    a0, a1, a2, a3 = multiply_add_taps_four(
-                        kernel_flat, kernel_row + j, plane, scratch, scratch_row + j * sw * lane_count,
-                        sw * lane_count, kernel_h, kernel_w, dh * wide * lane_count, dw * lane_count, lanes)
-                    simd.store_columns(out_flat, target_row + j, plane, valid, a0, a1, a2, a3)
+                forward_row_v6(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid,
+                               out_w, kernel_h, kernel_w, sw, dh * wide * lane_count, dw, lanes)
 
 
 def forward_v8(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Channel vectors, eight positions per block, input columns reused across a kernel row's taps."""
-    workers = numba.get_num_threads()
-    batch, channels = x.shape[:2]
-    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
-    lanes = lanes_v5(channels // groups, x.dtype)
-    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    band = band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
     with numba.parallel_chunksize(1):
         forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band,
-                            slot_tail_v8(out_w, sw, dw, lanes))
+                            slot_tail_v8(kernel.shape[-1], sw, dw, lanes))
 
 
 grad_x_v8, grad_kernel_v8 = grad_x_v3, grad_kernel_v7  # v8 changes only the forward

@@ -178,6 +178,23 @@ def _quad_type(context, vector):
     return ir.VectorType(context.get_value_type(vector.dtype), 4)
 
 
+def _load_rows(context, builder, array_type, array, start, step, count, size, vector_type):
+    """``size`` vectors of type ``vector_type``: vector ``l`` loaded from ``array[start + l*step:]`` for ``l < count``
+    (``count >= 1``), zero for ``l >= count`` (those re-read row ``count - 1``, then drop it: no branch)."""
+    view = context.make_array(array_type)(context, builder, array)
+    zero = ir.Constant(vector_type, None)
+    last = builder.sub(count, ir.Constant(count.type, 1))
+    rows = []
+    for lane in range(size):
+        lane_value = ir.Constant(count.type, lane)
+        inside = builder.icmp_signed("<", lane_value, count)
+        offset = builder.add(start, builder.mul(step, builder.select(inside, lane_value, last)))
+        pointer = _element_pointer(context, builder, array_type, array, offset, vector_type, view)
+        loaded = builder.load(pointer, align=context.get_abi_sizeof(vector_type.element))
+        rows.append(builder.select(inside, loaded, zero))
+    return rows
+
+
 @intrinsic
 def store_columns(typingctx, array, start, step, count, a0, a1, a2, a3):
     """``array[start + l*step + p] = a_p[l]`` for lanes ``l < count`` and ``p < 4``: four vectors of channels
@@ -219,20 +236,7 @@ def load_columns(typingctx, array, start, step, count, lanes):
     result_type = types.UniTuple(vector, 4)
 
     def codegen(context, builder, signature, args):
-        source, start_value, step_value, count_value = args[:4]
-        quad = _quad_type(context, vector)
-        view = context.make_array(signature.args[0])(context, builder, source)
-        zero = ir.Constant(quad, None)
-        last = builder.sub(count_value, ir.Constant(count_value.type, 1))
-        columns = []
-        for lane in range(size):
-            lane_value = ir.Constant(count_value.type, lane)
-            inside = builder.icmp_signed("<", lane_value, count_value)
-            row = builder.select(inside, lane_value, last)  # lanes past count re-read the last row, then drop it
-            offset = builder.add(start_value, builder.mul(step_value, row))
-            pointer = _element_pointer(context, builder, signature.args[0], source, offset, quad, view)
-            loaded = builder.load(pointer, align=context.get_abi_sizeof(quad.element))
-            columns.append(builder.select(inside, loaded, zero))
+        columns = _load_rows(context, builder, signature.args[0], *args[:4], size, _quad_type(context, vector))
         # concatenate the quads pairwise into one <4*size> vector, then pick every 4th element
         while len(columns) > 1:
             width = columns[0].type.count
@@ -259,20 +263,10 @@ def copy_transposed(typingctx, source, start, step, count, target, target_start,
         return None
 
     def codegen(context, builder, signature, args):
-        source_value, start_value, step_value, count_value, target_value, target_start_value = args[:6]
+        target_value, target_start_value = args[4:6]
         vector_type = context.get_value_type(Vector(source.dtype, size))
         align = context.get_abi_sizeof(vector_type.element)
-        view = context.make_array(signature.args[0])(context, builder, source_value)
-        zero = ir.Constant(vector_type, None)
-        last = builder.sub(count_value, ir.Constant(count_value.type, 1))
-        rows = []
-        for lane in range(size):
-            lane_value = ir.Constant(count_value.type, lane)
-            inside = builder.icmp_signed("<", lane_value, count_value)
-            row = builder.select(inside, lane_value, last)  # rows past count re-read the last row, then drop it
-            offset = builder.add(start_value, builder.mul(step_value, row))
-            pointer = _element_pointer(context, builder, signature.args[0], source_value, offset, vector_type, view)
-            rows.append(builder.select(inside, builder.load(pointer, align=align), zero))
+        rows = _load_rows(context, builder, signature.args[0], *args[:4], size, vector_type)
         half = size // 2
         low = ir.Constant(ir.VectorType(ir.IntType(32), size), [j + side * size for j in range(half) for side in (0, 1)])
         high = ir.Constant(ir.VectorType(ir.IntType(32), size),

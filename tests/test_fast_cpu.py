@@ -212,7 +212,7 @@ def test_version_policy(what, case, expected):
         assert cpu.choose_version(kind, geometry) == version and cpu.check_version(kind, None, geometry) == version
 
 
-@pytest.mark.parametrize("version", [5, 6, 7])
+@pytest.mark.parametrize("version", [5, 6, 7, 8])
 def test_channel_vector_versions_refuse_geometries_whose_copy_would_dwarf_the_work(version):
     geometry = geometry_of(LARGE_CASES[1])  # dilation 100000: the channels-last band would hold the skipped input
     with pytest.raises(ValueError, match=f"version {version} of forward \\(channel vectors\\) would copy far more"):
