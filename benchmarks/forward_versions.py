@@ -5,8 +5,9 @@ For every layer, batch and thread count: each version's forward is checked again
 forwards v5, v6 and v8 share one summation order; a difference is reported, not raised), then all versions are timed
 round-robin (``op_cpu.interleaved_medians``), median of ``repeats`` rounds. On one thread the clock is the calling
 thread's CPU time (``time.thread_time``: numba runs a one-thread region on the caller, and time the scheduler gives
-other processes is not counted); on more threads, wall time. Output: one markdown table, GFLOP/s from
-``Geometry.macs``, and per thread count and batch the geometric mean of each version's time over the first one's.
+other processes is not counted); on more threads, wall time. Output: the load average and a NumPy float32 matmul's
+GFLOP/s ("sgemm", the machine's ceiling) before and after, one markdown table, GFLOP/s from ``Geometry.macs``, and
+per thread count and batch the geometric mean of each version's time over the first one's.
 
 Run: ``python -m involution.benchmarks.forward_versions [--versions 6 8] [--threads 1 2] [--batch 1 8]
 [--layers 0 5] [--repeats 7]``
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import numpy as np
 
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, layer_name, random_inputs
-from involution.benchmarks.op_cpu import interleaved_medians
+from involution.benchmarks.op_cpu import interleaved_medians, sgemm_gflops
 
 
 def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, repeats: int = 7, log=print):
@@ -101,11 +103,19 @@ def main(argv=None) -> int:
                         help="indices into benchmarks/layers.py's REDNET_LAYERS")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
+    print(machine_state())
     print(header(args.versions))
     rows = run(args.versions, args.threads, args.batch, [REDNET_LAYERS[i] for i in args.layers], args.repeats)
     print()
     print(summary(rows, args.versions))
+    print(machine_state())
     return 0
+
+
+def machine_state() -> str:
+    """Load average and this moment's sgemm GFLOP/s: how busy the shared machine is."""
+    return (f"load average {' '.join(f'{value:.2f}' for value in os.getloadavg())}; "
+            f"sgemm {sgemm_gflops():.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
