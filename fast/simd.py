@@ -267,10 +267,9 @@ def copy_transposed(typingctx, source, start, step, count, target, target_start,
         vector_type = context.get_value_type(Vector(source.dtype, size))
         align = context.get_abi_sizeof(vector_type.element)
         rows = _load_rows(context, builder, signature.args[0], *args[:4], size, vector_type)
-        half = size // 2
-        low = ir.Constant(ir.VectorType(ir.IntType(32), size), [j + side * size for j in range(half) for side in (0, 1)])
-        high = ir.Constant(ir.VectorType(ir.IntType(32), size),
-                           [half + j + side * size for j in range(half) for side in (0, 1)])
+        half, mask_type = size // 2, ir.VectorType(ir.IntType(32), size)
+        low = ir.Constant(mask_type, [j + side * size for j in range(half) for side in (0, 1)])
+        high = ir.Constant(mask_type, [half + j + side * size for j in range(half) for side in (0, 1)])
         for _ in range(size.bit_length() - 1):  # perfect shuffles: after log2(size) rounds, rows are columns
             rows = [part for i in range(half) for part in (builder.shuffle_vector(rows[i], rows[i + half], low),
                                                            builder.shuffle_vector(rows[i], rows[i + half], high))]
