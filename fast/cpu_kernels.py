@@ -760,12 +760,22 @@ grad_x_v5, grad_kernel_v5 = grad_x_v3, grad_kernel_v3  # v5 changes only the for
 def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``load_channels_last`` four columns at a time, transposed in registers."""
     lane_count = simd.count(lanes)
+    inside_lo = min(pw, wide)
+    if max(inside_lo, min(wide, width + pw)) - inside_lo < 4:
+        load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, y0, rows, wide, pw)
+        return
+    load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw, False)
+
+
+@inline
+def load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw,
+                              whole_vectors):
+    """``load_channels_last`` on rows of at least 4 (``whole_vectors``: ``lanes``) inside columns: four columns at
+    a time (``simd.load_columns``), or ``lanes`` at a time (``simd.copy_transposed``), transposed in registers."""
+    lane_count = simd.count(lanes)
     row_length = wide * lane_count
     inside_lo = min(pw, wide)
     inside_hi = max(inside_lo, min(wide, width + pw))
-    if inside_hi - inside_lo < 4:
-        load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, y0, rows, wide, pw)
-        return
     for r in range(rows):
         y = y0 + r
         row_start = start + r * row_length
@@ -775,6 +785,12 @@ def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, widt
         scratch[row_start:row_start + inside_lo * lane_count] = 0
         scratch[row_start + inside_hi * lane_count:row_start + row_length] = 0
         source = (c0 * height + y) * width - pw
+        if whole_vectors:
+            for q in range(inside_lo, inside_hi, lane_count):
+                q = min(q, inside_hi - lane_count)  # the last block ends at the row's end, overlapping (same values)
+                simd.copy_transposed(x_flat, source + q, height * width, valid, scratch, row_start + q * lane_count,
+                                     lanes)
+            continue
         for q in range(inside_lo, inside_hi, 4):
             q = min(q, inside_hi - 4)  # the last four end at the row's end, overlapping (same values)
             p0, p1, p2, p3 = simd.load_columns(x_flat, source + q, height * width, valid, lanes)
@@ -1033,26 +1049,11 @@ def multiply_add_taps_eight(kernel_flat, kernel_start, last, plane, scratch, sta
 def load_channels_last_v8(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``load_channels_last`` ``lanes`` columns at a time (``simd.copy_transposed``); rows of fewer inside columns
     run ``load_channels_last_v6``."""
-    lane_count = simd.count(lanes)
-    row_length = wide * lane_count
     inside_lo = min(pw, wide)
-    inside_hi = max(inside_lo, min(wide, width + pw))
-    if inside_hi - inside_lo < lane_count:
+    if max(inside_lo, min(wide, width + pw)) - inside_lo < simd.count(lanes):
         load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw)
         return
-    for r in range(rows):
-        y = y0 + r
-        row_start = start + r * row_length
-        if y < 0 or y >= height:
-            scratch[row_start:row_start + row_length] = 0
-            continue
-        scratch[row_start:row_start + inside_lo * lane_count] = 0
-        scratch[row_start + inside_hi * lane_count:row_start + row_length] = 0
-        source = (c0 * height + y) * width - pw
-        for q in range(inside_lo, inside_hi, lane_count):
-            q = min(q, inside_hi - lane_count)  # the last block ends at the row's end, overlapping (same values)
-            simd.copy_transposed(x_flat, source + q, height * width, valid, scratch, row_start + q * lane_count,
-                                 lanes)
+    load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw, True)
 
 
 def slot_tail_v8(out_w, sw, dw, lanes) -> int:
