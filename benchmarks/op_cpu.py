@@ -188,18 +188,19 @@ def depthwise_conv_calls(geometry: Geometry, x, grad_out):
     return forward, lambda: torch.autograd.grad(out, (x_leaf, weight_leaf), grad, retain_graph=True)
 
 
-def interleaved_medians(calls: dict, counts: dict) -> dict:
+def interleaved_medians(calls: dict, counts: dict, clock=time.perf_counter) -> dict:
     """name -> median seconds of ``calls[name]()`` over ``counts[name]`` calls, timed round-robin after one warm-up
-    round (one call of each per round), so that a shared machine's load falls alike on every implementation."""
+    round (one call of each per round), so that a shared machine's load falls alike on every implementation.
+    ``clock``: wall time by default; ``time.thread_time`` (this thread's CPU time) for one-thread kernels."""
     for call in calls.values():
         call()
     times = {name: [] for name in calls}
     for round_index in range(max(counts.values())):
         for name, call in calls.items():
             if round_index < counts[name]:
-                started = time.perf_counter()
+                started = clock()
                 call()
-                times[name].append(time.perf_counter() - started)
+                times[name].append(clock() - started)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

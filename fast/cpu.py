@@ -26,11 +26,11 @@ from .runtime import call_guard
 KINDS = ("forward", "grad_x", "grad_kernel")
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
 VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
-# v6 (channel vectors) for the forward where cpu_kernels.fits_v5, else v4 (kernel rows in registers); v7 (channel
-# vectors) for grad_kernel there too on rows of 4 or more outputs, else v3 (wide rows); v8 (channel vectors) for
-# grad_x where fits_v5, else v3 but on output rows narrower than 8, where v3's padded wide rows are mostly padding and
-# v2 (row-wise) wins (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's; v7's forward is
-# v6's, v8's forward and kernel gradient are v6's and v7's.
+# v8 (the second channel-vector generation) for the forward and grad_x where cpu_kernels.fits_v5: forward with eight
+# positions per block, grad_x with channel vectors; else v4 forward (kernel rows in registers) and v3 grad_x, but v2
+# (row-wise) on output rows narrower than 8, where v3's padded wide rows are mostly padding. v7 (channel vectors) for
+# grad_kernel where fits_v5 on rows of 4 or more outputs, else v3 (wide rows) (see docs/performance.md,
+# --kernel-versions). v4's to v6's gradients are v3's; v7's forward is v6's; v8's kernel gradient is v7's.
 NARROW_OUTPUT = 8
 # v3 and v4 copy the input per stride phase into wide rows: their scratch (all threads) may be at most this
 # many times the elements of the op's arrays (x, kernel and the output), plus SCRATCH_SLACK per thread for
@@ -43,15 +43,16 @@ SCRATCH_SLACK = 4096
 def choose_version(name: str, geometry: Geometry) -> int:
     """The version of kernel ``name`` ("forward", "grad_x", "grad_kernel") that runs for ``geometry``.
 
-    The fastest one measured (docs/performance.md): the channel-vector kernels (v6 forward, v7 grad_kernel on rows
-    of at least ``cpu_kernels.POSITIONS`` outputs, v8 grad_x) where ``cpu_kernels.fits_v5``; else v4 forward (kernel rows up to
+    The fastest one measured (docs/performance.md): the channel-vector kernels (v8 forward and grad_x, v7
+    grad_kernel on rows of at least ``cpu_kernels.POSITIONS`` outputs) where ``cpu_kernels.fits_v5``; else v4
+    forward (kernel rows up to
     ``cpu_kernels.MAX_ROW_TAPS`` taps, v3 beyond), v3 gradients and v2 grad_x on narrow outputs, among those whose
     scratch fits (:func:`scratch_elements`), else v2, which needs none.
     """
     _check_kind(name)
     if name == "forward":
         if cpu_kernels.fits_v5(geometry):
-            return 6
+            return 8
         preferred = 4 if geometry.kernel_w <= cpu_kernels.MAX_ROW_TAPS else 3
     elif name == "grad_kernel" and cpu_kernels.fits_v5(geometry) and geometry.out_w >= cpu_kernels.POSITIONS:
         return 7
@@ -70,8 +71,8 @@ def versions_for(geometry: Geometry) -> dict[str, int]:
 
 def scratch_elements(name: str, version: int, geometry: Geometry, workers: int | None = None) -> int:
     """Elements of scratch memory ``<name>_v<version>`` allocates for ``geometry`` on ``workers`` threads
-    (default: numba's current count), from the kernels' own layout functions, in exact Python ints (v8's for float32,
-    whose vectors hold at least as many channels as float64's)."""
+    (default: numba's current count), from the kernels' own layout functions, in exact Python ints (grad_x_v8's for
+    float32, whose vectors hold at least as many channels as float64's)."""
     _check_kind(name)
     if version < 3:
         return 0

@@ -720,7 +720,7 @@ def band_v5(batch, groups, group_channels, lanes, out_h, wide, kernel_h, sh, dh,
 def scratch_fits_v5(geometry) -> bool:
     """Whether a one-row band's channels-last scratch holds at most 4x the input values that row's taps read (huge
     strides or dilations skip most of the padded input, which v5 would copy): v5 to v7 may run on ``geometry``."""
-    (sh, sw), (dh, dw) = geometry.stride, geometry.dilation
+    (_, sw), (dh, dw) = geometry.stride, geometry.dilation
     rows_in, wide = (geometry.kernel_h - 1) * dh + 1, (geometry.out_w - 1) * sw + (geometry.kernel_w - 1) * dw + 1
     return rows_in * wide <= 4 * geometry.kernel_h * geometry.kernel_w * geometry.out_w
 
@@ -732,15 +732,21 @@ def fits_v5(geometry) -> bool:
             and scratch_fits_v5(geometry))
 
 
-def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
-    """Channel vectors: per (b, g, channel block, band), a channels-last input copy, then each output position's
-    channels accumulate in one register, POSITIONS positions at a time."""
+def forward_plan_v5(x, kernel, sh, sw, dh, dw):
+    """``(workers, lanes, band)`` of the channel-vector forwards: numba's thread count, channels per vector
+    (:func:`lanes_v5`) and output rows per unit (:func:`band_v5`)."""
     workers = numba.get_num_threads()
     batch, channels = x.shape[:2]
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     lanes = lanes_v5(channels // groups, x.dtype)
     wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    band = band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+    return workers, lanes, band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+
+
+def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
+    """Channel vectors: per (b, g, channel block, band), a channels-last input copy, then each output position's
+    channels accumulate in one register, POSITIONS positions at a time."""
+    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
     with numba.parallel_chunksize(1):  # units one at a time to whichever thread is free
         forward_channels_v5(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
 
@@ -761,12 +767,22 @@ grad_x_v5, grad_kernel_v5 = grad_x_v3, grad_kernel_v3  # v5 changes only the for
 def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``load_channels_last`` four columns at a time, transposed in registers."""
     lane_count = simd.count(lanes)
+    inside_lo = min(pw, wide)
+    if max(inside_lo, min(wide, width + pw)) - inside_lo < 4:
+        load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, y0, rows, wide, pw)
+        return
+    load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw, False)
+
+
+@inline
+def load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw,
+                              whole_vectors):
+    """``load_channels_last`` on rows of at least 4 (``whole_vectors``: ``lanes``) inside columns: four columns at
+    a time (``simd.load_columns``), or ``lanes`` at a time (``simd.copy_transposed``), transposed in registers."""
+    lane_count = simd.count(lanes)
     row_length = wide * lane_count
     inside_lo = min(pw, wide)
     inside_hi = max(inside_lo, min(wide, width + pw))
-    if inside_hi - inside_lo < 4:
-        load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, y0, rows, wide, pw)
-        return
     for r in range(rows):
         y = y0 + r
         row_start = start + r * row_length
@@ -776,6 +792,12 @@ def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, widt
         scratch[row_start:row_start + inside_lo * lane_count] = 0
         scratch[row_start + inside_hi * lane_count:row_start + row_length] = 0
         source = (c0 * height + y) * width - pw
+        if whole_vectors:
+            for q in range(inside_lo, inside_hi, lane_count):
+                q = min(q, inside_hi - lane_count)  # the last block ends at the row's end, overlapping (same values)
+                simd.copy_transposed(x_flat, source + q, height * width, valid, scratch, row_start + q * lane_count,
+                                     lanes)
+            continue
         for q in range(inside_lo, inside_hi, 4):
             q = min(q, inside_hi - 4)  # the last four end at the row's end, overlapping (same values)
             p0, p1, p2, p3 = simd.load_columns(x_flat, source + q, height * width, valid, lanes)
@@ -784,6 +806,28 @@ def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, widt
             simd.store(scratch, target + lane_count, p1)
             simd.store(scratch, target + 2 * lane_count, p2)
             simd.store(scratch, target + 3 * lane_count, p3)
+
+
+@inline
+def forward_row_v6(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid, out_w,
+                   kernel_h, kernel_w, sw, row_step, dw, lanes):
+    """One output row of a channel block: POSITIONS positions at a time (``multiply_add_taps_four``, stored by
+    ``simd.store_columns``), or one at a time on rows narrower than a block; ``row_step`` is the scratch's
+    elements per dilated kernel row, ``target_row`` the flat output index of the block's first channel."""
+    lane_count = simd.count(lanes)
+    if out_w < POSITIONS:
+        for j in range(out_w):
+            a0 = multiply_add_taps_one(kernel_flat, kernel_row + j, plane, scratch, scratch_row + j * sw * lane_count,
+                                       kernel_h, kernel_w, row_step, dw * lane_count, lanes)
+            for l in range(valid):
+                out_flat[numba.uint64(target_row + l * plane + j)] = simd.lane(a0, l)
+        return
+    for j in range(0, out_w, POSITIONS):
+        j = min(j, out_w - POSITIONS)
+        a0, a1, a2, a3 = multiply_add_taps_four(kernel_flat, kernel_row + j, plane, scratch,
+                                                scratch_row + j * sw * lane_count, sw * lane_count, kernel_h,
+                                                kernel_w, row_step, dw * lane_count, lanes)
+        simd.store_columns(out_flat, target_row + j, plane, valid, a0, a1, a2, a3)
 
 
 @jit
@@ -810,35 +854,16 @@ def forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
         load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
                               (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
         for i in range(i0, i0 + rows):
-            kernel_row = (b * groups + g) * taps * plane + i * out_w
-            scratch_row = start + (i - i0) * sh * wide * lane_count
-            if out_w < POSITIONS:
-                for j in range(out_w):
-                    a0 = multiply_add_taps_one(kernel_flat, kernel_row + j, plane, scratch,
-                                               scratch_row + j * sw * lane_count, kernel_h, kernel_w,
-                                               dh * wide * lane_count, dw * lane_count, lanes)
-                    for l in range(valid):
-                        out_flat[numba.uint64((c0 + l) * plane + i * out_w + j)] = simd.lane(a0, l)
-                continue
-            for j in range(0, out_w, POSITIONS):
-                j = min(j, out_w - POSITIONS)
-                a0, a1, a2, a3 = multiply_add_taps_four(
-                    kernel_flat, kernel_row + j, plane, scratch, scratch_row + j * sw * lane_count,
-                    sw * lane_count, kernel_h, kernel_w, dh * wide * lane_count, dw * lane_count, lanes)
-                simd.store_columns(out_flat, c0 * plane + i * out_w + j, plane, valid, a0, a1, a2, a3)
+            forward_row_v6(kernel_flat, (b * groups + g) * taps * plane + i * out_w, plane, scratch,
+                           start + (i - i0) * sh * wide * lane_count, out_flat, c0 * plane + i * out_w, valid,
+                           out_w, kernel_h, kernel_w, sw, dh * wide * lane_count, dw, lanes)
 
 
 def forward_v6(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Channel vectors with layout changes in registers: v5's plan, four columns per shuffle."""
-    workers = numba.get_num_threads()
-    batch, channels = x.shape[:2]
-    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
-    lanes = lanes_v5(channels // groups, x.dtype)
-    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    band = band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
     with numba.parallel_chunksize(1):
-        forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes),
-                            band)
+        forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
 
 
 grad_x_v6, grad_kernel_v6 = grad_x_v3, grad_kernel_v3
@@ -941,7 +966,169 @@ def grad_kernel_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
 forward_v7, grad_x_v7 = forward_v6, grad_x_v3
 
 
-# ------------------------------------------------------- v8: the input gradient with channel vectors, v6/v7's rest
+# ------------------------------- v8: forward, eight positions per block, input columns reused across a row's taps
+# v6 loads an input vector for every multiply-add (plus the kernel value's broadcast): two loads per FMA, and four
+# accumulators leave most of AVX-512's 32 registers idle. v8 accumulates eight consecutive positions of a row and,
+# for stride 1 and dilation 1 along the row, slides a window of input vectors along the kernel row: position p at
+# tap v reads column j + p + v, which position p - 1 reads at tap v + 1, so each tap loads ONE new column and shifts
+# the other seven (register renaming, no memory traffic): 8 + Kw - 1 input loads per kernel row instead of 8 * Kw.
+# Stride 2 keeps two windows, even and odd columns (tap v + 2 of position p reads what tap v of p + 1 read). Rows
+# of 5 to 7 outputs run as one block whose missing positions read a valid kernel value (clamped) and a few columns
+# past the row (the scratch slot has a tail for them) and are never stored. Other strides and dilations, and rows
+# narrower than 5, run v6's four-position code. The channels-last copy moves ``lanes`` columns at a time
+# (``simd.copy_transposed``: a lanes x lanes transpose in registers) where rows are that wide, v6's four otherwise
+# (a few percent on the stride-2 layers). The kernel is read where it lies, Kh*Kw planes apart: more streams
+# than the hardware prefetchers follow, so with the tap loop no longer bound by input loads, one thread spent much of
+# its time waiting for kernel cache lines (64@56 K7 at batch 8: 1.8x faster with a prefetch); each tap of a block
+# prefetches its kernel values PREFETCH_AHEAD_V8 elements (four blocks) ahead (``simd.prefetch``). Each output still
+# sums u, then v, from zero with fmuladd: results are bitwise v6's (tested).
+POSITIONS_V8 = 8  # output positions per block: 8 accumulators + 8 (stride 2: 16) window vectors, in 32 registers
+NARROWEST_V8 = 5  # narrower rows waste more than they save in a block of 8: v6's blocks of 4 run there
+PREFETCH_AHEAD_V8 = 4 * POSITIONS_V8  # kernel elements ahead of a tap's block, prefetched (best of 32, 64, 128)
+
+
+@inline
+def multiply_add_tap_eight(kernel_flat, k, o5, o6, o7, lanes, w0, w1, w2, w3, w4, w5, w6, w7,
+                           a0, a1, a2, a3, a4, a5, a6, a7):
+    """One tap of a block: ``a_p += kernel_flat[k + o_p] * w_p`` with ``o_p = p`` for ``p < 5``."""
+    a0 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k)], lanes), w0, a0)
+    a1 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 1)], lanes), w1, a1)
+    a2 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 2)], lanes), w2, a2)
+    a3 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 3)], lanes), w3, a3)
+    a4 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + 4)], lanes), w4, a4)
+    a5 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + o5)], lanes), w5, a5)
+    a6 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + o6)], lanes), w6, a6)
+    a7 = simd.multiply_add(simd.splat(kernel_flat[numba.uint64(k + o7)], lanes), w7, a7)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@inline
+def multiply_add_taps_eight(kernel_flat, kernel_start, last, plane, scratch, start, kernel_h, kernel_w, row_step,
+                            sw, lanes):
+    """Eight consecutive positions' channel vectors, ``sum_{u,v} kernel[kernel_start + (u*Kw + v)*plane + p] *
+    scratch[start + u*row_step + (p*sw + v)*lanes : ... + lanes]`` for ``p <= last`` (``4 <= last <= 7``; positions
+    past ``last`` hold garbage); stride ``sw`` 1 or 2, dilation 1 along the row."""
+    step = simd.count(lanes)
+    o5, o6, o7 = min(5, last), min(6, last), min(7, last)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros(scratch, lanes)
+    for u in range(kernel_h):
+        x = start + u * row_step
+        k = kernel_start + u * kernel_w * plane
+        if sw == 1:  # window w_p = column p + v
+            w0, w1 = simd.load(scratch, x, lanes), simd.load(scratch, x + step, lanes)
+            w2, w3 = simd.load(scratch, x + 2 * step, lanes), simd.load(scratch, x + 3 * step, lanes)
+            w4, w5 = simd.load(scratch, x + 4 * step, lanes), simd.load(scratch, x + 5 * step, lanes)
+            w6 = simd.load(scratch, x + 6 * step, lanes)
+            for v in range(kernel_w):
+                simd.prefetch(kernel_flat, k + v * plane + PREFETCH_AHEAD_V8)
+                w7 = simd.load(scratch, x + (v + 7) * step, lanes)
+                a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_tap_eight(
+                    kernel_flat, k + v * plane, o5, o6, o7, lanes, w0, w1, w2, w3, w4, w5, w6, w7,
+                    a0, a1, a2, a3, a4, a5, a6, a7)
+                w0, w1, w2, w3, w4, w5, w6 = w1, w2, w3, w4, w5, w6, w7
+        else:  # stride 2: even window e_p = column 2p + v (v even), odd window o_p = column 2p + v (v odd)
+            e0, e1 = simd.load(scratch, x, lanes), simd.load(scratch, x + 2 * step, lanes)
+            e2, e3 = simd.load(scratch, x + 4 * step, lanes), simd.load(scratch, x + 6 * step, lanes)
+            e4, e5 = simd.load(scratch, x + 8 * step, lanes), simd.load(scratch, x + 10 * step, lanes)
+            e6 = simd.load(scratch, x + 12 * step, lanes)
+            d0, d1 = simd.load(scratch, x + step, lanes), simd.load(scratch, x + 3 * step, lanes)
+            d2, d3 = simd.load(scratch, x + 5 * step, lanes), simd.load(scratch, x + 7 * step, lanes)
+            d4, d5 = simd.load(scratch, x + 9 * step, lanes), simd.load(scratch, x + 11 * step, lanes)
+            d6 = simd.load(scratch, x + 13 * step, lanes)
+            for t in range((kernel_w + 1) // 2):
+                simd.prefetch(kernel_flat, k + 2 * t * plane + PREFETCH_AHEAD_V8)
+                simd.prefetch(kernel_flat, k + (2 * t + 1) * plane + PREFETCH_AHEAD_V8)  # tap Kw if Kw is odd: harmless
+                e7 = simd.load(scratch, x + (14 + 2 * t) * step, lanes)
+                a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_tap_eight(
+                    kernel_flat, k + 2 * t * plane, o5, o6, o7, lanes, e0, e1, e2, e3, e4, e5, e6, e7,
+                    a0, a1, a2, a3, a4, a5, a6, a7)
+                e0, e1, e2, e3, e4, e5, e6 = e1, e2, e3, e4, e5, e6, e7
+                if 2 * t + 1 < kernel_w:
+                    d7 = simd.load(scratch, x + (15 + 2 * t) * step, lanes)
+                    a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_tap_eight(
+                        kernel_flat, k + (2 * t + 1) * plane, o5, o6, o7, lanes, d0, d1, d2, d3, d4, d5, d6, d7,
+                        a0, a1, a2, a3, a4, a5, a6, a7)
+                    d0, d1, d2, d3, d4, d5, d6 = d1, d2, d3, d4, d5, d6, d7
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@inline
+def load_channels_last_v8(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
+    """``load_channels_last`` ``lanes`` columns at a time (``simd.copy_transposed``); rows of fewer inside columns
+    run ``load_channels_last_v6``."""
+    inside_lo = min(pw, wide)
+    if max(inside_lo, min(wide, width + pw)) - inside_lo < simd.count(lanes):
+        load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw)
+        return
+    load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw, True)
+
+
+def slot_tail_v8(out_w, sw, dw, lanes) -> int:
+    """Scratch elements past a v8 band that a block of 5 to 7 positions reads (its missing positions' columns)."""
+    if dw != 1 or sw > 2 or out_w < NARROWEST_V8 or out_w >= POSITIONS_V8:
+        return 0
+    return (POSITIONS_V8 - out_w) * sw * lanes
+
+
+@jit
+def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band, tail):
+    """``forward_channels_v6`` with blocks of eight positions where the row allows (``multiply_add_taps_eight``);
+    ``tail`` is :func:`slot_tail_v8`."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    group_channels = channels // groups
+    lane_count = simd.count(lanes)
+    blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count + tail
+    plane, taps = out_h * out_w, kernel_h * kernel_w
+    x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
+    scratch = np.empty(threads * slot, x.dtype)
+    eights = dw == 1 and sw <= 2 and out_w >= NARROWEST_V8
+    last = min(out_w, POSITIONS_V8) - 1  # the last live position of a block
+    units = batch * groups * blocks * bands
+    for unit in prange(units):
+        start = numba.get_thread_id() * slot
+        image, block, i0 = unit // (blocks * bands), unit // bands % blocks, unit % bands * band
+        b, g = image // groups, image % groups
+        rows = min(band, out_h - i0)
+        c0 = b * channels + g * group_channels + block * lane_count
+        valid = min(lane_count, group_channels - block * lane_count)
+        load_channels_last_v8(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
+                              (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
+        for i in range(i0, i0 + rows):
+            kernel_row = (b * groups + g) * taps * plane + i * out_w
+            scratch_row = start + (i - i0) * sh * wide * lane_count
+            target_row = c0 * plane + i * out_w
+            if eights:
+                for j in range(0, out_w, POSITIONS_V8):
+                    j = max(0, min(j, out_w - POSITIONS_V8))  # the row's last block ends at out_w (overlap)
+                    a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_taps_eight(
+                        kernel_flat, kernel_row + j, last, plane, scratch, scratch_row + j * sw * lane_count,
+                        kernel_h, kernel_w, dh * wide * lane_count, sw, lanes)
+                    simd.store_columns(out_flat, target_row + j, plane, valid, a0, a1, a2, a3)
+                    if last == 7:  # positions last - 3 .. last (overlapping the first four where last < 7)
+                        simd.store_columns(out_flat, target_row + j + 4, plane, valid, a4, a5, a6, a7)
+                    elif last == 6:
+                        simd.store_columns(out_flat, target_row + j + 3, plane, valid, a3, a4, a5, a6)
+                    elif last == 5:
+                        simd.store_columns(out_flat, target_row + j + 2, plane, valid, a2, a3, a4, a5)
+                    else:
+                        simd.store_columns(out_flat, target_row + j + 1, plane, valid, a1, a2, a3, a4)
+            else:
+                forward_row_v6(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid,
+                               out_w, kernel_h, kernel_w, sw, dh * wide * lane_count, dw, lanes)
+
+
+def forward_v8(x, kernel, out, sh, sw, ph, pw, dh, dw):
+    """Channel vectors, eight positions per block, input columns reused across a kernel row's taps."""
+    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
+    with numba.parallel_chunksize(1):
+        forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band,
+                            slot_tail_v8(kernel.shape[-1], sw, dw, lanes))
+
+
+# ------------------------------------------------------- v8 (continued): the input gradient with channel vectors
 # grad_x[c, y, x] = sum of kernel[u, v, i, j] * grad_out[c, i, j] over the taps with y + ph - u*dh = i*sh and
 # x + pw - v*dw = j*sw, (i, j) inside the output: v6's forward mirrored. Per (b, g, block of lanes channels, band of
 # input rows), v8 copies the grad_out rows the band's taps read channels-last, S[r, j, l] = grad_out[c0 + l, i0 + r, j].
@@ -1198,4 +1385,4 @@ def grad_x_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
                            sh // math.gcd(sh, dh), sw // math.gcd(sw, dw))
 
 
-forward_v8, grad_kernel_v8 = forward_v6, grad_kernel_v7
+grad_kernel_v8 = grad_kernel_v7  # v8 changes the forward and the input gradient

@@ -14,7 +14,10 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
 * ``prefetch(array, start)``: a hint to bring the cache line of ``array[start]`` closer (never faults, so ``start``
   may lie outside the array; not bounds-checked)
 * ``load_columns``, ``store_columns``: four columns of channels to four channel vectors and back
+* ``copy_transposed``: ``lanes`` columns of ``lanes`` channels to ``lanes`` channel vectors, stored consecutively
 * ``store_sums(array, start, a0, a1, a2, a3)``: the four vectors' lane sums to 4 consecutive values
+* ``prefetch(array, index)``: ask the CPU to bring ``array[index]``'s cache line into L1 (a hint: never faults, so
+  any index is allowed and none is bounds-checked)
 
 ``lanes`` is a compile-time count: an integer literal in the kernel's source, or a :class:`Lanes` argument
 (its count is part of the argument's numba type, so each count compiles, and caches, its own kernel).
@@ -173,24 +176,25 @@ def count(typingctx, lanes):
     return types.intp(lanes), codegen
 
 
-@intrinsic
-def prefetch(typingctx, array, start):
-    def codegen(context, builder, signature, args):
-        view = context.make_array(signature.args[0])(context, builder, args[0])
-        byte_pointer = ir.IntType(8).as_pointer()
-        pointer = builder.bitcast(builder.gep(view.data, [args[1]]), byte_pointer)  # no inbounds: any address
-        integer = ir.IntType(32)
-        signature_type = ir.FunctionType(ir.VoidType(), [byte_pointer, integer, integer, integer])
-        function = cgutils.get_or_insert_function(builder.module, signature_type, "llvm.prefetch.p0")
-        # a read (0), kept in every cache level (locality 3), of data (1)
-        builder.call(function, [pointer, ir.Constant(integer, 0), ir.Constant(integer, 3), ir.Constant(integer, 1)])
-        return context.get_dummy_value()
-
-    return types.none(array, start), codegen
-
-
 def _quad_type(context, vector):
     return ir.VectorType(context.get_value_type(vector.dtype), 4)
+
+
+def _load_rows(context, builder, array_type, array, start, step, count, size, vector_type):
+    """``size`` vectors of type ``vector_type``: vector ``l`` loaded from ``array[start + l*step:]`` for ``l < count``
+    (``count >= 1``), zero for ``l >= count`` (those re-read row ``count - 1``, then drop it: no branch)."""
+    view = context.make_array(array_type)(context, builder, array)
+    zero = ir.Constant(vector_type, None)
+    last = builder.sub(count, ir.Constant(count.type, 1))
+    rows = []
+    for lane in range(size):
+        lane_value = ir.Constant(count.type, lane)
+        inside = builder.icmp_signed("<", lane_value, count)
+        offset = builder.add(start, builder.mul(step, builder.select(inside, lane_value, last)))
+        pointer = _element_pointer(context, builder, array_type, array, offset, vector_type, view)
+        loaded = builder.load(pointer, align=context.get_abi_sizeof(vector_type.element))
+        rows.append(builder.select(inside, loaded, zero))
+    return rows
 
 
 @intrinsic
@@ -234,20 +238,7 @@ def load_columns(typingctx, array, start, step, count, lanes):
     result_type = types.UniTuple(vector, 4)
 
     def codegen(context, builder, signature, args):
-        source, start_value, step_value, count_value = args[:4]
-        quad = _quad_type(context, vector)
-        view = context.make_array(signature.args[0])(context, builder, source)
-        zero = ir.Constant(quad, None)
-        last = builder.sub(count_value, ir.Constant(count_value.type, 1))
-        columns = []
-        for lane in range(size):
-            lane_value = ir.Constant(count_value.type, lane)
-            inside = builder.icmp_signed("<", lane_value, count_value)
-            row = builder.select(inside, lane_value, last)  # lanes past count re-read the last row, then drop it
-            offset = builder.add(start_value, builder.mul(step_value, row))
-            pointer = _element_pointer(context, builder, signature.args[0], source, offset, quad, view)
-            loaded = builder.load(pointer, align=context.get_abi_sizeof(quad.element))
-            columns.append(builder.select(inside, loaded, zero))
+        columns = _load_rows(context, builder, signature.args[0], *args[:4], size, _quad_type(context, vector))
         # concatenate the quads pairwise into one <4*size> vector, then pick every 4th element
         while len(columns) > 1:
             width = columns[0].type.count
@@ -260,6 +251,39 @@ def load_columns(typingctx, array, start, step, count, lanes):
         return result
 
     return result_type(array, start, step, count, lanes), codegen
+
+
+@intrinsic
+def copy_transposed(typingctx, source, start, step, count, target, target_start, lanes):
+    """``target[target_start + p*lanes + l] = source[start + l*step + p]`` for ``p < lanes`` and ``l < count``
+    (``1 <= count <= lanes``), zero for ``l >= count``: a ``lanes x lanes`` block transposed in registers (``lanes``
+    vector loads, log2(lanes) rounds of ``lanes`` two-vector interleaves, ``lanes`` vector stores)."""
+    if _count(lanes) is None or source.dtype != target.dtype:
+        return None
+    size = _count(lanes)
+    if size & (size - 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        target_value, target_start_value = args[4:6]
+        vector_type = context.get_value_type(Vector(source.dtype, size))
+        align = context.get_abi_sizeof(vector_type.element)
+        rows = _load_rows(context, builder, signature.args[0], *args[:4], size, vector_type)
+        half, mask_type = size // 2, ir.VectorType(ir.IntType(32), size)
+        low = ir.Constant(mask_type, [j + side * size for j in range(half) for side in (0, 1)])
+        high = ir.Constant(mask_type, [half + j + side * size for j in range(half) for side in (0, 1)])
+        for _ in range(size.bit_length() - 1):  # perfect shuffles: after log2(size) rounds, rows are columns
+            rows = [part for i in range(half) for part in (builder.shuffle_vector(rows[i], rows[i + half], low),
+                                                           builder.shuffle_vector(rows[i], rows[i + half], high))]
+        target_view = context.make_array(signature.args[4])(context, builder, target_value)
+        for position, column in enumerate(rows):
+            offset = builder.add(target_start_value, ir.Constant(target_start_value.type, position * size))
+            pointer = _element_pointer(context, builder, signature.args[4], target_value, offset, vector_type,
+                                       target_view)
+            builder.store(column, pointer, align=align)
+        return context.get_dummy_value()
+
+    return types.none(source, start, step, count, target, target_start, lanes), codegen
 
 
 @intrinsic
@@ -298,3 +322,23 @@ def store_sums(typingctx, array, start, a0, a1, a2, a3):
         return context.get_dummy_value()
 
     return types.none(array, start, a0, a1, a2, a3), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint the cache line of ``array[index]`` into every cache level (LLVM ``prefetch``: read, high locality,
+    data); an index past the array is harmless (a prefetch never faults), so it is not bounds-checked."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, args[0])
+        byte_pointer = ir.IntType(8).as_pointer()
+        address = builder.bitcast(builder.gep(view.data, [args[1]]), byte_pointer)
+        int32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]), "llvm.prefetch.p0i8")
+        builder.call(function, [address, ir.Constant(int32, 0), ir.Constant(int32, 3), ir.Constant(int32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, index), codegen

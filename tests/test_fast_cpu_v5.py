@@ -1,6 +1,6 @@
-"""v5 to v7 (channel vectors, ``involution.fast.simd``; v7 adds the kernel gradient) against the NumPy reference:
-the shared cases, channel counts that leave partial vectors, rows narrower than a block, non-finite values, thread
-counts, bounds checks."""
+"""v5 to v8 (channel vectors, ``involution.fast.simd``; v7 adds the kernel gradient, v8 a forward with blocks of eight
+positions) against the NumPy reference: the shared cases, channel counts that leave partial vectors, rows narrower
+than a block, non-finite values, thread counts, bounds checks."""
 import functools
 import os
 import subprocess
@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-pytest.importorskip("numba")
+numba = pytest.importorskip("numba")
 
 from involution.fast import cpu, cpu_kernels  # noqa: E402
 from involution.reference import involution2d  # noqa: E402
@@ -20,16 +20,24 @@ from cases import (CASES, SIMD_BOUNDSCHECK_PROBE, assert_matches_reference_on, c
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation): what v5 adds to the shared cases. Channels per group 8 (one
 # narrow vector), 24 and 40 (a full block and a partial one), output rows of 3, 4 and 5 (narrower than, equal to
-# and one past a block of POSITIONS), several bands, dilation with stride 1.
+# and one past a block of POSITIONS), several bands, dilation with stride 1; rows of 7 (stride 1) and 6 (stride 2,
+# 20 channels: a partial second vector): v8's blocks of eight with missing positions.
 V5_CASES = [
     (2, 16, 2, 9, 3, 3, 3, (1, 1), (1, 1), (1, 1)),
     (1, 48, 2, 6, 4, 3, 3, (1, 1), (1, 1), (1, 1)),
     (1, 40, 1, 7, 5, 5, 5, (1, 1), (2, 2), (1, 1)),
     (2, 32, 1, 40, 9, 3, 7, (1, 2), (1, 3), (2, 1)),
     (1, 64, 4, 15, 15, 7, 7, (2, 2), (3, 3), (1, 1)),
+    (1, 16, 1, 8, 7, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (2, 20, 1, 6, 12, 5, 5, (1, 2), (2, 2), (1, 1)),
 ]
 DTYPES = [np.float32, np.float64]
-CHANNEL_VECTOR_VERSIONS = [5, 6, 7]
+CHANNEL_VECTOR_VERSIONS = [5, 6, 7, 8]
+# v8's row code paths: blocks of eight (stride 1 or 2, dilation 1 along rows; rows of 5 to 7 as one block with
+# missing positions, wider rows ending in an overlapping block) and v6's blocks of four or single positions otherwise
+V8_ROW_CASES = [(2, 24, 2, 4, width, 3, kernel_w, (2, stride), (1, 2), (1, dilation))
+                for width in range(1, 20) for kernel_w in (1, 2, 7) for stride in (1, 2, 3) for dilation in (1, 2)
+                if width + 4 >= (kernel_w - 1) * dilation + 1]
 
 
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
@@ -47,6 +55,38 @@ def test_v6_is_bitwise_v5():
         x, kernel, _, stride, padding, dilation = make_case(case, np.float32, seed=2)
         v5, v6 = (cpu.involution2d(x, kernel, stride, padding, dilation, version=v) for v in (5, 6))
         assert np.array_equal(v5, v6), f"case {case}: v6 differs from v5 by up to {np.abs(v5 - v6).max()}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_v8_is_bitwise_v6(dtype):
+    """v8 keeps v6's summation order (u, then v, from zero, fused multiply-adds) on every row code path."""
+    for case in V5_CASES + V8_ROW_CASES:
+        x, kernel, _, stride, padding, dilation = make_case(case, dtype, seed=4)
+        v6, v8 = (cpu.involution2d(x, kernel, stride, padding, dilation, version=v) for v in (6, 8))
+        assert np.array_equal(v6, v8, equal_nan=True), (
+            f"case {case}: v8 differs from v6 by up to {np.abs(v6 - v8).max()}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_copy_transposed_is_a_transpose_with_zero_lanes(dtype):
+    """``simd.copy_transposed``, v8's channels-last copy: rows ``l < count`` of the source block become lane ``l`` of
+    consecutive vectors, lanes ``l >= count`` are zero, nothing outside the block is written."""
+    from involution.fast import simd
+
+    @numba.njit
+    def copy(source, start, step, count, target, target_start, lanes):
+        simd.copy_transposed(source, start, step, count, target, target_start, lanes)
+
+    source = np.arange(1, 40 * 50 + 1).astype(dtype)
+    for lanes in (4, 8, 16):
+        for count in (1, lanes // 2 + 1, lanes):
+            target = np.full(lanes * lanes + 5, -1, dtype)
+            copy(source, 7, 50, count, target, 3, simd.Lanes(lanes))
+            expected = np.zeros((lanes, lanes), dtype)  # [position, lane]
+            expected[:, :count] = source[7 + 50 * np.arange(count)[None, :] + np.arange(lanes)[:, None]]
+            got = target[3:3 + lanes * lanes].reshape(lanes, lanes)
+            assert np.array_equal(got, expected), f"lanes {lanes}, count {count}: got\n{got}\nexpected\n{expected}"
+            assert (target[:3] == -1).all() and (target[3 + lanes * lanes:] == -1).all(), "wrote outside the block"
 
 
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
@@ -77,7 +117,6 @@ def test_non_finite_values_propagate_like_the_reference(dtype, version):
 
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
 def test_bitwise_identical_for_any_thread_count(version):
-    numba = pytest.importorskip("numba")
     x, kernel, grad_out, stride, padding, dilation = make_case(V5_CASES[4], np.float32, seed=5)
 
     def results():
@@ -137,9 +176,9 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
 
 
 def test_never_reads_out_of_bounds(tmp_path):
-    """v5 to v7 compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
+    """v5 to v8 compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
-    script = BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES, versions=CHANNEL_VECTOR_VERSIONS)
+    script = BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES + V8_ROW_CASES[::5], versions=CHANNEL_VECTOR_VERSIONS)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0 and result.stdout.split() == ["ok"], (
         f"stdout {result.stdout!r}\nstderr {result.stderr[-3000:]}")
