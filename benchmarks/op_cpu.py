@@ -9,7 +9,9 @@ Every involution implementation is first checked against the float64 NumPy refer
 falls alike on each), forward and backward (grad_x + grad_kernel; for the depthwise conv, grad_x and
 grad_weight), GFLOP/s from ``Geometry.macs`` (2 FLOPs per multiply-add; backward twice the forward's), the
 fraction of a float32 matmul measured in the same run ("sgemm"), and the peak memory a forward call adds
-(resident-set high-water mark, glibc told to unmap every freed block above 64 KiB). Then two robustness checks of
+(resident-set high-water mark, glibc told to unmap every freed block above 64 KiB while it is measured; the timings
+run with glibc keeping freed blocks below 32 MiB for reuse, as a long-running process's dynamic malloc thresholds
+settle). Then two robustness checks of
 the fast forward: under load (a process spinning on one core) and after ``fork`` (:mod:`benchmarks.robustness`).
 
 Run: ``python -m involution bench [--quick] [--batch 1 8] [--repeats 5] [--kernel-versions] [--json PATH]``
@@ -31,7 +33,11 @@ from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, layer_na
 from involution.benchmarks.robustness import call_seconds
 from involution.spec import Geometry
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+# Timing: blocks below 32 MiB (glibc's largest dynamic mmap threshold on 64-bit) are reused from the heap, not mapped
+# afresh per call, and the heap is not trimmed below 64 MiB of free top: the state a long-running process's dynamic
+# thresholds reach. Memory measurement: blocks above 64 KiB are unmapped when freed, so the resident set is live data.
+TIMING_MALLOC, MEASURING_MALLOC = (32 << 20, 64 << 20), (64 << 10, 128 << 10)
 
 
 def median_seconds(call, repeats: int, warmup: int = 1) -> float:
@@ -45,11 +51,13 @@ def sgemm_gflops(size: int = 1024, repeats: int = 10) -> float:
     return 2 * size**3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
 
 
-def unmap_freed_memory() -> bool:
-    """Make glibc return every freed block above 64 KiB to the OS, so the resident set tracks live memory."""
+def set_malloc_thresholds(thresholds: tuple[int, int]) -> bool:
+    """glibc's ``(mmap threshold, trim threshold)`` in bytes (:data:`TIMING_MALLOC` or :data:`MEASURING_MALLOC`);
+    False where there is no glibc."""
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024))
-    except OSError:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, thresholds[0]) and libc.mallopt(M_TRIM_THRESHOLD, thresholds[1]))
+    except (OSError, AttributeError):
         return False
 
 
@@ -61,19 +69,34 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_extra_bytes(call) -> int | None:
-    """Peak resident memory ``call()`` adds, result included (Linux: reset and read ``VmHWM``); else None."""
-    gc.collect()
+def release_free_heap() -> None:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim(0)``); nothing where there is no glibc."""
     try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets the high-water mark to the current resident set
-        before = _status_kib("VmRSS")
-    except OSError:
-        return None
-    result = call()
-    extra = (_status_kib("VmHWM") - before) * 1024
-    del result
-    return extra
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_extra_bytes(call) -> int | None:
+    """Peak resident memory ``call()`` adds, result included (Linux: reset and read ``VmHWM``); else None. Freed
+    blocks above 64 KiB are unmapped meanwhile (so the resident set is live data), then the timing thresholds are
+    restored."""
+    set_malloc_thresholds(MEASURING_MALLOC)
+    try:
+        gc.collect()
+        release_free_heap()  # blocks freed while timing must not be reused unseen by the resident set
+        try:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # resets the high-water mark to the current resident set
+            before = _status_kib("VmRSS")
+        except OSError:
+            return None
+        result = call()
+        extra = (_status_kib("VmHWM") - before) * 1024
+        del result
+        return extra
+    finally:
+        set_malloc_thresholds(TIMING_MALLOC)
 
 
 def validate(geometry: Geometry, x, kernel, grad_out, implementations: dict) -> None:
@@ -328,7 +351,7 @@ def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), rob
     from involution.benchmarks import robustness
 
     torch.set_num_threads(numba.get_num_threads())  # same thread count for every implementation
-    unmap_freed_memory()
+    set_malloc_thresholds(TIMING_MALLOC)
     sgemm = sgemm_gflops()
     log(f"numpy float32 matmul 1024^3: {sgemm:.1f} GFLOP/s (this run's ceiling; %sg below is a fraction of it)")
     rows = []
