@@ -9,8 +9,6 @@ verdict, not pytest's generic per-test record, so a 30-line collector is less th
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import textwrap
 import time
@@ -123,7 +121,6 @@ class SuiteResult:
     pytest_exit_code: int
     duration_s: float
     pytest_args: list[str] = field(default_factory=list)
-    pytest_output: str = ""  # pytest's own report (tracebacks, hypothesis' reproduction lines); not in the JSON
 
     @property
     def exit_code(self) -> int:
@@ -231,8 +228,7 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
     implementations = {name: implementation.describe() for name, implementation in loaded.items()}
     collector = Collector(properties)
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()) as pytest_output:  # the matrix says it all; --verbose shows this
-        exit_code = int(pytest.main(args, plugins=[collector]))
+    exit_code = int(pytest.main(args, plugins=[collector]))
     duration = time.perf_counter() - started
 
     outcomes = list(collector.outcomes.values())
@@ -250,8 +246,7 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
     }
     options = {"framework": framework, "device": device, "max_examples": max_examples, "timeout": timeout,
                "isolate": isolate, "strict": strict, "shrink": shrink, "properties": list(properties or [])}
-    return SuiteResult(implementations, ordered, matrix, judged, outcomes, options, exit_code, duration, args,
-                       pytest_output.getvalue())
+    return SuiteResult(implementations, ordered, matrix, judged, outcomes, options, exit_code, duration, args)
 
 
 def write_report(result: SuiteResult, path) -> None:

@@ -6,7 +6,9 @@ runs), 3 conformant only within declared limits, or too little evidence. See doc
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import os
 import sys
 from pathlib import Path
@@ -97,10 +99,11 @@ def run(args) -> int:
         return 2
     from involution.conformance.runner import run_suite, write_report
 
-    result = run_suite(args.backend, args.impl, args.max_examples, args.property, framework=args.framework,
-                       device=args.device, isolate=True, timeout=args.timeout, strict=args.strict, shrink=args.shrink)
-    if args.verbose:
-        print(result.pytest_output)
+    # pytest's own report (tracebacks, hypothesis' reproduction lines) only with --verbose: the matrix says it all.
+    with contextlib.redirect_stdout(sys.stdout if args.verbose else io.StringIO()):
+        result = run_suite(args.backend, args.impl, args.max_examples, args.property, framework=args.framework,
+                           device=args.device, isolate=True, timeout=args.timeout, strict=args.strict,
+                           shrink=args.shrink)
     print("\n== conformance matrix (property x implementation) ==")
     print(result.format_matrix())
     if args.report:
