@@ -1,16 +1,18 @@
-"""Numbered forward kernels side by side on RedNet-50's layers: each validated, then timed interleaved.
+"""Numbered forward (or kernel-gradient) kernels side by side on RedNet-50's layers: each validated, then timed
+interleaved.
 
-For every layer, batch and thread count: each version's forward is checked against the float64 NumPy reference
-(rounding bounds of ``involution.conformance.tolerances``) and against the first version bitwise (the channel-vector
-forwards v5, v6 and v8 share one summation order; a difference is reported, not raised), then all versions are timed
+For every layer, batch and thread count: each version's forward (``--kind grad_kernel``: its kernel gradient alone,
+``cpu_kernels.grad_kernel_v<n>`` called directly) is checked against the float64 NumPy reference (rounding bounds of
+``involution.conformance.tolerances``) and against the first version bitwise (the channel-vector forwards v5, v6 and
+v8 share one summation order; a difference is reported, not raised), then all versions are timed
 round-robin (``op_cpu.interleaved_medians``), median of ``repeats`` rounds. On one thread the clock is the calling
 thread's CPU time (``time.thread_time``: numba runs a one-thread region on the caller, and time the scheduler gives
 other processes is not counted); on more threads, wall time. Output: the load average and a NumPy float32 matmul's
 GFLOP/s ("sgemm", the machine's ceiling) before and after, one markdown table, GFLOP/s from ``Geometry.macs``, and
 per thread count and batch the geometric mean of each version's time over the first one's.
 
-Run: ``python -m involution.benchmarks.forward_versions [--versions 6 8] [--threads 1 2] [--batch 1 8]
-[--layers 0 5] [--repeats 7]``
+Run: ``python -m involution.benchmarks.forward_versions [--kind forward|grad_kernel] [--versions 6 8] [--threads 1 2]
+[--batch 1 8] [--layers 0 5] [--repeats 7]``
 """
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, layer_na
 from involution.benchmarks.op_cpu import interleaved_medians, sgemm_gflops
 
 
-def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, repeats: int = 7, log=print):
-    """Validate and time ``versions`` of the forward; one row per (threads, batch, layer), JSON-ready dicts."""
+def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, repeats: int = 7, log=print,
+        kind: str = "forward"):
+    """Validate and time ``versions`` of kernel ``kind`` ("forward" or "grad_kernel"); one row per (threads, batch,
+    layer), JSON-ready dicts."""
     import numba
 
     from involution.conformance import tolerances
-    from involution.fast import cpu
 
     rows = []
     for count in threads:
@@ -39,14 +42,12 @@ def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, r
         for batch in batches:
             for layer in layers:
                 geometry = layer_geometry(layer, batch)
-                x, kernel, _ = random_inputs(geometry, np.float32, seed=batch)
-                params = (geometry.stride, geometry.padding, geometry.dilation)
-                calls = {version: (lambda v=version: cpu.involution2d(x, kernel, *params, version=v))
-                         for version in versions}
+                x, kernel, grad_out = random_inputs(geometry, np.float32, seed=batch)
+                calls = {version: kernel_call(kind, version, geometry, x, kernel, grad_out) for version in versions}
                 results = {version: call() for version, call in calls.items()}
-                for version, out in results.items():
-                    tolerances.assert_matches_reference({"out": out}, x, kernel, geometry,
-                                                        f"forward v{version}, {layer_name(layer)} B{batch}")
+                for version, result in results.items():
+                    tolerances.assert_matches_reference({RESULT_NAMES[kind]: result}, x, kernel, geometry,
+                                                        f"{kind} v{version}, {layer_name(layer)} B{batch}", grad_out)
                 first = results[versions[0]]
                 bitwise = all(np.array_equal(first, out) for out in results.values())
                 seconds = interleaved_medians(calls, dict.fromkeys(calls, repeats), clock)
@@ -56,6 +57,29 @@ def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, r
                 rows.append(row)
                 log(format_row(row, versions))
     return rows
+
+
+RESULT_NAMES = {"forward": "out", "grad_kernel": "grad_kernel"}
+
+
+def kernel_call(kind: str, version: int, geometry, x, kernel, grad_out):
+    """A call running ``cpu_kernels.<kind>_v<version>`` on the arrays (checked by ``cpu.check_version``) into a
+    result array it returns: the kernel alone, without the dispatcher's validation and allocation."""
+    from involution.fast import cpu, cpu_kernels
+
+    cpu.check_version(kind, version, geometry)
+    function = getattr(cpu_kernels, f"{kind}_v{version}")
+    hyper_parameters = (*geometry.stride, *geometry.padding, *geometry.dilation)
+    if kind == "forward":
+        arrays, result = (x, kernel), np.empty(geometry.out_shape, x.dtype)
+    else:
+        arrays, result = (grad_out, x), np.empty(geometry.kernel_shape, x.dtype)
+
+    def call():
+        function(*arrays, result, *hyper_parameters)
+        return result
+
+    return call
 
 
 def format_row(row: dict, versions) -> str:
@@ -96,6 +120,7 @@ def geometric_mean(values) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=sorted(RESULT_NAMES), default="forward")
     parser.add_argument("--versions", type=int, nargs="+", default=[6, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -105,7 +130,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print(machine_state())
     print(header(args.versions))
-    rows = run(args.versions, args.threads, args.batch, [REDNET_LAYERS[i] for i in args.layers], args.repeats)
+    rows = run(args.versions, args.threads, args.batch, [REDNET_LAYERS[i] for i in args.layers], args.repeats,
+               kind=args.kind)
     print()
     print(summary(rows, args.versions))
     print(machine_state())

@@ -25,7 +25,7 @@ from .runtime import call_guard
 
 KINDS = ("forward", "grad_x", "grad_kernel")
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
-VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 # v8 (the second channel-vector generation) for the forward and grad_x where cpu_kernels.fits_v5: forward with eight
 # positions per block, grad_x with channel vectors; else v4 forward (kernel rows in registers) and v3 grad_x, but v2
 # (row-wise) on output rows narrower than 8, where v3's padded wide rows are mostly padding. v7 (channel vectors) for
@@ -82,6 +82,9 @@ def scratch_elements(name: str, version: int, geometry: Geometry, workers: int |
         lanes = cpu_kernels.lanes_v5(g.group_channels, np.float32)
         return workers * cpu_kernels.band_v8(g.batch, g.groups, g.group_channels, lanes, g.height, g.width, g.out_h,
                                              g.out_w, g.kernel_h, g.stride[0], g.dilation[0], workers)[1]
+    if name == "grad_kernel" and version == 9:  # one slot per thread
+        return workers * cpu_kernels.plan_v9(g.batch, g.groups, g.group_channels, g.out_h, g.out_w, g.kernel_h,
+                                             g.kernel_w, *g.stride, *g.dilation, np.float32, workers)[2]
     (sh, sw), (ph, _), (dh, dw) = g.stride, g.padding, g.dilation
     if name == "forward":
         block = cpu_kernels.CHANNEL_BLOCK if version == 4 else 1

@@ -1386,3 +1386,257 @@ def grad_x_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
 
 
 grad_kernel_v8 = grad_kernel_v7  # v8 changes the forward and the input gradient
+
+
+# ------------------------------------------------- v9: the kernel gradient with output positions in vector lanes
+# grad_kernel[b, g, u, v, i, j] = sum_c grad_out[c, i, j] * x_pad[c, i*sh + u*dh, j*sw + v*dw]. v7 puts the group's
+# channels in lanes: per tap and four positions, 4 vector loads, 4 multiply-adds and a 4-vector horizontal sum. v9
+# puts ``lanes`` consecutive output positions of a row in a vector instead, so that nothing is summed across lanes:
+# grad_out[c, i, j:j + lanes] is one vector per channel, and the input it meets at tap (u, v) is x_pad[c, i*sh + u*dh,
+# (j + l)*sw + v*dw] for lanes l, contiguous once the input row is split by column phase, P[c, r, rv, q] =
+# x_pad[c, y0 + r, q*sw + rv] (v3's phases, but only the phases rv = v*dw mod sw that some tap column reads, so
+# stride 1 is a plain padded row copy). Per (b, g, band of output rows), one pass copies the band's input rows so,
+# and its grad_out rows (zero-padded to a whole vector where a row is narrower); then per row, vector of positions
+# and block of TAPS_V9 taps (flat over (u, v): 3x3 is one block and a tail, 7x7 six and a tail), the channel loop
+# multiplies one grad_out vector by TAPS_V9 input vectors into TAPS_V9 accumulators (independent chains): one load
+# per multiply-add, no shuffles, and each tap's results are stored as one contiguous vector (``simd.store_first``
+# where a row is narrower than a vector). Vectors hold 64 bytes where a row is that wide, else 32 (rows of 7 and 14
+# fill 7/8 of the lanes either way); a row's last vector ends at its end, overlapping the one before (same values).
+# Each element sums its channels in order from zero with fused multiply-adds, written by one unit: bitwise
+# reproducible for any thread count; the sum is a sequence, not v7's tree, so results differ from v7's by rounding.
+TAPS_V9 = 8  # taps accumulated together: 8 accumulators, one multiply-add chain each (the channel loop's length)
+TAIL_TAPS_V9 = 4  # a tail of at most this many taps runs in a block of this many (fewer duplicate multiply-adds)
+
+
+def lanes_v9(out_w: int, dtype) -> int:
+    """Output positions per vector: a 64-byte vector where the output rows fill one, else 32 bytes."""
+    per_register = 64 // np.dtype(dtype).itemsize
+    return per_register if out_w >= per_register else per_register // 2
+
+
+def phases_v9(kernel_w: int, sw: int, dw: int):
+    """``(phases, column_slot, column_shift)``: the column phases ``v*dw mod sw`` the tap columns read, in order of
+    first use (at most ``min(sw, Kw)``), and per tap column ``v`` its phase's index and ``v*dw // sw``."""
+    phases, column_slot = [], []
+    for v in range(kernel_w):
+        phase = v * dw % sw
+        if phase not in phases:
+            phases.append(phase)
+        column_slot.append(phases.index(phase))
+    return tuple(phases), tuple(column_slot), tuple(v * dw // sw for v in range(kernel_w))
+
+
+def layout_v9(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh, dw, lanes, phase_count, band):
+    """``(pitch, phase_w, input_channel, output_channel)`` of a ``band``-row unit: the padded grad_out row (a whole
+    vector at least), a phase row (the taps' reach past it), a channel's input and grad_out elements in scratch."""
+    pitch = max(out_w, lanes)
+    phase_w = pitch + (kernel_w - 1) * dw // sw
+    rows_in = (band - 1) * sh + (kernel_h - 1) * dh + 1
+    return pitch, phase_w, rows_in * phase_count * phase_w, band * pitch
+
+
+layout_v9 = inline(layout_v9)
+
+
+def plan_v9(batch, groups, group_channels, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, dtype, workers):
+    """``(lanes, band, slot)``: positions per vector (:func:`lanes_v9`), output rows per unit (about UNITS_PER_THREAD
+    units per thread, the unit's copies within SCRATCH_ELEMENTS, at least one row) and scratch elements per thread."""
+    lanes = lanes_v9(out_w, dtype)
+    phase_count = len(phases_v9(kernel_w, sw, dw)[0])
+
+    def slot(rows):
+        _, _, input_channel, output_channel = layout_v9.py_func(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
+                                                                dw, lanes, phase_count, rows)
+        return group_channels * (input_channel + output_channel)
+
+    bands_wanted = -(-UNITS_PER_THREAD * workers // (batch * groups))
+    band = max(1, -(-out_h // bands_wanted))
+    while band > 1 and slot(band) > SCRATCH_ELEMENTS:
+        band = max(1, min(band - 1, band * SCRATCH_ELEMENTS // slot(band)))
+    return lanes, band, slot(band)
+
+
+@inline
+def fill(array, start, stop, value):
+    """``array[start:stop] = value`` as a plain loop (a slice assignment builds an array view per call)."""
+    for index in range(start, stop):
+        array[numba.uint64(index)] = value
+
+
+@inline
+def load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, y0, rows, phases, phase_ranges,
+                    phase_w, sw, pw, channel_step):
+    """``scratch[start + c*channel_step + (r*len(phases) + s)*phase_w + q] = x[c0 + c, y0 + r, q*sw + phases[s] - pw]``
+    for ``c < group_channels``, ``r < rows``; zero in the padding (``phase_ranges[s]``: ``output_range`` of phase
+    ``s``, the columns ``q`` inside x)."""
+    phase_count = len(phases)
+    for c in range(group_channels):
+        for r in range(rows):
+            y = y0 + r
+            row = start + c * channel_step + r * phase_count * phase_w
+            if y < 0 or y >= height:
+                fill(scratch, row, row + phase_count * phase_w, 0)
+                continue
+            for s in range(phase_count):
+                target = row + s * phase_w
+                lo, hi = phase_ranges[s, 0], phase_ranges[s, 1]
+                fill(scratch, target, target + lo, 0)
+                fill(scratch, target + hi, target + phase_w, 0)
+                source = ((c0 + c) * height + y) * width + phases[s] - pw
+                for q in range(lo, hi):
+                    scratch[numba.uint64(target + q)] = x_flat[numba.uint64(source + q * sw)]
+
+
+@inline
+def load_padded_rows(source_flat, scratch, start, c0, group_channels, height, width, y0, rows, pitch, channel_step):
+    """``scratch[start + c*channel_step + r*pitch + q] = source[c0 + c, y0 + r, q]`` for ``q < width``, zero up to
+    ``pitch``."""
+    for c in range(group_channels):
+        for r in range(rows):
+            target = start + c * channel_step + r * pitch
+            source = ((c0 + c) * height + y0 + r) * width
+            for q in range(width):
+                scratch[numba.uint64(target + q)] = source_flat[numba.uint64(source + q)]
+            fill(scratch, target + width, target + pitch, 0)
+
+
+@inline
+def multiply_add_channels_v9(scratch, x_start, go_start, channel_offset, output_channel, group_channels,
+                             o0, o1, o2, o3, o4, o5, o6, o7, lanes):
+    """Eight taps of one vector of positions: ``a_t = sum_c scratch[go_start + c*output_channel : ... + lanes] *
+    scratch[x_start + channel_offset[c] + o_t : ... + lanes]``, channels in order from zero. The channel's input
+    offset is read from an array so that LLVM keeps one address per tap, not one induction variable per tap (eight
+    of them, unrolled twice, spilled to the stack: 3x slower)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros(scratch, lanes)
+    for c in range(group_channels):
+        go = simd.load(scratch, go_start + c * output_channel, lanes)
+        s = x_start + channel_offset[c]
+        a0 = simd.multiply_add(go, simd.load(scratch, s + o0, lanes), a0)
+        a1 = simd.multiply_add(go, simd.load(scratch, s + o1, lanes), a1)
+        a2 = simd.multiply_add(go, simd.load(scratch, s + o2, lanes), a2)
+        a3 = simd.multiply_add(go, simd.load(scratch, s + o3, lanes), a3)
+        a4 = simd.multiply_add(go, simd.load(scratch, s + o4, lanes), a4)
+        a5 = simd.multiply_add(go, simd.load(scratch, s + o5, lanes), a5)
+        a6 = simd.multiply_add(go, simd.load(scratch, s + o6, lanes), a6)
+        a7 = simd.multiply_add(go, simd.load(scratch, s + o7, lanes), a7)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@inline
+def multiply_add_channels_four_v9(scratch, x_start, go_start, channel_offset, output_channel, group_channels,
+                                  o0, o1, o2, o3, lanes):
+    """``multiply_add_channels_v9`` for four taps (a block's tail)."""
+    a0 = a1 = a2 = a3 = simd.zeros(scratch, lanes)
+    for c in range(group_channels):
+        go = simd.load(scratch, go_start + c * output_channel, lanes)
+        s = x_start + channel_offset[c]
+        a0 = simd.multiply_add(go, simd.load(scratch, s + o0, lanes), a0)
+        a1 = simd.multiply_add(go, simd.load(scratch, s + o1, lanes), a1)
+        a2 = simd.multiply_add(go, simd.load(scratch, s + o2, lanes), a2)
+        a3 = simd.multiply_add(go, simd.load(scratch, s + o3, lanes), a3)
+    return a0, a1, a2, a3
+
+
+@inline
+def store_positions(target_flat, start, vector, count, whole):
+    """``target[start:start + lanes] = vector`` if ``whole``, else its first ``count`` lanes."""
+    if whole:
+        simd.store(target_flat, start, vector)
+    else:
+        simd.store_first(target_flat, start, vector, count)
+
+
+@jit
+def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, threads, lanes, band, phases,
+                             column_slot, column_shift):
+    """``grad_kernel_v9`` for ``lanes`` (a ``simd.Lanes``: positions per vector), ``band`` output rows per unit and the
+    column phases of :func:`phases_v9` (int64 arrays); ``threads`` must be ``numba.get_num_threads()``."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
+    group_channels = channels // groups
+    lane_count = simd.count(lanes)
+    bands = (out_h + band - 1) // band
+    pitch, phase_w, input_channel, output_channel = layout_v9(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
+                                                              dw, lane_count, len(phases), band)
+    row_step = len(phases) * phase_w  # one input row's phases
+    slot = group_channels * (input_channel + output_channel)
+    plane, taps = out_h * out_w, kernel_h * kernel_w
+    tap_offset = np.empty(taps, np.int64)  # tap (u, v)'s input vector, from its position's
+    for u in range(kernel_h):
+        for v in range(kernel_w):
+            tap_offset[u * kernel_w + v] = u * dh * row_step + column_slot[v] * phase_w + column_shift[v]
+    channel_offset = np.arange(group_channels) * input_channel
+    phase_ranges = np.empty((len(phases), 2), np.int64)
+    for s in range(len(phases)):
+        phase_ranges[s, 0], phase_ranges[s, 1] = output_range(phases[s], sw, 1, pw, width, phase_w)
+    whole = out_w >= lane_count  # every vector of positions inside a row: whole-vector stores
+    x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
+    scratch = np.empty(threads * slot, x.dtype)
+    units = batch * groups * bands
+    for unit in prange(units):
+        start = numba.get_thread_id() * slot
+        outputs = start + group_channels * input_channel  # the grad_out rows follow the input rows
+        image, i0 = unit // bands, unit % bands * band
+        b, g = image // groups, image % groups
+        rows = min(band, out_h - i0)
+        c0 = b * channels + g * group_channels
+        load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, i0 * sh - ph,
+                        (rows - 1) * sh + (kernel_h - 1) * dh + 1, phases, phase_ranges, phase_w, sw, pw,
+                        input_channel)
+        load_padded_rows(grad_out_flat, scratch, outputs, c0, group_channels, out_h, out_w, i0, rows, pitch,
+                         output_channel)
+        target_image = (b * groups + g) * taps * plane
+        for i in range(i0, i0 + rows):
+            for j in range(0, pitch, lane_count):
+                j = min(j, pitch - lane_count)  # the row's last vector ends at its end (overlap: same values)
+                x_start = start + (i - i0) * sh * row_step + j
+                go_start = outputs + (i - i0) * pitch + j
+                target = target_image + i * out_w + j
+                for t in range(0, taps, TAPS_V9):
+                    last = min(taps - t, TAPS_V9) - 1  # taps past it repeat tap t + last, and are not stored
+                    if last < TAIL_TAPS_V9:
+                        a0, a1, a2, a3 = multiply_add_channels_four_v9(
+                            scratch, x_start, go_start, channel_offset, output_channel, group_channels,
+                            tap_offset[t], tap_offset[t + min(1, last)], tap_offset[t + min(2, last)],
+                            tap_offset[t + last], lanes)
+                        a4 = a5 = a6 = a7 = a3
+                    else:
+                        a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_channels_v9(
+                            scratch, x_start, go_start, channel_offset, output_channel, group_channels,
+                            tap_offset[t], tap_offset[t + 1], tap_offset[t + 2], tap_offset[t + 3],
+                            tap_offset[t + 4], tap_offset[t + min(5, last)], tap_offset[t + min(6, last)],
+                            tap_offset[t + last], lanes)
+                    k = target + t * plane
+                    store_positions(grad_kernel_flat, k, a0, out_w, whole)
+                    if last >= 1:
+                        store_positions(grad_kernel_flat, k + plane, a1, out_w, whole)
+                    if last >= 2:
+                        store_positions(grad_kernel_flat, k + 2 * plane, a2, out_w, whole)
+                    if last >= 3:
+                        store_positions(grad_kernel_flat, k + 3 * plane, a3, out_w, whole)
+                    if last >= 4:
+                        store_positions(grad_kernel_flat, k + 4 * plane, a4, out_w, whole)
+                    if last >= 5:
+                        store_positions(grad_kernel_flat, k + 5 * plane, a5, out_w, whole)
+                    if last >= 6:
+                        store_positions(grad_kernel_flat, k + 6 * plane, a6, out_w, whole)
+                    if last >= 7:
+                        store_positions(grad_kernel_flat, k + 7 * plane, a7, out_w, whole)
+
+
+def grad_kernel_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
+    """Output positions in vector lanes for the kernel gradient: per (b, g, band), the band's input rows split by
+    column phase and its grad_out rows, then per vector of positions and block of taps a channel loop of one load
+    and one multiply-add per tap."""
+    workers = numba.get_num_threads()
+    batch, channels = x.shape[:2]
+    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
+    lanes, band, _ = plan_v9(batch, groups, channels // groups, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw,
+                             x.dtype, workers)
+    phases, column_slot, column_shift = (np.array(values, np.int64) for values in phases_v9(kernel_w, sw, dw))
+    with numba.parallel_chunksize(1):
+        grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band,
+                                 phases, column_slot, column_shift)
+
+
+forward_v9, grad_x_v9 = forward_v8, grad_x_v8  # v9 changes only the kernel gradient

@@ -6,6 +6,7 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
 
 * ``load(array, start, lanes)``: ``array[start:start + lanes]`` of a 1-D C-contiguous array, as a vector
 * ``store(array, start, vector)``: ``array[start:start + lanes] = vector``
+* ``store_first(array, start, vector, count)``: ``array[start:start + count] = vector[:count]`` (a masked store)
 * ``splat(value, lanes)``: ``value`` in every lane
 * ``zeros(array, lanes)``: zero in every lane, of the array's dtype
 * ``multiply_add(a, b, c)``: ``a * b + c`` lane by lane (LLVM ``fmuladd``: fused where the CPU has FMA)
@@ -117,6 +118,42 @@ def store(typingctx, array, start, vector):
         return context.get_dummy_value()
 
     return types.none(array, start, vector), codegen
+
+
+@intrinsic
+def store_first(typingctx, array, start, vector, count):
+    """``array[start + l] = vector[l]`` for lanes ``l < count`` (``0 <= count <= lanes``): one masked store (LLVM
+    ``masked.store``), nothing written past ``start + count``; under boundscheck ``[start, start + count)`` must lie
+    in the array."""
+    if not (isinstance(vector, Vector) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        target, start_value, value, count_value = args
+        vector_type = context.get_value_type(vector)
+        view = context.make_array(signature.args[0])(context, builder, target)
+        if context.enable_boundscheck:
+            size = builder.extract_value(view.shape, 0)
+            outside = builder.or_(builder.icmp_signed("<", start_value, ir.Constant(start_value.type, 0)),
+                                  builder.icmp_signed(">", builder.add(start_value, count_value), size))
+            with builder.if_then(outside, likely=False):
+                context.call_conv.return_user_exc(builder, IndexError, ("vector access outside the array",))
+        pointer = builder.bitcast(builder.gep(view.data, [start_value]), vector_type.as_pointer())
+        index_type = ir.VectorType(count_value.type, vector.lanes)
+        limit = builder.insert_element(ir.Constant(index_type, ir.Undefined), count_value,
+                                       ir.Constant(ir.IntType(32), 0))
+        limit = builder.shuffle_vector(limit, limit, ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None))
+        mask = builder.icmp_signed("<", ir.Constant(index_type, list(range(vector.lanes))), limit)
+        mask_type = ir.VectorType(ir.IntType(1), vector.lanes)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(), ir.IntType(32),
+                                                            mask_type]),
+            f"llvm.masked.store.v{vector.lanes}f{vector.dtype.bitwidth}.p0v{vector.lanes}f{vector.dtype.bitwidth}")
+        align = ir.Constant(ir.IntType(32), context.get_abi_sizeof(vector_type.element))
+        builder.call(function, [value, pointer, align, mask])
+        return context.get_dummy_value()
+
+    return types.none(array, start, vector, count), codegen
 
 
 @intrinsic
