@@ -1464,40 +1464,70 @@ def fill(array, start, stop, value):
 
 
 @inline
+def zero_run(array, start, count, lanes):
+    """``array[start:start + count] = 0``, a vector at a time (``simd.store_first`` for the last)."""
+    lane_count = simd.count(lanes)
+    zero = simd.zeros(array, lanes)
+    for offset in range(0, count, lane_count):
+        simd.store_first(array, start + offset, zero, min(lane_count, count - offset))
+
+
+@inline
 def load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, y0, rows, phases, phase_ranges,
-                    phase_w, sw, pw, channel_step):
+                    phase_w, sw, pw, channel_step, lanes):
     """``scratch[start + c*channel_step + (r*len(phases) + s)*phase_w + q] = x[c0 + c, y0 + r, q*sw + phases[s] - pw]``
-    for ``c < group_channels``, ``r < rows``; zero in the padding (``phase_ranges[s]``: ``output_range`` of phase
-    ``s``, the columns ``q`` inside x)."""
+    for ``c < group_channels``, ``r < rows``; zero in the padding. Strides 1 and 2 move a vector at a time, the
+    padding zeroed by masked loads (``simd.load_range``), stride 2 split by ``simd.even_odd`` (its phases are (0,)
+    or (0, 1)); wider strides one value at a time (``phase_ranges[s]``: ``output_range`` of phase ``s``, the columns
+    ``q`` inside x)."""
     phase_count = len(phases)
+    lane_count = simd.count(lanes)
     for c in range(group_channels):
         for r in range(rows):
             y = y0 + r
             row = start + c * channel_step + r * phase_count * phase_w
             if y < 0 or y >= height:
-                fill(scratch, row, row + phase_count * phase_w, 0)
+                zero_run(scratch, row, phase_count * phase_w, lanes)
                 continue
-            for s in range(phase_count):
-                target = row + s * phase_w
-                lo, hi = phase_ranges[s, 0], phase_ranges[s, 1]
-                fill(scratch, target, target + lo, 0)
-                fill(scratch, target + hi, target + phase_w, 0)
-                source = ((c0 + c) * height + y) * width + phases[s] - pw
-                for q in range(lo, hi):
-                    scratch[numba.uint64(target + q)] = x_flat[numba.uint64(source + q * sw)]
+            source_row = ((c0 + c) * height + y) * width - pw  # padded column 0 (lanes before column 0 unread)
+            if sw == 1:
+                for q in range(0, phase_w, lane_count):  # columns q - pw + l, inside for pw - q <= l < width + pw - q
+                    simd.store_first(scratch, row + q,
+                                     simd.load_range(x_flat, source_row + q, pw - q, width + pw - q, lanes),
+                                     min(lane_count, phase_w - q))
+            elif sw == 2:
+                for q in range(0, phase_w, lane_count):  # columns 2q - pw + m, m < 2*lanes
+                    first = pw - 2 * q
+                    even, odd = simd.even_odd(
+                        simd.load_range(x_flat, source_row + 2 * q, first, width + first, lanes),
+                        simd.load_range(x_flat, source_row + 2 * q + lane_count, first - lane_count,
+                                        width + first - lane_count, lanes))
+                    simd.store_first(scratch, row + q, even, min(lane_count, phase_w - q))
+                    if phase_count == 2:
+                        simd.store_first(scratch, row + phase_w + q, odd, min(lane_count, phase_w - q))
+            else:
+                for s in range(phase_count):
+                    target = row + s * phase_w
+                    lo, hi = phase_ranges[s, 0], phase_ranges[s, 1]
+                    fill(scratch, target, target + lo, 0)
+                    fill(scratch, target + hi, target + phase_w, 0)
+                    for q in range(lo, hi):
+                        scratch[numba.uint64(target + q)] = x_flat[numba.uint64(source_row + phases[s] + q * sw)]
 
 
 @inline
-def load_padded_rows(source_flat, scratch, start, c0, group_channels, height, width, y0, rows, pitch, channel_step):
+def load_padded_rows(source_flat, scratch, start, c0, group_channels, height, width, y0, rows, pitch, channel_step,
+                     lanes):
     """``scratch[start + c*channel_step + r*pitch + q] = source[c0 + c, y0 + r, q]`` for ``q < width``, zero up to
-    ``pitch``."""
+    ``pitch``; a vector at a time."""
+    lane_count = simd.count(lanes)
     for c in range(group_channels):
         for r in range(rows):
             target = start + c * channel_step + r * pitch
             source = ((c0 + c) * height + y0 + r) * width
-            for q in range(width):
-                scratch[numba.uint64(target + q)] = source_flat[numba.uint64(source + q)]
-            fill(scratch, target + width, target + pitch, 0)
+            for q in range(0, pitch, lane_count):
+                simd.store_first(scratch, target + q, simd.load_range(source_flat, source + q, 0, width - q, lanes),
+                                 min(lane_count, pitch - q))
 
 
 @inline
@@ -1561,10 +1591,13 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
     row_step = len(phases) * phase_w  # one input row's phases
     slot = group_channels * (input_channel + output_channel)
     plane, taps = out_h * out_w, kernel_h * kernel_w
-    tap_offset = np.empty(taps, np.int64)  # tap (u, v)'s input vector, from its position's
-    for u in range(kernel_h):
-        for v in range(kernel_w):
-            tap_offset[u * kernel_w + v] = u * dh * row_step + column_slot[v] * phase_w + column_shift[v]
+    tap_blocks = (taps + TAPS_V9 - 1) // TAPS_V9
+    block_offset = np.empty((tap_blocks, TAPS_V9), np.int64)  # a block's taps' input vectors, from its position's
+    for block in range(tap_blocks):
+        for k in range(TAPS_V9):
+            tap = min(block * TAPS_V9 + k, taps - 1)  # taps past the last repeat it
+            u, v = tap // kernel_w, tap % kernel_w
+            block_offset[block, k] = u * dh * row_step + column_slot[v] * phase_w + column_shift[v]
     channel_offset = np.arange(group_channels) * input_channel
     phase_ranges = np.empty((len(phases), 2), np.int64)
     for s in range(len(phases)):
@@ -1582,9 +1615,9 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
         c0 = b * channels + g * group_channels
         load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, i0 * sh - ph,
                         (rows - 1) * sh + (kernel_h - 1) * dh + 1, phases, phase_ranges, phase_w, sw, pw,
-                        input_channel)
+                        input_channel, lanes)
         load_padded_rows(grad_out_flat, scratch, outputs, c0, group_channels, out_h, out_w, i0, rows, pitch,
-                         output_channel)
+                         output_channel, lanes)
         target_image = (b * groups + g) * taps * plane
         for i in range(i0, i0 + rows):
             for j in range(0, pitch, lane_count):
@@ -1592,20 +1625,21 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
                 x_start = start + (i - i0) * sh * row_step + j
                 go_start = outputs + (i - i0) * pitch + j
                 target = target_image + i * out_w + j
-                for t in range(0, taps, TAPS_V9):
+                for block in range(tap_blocks):
+                    t = block * TAPS_V9
                     last = min(taps - t, TAPS_V9) - 1  # taps past it repeat tap t + last, and are not stored
+                    o0, o1, o2, o3 = block_offset[block, 0], block_offset[block, 1], block_offset[block, 2], \
+                        block_offset[block, 3]
                     if last < TAIL_TAPS_V9:
                         a0, a1, a2, a3 = multiply_add_channels_four_v9(
                             scratch, x_start, go_start, channel_offset, output_channel, group_channels,
-                            tap_offset[t], tap_offset[t + min(1, last)], tap_offset[t + min(2, last)],
-                            tap_offset[t + last], lanes)
+                            o0, o1, o2, o3, lanes)
                         a4 = a5 = a6 = a7 = a3
                     else:
                         a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_channels_v9(
                             scratch, x_start, go_start, channel_offset, output_channel, group_channels,
-                            tap_offset[t], tap_offset[t + 1], tap_offset[t + 2], tap_offset[t + 3],
-                            tap_offset[t + 4], tap_offset[t + min(5, last)], tap_offset[t + min(6, last)],
-                            tap_offset[t + last], lanes)
+                            o0, o1, o2, o3, block_offset[block, 4], block_offset[block, 5], block_offset[block, 6],
+                            block_offset[block, 7], lanes)
                     k = target + t * plane
                     store_positions(grad_kernel_flat, k, a0, out_w, whole)
                     if last >= 1:

@@ -5,6 +5,8 @@ numba vectorises only innermost loops, and reloads accumulators it cannot prove 
 variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, two ymm with AVX2).
 
 * ``load(array, start, lanes)``: ``array[start:start + lanes]`` of a 1-D C-contiguous array, as a vector
+* ``load_range(array, start, first, stop, lanes)``: lane ``l`` is ``array[start + l]`` for ``first <= l < stop``,
+  zero for the other lanes, which are not read (a masked load: ``start + l`` may lie outside the array there)
 * ``store(array, start, vector)``: ``array[start:start + lanes] = vector``
 * ``store_first(array, start, vector, count)``: ``array[start:start + count] = vector[:count]`` (a masked store)
 * ``splat(value, lanes)``: ``value`` in every lane
@@ -16,6 +18,7 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
   may lie outside the array; not bounds-checked)
 * ``load_columns``, ``store_columns``: four columns of channels to four channel vectors and back
 * ``copy_transposed``: ``lanes`` columns of ``lanes`` channels to ``lanes`` channel vectors, stored consecutively
+* ``even_odd(a, b)``: the even and the odd lanes of ``a`` followed by ``b`` (a stride-2 split, shuffled in registers)
 * ``store_sums(array, start, a0, a1, a2, a3)``: the four vectors' lane sums to 4 consecutive values
 * ``prefetch(array, index)``: ask the CPU to bring ``array[index]``'s cache line into L1 (a hint: never faults, so
   any index is allowed and none is bounds-checked)
@@ -120,37 +123,93 @@ def store(typingctx, array, start, vector):
     return types.none(array, start, vector), codegen
 
 
+def _lane_mask(builder, lanes, first, stop):
+    """``<lanes x i1>``: lane ``l`` set where ``first <= l < stop`` (integers of one type; compared as i32 after
+    clamping to ``[-1, lanes]``, so that a 16-lane mask is one compare of 32-bit lanes)."""
+    int32 = ir.IntType(32)
+    index_type = ir.VectorType(int32, lanes)
+    splat_mask = ir.Constant(ir.VectorType(int32, lanes), None)
+
+    def splat_value(value):
+        low, high = ir.Constant(value.type, -1), ir.Constant(value.type, lanes)
+        value = builder.select(builder.icmp_signed("<", value, low), low, value)
+        value = builder.trunc(builder.select(builder.icmp_signed(">", value, high), high, value), int32)
+        single = builder.insert_element(ir.Constant(index_type, ir.Undefined), value, ir.Constant(int32, 0))
+        return builder.shuffle_vector(single, single, splat_mask)
+
+    indices = ir.Constant(index_type, list(range(lanes)))
+    return builder.and_(builder.icmp_signed("<=", splat_value(first), indices),
+                        builder.icmp_signed("<", indices, splat_value(stop)))
+
+
+def _check_range(context, builder, view, first, stop):
+    """Under boundscheck: IndexError unless ``[first, stop)`` is empty or inside the array ``view``."""
+    if not context.enable_boundscheck:
+        return
+    size = builder.extract_value(view.shape, 0)
+    outside = builder.and_(builder.icmp_signed("<", first, stop),
+                           builder.or_(builder.icmp_signed("<", first, ir.Constant(first.type, 0)),
+                                       builder.icmp_signed(">", stop, size)))
+    with builder.if_then(outside, likely=False):
+        context.call_conv.return_user_exc(builder, IndexError, ("vector access outside the array",))
+
+
+def _masked_function(builder, operation, vector, vector_type):
+    """LLVM's ``masked.load`` or ``masked.store`` intrinsic for the :class:`Vector` type ``vector`` (LLVM type
+    ``vector_type``)."""
+    suffix = f"v{vector.lanes}f{vector.dtype.bitwidth}"
+    mask_type, pointer_type = ir.VectorType(ir.IntType(1), vector_type.count), vector_type.as_pointer()
+    if operation == "load":
+        signature = ir.FunctionType(vector_type, [pointer_type, ir.IntType(32), mask_type, vector_type])
+    else:
+        signature = ir.FunctionType(ir.VoidType(), [vector_type, pointer_type, ir.IntType(32), mask_type])
+    return cgutils.get_or_insert_function(builder.module, signature, f"llvm.masked.{operation}.{suffix}.p0{suffix}")
+
+
+@intrinsic
+def load_range(typingctx, array, start, first, stop, lanes):
+    """Lane ``l`` is ``array[start + l]`` for ``first <= l < stop``, zero for the other lanes (LLVM ``masked.load``:
+    nothing outside ``[start + first, start + stop)`` is read, so that range alone must lie in the array)."""
+    if _count(lanes) is None or not all(isinstance(value, types.Integer) for value in (start, first, stop)):
+        return None
+    vector = Vector(array.dtype, _count(lanes))
+
+    def codegen(context, builder, signature, args):
+        source, start_value = args[0], args[1]
+        first_value, stop_value = (context.cast(builder, value, kind, types.intp)
+                                   for value, kind in zip(args[2:4], signature.args[2:4]))
+        start_value = context.cast(builder, start_value, signature.args[1], types.intp)
+        vector_type = context.get_value_type(vector)
+        view = context.make_array(signature.args[0])(context, builder, source)
+        _check_range(context, builder, view, builder.add(start_value, first_value),
+                     builder.add(start_value, stop_value))
+        pointer = builder.bitcast(builder.gep(view.data, [start_value]), vector_type.as_pointer())
+        align = ir.Constant(ir.IntType(32), context.get_abi_sizeof(vector_type.element))
+        return builder.call(_masked_function(builder, "load", vector, vector_type),
+                            [pointer, align, _lane_mask(builder, vector.lanes, first_value, stop_value),
+                             ir.Constant(vector_type, None)])
+
+    return vector(array, start, first, stop, lanes), codegen
+
+
 @intrinsic
 def store_first(typingctx, array, start, vector, count):
-    """``array[start + l] = vector[l]`` for lanes ``l < count`` (``0 <= count <= lanes``): one masked store (LLVM
-    ``masked.store``), nothing written past ``start + count``; under boundscheck ``[start, start + count)`` must lie
-    in the array."""
-    if not (isinstance(vector, Vector) and isinstance(count, types.Integer)):
+    """``array[start + l] = vector[l]`` for lanes ``l < count`` (LLVM ``masked.store``: nothing written outside
+    ``[start, start + count)``, so that range alone must lie in the array)."""
+    if not (isinstance(vector, Vector) and isinstance(start, types.Integer) and isinstance(count, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
-        target, start_value, value, count_value = args
+        target, value = args[0], args[2]
+        start_value, count_value = (context.cast(builder, value, kind, types.intp)
+                                    for value, kind in ((args[1], signature.args[1]), (args[3], signature.args[3])))
         vector_type = context.get_value_type(vector)
         view = context.make_array(signature.args[0])(context, builder, target)
-        if context.enable_boundscheck:
-            size = builder.extract_value(view.shape, 0)
-            outside = builder.or_(builder.icmp_signed("<", start_value, ir.Constant(start_value.type, 0)),
-                                  builder.icmp_signed(">", builder.add(start_value, count_value), size))
-            with builder.if_then(outside, likely=False):
-                context.call_conv.return_user_exc(builder, IndexError, ("vector access outside the array",))
+        _check_range(context, builder, view, start_value, builder.add(start_value, count_value))
         pointer = builder.bitcast(builder.gep(view.data, [start_value]), vector_type.as_pointer())
-        index_type = ir.VectorType(count_value.type, vector.lanes)
-        limit = builder.insert_element(ir.Constant(index_type, ir.Undefined), count_value,
-                                       ir.Constant(ir.IntType(32), 0))
-        limit = builder.shuffle_vector(limit, limit, ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None))
-        mask = builder.icmp_signed("<", ir.Constant(index_type, list(range(vector.lanes))), limit)
-        mask_type = ir.VectorType(ir.IntType(1), vector.lanes)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(), ir.IntType(32),
-                                                            mask_type]),
-            f"llvm.masked.store.v{vector.lanes}f{vector.dtype.bitwidth}.p0v{vector.lanes}f{vector.dtype.bitwidth}")
         align = ir.Constant(ir.IntType(32), context.get_abi_sizeof(vector_type.element))
-        builder.call(function, [value, pointer, align, mask])
+        mask = _lane_mask(builder, vector.lanes, ir.Constant(count_value.type, 0), count_value)
+        builder.call(_masked_function(builder, "store", vector, vector_type), [value, pointer, align, mask])
         return context.get_dummy_value()
 
     return types.none(array, start, vector, count), codegen
@@ -321,6 +380,24 @@ def copy_transposed(typingctx, source, start, step, count, target, target_start,
         return context.get_dummy_value()
 
     return types.none(source, start, step, count, target, target_start, lanes), codegen
+
+
+@intrinsic
+def even_odd(typingctx, a, b):
+    """``(even, odd)``: lane ``l`` of ``even`` is element ``2l`` and of ``odd`` element ``2l + 1`` of the ``2*lanes``
+    elements ``a`` then ``b`` (two shuffles)."""
+    if not (isinstance(a, Vector) and a == b):
+        return None
+    result_type = types.UniTuple(a, 2)
+
+    def codegen(context, builder, signature, args):
+        result = context.get_constant_undef(result_type)
+        for phase in (0, 1):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), a.lanes), [2 * lane + phase for lane in range(a.lanes)])
+            result = builder.insert_value(result, builder.shuffle_vector(args[0], args[1], mask), phase)
+        return result
+
+    return result_type(a, b), codegen
 
 
 @intrinsic
