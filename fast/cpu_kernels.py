@@ -1395,17 +1395,28 @@ grad_kernel_v8 = grad_kernel_v7  # v8 changes the forward and the input gradient
 # grad_out[c, i, j:j + lanes] is one vector per channel, and the input it meets at tap (u, v) is x_pad[c, i*sh + u*dh,
 # (j + l)*sw + v*dw] for lanes l, contiguous once the input row is split by column phase, P[c, r, rv, q] =
 # x_pad[c, y0 + r, q*sw + rv] (v3's phases, but only the phases rv = v*dw mod sw that some tap column reads, so
-# stride 1 is a plain padded row copy). Per (b, g, band of output rows), one pass copies the band's input rows so,
-# and its grad_out rows (zero-padded to a whole vector where a row is narrower); then per row, vector of positions
-# and block of TAPS_V9 taps (flat over (u, v): 3x3 is one block and a tail, 7x7 six and a tail), the channel loop
-# multiplies one grad_out vector by TAPS_V9 input vectors into TAPS_V9 accumulators (independent chains): one load
-# per multiply-add, no shuffles, and each tap's results are stored as one contiguous vector (``simd.store_first``
-# where a row is narrower than a vector). Vectors hold 64 bytes where a row is that wide, else 32 (rows of 7 and 14
-# fill 7/8 of the lanes either way); a row's last vector ends at its end, overlapping the one before (same values).
-# Each element sums its channels in order from zero with fused multiply-adds, written by one unit: bitwise
-# reproducible for any thread count; the sum is a sequence, not v7's tree, so results differ from v7's by rounding.
+# stride 1 is a plain padded row copy). Per (b, g, band of output rows), one pass copies the band's input rows so
+# and its grad_out rows (zero-padded to a whole vector where a row is narrower), 64 bytes at a time: masked loads
+# zero the padding (``simd.load_range``), stride 2 is split by shuffles (``simd.even_odd``). Then per row and vector
+# of positions, the channel loop multiplies one grad_out vector by several input vectors into as many accumulators
+# (independent chains): one load per multiply-add, no shuffles, and each tap's results are stored as one contiguous
+# vector (``simd.store_first`` where a row is narrower than a vector). Taps go in blocks of TAPS_V9, flat over (u, v)
+# (3x3: one block and a tail of TAIL_TAPS_V9), except with stride and dilation 1 down the columns and kernels of at
+# least PAIRED_MIN_KH_V9 rows: there two consecutive output rows and COLUMN_TAPS_V9 kernel rows of one tap column
+# accumulate together, and the lower row's kernel row u reads the input row of the upper row's u + 1, so 7 loads
+# feed 8 multiply-adds (measured 6-19% faster on RedNet's 7x7 stride-1 layers, equal on 3x3; stride 2 shares fewer
+# rows and runs the flat blocks). Both kinds of block compute a few repeated or spare taps (and an odd band's spare
+# row) that are not stored; the copies include the rows they read. The channel loop reads each channel's offset from
+# an array: computed in the loop, LLVM kept one induction variable per tap and spilled them (3x slower). Vectors hold
+# 64 bytes where a row is that wide, else 32 (rows of 7 and 14 fill 7/8 of the lanes either way); a row's last vector
+# ends at its end, overlapping the one before (same values). Each element sums its channels in order from zero with
+# fused multiply-adds, written by one unit: bitwise reproducible for any thread count; the sum is a sequence, not v7's
+# tree, so results differ from v7's by rounding. Measured with AVX-512 only (32 registers; the blocks use 10-12).
 TAPS_V9 = 8  # taps accumulated together: 8 accumulators, one multiply-add chain each (the channel loop's length)
-TAIL_TAPS_V9 = 4  # a tail of at most this many taps runs in a block of this many (fewer duplicate multiply-adds)
+TAIL_TAPS_V9 = 4  # a tail of at most this many taps runs in a block of this many (fewer repeated multiply-adds)
+COLUMN_TAPS_V9 = 4  # kernel rows of a tap column, two output rows: 8 accumulators (with 8 rows, 16 spilled)
+PAIRED_MIN_KH_V9 = 7  # measured on 7 (faster) and 3 (equal: the flat blocks run there)
+NARROWEST_V9 = 7  # the narrowest output rows v9 was measured faster than v7 on (RedNet's 7x7)
 
 
 def lanes_v9(out_w: int, dtype) -> int:
@@ -1426,16 +1437,30 @@ def phases_v9(kernel_w: int, sw: int, dw: int):
     return tuple(phases), tuple(column_slot), tuple(v * dw // sw for v in range(kernel_w))
 
 
+def paired_v9(kernel_h, sh, dh):
+    """Whether v9 accumulates two output rows by tap columns (stride and dilation 1 down the columns, so that the rows
+    share input rows; kernels at least PAIRED_MIN_KH_V9 tall), not by blocks of TAPS_V9 taps."""
+    return dh == 1 and sh == 1 and kernel_h >= PAIRED_MIN_KH_V9
+
+
+def rows_v9(rows, kernel_h, sh, dh):
+    """``(input_rows, grad_out_rows)`` a unit of ``rows`` output rows copies: with paired rows, a spare output row
+    (an odd band's last pair) and every row a column block of COLUMN_TAPS_V9 kernel rows reads."""
+    if paired_v9(kernel_h, sh, dh):
+        return rows * sh + -(-kernel_h // COLUMN_TAPS_V9) * COLUMN_TAPS_V9, rows + 1
+    return (rows - 1) * sh + (kernel_h - 1) * dh + 1, rows
+
+
 def layout_v9(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh, dw, lanes, phase_count, band):
     """``(pitch, phase_w, input_channel, output_channel)`` of a ``band``-row unit: the padded grad_out row (a whole
     vector at least), a phase row (the taps' reach past it), a channel's input and grad_out elements in scratch."""
     pitch = max(out_w, lanes)
     phase_w = pitch + (kernel_w - 1) * dw // sw
-    rows_in = (band - 1) * sh + (kernel_h - 1) * dh + 1
-    return pitch, phase_w, rows_in * phase_count * phase_w, band * pitch
+    rows_in, rows_out = rows_v9(band, kernel_h, sh, dh)
+    return pitch, phase_w, rows_in * phase_count * phase_w, rows_out * pitch
 
 
-layout_v9 = inline(layout_v9)
+paired_v9, rows_v9, layout_v9 = inline(paired_v9), inline(rows_v9), inline(layout_v9)
 
 
 def plan_v9(batch, groups, group_channels, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, dtype, workers):
@@ -1519,11 +1544,14 @@ def load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, y
 def load_padded_rows(source_flat, scratch, start, c0, group_channels, height, width, y0, rows, pitch, channel_step,
                      lanes):
     """``scratch[start + c*channel_step + r*pitch + q] = source[c0 + c, y0 + r, q]`` for ``q < width``, zero up to
-    ``pitch``; a vector at a time."""
+    ``pitch`` and in rows past the source; a vector at a time."""
     lane_count = simd.count(lanes)
     for c in range(group_channels):
         for r in range(rows):
             target = start + c * channel_step + r * pitch
+            if y0 + r >= height:
+                zero_run(scratch, target, pitch, lanes)
+                continue
             source = ((c0 + c) * height + y0 + r) * width
             for q in range(0, pitch, lane_count):
                 simd.store_first(scratch, target + q, simd.load_range(source_flat, source + q, 0, width - q, lanes),
@@ -1568,6 +1596,41 @@ def multiply_add_channels_four_v9(scratch, x_start, go_start, channel_offset, ou
 
 
 @inline
+def multiply_add_column_v9(scratch, x_start, go_start, channel_offset, output_channel, group_channels, row_step,
+                           go_step, lanes):
+    """Four kernel rows of one tap column, two consecutive output rows (stride 1, dilation 1): ``a_pu = sum_c
+    scratch[go_start + p*go_step + c*output_channel : ... + lanes] * scratch[x_start + channel_offset[c] + (p + u)*
+    row_step : ... + lanes]`` for ``p < 2``, ``u < 4``, channels in order from zero. Row p + 1's kernel row u reads
+    the input row of row p's kernel row u + 1: 7 loads per 8 multiply-adds, not 9."""
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = simd.zeros(scratch, lanes)
+    for c in range(group_channels):
+        g0 = simd.load(scratch, go_start + c * output_channel, lanes)
+        g1 = simd.load(scratch, go_start + go_step + c * output_channel, lanes)
+        s = x_start + channel_offset[c]
+        x0, x1 = simd.load(scratch, s, lanes), simd.load(scratch, s + row_step, lanes)
+        x2, x3 = simd.load(scratch, s + 2 * row_step, lanes), simd.load(scratch, s + 3 * row_step, lanes)
+        x4 = simd.load(scratch, s + 4 * row_step, lanes)
+        a00 = simd.multiply_add(g0, x0, a00)
+        a01 = simd.multiply_add(g0, x1, a01)
+        a02 = simd.multiply_add(g0, x2, a02)
+        a03 = simd.multiply_add(g0, x3, a03)
+        a10 = simd.multiply_add(g1, x1, a10)
+        a11 = simd.multiply_add(g1, x2, a11)
+        a12 = simd.multiply_add(g1, x3, a12)
+        a13 = simd.multiply_add(g1, x4, a13)
+    return a00, a01, a02, a03, a10, a11, a12, a13
+
+
+@inline
+def store_column_pair(target_flat, start, out_w, second, whole, a0, a1):
+    """One tap of a column block: ``a0`` at ``start`` and, if ``second``, ``a1`` one output row (``out_w``) further
+    (``store_positions``: whole vectors, or the first ``out_w`` lanes)."""
+    store_positions(target_flat, start, a0, out_w, whole)
+    if second:
+        store_positions(target_flat, start + out_w, a1, out_w, whole)
+
+
+@inline
 def store_positions(target_flat, start, vector, count, whole):
     """``target[start:start + lanes] = vector`` if ``whole``, else its first ``count`` lanes."""
     if whole:
@@ -1577,10 +1640,11 @@ def store_positions(target_flat, start, vector, count, whole):
 
 
 @jit
-def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, threads, lanes, band, phases,
-                             column_slot, column_shift):
-    """``grad_kernel_v9`` for ``lanes`` (a ``simd.Lanes``: positions per vector), ``band`` output rows per unit and the
-    column phases of :func:`phases_v9` (int64 arrays); ``threads`` must be ``numba.get_num_threads()``."""
+def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, threads, lanes, copy_lanes, band,
+                             phases, column_slot, column_shift):
+    """``grad_kernel_v9`` for ``lanes`` (a ``simd.Lanes``: positions per vector; ``copy_lanes``: a 64-byte vector, for
+    the copies), ``band`` output rows per unit and the column phases of :func:`phases_v9` (int64 arrays);
+    ``threads`` must be ``numba.get_num_threads()``."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
     group_channels = channels // groups
@@ -1591,6 +1655,7 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
     row_step = len(phases) * phase_w  # one input row's phases
     slot = group_channels * (input_channel + output_channel)
     plane, taps = out_h * out_w, kernel_h * kernel_w
+    tap_step = kernel_w * plane  # one kernel row down a tap column
     tap_blocks = (taps + TAPS_V9 - 1) // TAPS_V9
     block_offset = np.empty((tap_blocks, TAPS_V9), np.int64)  # a block's taps' input vectors, from its position's
     for block in range(tap_blocks):
@@ -1603,6 +1668,7 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
     for s in range(len(phases)):
         phase_ranges[s, 0], phase_ranges[s, 1] = output_range(phases[s], sw, 1, pw, width, phase_w)
     whole = out_w >= lane_count  # every vector of positions inside a row: whole-vector stores
+    paired = paired_v9(kernel_h, sh, dh)
     x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
     scratch = np.empty(threads * slot, x.dtype)
     units = batch * groups * bands
@@ -1613,12 +1679,34 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
         b, g = image // groups, image % groups
         rows = min(band, out_h - i0)
         c0 = b * channels + g * group_channels
-        load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, i0 * sh - ph,
-                        (rows - 1) * sh + (kernel_h - 1) * dh + 1, phases, phase_ranges, phase_w, sw, pw,
-                        input_channel, lanes)
-        load_padded_rows(grad_out_flat, scratch, outputs, c0, group_channels, out_h, out_w, i0, rows, pitch,
-                         output_channel, lanes)
+        rows_in, rows_out = rows_v9(rows, kernel_h, sh, dh)
+        load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, i0 * sh - ph, rows_in, phases,
+                        phase_ranges, phase_w, sw, pw, input_channel, copy_lanes)
+        load_padded_rows(grad_out_flat, scratch, outputs, c0, group_channels, out_h, out_w, i0, rows_out, pitch,
+                         output_channel, copy_lanes)
         target_image = (b * groups + g) * taps * plane
+        if paired:
+            for i in range(i0, i0 + rows, 2):
+                second = i + 1 < i0 + rows  # an odd band's last pair computes a spare row, not stored
+                for j in range(0, pitch, lane_count):
+                    j = min(j, pitch - lane_count)
+                    x_row = start + (i - i0) * sh * row_step + j
+                    go_start = outputs + (i - i0) * pitch + j
+                    for v in range(kernel_w):
+                        x_column = x_row + column_slot[v] * phase_w + column_shift[v]
+                        for u0 in range(0, kernel_h, COLUMN_TAPS_V9):
+                            a00, a01, a02, a03, a10, a11, a12, a13 = multiply_add_column_v9(
+                                scratch, x_column + u0 * row_step, go_start, channel_offset, output_channel,
+                                group_channels, row_step, pitch, lanes)
+                            k = target_image + (u0 * kernel_w + v) * plane + i * out_w + j
+                            store_column_pair(grad_kernel_flat, k, out_w, second, whole, a00, a10)
+                            if u0 + 1 < kernel_h:
+                                store_column_pair(grad_kernel_flat, k + tap_step, out_w, second, whole, a01, a11)
+                            if u0 + 2 < kernel_h:
+                                store_column_pair(grad_kernel_flat, k + 2 * tap_step, out_w, second, whole, a02, a12)
+                            if u0 + 3 < kernel_h:
+                                store_column_pair(grad_kernel_flat, k + 3 * tap_step, out_w, second, whole, a03, a13)
+            continue
         for i in range(i0, i0 + rows):
             for j in range(0, pitch, lane_count):
                 j = min(j, pitch - lane_count)  # the row's last vector ends at its end (overlap: same values)
@@ -1669,8 +1757,8 @@ def grad_kernel_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
                              x.dtype, workers)
     phases, column_slot, column_shift = (np.array(values, np.int64) for values in phases_v9(kernel_w, sw, dw))
     with numba.parallel_chunksize(1):
-        grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band,
-                                 phases, column_slot, column_shift)
+        grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes),
+                                 simd.Lanes(64 // x.itemsize), band, phases, column_slot, column_shift)
 
 
 forward_v9, grad_x_v9 = forward_v8, grad_x_v8  # v9 changes only the kernel gradient

@@ -169,7 +169,8 @@ def _masked_function(builder, operation, vector, vector_type):
 @intrinsic
 def load_range(typingctx, array, start, first, stop, lanes):
     """Lane ``l`` is ``array[start + l]`` for ``first <= l < stop``, zero for the other lanes (LLVM ``masked.load``:
-    nothing outside ``[start + first, start + stop)`` is read, so that range alone must lie in the array)."""
+    nothing outside ``[start + max(first, 0), start + min(stop, lanes))`` is read, so that range alone must lie in the
+    array)."""
     if _count(lanes) is None or not all(isinstance(value, types.Integer) for value in (start, first, stop)):
         return None
     vector = Vector(array.dtype, _count(lanes))
@@ -181,8 +182,10 @@ def load_range(typingctx, array, start, first, stop, lanes):
         start_value = context.cast(builder, start_value, signature.args[1], types.intp)
         vector_type = context.get_value_type(vector)
         view = context.make_array(signature.args[0])(context, builder, source)
-        _check_range(context, builder, view, builder.add(start_value, first_value),
-                     builder.add(start_value, stop_value))
+        zero, count = ir.Constant(first_value.type, 0), ir.Constant(stop_value.type, vector.lanes)
+        low = builder.select(builder.icmp_signed("<", first_value, zero), zero, first_value)  # the lanes read
+        high = builder.select(builder.icmp_signed(">", stop_value, count), count, stop_value)
+        _check_range(context, builder, view, builder.add(start_value, low), builder.add(start_value, high))
         pointer = builder.bitcast(builder.gep(view.data, [start_value]), vector_type.as_pointer())
         align = ir.Constant(ir.IntType(32), context.get_abi_sizeof(vector_type.element))
         return builder.call(_masked_function(builder, "load", vector, vector_type),

@@ -1,6 +1,6 @@
-"""v5 to v8 (channel vectors, ``involution.fast.simd``; v7 adds the kernel gradient, v8 a forward with blocks of eight
-positions) against the NumPy reference: the shared cases, channel counts that leave partial vectors, rows narrower
-than a block, non-finite values, thread counts, bounds checks."""
+"""v5 to v9 (channel vectors, ``involution.fast.simd``; v7 adds the kernel gradient, v8 a forward with blocks of eight
+positions, v9 a kernel gradient with output positions in lanes) against the NumPy reference: the shared cases, channel
+counts that leave partial vectors, rows narrower than a block, non-finite values, thread counts, bounds checks."""
 import functools
 import os
 import subprocess
@@ -15,8 +15,8 @@ numba = pytest.importorskip("numba")
 from involution.fast import cpu, cpu_kernels  # noqa: E402
 from involution.reference import involution2d  # noqa: E402
 
-from cases import (CASES, SIMD_BOUNDSCHECK_PROBE, assert_matches_reference_on, case_id,  # noqa: E402
-                   make_case)
+from cases import (CASES, SIMD_BOUNDSCHECK_PROBE, assert_backward_matches, assert_matches_reference_on,  # noqa: E402
+                   case_id, make_case)
 
 # (B, C, G, H, W, Kh, Kw, stride, padding, dilation): what v5 adds to the shared cases. Channels per group 8 (one
 # narrow vector), 24 and 40 (a full block and a partial one), output rows of 3, 4 and 5 (narrower than, equal to
@@ -32,12 +32,65 @@ V5_CASES = [
     (2, 20, 1, 6, 12, 5, 5, (1, 2), (2, 2), (1, 1)),
 ]
 DTYPES = [np.float32, np.float64]
-CHANNEL_VECTOR_VERSIONS = [5, 6, 7, 8]
+CHANNEL_VECTOR_VERSIONS = [5, 6, 7, 8, 9]
 # v8's row code paths: blocks of eight (stride 1 or 2, dilation 1 along rows; rows of 5 to 7 as one block with
 # missing positions, wider rows ending in an overlapping block) and v6's blocks of four or single positions otherwise
 V8_ROW_CASES = [(2, 24, 2, 4, width, 3, kernel_w, (2, stride), (1, 2), (1, dilation))
                 for width in range(1, 20) for kernel_w in (1, 2, 7) for stride in (1, 2, 3) for dilation in (1, 2)
                 if width + 4 >= (kernel_w - 1) * dilation + 1]
+
+
+# v9's kernel gradient: its two kinds of tap block (two output rows by tap columns for stride and dilation 1 down the
+# columns and Kh >= 7; flat blocks of 8 taps otherwise), its copies (stride 1 rows, stride 2 split into one or two
+# phases, wider strides one value at a time), rows below, at and above a vector (float32: 8 lanes below 16 outputs,
+# 16 from there; float64 half as many), groups of 8, 16 and 24 channels, odd bands (a spare row), Kh = 9 (column
+# blocks with spare kernel rows).
+V9_CASES = [
+    (2, 16, 1, 9, 20, 3, 3, (1, 1), (1, 1), (1, 1)),  # 3x3: flat blocks and a tail; a vector and an overlapping one
+    (1, 16, 2, 11, 7, 7, 7, (1, 1), (3, 3), (1, 1)),  # paired, 8 channels per group, rows of 7 (masked stores)
+    (1, 48, 2, 13, 17, 7, 7, (1, 1), (3, 3), (1, 1)),  # paired, 24 channels per group, rows of 17
+    (1, 16, 1, 12, 16, 9, 5, (1, 1), (4, 2), (1, 1)),  # paired, Kh = 9: three column blocks, spare kernel rows
+    (1, 32, 2, 15, 15, 7, 7, (2, 2), (3, 3), (1, 1)),  # stride 2: two phases split by shuffles, rows of 8
+    (2, 24, 1, 20, 40, 7, 7, (2, 2), (3, 3), (1, 1)),  # stride 2, rows of 20: several 64-byte splits per row
+    (1, 16, 1, 13, 17, 3, 5, (3, 3), (2, 1), (2, 1)),  # stride 3: the phase copy one value at a time
+    (1, 16, 1, 10, 30, 3, 3, (1, 2), (1, 1), (2, 2)),  # stride 2 with dilation 2 along rows: phase 0 only
+    (1, 16, 1, 10, 9, 7, 7, (1, 1), (3, 3), (2, 1)),  # dilation 2 down the columns: flat blocks with Kh = 7
+    (2, 8, 1, 5, 3, 3, 3, (1, 1), (1, 1), (1, 1)),  # rows of 3: narrower than any vector
+    (1, 16, 1, 8, 8, 3, 3, (1, 1), (1, 1), (1, 1)),  # rows of 8: a whole float32 narrow vector, a float64 one
+]
+# v9's row code paths on the paired blocks (stride 1 down the columns, Kh = 7): every width from 1 to 19, strides 1-3
+# and dilations 1-2 along rows (the flat cases: V8_ROW_CASES)
+V9_ROW_CASES = [(1, 16, 1, 9, width, 7, kernel_w, (1, stride), (3, 2), (1, dilation))
+                for width in range(1, 20) for kernel_w in (1, 3) for stride in (1, 2, 3) for dilation in (1, 2)
+                if width + 4 >= (kernel_w - 1) * dilation + 1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("case", V9_CASES, ids=[case_id(case) for case in V9_CASES])
+def test_v9_grad_kernel_matches_reference(case, dtype):
+    x, kernel, grad_out, stride, padding, dilation = make_case(case, dtype)
+    grads = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=9)
+    assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation, f"v9, {np.dtype(dtype)}, case {case}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_v9_grad_kernel_row_paths_match_reference(dtype):
+    for case in V8_ROW_CASES + V9_ROW_CASES:
+        x, kernel, grad_out, stride, padding, dilation = make_case(case, dtype, seed=6)
+        grads = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=9)
+        assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation,
+                                f"v9, {np.dtype(dtype)}, case {case}")
+
+
+def test_v9_plan_stays_within_its_scratch_budget():
+    """v9's band never exceeds the output rows, and a band of more than one row fits SCRATCH_ELEMENTS per thread."""
+    for out_h, out_w, kernel_h, stride, dilation in ((1, 5, 3, 1, 1), (56, 56, 7, 1, 1), (28, 28, 7, 2, 1),
+                                                     (112, 112, 3, 1, 1), (7, 7, 7, 1, 1), (500, 3, 1, 300, 1)):
+        for batch, workers in ((1, 1), (8, 2), (1, 16)):
+            lanes, band, slot = cpu_kernels.plan_v9(batch, 2, 16, out_h, out_w, kernel_h, kernel_h, stride, stride,
+                                                    dilation, dilation, np.float32, workers)
+            assert 1 <= band <= out_h and lanes in (8, 16), f"band {band}, lanes {lanes} for {out_h} output rows"
+            assert band == 1 or slot <= cpu_kernels.SCRATCH_ELEMENTS, f"band {band}: {slot} scratch elements"
 
 
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
@@ -89,6 +142,46 @@ def test_copy_transposed_is_a_transpose_with_zero_lanes(dtype):
             assert (target[:3] == -1).all() and (target[3 + lanes * lanes:] == -1).all(), "wrote outside the block"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_masked_loads_stores_and_even_odd(dtype):
+    """v9's vector moves: ``simd.store_first`` writes exactly the first ``count`` lanes, ``simd.load_range`` reads
+    lanes ``first <= l < stop`` and zeroes the others (even where they would lie outside the array), ``simd.even_odd``
+    splits two vectors into their even and odd elements."""
+    from involution.fast import simd
+
+    @numba.njit
+    def store_first(source, target, start, count, lanes):
+        simd.store_first(target, start, simd.load(source, 0, lanes), count)
+
+    @numba.njit
+    def load_range(source, target, start, first, stop, lanes):
+        simd.store(target, 0, simd.load_range(source, start, first, stop, lanes))
+
+    @numba.njit
+    def even_odd(source, target, lanes):
+        even, odd = simd.even_odd(simd.load(source, 0, lanes), simd.load(source, simd.count(lanes), lanes))
+        simd.store(target, 0, even)
+        simd.store(target, simd.count(lanes), odd)
+
+    source = np.arange(1, 41).astype(dtype)
+    for lanes in (4, 8, 16):
+        for count in range(lanes + 1):
+            target = np.full(40, -1, dtype)
+            store_first(source, target, 20, count, simd.Lanes(lanes))
+            expected = np.full(40, -1, dtype)
+            expected[20:20 + count] = source[:count]
+            assert np.array_equal(target, expected), f"store_first: lanes {lanes}, count {count}: {target}"
+        for start, first, stop in ((0, 0, lanes), (-3, 3, lanes), (40 - lanes + 2, -5, lanes - 2), (5, 2, 1),
+                                   (-lanes, lanes, 2 * lanes), (7, 1, lanes - 1)):
+            target = np.full(lanes, -1, dtype)
+            load_range(source, target, start, first, stop, simd.Lanes(lanes))
+            expected = np.array([source[start + l] if first <= l < stop else 0 for l in range(lanes)], dtype)
+            assert np.array_equal(target, expected), f"load_range({start}, {first}, {stop}), lanes {lanes}: {target}"
+        target = np.empty(2 * lanes, dtype)
+        even_odd(source, target, simd.Lanes(lanes))
+        assert np.array_equal(target, np.concatenate([source[0:2 * lanes:2], source[1:2 * lanes:2]])), target
+
+
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_non_finite_values_propagate_like_the_reference(dtype, version):
@@ -115,9 +208,10 @@ def test_non_finite_values_propagate_like_the_reference(dtype, version):
     assert (error <= bound).all(), f"finite outputs off by up to {(error / bound).max():.2f} times the rounding bound"
 
 
-@pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
-def test_bitwise_identical_for_any_thread_count(version):
-    x, kernel, grad_out, stride, padding, dilation = make_case(V5_CASES[4], np.float32, seed=5)
+@pytest.mark.parametrize("version, case", [(version, V5_CASES[4]) for version in CHANNEL_VECTOR_VERSIONS]
+                         + [(9, V9_CASES[2])], ids=lambda value: case_id(value) if isinstance(value, tuple) else value)
+def test_bitwise_identical_for_any_thread_count(version, case):
+    x, kernel, grad_out, stride, padding, dilation = make_case(case, np.float32, seed=5)
 
     def results():
         return (cpu.involution2d(x, kernel, stride, padding, dilation, version=version),
@@ -176,9 +270,10 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
 
 
 def test_never_reads_out_of_bounds(tmp_path):
-    """v5 to v8 compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
+    """v5 to v9 compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
-    script = BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES + V8_ROW_CASES[::5], versions=CHANNEL_VECTOR_VERSIONS)
+    script = BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES + V9_CASES + V8_ROW_CASES[::5] + V9_ROW_CASES[::7],
+                                       versions=CHANNEL_VECTOR_VERSIONS)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0 and result.stdout.split() == ["ok"], (
         f"stdout {result.stdout!r}\nstderr {result.stderr[-3000:]}")
