@@ -29,10 +29,10 @@ VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 # v8 (the second channel-vector generation) for the forward and grad_x where cpu_kernels.fits_v5: forward with eight
 # positions per block, grad_x with channel vectors; else v4 forward (kernel rows in registers) and v3 grad_x, but v2
 # (row-wise) on output rows narrower than 8, where v3's padded wide rows are mostly padding. For grad_kernel where
-# fits_v5: v9 (output positions in vector lanes) on rows of cpu_kernels.NARROWEST_V9 (7) or more outputs, where it was
-# measured 1.1-2.2x v7 on every RedNet-50 layer at batch 1 and 8 (docs/performance.md, "v9";
-# ``python -m involution.benchmarks.forward_versions --kind grad_kernel --versions 7 9``), v7 (channel vectors) on
-# rows of 4 to 6; else v3 (wide rows) (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's;
+# fits_v5: v9 (output positions in vector lanes) on rows of cpu_kernels.NARROWEST_V9 (7) or more outputs, measured
+# faster than v7 on the RedNet-50 layers (16 channels per group, rows of 7 to 112) at batch 1 and 8 (geometric means
+# 1.7x and 1.5x, 1.0-2.3x per layer; docs/performance.md, "v9 against v7"), v7 (channel vectors) on rows of 4 to 6;
+# else v3 (wide rows) (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's;
 # v7's forward is v6's; v8's kernel gradient is v7's; v9's forward and input gradient are v8's.
 NARROW_OUTPUT = 8
 # v3 and v4 copy the input per stride phase into wide rows: their scratch (all threads) may be at most this

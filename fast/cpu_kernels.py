@@ -1404,10 +1404,11 @@ grad_kernel_v8 = grad_kernel_v7  # v8 changes the forward and the input gradient
 # (3x3: one block and a tail of TAIL_TAPS_V9), except with stride and dilation 1 down the columns and kernels of at
 # least PAIRED_MIN_KH_V9 rows: there two consecutive output rows and COLUMN_TAPS_V9 kernel rows of one tap column
 # accumulate together, and the lower row's kernel row u reads the input row of the upper row's u + 1, so 7 loads
-# feed 8 multiply-adds (measured 6-19% faster on RedNet's 7x7 stride-1 layers, equal on 3x3; stride 2 shares fewer
-# rows and runs the flat blocks). Both kinds of block compute a few repeated or spare taps (and an odd band's spare
-# row) that are not stored; the copies include the rows they read. The channel loop reads each channel's offset from
-# an array: computed in the loop, LLVM kept one induction variable per tap and spilled them (3x slower). Vectors hold
+# feed 8 multiply-adds (in throwaway A/B variants: faster on RedNet's 7x7 stride-1 layers, no faster on 3x3 or on
+# stride 2, which shares fewer rows; those run the flat blocks). Both kinds of block compute a few repeated or spare
+# taps (and an odd band's spare row) that are not stored; the copies include the rows they read. The channel loop
+# reads each channel's offset from an array: computed in the loop, LLVM kept one induction variable per tap and
+# spilled them (several times slower). Vectors hold
 # 64 bytes where a row is that wide, else 32 (rows of 7 and 14 fill 7/8 of the lanes either way); a row's last vector
 # ends at its end, overlapping the one before (same values). Each element sums its channels in order from zero with
 # fused multiply-adds, written by one unit: bitwise reproducible for any thread count; the sum is a sequence, not v7's
@@ -1415,7 +1416,7 @@ grad_kernel_v8 = grad_kernel_v7  # v8 changes the forward and the input gradient
 TAPS_V9 = 8  # taps accumulated together: 8 accumulators, one multiply-add chain each (the channel loop's length)
 TAIL_TAPS_V9 = 4  # a tail of at most this many taps runs in a block of this many (fewer repeated multiply-adds)
 COLUMN_TAPS_V9 = 4  # kernel rows of a tap column, two output rows: 8 accumulators (with 8 rows, 16 spilled)
-PAIRED_MIN_KH_V9 = 7  # measured on 7 (faster) and 3 (equal: the flat blocks run there)
+PAIRED_MIN_KH_V9 = 7  # tried on 7 (faster) and 3 (no faster: the flat blocks run there)
 NARROWEST_V9 = 7  # the narrowest output rows v9 was measured faster than v7 on (RedNet's 7x7)
 
 

@@ -190,9 +190,12 @@ def test_bad_grad_out_and_version_raise():
 
 # ------------------------------------------------------------------------------------- version policy
 POLICY = [  # (what, case, {kind: version})
-    ("RedNet stage 1, 56x56 K7: channel vectors", (1, 64, 4, 56, 56, 7, 7, (1, 1), (3, 3), (1, 1)),
-     {"forward": 8, "grad_x": 8, "grad_kernel": 7}),
-    ("RedNet stage 4, 7x7 K7: channel vectors", (1, 512, 32, 7, 7, 7, 7, (1, 1), (3, 3), (1, 1)),
+    ("RedNet stage 1, 56x56 K7: channel vectors, positions in lanes", (1, 64, 4, 56, 56, 7, 7, (1, 1), (3, 3), (1, 1)),
+     {"forward": 8, "grad_x": 8, "grad_kernel": 9}),
+    ("RedNet stage 4, 7x7 K7: channel vectors, positions in lanes", (1, 512, 32, 7, 7, 7, 7, (1, 1), (3, 3), (1, 1)),
+     {"forward": 8, "grad_x": 8, "grad_kernel": 9}),
+    ("rows of 5 outputs: grad_kernel below v9's narrowest measured row",
+     (1, 16, 1, 20, 5, 3, 3, (1, 1), (1, 1), (1, 1)),
      {"forward": 8, "grad_x": 8, "grad_kernel": 7}),
     ("4 channels per group: too few for a vector", (1, 16, 4, 20, 20, 7, 7, (1, 1), (3, 3), (1, 1)),
      {"forward": 4, "grad_x": 3, "grad_kernel": 3}),
@@ -212,7 +215,7 @@ def test_version_policy(what, case, expected):
         assert cpu.choose_version(kind, geometry) == version and cpu.check_version(kind, None, geometry) == version
 
 
-@pytest.mark.parametrize("version", [5, 6, 7, 8])
+@pytest.mark.parametrize("version", [5, 6, 7, 8, 9])
 def test_channel_vector_versions_refuse_geometries_whose_copy_would_dwarf_the_work(version):
     geometry = geometry_of(LARGE_CASES[1])  # dilation 100000: the channels-last band would hold the skipped input
     with pytest.raises(ValueError, match=f"version {version} of forward \\(channel vectors\\) would copy far more"):
