@@ -1560,24 +1560,27 @@ def load_padded_rows(source_flat, scratch, start, c0, group_channels, height, wi
 
 
 @inline
+def multiply_add_four_taps(go, scratch, s, o0, o1, o2, o3, lanes, a0, a1, a2, a3):
+    """``a_t + go * scratch[s + o_t : ... + lanes]`` for ``t < 4``."""
+    return (simd.multiply_add(go, simd.load(scratch, s + o0, lanes), a0),
+            simd.multiply_add(go, simd.load(scratch, s + o1, lanes), a1),
+            simd.multiply_add(go, simd.load(scratch, s + o2, lanes), a2),
+            simd.multiply_add(go, simd.load(scratch, s + o3, lanes), a3))
+
+
+@inline
 def multiply_add_channels_v9(scratch, x_start, go_start, channel_offset, output_channel, group_channels,
                              o0, o1, o2, o3, o4, o5, o6, o7, lanes):
     """Eight taps of one vector of positions: ``a_t = sum_c scratch[go_start + c*output_channel : ... + lanes] *
     scratch[x_start + channel_offset[c] + o_t : ... + lanes]``, channels in order from zero. The channel's input
     offset is read from an array so that LLVM keeps one address per tap, not one induction variable per tap (eight
-    of them, unrolled twice, spilled to the stack: 3x slower)."""
+    of them, unrolled twice, spilled to the stack)."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros(scratch, lanes)
     for c in range(group_channels):
         go = simd.load(scratch, go_start + c * output_channel, lanes)
         s = x_start + channel_offset[c]
-        a0 = simd.multiply_add(go, simd.load(scratch, s + o0, lanes), a0)
-        a1 = simd.multiply_add(go, simd.load(scratch, s + o1, lanes), a1)
-        a2 = simd.multiply_add(go, simd.load(scratch, s + o2, lanes), a2)
-        a3 = simd.multiply_add(go, simd.load(scratch, s + o3, lanes), a3)
-        a4 = simd.multiply_add(go, simd.load(scratch, s + o4, lanes), a4)
-        a5 = simd.multiply_add(go, simd.load(scratch, s + o5, lanes), a5)
-        a6 = simd.multiply_add(go, simd.load(scratch, s + o6, lanes), a6)
-        a7 = simd.multiply_add(go, simd.load(scratch, s + o7, lanes), a7)
+        a0, a1, a2, a3 = multiply_add_four_taps(go, scratch, s, o0, o1, o2, o3, lanes, a0, a1, a2, a3)
+        a4, a5, a6, a7 = multiply_add_four_taps(go, scratch, s, o4, o5, o6, o7, lanes, a4, a5, a6, a7)
     return a0, a1, a2, a3, a4, a5, a6, a7
 
 
@@ -1587,12 +1590,8 @@ def multiply_add_channels_four_v9(scratch, x_start, go_start, channel_offset, ou
     """``multiply_add_channels_v9`` for four taps (a block's tail)."""
     a0 = a1 = a2 = a3 = simd.zeros(scratch, lanes)
     for c in range(group_channels):
-        go = simd.load(scratch, go_start + c * output_channel, lanes)
-        s = x_start + channel_offset[c]
-        a0 = simd.multiply_add(go, simd.load(scratch, s + o0, lanes), a0)
-        a1 = simd.multiply_add(go, simd.load(scratch, s + o1, lanes), a1)
-        a2 = simd.multiply_add(go, simd.load(scratch, s + o2, lanes), a2)
-        a3 = simd.multiply_add(go, simd.load(scratch, s + o3, lanes), a3)
+        a0, a1, a2, a3 = multiply_add_four_taps(simd.load(scratch, go_start + c * output_channel, lanes), scratch,
+                                                x_start + channel_offset[c], o0, o1, o2, o3, lanes, a0, a1, a2, a3)
     return a0, a1, a2, a3
 
 
@@ -1676,9 +1675,7 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
     for unit in prange(units):
         start = numba.get_thread_id() * slot
         outputs = start + group_channels * input_channel  # the grad_out rows follow the input rows
-        image, i0 = unit // bands, unit % bands * band
-        b, g = image // groups, image % groups
-        rows = min(band, out_h - i0)
+        b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
         c0 = b * channels + g * group_channels
         rows_in, rows_out = rows_v9(rows, kernel_h, sh, dh)
         load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, i0 * sh - ph, rows_in, phases,
