@@ -248,7 +248,7 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
     from involution.fast import cpu, simd
     from involution.reference import involution2d, involution2d_backward
 """) + SIMD_BOUNDSCHECK_PROBE + textwrap.dedent("""
-    for case in {cases!r}:
+    for case, versions in {plan!r}:
         batch, channels, groups, height, width, kh, kw, stride, padding, dilation = case
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch, channels, height, width)).astype(np.float32)
@@ -259,7 +259,7 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
         expected = involution2d(x.astype(np.float64), kernel.astype(np.float64), stride, padding, dilation)
         expected_grad = involution2d_backward(grad_out.astype(np.float64), x.astype(np.float64),
                                               kernel.astype(np.float64), stride, padding, dilation)[1]
-        for version in {versions!r}:
+        for version in versions:
             got = cpu.involution2d(x, kernel, stride, padding, dilation, version=version)
             got_grad = cpu.involution2d_backward(grad_out, x, kernel, stride, padding, dilation, version=version)[1]
             if not (np.allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -272,8 +272,9 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
 def test_never_reads_out_of_bounds(tmp_path):
     """v5 to v9 compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
-    script = BOUNDSCHECK_SCRIPT.format(cases=CASES + V5_CASES + V9_CASES + V8_ROW_CASES[::5] + V9_ROW_CASES[::7],
-                                       versions=CHANNEL_VECTOR_VERSIONS)
+    plan = ([(case, CHANNEL_VECTOR_VERSIONS) for case in CASES + V5_CASES + V8_ROW_CASES[::5]]
+            + [(case, [9]) for case in V9_CASES + V9_ROW_CASES[::7]])  # some of v9's are too sparse for v3's scratch
+    script = BOUNDSCHECK_SCRIPT.format(plan=plan)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0 and result.stdout.split() == ["ok"], (
         f"stdout {result.stdout!r}\nstderr {result.stderr[-3000:]}")
