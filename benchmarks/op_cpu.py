@@ -5,8 +5,10 @@ spatially shared weights, the practical floor for this op).
 
 Every involution implementation is first checked against the float64 NumPy reference (rounding bounds of
 ``involution.conformance.tolerances``), then timed in this one process with one thread count: the median of
-``repeats`` calls after a warm-up, all implementations' calls interleaved round-robin (a shared machine's load
-falls alike on each), forward and backward (grad_x + grad_kernel; for the depthwise conv, grad_x and
+``repeats`` calls, all implementations' calls interleaved round-robin (a shared machine's load falls alike on each),
+each timed call after 20 ms of untimed calls of the same implementation (:func:`interleaved_medians`: no call pays
+for the previous runtime's spinning threads; what that costs is measured beside it, :func:`after_medians`), forward
+and backward (grad_x + grad_kernel; for the depthwise conv, grad_x and
 grad_weight), GFLOP/s from ``Geometry.macs`` (2 FLOPs per multiply-add; backward twice the forward's), the
 fraction of a float32 matmul measured in the same run ("sgemm"), and the peak memory a forward call adds
 (resident-set high-water mark, glibc told to unmap every freed block above 64 KiB while it is measured; the timings
@@ -211,20 +213,52 @@ def depthwise_conv_calls(geometry: Geometry, x, grad_out):
     return forward, lambda: torch.autograd.grad(out, (x_leaf, weight_leaf), grad, retain_graph=True)
 
 
-def interleaved_medians(calls: dict, counts: dict, clock=time.perf_counter) -> dict:
-    """name -> median seconds of ``calls[name]()`` over ``counts[name]`` calls, timed round-robin after one warm-up
-    round (one call of each per round), so that a shared machine's load falls alike on every implementation.
-    ``clock``: wall time by default; ``time.thread_time`` (this thread's CPU time) for one-thread kernels."""
-    for call in calls.values():
-        call()
+SETTLE_SECONDS = 0.02  # untimed calls of an implementation before each of its timed calls (see interleaved_medians)
+
+
+def interleaved_medians(calls: dict, counts: dict, clock=time.perf_counter, settle: float = SETTLE_SECONDS) -> dict:
+    """name -> median seconds of ``calls[name]()`` over ``counts[name]`` timed calls, in rounds (one timed call of
+    each per round, so that a shared machine's load falls alike on every implementation). Before each timed call,
+    untimed calls of the same implementation for at least ``settle`` seconds (at least one call); with ``settle``
+    0, one warm-up round instead.
+
+    Why settle: after a parallel region, torch's OpenMP threads keep spinning for milliseconds (GNU OpenMP's
+    default wait policy) and numba's TBB worker for a shorter while, so a call made right after another runtime's
+    call shares a core with that runtime's idle threads (docs/performance.md, "Timing protocol"). Settling times
+    each implementation in the steady state of its own repeated calls, as ``timeit`` does. ``clock``: wall time by
+    default; ``time.thread_time`` (this thread's CPU time) for one-thread kernels.
+    """
+    if not settle:
+        for call in calls.values():
+            call()
     times = {name: [] for name in calls}
     for round_index in range(max(counts.values())):
         for name, call in calls.items():
-            if round_index < counts[name]:
-                started = clock()
+            if round_index >= counts[name]:
+                continue
+            if settle:
+                settled_at = time.perf_counter() + settle
                 call()
-                times[name].append(clock() - started)
+                while time.perf_counter() < settled_at:
+                    call()
+            started = clock()
+            call()
+            times[name].append(clock() - started)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def after_medians(pairs: dict, repeats: int) -> dict:
+    """name -> median seconds of ``second()`` timed right after an untimed ``first()``, ``pairs[name] = (first,
+    second)``, over ``repeats`` rounds (round-robin): what a call costs when another runtime has just run, as
+    in a model whose ops alternate (the settled medians of :func:`interleaved_medians` leave this out)."""
+    times = {name: [] for name in pairs}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, (first, second) in pairs.items():
+            first()
+            started = time.perf_counter()
+            second()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
 def bench_layer(layer, batch: int, repeats: int, sgemm: float, versions=(), measure_memory: bool = True) -> dict:
@@ -247,10 +281,15 @@ def bench_layer(layer, batch: int, repeats: int, sgemm: float, versions=(), meas
                                                                                                    grad_out)
     counts["depthwise-conv", "forward"] = counts["depthwise-conv", "backward"] = repeats
     seconds = interleaved_medians(calls, counts)
+    after = after_medians({"fast-cpu after torch": (calls["depthwise-conv", "forward"], calls["fast-cpu", "forward"]),
+                           "taps-compiled after fast": (calls["fast-cpu", "forward"],
+                                                        calls["taps-compiled", "forward"])}, repeats)
     for name in (*impls, "depthwise-conv"):
         row[name] = rates(geometry, 1e3 * seconds[name, "forward"], 1e3 * seconds[name, "backward"], sgemm)
         if measure_memory and name in impls:
             row[name]["forward_peak_extra_bytes"] = peak_extra_bytes(lambda: impls[name][0](x, kernel))
+    row["fast-cpu"]["forward_after_torch_ms"] = 1e3 * after["fast-cpu after torch"]
+    row["taps-compiled"]["forward_after_fast_ms"] = 1e3 * after["taps-compiled after fast"]
     for name in ("reference", "unfold", "taps-compiled", "depthwise-conv"):
         for direction in ("forward", "backward"):
             row[f"{direction}_speedup_vs_{name}"] = row[name][f"{direction}_ms"] / row["fast-cpu"][f"{direction}_ms"]
@@ -280,6 +319,10 @@ def summarize(rows: list[dict], sgemm: float) -> dict:
                 row[f"{direction}_speedup_vs_{name}"] for row in chosen)
                for name in COMPARED for direction in ("forward", "backward")},
             "forward_min_speedup_vs_taps-compiled": min(row["forward_speedup_vs_taps-compiled"] for row in chosen),
+            "forward_after_torch_over_settled": statistics.geometric_mean(
+                row["fast-cpu"]["forward_after_torch_ms"] / row["fast-cpu"]["forward_ms"] for row in chosen),
+            "taps-compiled_forward_after_fast_over_settled": statistics.geometric_mean(
+                row["taps-compiled"]["forward_after_fast_ms"] / row["taps-compiled"]["forward_ms"] for row in chosen),
             "forward_gflops": forward_gflops,
             "forward_fraction_of_sgemm": forward_gflops / sgemm,
             "backward_gflops": statistics.geometric_mean(row["fast-cpu"]["backward_gflops"] for row in chosen),
@@ -329,6 +372,8 @@ def machine() -> dict:
     import numba
     import torch
 
+    from involution.fast import runtime
+
     model = platform.processor()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -336,7 +381,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": model, "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
-            "numba_threading_layer": numba.threading_layer(),
+            "numba_threading_layer": numba.threading_layer(), "dynamic_threads": runtime.DYNAMIC_THREADS,
             "torch_threads": torch.get_num_threads(), "numpy": np.__version__, "numba": numba.__version__,
             "torch": torch.__version__, "python": platform.python_version()}
 

@@ -33,12 +33,18 @@ def layer_table(rows: list[dict], way: str) -> str:
     for label, _ in OTHERS:
         head += [f"{label} ms", f"{label} / fast"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
+    neighbours = way == "forward" and "forward_after_torch_ms" in rows[0]["fast-cpu"]
+    if neighbours:
+        head += ["fast after a torch op ms", "compiled taps after fast ms"]
+        lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
     for row in rows:
         fast = row["fast-cpu"]
         cells = [row["layer"], str(row["batch"]), f"{fast[way + '_ms']:.2f}", f"{fast[way + '_gflops']:.1f}",
                  f"{100 * fast[way + '_fraction_of_sgemm']:.0f}%"]
         for _, name in OTHERS:
             cells += [f"{row[name][way + '_ms']:.2f}", f"{row[f'{way}_speedup_vs_{name}']:.2f}"]
+        if neighbours:
+            cells += [f"{fast['forward_after_torch_ms']:.2f}", f"{row['taps-compiled']['forward_after_fast_ms']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -49,6 +55,12 @@ def targets_table(summary: dict) -> str:
         if batch in summary:
             value = summary[batch][key]
             lines.append(f"| {label} | {value:.2f} | {'yes' if value >= threshold else '**no**'} |")
+    for batch, values in summary.items():
+        if "forward_after_torch_over_settled" in values:
+            lines.append(f"\nRight after another runtime's call ({batch}, geometric means over the layers): the fast "
+                         f"forward takes {values['forward_after_torch_over_settled']:.2f}x its settled time after "
+                         f"a torch op, the compiled tap loop "
+                         f"{values['taps-compiled_forward_after_fast_over_settled']:.2f}x its own after the fast op.")
     return "\n".join(lines)
 
 
@@ -60,8 +72,10 @@ def checks_table(results: dict) -> str:
                   "|---|--:|--:|--:|--:|--:|"]
         lines += [f"| {row['layer']} | {row['batch']} | {row['quiet_median_ms']:.2f} | {row['loaded_median_ms']:.2f} | "
                   f"{row['loaded_p90_ms']:.2f} | {row['p90_over_quiet_median']:.2f} |" for row in load["rows"]]
+        threads = (f"; threads per call (dynamic): {load['threads_quiet']} quiet, {load['threads_under_load']} loaded"
+                   if load.get("threads_under_load") else "")
         lines.append(f"\nUnder load (one process spinning on core {load['spinning_core']}, {load['calls']} calls per "
-                     f"layer): worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
+                     f"layer{threads}): worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
                      f"({'within' if load['within_2x'] else '**not** within'} the 2x target).")
     if "threads" in results:
         threads = results["threads"]
@@ -78,7 +92,8 @@ def markdown(results: dict) -> str:
     machine = results["machine"]
     parts = [f"Command: `{results['command']}`; {machine['cpu']}, {machine['cores']} cores, load average "
              f"{', '.join(f'{value:.1f}' for value in results.get('load_average', ()))} at the end; numba "
-             f"{machine['numba']} ({machine['numba_threading_layer']}, {machine['numba_threads']} threads), torch "
+             f"{machine['numba']} ({machine['numba_threading_layer']}, {machine['numba_threads']} threads"
+             f"{', dynamic' if machine.get('dynamic_threads') else ''}), torch "
              f"{machine['torch']} ({machine['torch_threads']} threads); sgemm in the same run: "
              f"{results['sgemm_gflops']:.1f} GFLOP/s.",
              "Forward:", layer_table(results["rows"], "forward"),
