@@ -56,7 +56,7 @@ def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 30
     core = (os.cpu_count() or 1) - 1
     spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(core=core, seconds=spin_seconds)])
     try:
-        time.sleep(0.2)  # let it start spinning
+        time.sleep(0.5)  # let it start spinning, and the dynamic threads see it (they sample every 0.1 s)
         loaded = {layer_name(layer): call_seconds(call, calls) for layer, call in timed}
         threads_under_load = runtime.FREE_CORES.threads(numba.get_num_threads()) if runtime.DYNAMIC_THREADS else None
         still_spinning = spinner.poll() is None
