@@ -121,7 +121,13 @@ class FreeCores:
         self.cpus = len(self.cpu_ids) if cpus is None else cpus
         self.interval = interval
         self.read = self.read_proc_stat if read is None else read
-        self.lock = threading.Lock()
+        self.restart()
+        if hasattr(os, "register_at_fork"):  # a child's process_time starts again from 0
+            os.register_at_fork(after_in_child=self.restart)
+
+    def restart(self) -> None:
+        """Forget the last window: take a fresh sample, count no core as busy."""
+        self.lock = threading.Lock()  # a fork may have copied it held
         self.sample = self.read()
         self.busy = 0.0  # cores other processes kept busy in the last window
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -118,3 +119,22 @@ def test_the_environment_variable_turns_it_off():
         assert result.stdout.strip() == expected, (f"INVOLUTION_DYNAMIC_THREADS={value}: {result.stdout!r} "
                                                    f"{result.stderr}")
 
+
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_starts_a_fresh_window(monkeypatch):
+    """A child's ``process_time`` restarts from 0: with its parent's last sample, the parent's CPU time would count
+    as other processes' and the child would run on one thread; and it must not inherit a busy verdict."""
+    import multiprocessing
+
+    monkeypatch.setattr(runtime.FREE_CORES, "busy", 5.0)
+    monkeypatch.setattr(runtime.FREE_CORES, "sample", (time.monotonic(), 1e6, 1e6))  # the parent's, stale
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        busy, sample = pool.apply(_free_cores_state)
+    assert busy == 0.0, f"the child inherited busy {busy}"
+    assert sample is None or sample[2] < 1e6, f"the child kept its parent's sample {sample}"
+
+
+def _free_cores_state():
+    return runtime.FREE_CORES.busy, runtime.FREE_CORES.sample
