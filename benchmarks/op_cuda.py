@@ -6,11 +6,11 @@ torch unfold, the compiled tap loop (``torch.compile`` of :func:`involution.torc
 ``benchmarks/op_cpu.py``) and the same-shape depthwise ``conv2d`` (``groups=C``: the same multiply-adds with
 spatially shared weights, the practical floor). Every involution implementation is first checked against the NumPy
 reference (at batch 2), then timed with CUDA events: the median of ``--repeats`` calls after ``--warmup``, forward
-and backward (grad_x + grad_kernel; torch: autograd's), with GFLOP/s (2 FLOPs per multiply-add, ``Geometry.macs``
-per pass), GB/s (the bytes each pass must read and write at least) and, for each torch anchor, its time divided by
-``fast-cuda``'s (above 1: the fast op is faster). v1 follows the official CUDA kernel's strategy (one thread per
-result element); a CuPy port of that kernel is not part of this benchmark. Without a CUDA GPU (or under numba's
-simulator) it exits with status 2 and one line on stderr.
+and backward (grad_x + grad_kernel; torch: autograd's backward alone, of one forward recorded before the timing),
+with GFLOP/s (2 FLOPs per multiply-add, ``Geometry.macs`` per pass), GB/s (the bytes each pass must read and write
+at least) and, for each torch anchor, its time divided by ``fast-cuda``'s (above 1: the fast op is faster). v1
+follows the official CUDA kernel's strategy (one thread per result element); a CuPy port of that kernel is not part
+of this benchmark. Without a CUDA GPU (or under numba's simulator) it exits with status 2 and one line on stderr.
 
 Run: ``python -m involution bench --backend fast-cuda [--batch 32 1] [--dtype float32] [--json results.json]``
 """
@@ -79,6 +79,9 @@ def run(args) -> int:
         "cupy_official_port": "skipped: not part of this benchmark (v1 follows the official kernel's strategy)",
         "rows": [],
     }
+    if not torch.cuda.is_available():
+        print("involution bench --backend fast-cuda: torch has no CUDA here (a CPU build?): the torch anchors "
+              "(unfold, compiled taps, depthwise conv) are skipped", file=sys.stderr)
     for batch in args.batch:
         for layer in REDNET_LAYERS:
             geometry = layer_geometry(layer, batch)
@@ -144,7 +147,9 @@ def time_layer(geometry: Geometry, dtype: str, repeats: int, warmup: int) -> lis
     rows = []
     for impl, (forward, backward) in _implementations(geometry, dtype).items():
         inputs = _on_device(impl, x, kernel, grad_out)
-        for direction, call in (("forward", lambda: forward(*inputs)), ("backward", lambda: backward(*inputs))):
+        # torch: autograd's backward alone, of one forward recorded here (as benchmarks/op_cpu.py times it)
+        backward_call = backward(*inputs, recorded=True) if impl.startswith("torch") else lambda: backward(*inputs)
+        for direction, call in (("forward", lambda: forward(*inputs)), ("backward", backward_call)):
             milliseconds = _median_ms(impl, call, repeats, warmup)
             flops = 2 * geometry.macs * (1 if direction == "forward" else 2)
             rows.append({"direction": direction, "impl": impl, "median_ms": milliseconds,
@@ -206,10 +211,11 @@ def _torch_involution(geometry: Geometry, involution2d):
         with torch.no_grad():
             return (involution2d(x, kernel, *params),)
 
-    def backward(x, kernel, grad_out):
+    def backward(x, kernel, grad_out, recorded: bool = False):
+        """Both gradients of a fresh forward; ``recorded``: a zero-argument call of autograd's backward alone
+        (the forward recorded once, ``retain_graph``), for timing."""
         x, kernel = x.detach().requires_grad_(), kernel.detach().requires_grad_()
-        out = involution2d(x, kernel, *params)
-        return torch.autograd.grad(out, (x, kernel), grad_out)
+        return _gradients(involution2d(x, kernel, *params), (x, kernel), grad_out, recorded)
 
     return forward, backward
 
@@ -229,11 +235,22 @@ def _torch_depthwise_conv(geometry: Geometry, dtype: str):
         with torch.no_grad():
             return (F.conv2d(x, weight, **params),)
 
-    def backward(x, kernel, grad_out):
+    def backward(x, kernel, grad_out, recorded: bool = False):
+        """grad_x and grad_weight of a fresh forward; ``recorded``: a zero-argument call of the backward alone."""
         x, weight_leaf = x.detach().requires_grad_(), weight.detach().requires_grad_()
-        return torch.autograd.grad(F.conv2d(x, weight_leaf, **params), (x, weight_leaf), grad_out)
+        return _gradients(F.conv2d(x, weight_leaf, **params), (x, weight_leaf), grad_out, recorded)
 
     return forward, backward
+
+
+def _gradients(out, leaves, grad_out, recorded: bool):
+    """autograd's gradients of ``out`` with respect to ``leaves``; ``recorded``: instead a zero-argument call that
+    computes them (``retain_graph``, so that the one recorded forward's backward can be timed repeatedly)."""
+    import torch
+
+    if recorded:
+        return lambda: torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+    return torch.autograd.grad(out, leaves, grad_out)
 
 
 def _on_device(impl: str, *arrays):
