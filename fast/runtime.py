@@ -113,6 +113,9 @@ class FreeCores:
         (tests pass their own).
     cpus : int, optional
         Cores this process may use (default: its affinity set, or ``os.cpu_count()``).
+
+    A forked child must call :meth:`restart` (its ``process_time`` starts again from 0); this module registers
+    that for :data:`FREE_CORES`.
     """
 
     def __init__(self, interval: float = 0.1, read=None, cpus: int | None = None):
@@ -122,8 +125,6 @@ class FreeCores:
         self.interval = interval
         self.read = self.read_proc_stat if read is None else read
         self.restart()
-        if hasattr(os, "register_at_fork"):  # a child's process_time starts again from 0
-            os.register_at_fork(after_in_child=self.restart)
 
     def restart(self) -> None:
         """Forget the last window: take a fresh sample, count no core as busy."""
@@ -157,18 +158,25 @@ class FreeCores:
             try:
                 current = self.read()
                 if current is not None and current[0] > previous[0]:
-                    others = (current[1] - previous[1]) - (current[2] - previous[2])
-                    self.busy = max(0.0, others / (current[0] - previous[0]))
+                    self.busy = self.others_busy(previous, current)
                     self.sample = current
             finally:
                 self.lock.release()
         busy = int(self.busy + 0.5)
         return requested if busy == 0 else max(1, min(requested, self.cpus - busy))
 
+    @staticmethod
+    def others_busy(previous, current) -> float:
+        """Cores other processes kept busy on average between two samples of ``read`` (later second)."""
+        others = (current[1] - previous[1]) - (current[2] - previous[2])
+        return max(0.0, others / (current[0] - previous[0]))
+
 
 # Dynamic threads (docs/threading.md "Busy machines"): on unless INVOLUTION_DYNAMIC_THREADS=0.
 DYNAMIC_THREADS = os.environ.get("INVOLUTION_DYNAMIC_THREADS", "1") != "0"
 FREE_CORES = FreeCores()
+if hasattr(os, "register_at_fork"):  # a child's process_time starts again from 0
+    os.register_at_fork(after_in_child=FREE_CORES.restart)
 
 
 @contextlib.contextmanager

@@ -120,6 +120,25 @@ def test_the_environment_variable_turns_it_off():
                                                    f"{result.stderr}")
 
 
+def test_an_exception_in_the_call_restores_numbas_thread_count(monkeypatch):
+    threads = numba.get_num_threads()
+    if threads < 2:
+        pytest.skip("numba runs one thread here: nothing to lower")
+    busy = runtime.FreeCores(interval=0.0, read=lambda: None, cpus=threads)
+    busy.busy = float(threads)
+    monkeypatch.setattr(runtime, "FREE_CORES", busy)
+    monkeypatch.setattr(runtime, "DYNAMIC_THREADS", True)
+    with pytest.raises(ZeroDivisionError):
+        with runtime.call_threads() as during:
+            assert during == 1
+            1 / 0
+    assert numba.get_num_threads() == threads, "an exception inside the call left numba's thread count lowered"
+
+
+def test_others_busy_is_the_window_average_of_other_processes():
+    previous, current = (10.0, 50.0, 3.0), (10.5, 51.5, 3.25)  # 1.5 busy seconds on the CPUs, 0.25 of them ours
+    assert runtime.FreeCores.others_busy(previous, current) == pytest.approx(2.5)
+    assert runtime.FreeCores.others_busy(previous, (10.5, 50.1, 3.5)) == 0.0, "our own time is never others'"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
