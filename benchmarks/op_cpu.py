@@ -213,6 +213,9 @@ def depthwise_conv_calls(geometry: Geometry, x, grad_out):
     return forward, lambda: torch.autograd.grad(out, (x_leaf, weight_leaf), grad, retain_graph=True)
 
 
+# Other processes' average busy cores during a row (runtime.FreeCores.others_busy) from which the row is flagged:
+# torch's GNU OpenMP regions wait for a descheduled thread (a 2-thread depthwise conv took 32 ms instead of 2).
+BUSY_WARNING = 0.25
 SETTLE_SECONDS = 0.02  # untimed calls of an implementation before each of its timed calls (see interleaved_medians)
 
 
@@ -389,23 +392,37 @@ def machine() -> dict:
 def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), robustness_checks: bool = True,
         log=print) -> dict:
     """Validate and time every layer at every batch size, then (``robustness_checks``) the under-load and fork
-    checks of the fast forward; return rows, summary, sgemm, machine and the checks."""
+    checks of the fast forward; return rows, summary, sgemm, machine and the checks. The rows are timed with the fast
+    op's dynamic threads off (torch's thread count is fixed too) and record how many cores other processes kept
+    busy meanwhile (``others_busy_cores``); the under-load check runs with the dynamic threads as set."""
     import numba
     import torch
 
     from involution.benchmarks import robustness
+    from involution.fast import runtime
 
     torch.set_num_threads(numba.get_num_threads())  # same thread count for every implementation
     set_malloc_thresholds(TIMING_MALLOC)
     sgemm = sgemm_gflops()
     log(f"numpy float32 matmul 1024^3: {sgemm:.1f} GFLOP/s (this run's ceiling; %sg below is a fraction of it)")
     rows = []
-    for batch in batches:
-        for layer in layers:
-            rows.append(bench_layer(layer, batch, repeats, sgemm, versions))
-            log("\n".join(format_rows(rows[-1:], versions).splitlines()[2:]))
+    dynamic, runtime.DYNAMIC_THREADS = runtime.DYNAMIC_THREADS, False  # the fast op on torch's thread count too
+    try:
+        for batch in batches:
+            for layer in layers:
+                before = runtime.FREE_CORES.read()
+                rows.append(bench_layer(layer, batch, repeats, sgemm, versions))
+                after = runtime.FREE_CORES.read()
+                rows[-1]["others_busy_cores"] = (None if before is None or after is None
+                                                 else runtime.FreeCores.others_busy(before, after))
+                log("\n".join(format_rows(rows[-1:], versions).splitlines()[2:]))
+                if (rows[-1]["others_busy_cores"] or 0) >= BUSY_WARNING:
+                    log(f"  other processes kept {rows[-1]['others_busy_cores']:.1f} cores busy during this row: "
+                        f"not a quiet-machine comparison")
+    finally:
+        runtime.DYNAMIC_THREADS = dynamic
     result = {"machine": machine(), "load_average": os.getloadavg(), "sgemm_gflops": sgemm, "rows": rows,
-              "summary": summarize(rows, sgemm)}
+              "timed_with_dynamic_threads": False, "summary": summarize(rows, sgemm)}
     if robustness_checks:
         result["under_load"] = robustness.under_load(layers, log=log)
         result["threads"] = robustness.threads_check(log=log)

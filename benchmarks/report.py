@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import sys
 
+from involution.benchmarks.op_cpu import BUSY_WARNING
+
 # issue 17's targets, checked against the run's summary (batch 8 unless noted)
 TARGETS = (
     ("forward >= 3x the compiled tap loop (geometric mean), batch 8", "batch 8", "forward_speedup_vs_taps-compiled",
@@ -87,15 +89,33 @@ def checks_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def dynamic_label(results: dict) -> str:
+    """How the fast op's dynamic threads ran: in the timed rows too (older runs), or only in the under-load check."""
+    if not results["machine"].get("dynamic_threads"):
+        return ""
+    return ", dynamic" if results.get("timed_with_dynamic_threads", True) else ", dynamic in the under-load check only"
+
+
+def busy_warning(rows: list[dict]) -> str:
+    """A sentence when other processes kept cores busy during a timed row (torch's fixed threads then wait for a
+    descheduled one), else nothing."""
+    busy = [row["others_busy_cores"] for row in rows if row.get("others_busy_cores") is not None]
+    if not busy or max(busy) < BUSY_WARNING:
+        return ""
+    flagged = sum(value >= BUSY_WARNING for value in busy)
+    return (f" **Not a quiet machine:** other processes kept up to {max(busy):.1f} cores busy during the timed rows "
+            f"({flagged} of {len(busy)} rows at least {BUSY_WARNING}); the ratios below are not a quiet comparison.")
+
+
 def markdown(results: dict) -> str:
     """Every table of one run, with its command, machine, load and sgemm."""
     machine = results["machine"]
     parts = [f"Command: `{results['command']}`; {machine['cpu']}, {machine['cores']} cores, load average "
              f"{', '.join(f'{value:.1f}' for value in results.get('load_average', ()))} at the end; numba "
              f"{machine['numba']} ({machine['numba_threading_layer']}, {machine['numba_threads']} threads"
-             f"{', dynamic' if machine.get('dynamic_threads') else ''}), torch "
+             f"{dynamic_label(results)}), torch "
              f"{machine['torch']} ({machine['torch_threads']} threads); sgemm in the same run: "
-             f"{results['sgemm_gflops']:.1f} GFLOP/s.",
+             f"{results['sgemm_gflops']:.1f} GFLOP/s.{busy_warning(results['rows'])}",
              "Forward:", layer_table(results["rows"], "forward"),
              "Backward (both gradients; torch formulations: autograd's backward of one recorded forward):",
              layer_table(results["rows"], "backward"),

@@ -60,3 +60,27 @@ def test_after_medians_times_the_second_call_right_after_the_first(repeats):
     medians = after_medians(pairs, repeats)
     assert [event[1] for event in events] == ["y", "x"] * (repeats + 1)
     assert 0.003 <= medians["x after y"] < 0.1, medians
+
+
+def test_rows_are_timed_without_dynamic_threads_and_record_other_processes(monkeypatch):
+    """The fast op runs on torch's fixed thread count while the rows are timed; the setting comes back after, and
+    each row says how many cores other processes kept busy (the report flags a busy run)."""
+    from involution.benchmarks import op_cpu, report
+    from involution.fast import runtime
+
+    seen = []
+    monkeypatch.setattr(runtime, "DYNAMIC_THREADS", True)
+    monkeypatch.setattr(op_cpu, "sgemm_gflops", lambda: 1.0)
+    monkeypatch.setattr(op_cpu, "bench_layer", lambda *args: seen.append(runtime.DYNAMIC_THREADS) or {})
+    monkeypatch.setattr(op_cpu, "format_rows", lambda rows, versions: "")
+    monkeypatch.setattr(op_cpu, "summarize", lambda rows, sgemm: {})
+    monkeypatch.setattr(op_cpu, "machine", lambda: {})
+    samples = iter([(0.0, 0.0, 0.0), (1.0, 1.5, 0.5), (1.0, 1.5, 0.5), (2.0, 1.6, 0.6)])
+    monkeypatch.setattr(runtime.FREE_CORES, "read", lambda: next(samples))
+    result = op_cpu.run(batches=(1,), layers=("a", "b"), robustness_checks=False, log=lambda text: None)
+    assert seen == [False, False], f"dynamic threads during the timed rows: {seen}"
+    assert runtime.DYNAMIC_THREADS is True, "the setting was not restored"
+    busy = [row["others_busy_cores"] for row in result["rows"]]
+    assert busy == [pytest.approx(1.0), pytest.approx(0.0)], busy
+    assert "Not a quiet machine" in report.busy_warning(result["rows"])
+    assert report.busy_warning(result["rows"][1:]) == "", "a quiet row was flagged"
