@@ -326,6 +326,9 @@ def summarize(rows: list[dict], sgemm: float) -> dict:
                 row["fast-cpu"]["forward_after_torch_ms"] / row["fast-cpu"]["forward_ms"] for row in chosen),
             "taps-compiled_forward_after_fast_over_settled": statistics.geometric_mean(
                 row["taps-compiled"]["forward_after_fast_ms"] / row["taps-compiled"]["forward_ms"] for row in chosen),
+            # as between a PyTorch model's ops: the fast op right after a torch op, the tap loop among its own
+            "forward_speedup_vs_taps-compiled_fast_after_torch": statistics.geometric_mean(
+                row["taps-compiled"]["forward_ms"] / row["fast-cpu"]["forward_after_torch_ms"] for row in chosen),
             "forward_gflops": forward_gflops,
             "forward_fraction_of_sgemm": forward_gflops / sgemm,
             "backward_gflops": statistics.geometric_mean(row["fast-cpu"]["backward_gflops"] for row in chosen),
