@@ -155,9 +155,10 @@ def implementations(geometry: Geometry, versions=()) -> dict:
 
 @functools.cache
 def compiled_taps():
-    """``torch.compile(involution.torch.taps.involution2d, dynamic=False)``: one graph per shape (dynamo's
-    recompile limit raised so that every benchmarked shape gets its own, never the eager fallback; donated
-    buffers off, so that its backward can be timed repeatedly on one recorded graph, ``retain_graph=True``)."""
+    """``torch.compile(involution.torch.taps.involution2d, dynamic=False)``: one graph per shape and grad mode
+    (dynamo's recompile limit raised so that every benchmarked shape gets its own, and a run with more shapes than
+    that fails instead of timing the eager fallback under the compiled loop's name; donated buffers off, so that its
+    backward can be timed repeatedly on one recorded graph, ``retain_graph=True``)."""
     import torch
     import torch._dynamo
     import torch._functorch.config
@@ -165,6 +166,7 @@ def compiled_taps():
     from involution.torch import taps
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     torch._functorch.config.donated_buffer = False
     return torch.compile(taps.involution2d, dynamic=False)
 
