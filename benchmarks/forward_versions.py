@@ -4,12 +4,12 @@ interleaved.
 For every layer, batch and thread count: each version's forward (``--kind grad_kernel``: its kernel gradient alone,
 ``cpu_kernels.grad_kernel_v<n>`` called directly) is checked against the float64 NumPy reference (rounding bounds of
 ``involution.conformance.tolerances``) and against the first version bitwise (the channel-vector forwards v5, v6 and
-v8 share one summation order; a difference is reported, not raised), then all versions are timed
-round-robin (``op_cpu.interleaved_medians``), median of ``repeats`` rounds. On one thread the clock is the calling
-thread's CPU time (``time.thread_time``: numba runs a one-thread region on the caller, and time the scheduler gives
-other processes is not counted); on more threads, wall time. Output: the load average and a NumPy float32 matmul's
-GFLOP/s ("sgemm", the machine's ceiling) before and after, one markdown table, GFLOP/s from ``Geometry.macs``, and
-per thread count and batch the geometric mean of each version's time over the first one's.
+v8 share one summation order; a difference is reported, not raised), then all versions are timed round-robin with
+settling calls (``op_cpu.interleaved_medians``), median of ``repeats`` rounds, dynamic threads off. On one thread the
+clock is the calling thread's CPU time (``time.thread_time``: numba runs a one-thread region on the caller, and time
+the scheduler gives other processes is not counted); on more threads, wall time. Output: the load average and a NumPy
+float32 matmul's GFLOP/s ("sgemm", the machine's ceiling) before and after, one markdown table, GFLOP/s from
+``Geometry.macs``, and per thread count and batch the geometric mean of each version's time over the first one's.
 
 Run: ``python -m involution.benchmarks.forward_versions [--kind forward|grad_kernel] [--versions 6 8] [--threads 1 2]
 [--batch 1 8] [--layers 0 5] [--repeats 7]``
@@ -34,7 +34,9 @@ def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, r
     import numba
 
     from involution.conformance import tolerances
+    from involution.fast import runtime
 
+    runtime.DYNAMIC_THREADS = False  # each version on exactly the thread count of its row, busy machine or not
     rows = []
     for count in threads:
         numba.set_num_threads(count)
@@ -50,7 +52,7 @@ def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, r
                                                         f"{kind} v{version}, {layer_name(layer)} B{batch}", grad_out)
                 first = results[versions[0]]
                 bitwise = all(np.array_equal(first, out) for out in results.values())
-                seconds = interleaved_medians(calls, dict.fromkeys(calls, repeats), clock)
+                seconds = interleaved_medians(calls, dict.fromkeys(calls, repeats), clock=clock)
                 row = {"layer": layer_name(layer), "batch": batch, "threads": count, "bitwise_equal": bitwise,
                        "ms": {v: 1e3 * s for v, s in seconds.items()},
                        "gflops_per_s": {v: 2 * geometry.macs / s / 1e9 for v, s in seconds.items()}}

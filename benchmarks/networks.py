@@ -13,11 +13,12 @@ Commands: ``python -m involution bench --compile`` (with the op table), or the n
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 
 import numpy as np
+
+from involution.benchmarks.op_cpu import interleaved_medians
 
 TARGETS = {"eager": 0.9, "compiled": 0.8}  # RedNet-50 / ResNet-50 time ratios the project aims at
 
@@ -37,19 +38,6 @@ def parameter_count(module) -> int:
 
 def relative_difference(got, expected) -> float:
     return float((got - expected).abs().max() / expected.abs().max())
-
-
-def interleaved_medians(calls: dict, repeats: int) -> dict:
-    """name -> median seconds of ``calls[name]()``: one warm-up call each, then ``repeats`` rounds of one call each."""
-    for call in calls.values():
-        call()
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def run(batches=(1,), repeats: int = 5, size: int = 224, compiled: bool = False, log=print) -> dict:
@@ -93,8 +81,9 @@ def run(batches=(1,), repeats: int = 5, size: int = 224, compiled: bool = False,
                     raise AssertionError(f"{name} {mode} at batch {batch}: logits differ from the reference "
                                          f"forward by {error:.2e} relative (> 1e-4)")
                 log(f"{name} {mode} batch {batch}: logits within {error:.1e} of the reference forward")
-            medians = interleaved_medians({key: (lambda forward=forward: forward(images))
-                                           for key, forward in forwards.items()}, repeats)
+            calls = {key: (lambda forward=forward: forward(images)) for key, forward in forwards.items()}
+            # no settling: each network mixes torch's ops and the involution op, as a model does
+            medians = interleaved_medians(calls, dict.fromkeys(calls, repeats), settle=0)
         for (name, mode), seconds in medians.items():
             rows.append({"network": name, "mode": mode, "batch": batch, "size": size, "forward_ms": 1e3 * seconds,
                          "parameters": parameter_count(networks[name])})

@@ -5,8 +5,10 @@ spatially shared weights, the practical floor for this op).
 
 Every involution implementation is first checked against the float64 NumPy reference (rounding bounds of
 ``involution.conformance.tolerances``), then timed in this one process with one thread count: the median of
-``repeats`` calls after a warm-up, all implementations' calls interleaved round-robin (a shared machine's load
-falls alike on each), forward and backward (grad_x + grad_kernel; for the depthwise conv, grad_x and
+``repeats`` calls, all implementations' calls interleaved round-robin (a shared machine's load falls alike on each),
+each timed call after 20 ms of untimed calls of the same implementation (:func:`interleaved_medians`: no call pays
+for the previous runtime's spinning threads; what that costs is measured beside it, :func:`after_medians`), forward
+and backward (grad_x + grad_kernel; for the depthwise conv, grad_x and
 grad_weight), GFLOP/s from ``Geometry.macs`` (2 FLOPs per multiply-add; backward twice the forward's), the
 fraction of a float32 matmul measured in the same run ("sgemm"), and the peak memory a forward call adds
 (resident-set high-water mark, glibc told to unmap every freed block above 64 KiB while it is measured; the timings
@@ -153,9 +155,10 @@ def implementations(geometry: Geometry, versions=()) -> dict:
 
 @functools.cache
 def compiled_taps():
-    """``torch.compile(involution.torch.taps.involution2d, dynamic=False)``: one graph per shape (dynamo's
-    recompile limit raised so that every benchmarked shape gets its own, never the eager fallback; donated
-    buffers off, so that its backward can be timed repeatedly on one recorded graph, ``retain_graph=True``)."""
+    """``torch.compile(involution.torch.taps.involution2d, dynamic=False)``: one graph per shape and grad mode
+    (dynamo's recompile limit raised so that every benchmarked shape gets its own, and a run with more shapes than
+    that fails instead of timing the eager fallback under the compiled loop's name; donated buffers off, so that its
+    backward can be timed repeatedly on one recorded graph, ``retain_graph=True``)."""
     import torch
     import torch._dynamo
     import torch._functorch.config
@@ -163,6 +166,7 @@ def compiled_taps():
     from involution.torch import taps
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     torch._functorch.config.donated_buffer = False
     return torch.compile(taps.involution2d, dynamic=False)
 
@@ -211,20 +215,55 @@ def depthwise_conv_calls(geometry: Geometry, x, grad_out):
     return forward, lambda: torch.autograd.grad(out, (x_leaf, weight_leaf), grad, retain_graph=True)
 
 
-def interleaved_medians(calls: dict, counts: dict, clock=time.perf_counter) -> dict:
-    """name -> median seconds of ``calls[name]()`` over ``counts[name]`` calls, timed round-robin after one warm-up
-    round (one call of each per round), so that a shared machine's load falls alike on every implementation.
-    ``clock``: wall time by default; ``time.thread_time`` (this thread's CPU time) for one-thread kernels."""
-    for call in calls.values():
-        call()
+# Other processes' average busy cores during a row (runtime.FreeCores.others_busy) from which the row is flagged:
+# torch's GNU OpenMP regions wait for a descheduled thread (a 2-thread depthwise conv took 32 ms instead of 2).
+BUSY_WARNING = 0.25
+SETTLE_SECONDS = 0.02  # untimed calls of an implementation before each of its timed calls (see interleaved_medians)
+
+
+def interleaved_medians(calls: dict, counts: dict, clock=time.perf_counter, settle: float = SETTLE_SECONDS) -> dict:
+    """name -> median seconds of ``calls[name]()`` over ``counts[name]`` timed calls, in rounds (one timed call of
+    each per round, so that a shared machine's load falls alike on every implementation). Before each timed call,
+    untimed calls of the same implementation for at least ``settle`` seconds (at least one call); with ``settle``
+    0, one warm-up round instead.
+
+    Why settle: after a parallel region, torch's OpenMP threads keep spinning for milliseconds (GNU OpenMP's
+    default wait policy) and numba's TBB worker for a shorter while, so a call made right after another runtime's
+    call shares a core with that runtime's idle threads (docs/performance.md, "Timing protocol"). Settling times
+    each implementation in the steady state of its own repeated calls, as ``timeit`` does. ``clock``: wall time by
+    default; ``time.thread_time`` (this thread's CPU time) for one-thread kernels.
+    """
+    if not settle:
+        for call in calls.values():
+            call()
     times = {name: [] for name in calls}
     for round_index in range(max(counts.values())):
         for name, call in calls.items():
-            if round_index < counts[name]:
-                started = clock()
+            if round_index >= counts[name]:
+                continue
+            if settle:
+                settled_at = time.perf_counter() + settle
                 call()
-                times[name].append(clock() - started)
+                while time.perf_counter() < settled_at:
+                    call()
+            started = clock()
+            call()
+            times[name].append(clock() - started)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def after_medians(pairs: dict, repeats: int) -> dict:
+    """name -> median seconds of ``second()`` timed right after an untimed ``first()``, ``pairs[name] = (first,
+    second)``, over ``repeats`` rounds (round-robin): what a call costs when another runtime has just run, as
+    in a model whose ops alternate (the settled medians of :func:`interleaved_medians` leave this out)."""
+    times = {name: [] for name in pairs}
+    for _ in range(repeats + 1):  # the first round warms up
+        for name, (first, second) in pairs.items():
+            first()
+            started = time.perf_counter()
+            second()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
 
 
 def bench_layer(layer, batch: int, repeats: int, sgemm: float, versions=(), measure_memory: bool = True) -> dict:
@@ -247,10 +286,15 @@ def bench_layer(layer, batch: int, repeats: int, sgemm: float, versions=(), meas
                                                                                                    grad_out)
     counts["depthwise-conv", "forward"] = counts["depthwise-conv", "backward"] = repeats
     seconds = interleaved_medians(calls, counts)
+    after = after_medians({"fast-cpu after torch": (calls["depthwise-conv", "forward"], calls["fast-cpu", "forward"]),
+                           "taps-compiled after fast": (calls["fast-cpu", "forward"],
+                                                        calls["taps-compiled", "forward"])}, repeats)
     for name in (*impls, "depthwise-conv"):
         row[name] = rates(geometry, 1e3 * seconds[name, "forward"], 1e3 * seconds[name, "backward"], sgemm)
         if measure_memory and name in impls:
             row[name]["forward_peak_extra_bytes"] = peak_extra_bytes(lambda: impls[name][0](x, kernel))
+    row["fast-cpu"]["forward_after_torch_ms"] = 1e3 * after["fast-cpu after torch"]
+    row["taps-compiled"]["forward_after_fast_ms"] = 1e3 * after["taps-compiled after fast"]
     for name in ("reference", "unfold", "taps-compiled", "depthwise-conv"):
         for direction in ("forward", "backward"):
             row[f"{direction}_speedup_vs_{name}"] = row[name][f"{direction}_ms"] / row["fast-cpu"][f"{direction}_ms"]
@@ -280,6 +324,13 @@ def summarize(rows: list[dict], sgemm: float) -> dict:
                 row[f"{direction}_speedup_vs_{name}"] for row in chosen)
                for name in COMPARED for direction in ("forward", "backward")},
             "forward_min_speedup_vs_taps-compiled": min(row["forward_speedup_vs_taps-compiled"] for row in chosen),
+            "forward_after_torch_over_settled": statistics.geometric_mean(
+                row["fast-cpu"]["forward_after_torch_ms"] / row["fast-cpu"]["forward_ms"] for row in chosen),
+            "taps-compiled_forward_after_fast_over_settled": statistics.geometric_mean(
+                row["taps-compiled"]["forward_after_fast_ms"] / row["taps-compiled"]["forward_ms"] for row in chosen),
+            # as between a PyTorch model's ops: the fast op right after a torch op, the tap loop among its own
+            "forward_speedup_vs_taps-compiled_fast_after_torch": statistics.geometric_mean(
+                row["taps-compiled"]["forward_ms"] / row["fast-cpu"]["forward_after_torch_ms"] for row in chosen),
             "forward_gflops": forward_gflops,
             "forward_fraction_of_sgemm": forward_gflops / sgemm,
             "backward_gflops": statistics.geometric_mean(row["fast-cpu"]["backward_gflops"] for row in chosen),
@@ -329,6 +380,8 @@ def machine() -> dict:
     import numba
     import torch
 
+    from involution.fast import runtime
+
     model = platform.processor()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -336,7 +389,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     return {"cpu": model, "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
-            "numba_threading_layer": numba.threading_layer(),
+            "numba_threading_layer": numba.threading_layer(), "dynamic_threads": runtime.DYNAMIC_THREADS,
             "torch_threads": torch.get_num_threads(), "numpy": np.__version__, "numba": numba.__version__,
             "torch": torch.__version__, "python": platform.python_version()}
 
@@ -344,23 +397,37 @@ def machine() -> dict:
 def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), robustness_checks: bool = True,
         log=print) -> dict:
     """Validate and time every layer at every batch size, then (``robustness_checks``) the under-load and fork
-    checks of the fast forward; return rows, summary, sgemm, machine and the checks."""
+    checks of the fast forward; return rows, summary, sgemm, machine and the checks. The rows are timed with the fast
+    op's dynamic threads off (torch's thread count is fixed too) and record how many cores other processes kept
+    busy meanwhile (``others_busy_cores``); the under-load check runs with the dynamic threads as set."""
     import numba
     import torch
 
     from involution.benchmarks import robustness
+    from involution.fast import runtime
 
     torch.set_num_threads(numba.get_num_threads())  # same thread count for every implementation
     set_malloc_thresholds(TIMING_MALLOC)
     sgemm = sgemm_gflops()
     log(f"numpy float32 matmul 1024^3: {sgemm:.1f} GFLOP/s (this run's ceiling; %sg below is a fraction of it)")
     rows = []
-    for batch in batches:
-        for layer in layers:
-            rows.append(bench_layer(layer, batch, repeats, sgemm, versions))
-            log("\n".join(format_rows(rows[-1:], versions).splitlines()[2:]))
+    dynamic, runtime.DYNAMIC_THREADS = runtime.DYNAMIC_THREADS, False  # the fast op on torch's thread count too
+    try:
+        for batch in batches:
+            for layer in layers:
+                before = runtime.FREE_CORES.read()
+                rows.append(bench_layer(layer, batch, repeats, sgemm, versions))
+                after = runtime.FREE_CORES.read()
+                rows[-1]["others_busy_cores"] = (None if before is None or after is None
+                                                 else runtime.FreeCores.others_busy(before, after))
+                log("\n".join(format_rows(rows[-1:], versions).splitlines()[2:]))
+                if (rows[-1]["others_busy_cores"] or 0) >= BUSY_WARNING:
+                    log(f"  other processes kept {rows[-1]['others_busy_cores']:.1f} cores busy during this row: "
+                        f"not a quiet-machine comparison")
+    finally:
+        runtime.DYNAMIC_THREADS = dynamic
     result = {"machine": machine(), "load_average": os.getloadavg(), "sgemm_gflops": sgemm, "rows": rows,
-              "summary": summarize(rows, sgemm)}
+              "timed_with_dynamic_threads": False, "summary": summarize(rows, sgemm)}
     if robustness_checks:
         result["under_load"] = robustness.under_load(layers, log=log)
         result["threads"] = robustness.threads_check(log=log)

@@ -1,11 +1,16 @@
-"""GPU benchmark of the involution op on RedNet-50's layers: numba.cuda kernels v1 and v2 vs PyTorch unfold.
+"""GPU benchmark of the involution op on RedNet-50's layers: numba.cuda kernels beside the CPU benchmark's anchors.
 
-Every implementation is first checked against the NumPy reference (at batch 2), then timed with CUDA
-events: the median of ``--repeats`` calls after ``--warmup``, forward and backward (grad_x + grad_kernel),
-with GFLOP/s (2 FLOPs per multiply-add, ``Geometry.macs`` per pass) and GB/s (the bytes each pass must read
-and write at least). v1 follows the official CUDA kernel's strategy (one thread per result element); a
-CuPy port of that kernel is not part of this benchmark. Without a CUDA GPU (or under numba's simulator)
-it exits with status 2 and one line on stderr.
+Implementations: ``fast-cuda`` (the package's front door, ``involution.fast.cuda``, on device arrays: the version
+policy, validation and allocation included), each numbered kernel (``numba v1``, ``numba v2``), and on CUDA tensors
+torch unfold, the compiled tap loop (``torch.compile`` of :func:`involution.torch.taps.involution2d`, as
+``benchmarks/op_cpu.py``) and the same-shape depthwise ``conv2d`` (``groups=C``: the same multiply-adds with
+spatially shared weights, the practical floor). Every involution implementation is first checked against the NumPy
+reference (at batch 2), then timed with CUDA events: the median of ``--repeats`` calls after ``--warmup``, forward
+and backward (grad_x + grad_kernel; torch: autograd's backward alone, of one forward recorded before the timing),
+with GFLOP/s (2 FLOPs per multiply-add, ``Geometry.macs`` per pass), GB/s (the bytes each pass must read and write
+at least) and, for each torch anchor, its time divided by ``fast-cuda``'s (above 1: the fast op is faster). v1
+follows the official CUDA kernel's strategy (one thread per result element); a CuPy port of that kernel is not part
+of this benchmark. Without a CUDA GPU (or under numba's simulator) it exits with status 2 and one line on stderr.
 
 Run: ``python -m involution bench --backend fast-cuda [--batch 32 1] [--dtype float32] [--json results.json]``
 """
@@ -22,6 +27,10 @@ import numpy as np
 from involution.arguments import int_at_least, output_file, positive_int
 from involution.benchmarks.layers import REDNET_LAYERS, Layer, layer_geometry, layer_name, random_inputs
 from involution.spec import Geometry
+
+FAST = "fast-cuda"
+ANCHORS = ("torch unfold", "torch compiled taps", "torch depthwise conv")  # timed against FAST
+NOT_INVOLUTION = ("torch depthwise conv",)  # an anchor with other weights: timed, not validated
 
 
 def traffic_bytes(geometry: Geometry, itemsize: int, direction: str) -> int:
@@ -70,6 +79,9 @@ def run(args) -> int:
         "cupy_official_port": "skipped: not part of this benchmark (v1 follows the official kernel's strategy)",
         "rows": [],
     }
+    if not torch.cuda.is_available():
+        print("involution bench --backend fast-cuda: torch has no CUDA here (a CPU build?): the torch anchors "
+              "(unfold, compiled taps, depthwise conv) are skipped", file=sys.stderr)
     for batch in args.batch:
         for layer in REDNET_LAYERS:
             geometry = layer_geometry(layer, batch)
@@ -77,9 +89,9 @@ def run(args) -> int:
             for row in time_layer(geometry, args.dtype, args.repeats, args.warmup):
                 row = {"layer": layer_name(layer), "batch": batch, **row}
                 results["rows"].append(row)
-                print(f"{row['layer']:>16s} B{batch:<3d} {row['direction']:8s} {row['impl']:12s} "
+                print(f"{row['layer']:>16s} B{batch:<3d} {row['direction']:8s} {row['impl']:20s} "
                       f"{row['median_ms']:9.3f} ms {row['gflops']:8.1f} GFLOP/s {row['gbps']:7.1f} GB/s"
-                      + (f"  x{row['speedup_vs_unfold']:.2f} vs unfold" if "speedup_vs_unfold" in row else ""))
+                      + (f"  {row['over_fast']:.2f}x fast-cuda's time" if "over_fast" in row else ""))
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=1)
@@ -121,6 +133,8 @@ def validate(layer: Layer, dtype: str) -> None:
     geometry = layer_geometry(layer, batch=2)
     x, kernel, grad_out = random_inputs(geometry, dtype, seed=1)
     for impl, (forward, backward) in _implementations(geometry, dtype).items():
+        if impl in NOT_INVOLUTION:
+            continue
         inputs = _on_device(impl, x, kernel, grad_out)
         got = [_to_host(result) for result in (*forward(*inputs), *backward(*inputs))]
         tolerances.assert_matches_reference(dict(zip(("out", "grad_x", "grad_kernel"), got)), x, kernel, geometry,
@@ -133,16 +147,18 @@ def time_layer(geometry: Geometry, dtype: str, repeats: int, warmup: int) -> lis
     rows = []
     for impl, (forward, backward) in _implementations(geometry, dtype).items():
         inputs = _on_device(impl, x, kernel, grad_out)
-        for direction, call in (("forward", lambda: forward(*inputs)), ("backward", lambda: backward(*inputs))):
+        # torch: autograd's backward alone, of one forward recorded here (as benchmarks/op_cpu.py times it)
+        backward_call = backward(*inputs, recorded=True) if impl.startswith("torch") else lambda: backward(*inputs)
+        for direction, call in (("forward", lambda: forward(*inputs)), ("backward", backward_call)):
             milliseconds = _median_ms(impl, call, repeats, warmup)
             flops = 2 * geometry.macs * (1 if direction == "forward" else 2)
             rows.append({"direction": direction, "impl": impl, "median_ms": milliseconds,
                          "gflops": flops / milliseconds / 1e6,
                          "gbps": traffic_bytes(geometry, np.dtype(dtype).itemsize, direction) / milliseconds / 1e6})
-    unfold = {row["direction"]: row["median_ms"] for row in rows if row["impl"] == "torch unfold"}
+    fast = {row["direction"]: row["median_ms"] for row in rows if row["impl"] == FAST}
     for row in rows:
-        if row["direction"] in unfold and row["impl"] != "torch unfold":
-            row["speedup_vs_unfold"] = unfold[row["direction"]] / row["median_ms"]
+        if row["impl"] in ANCHORS:
+            row["over_fast"] = row["median_ms"] / fast[row["direction"]]
     return rows
 
 
@@ -150,9 +166,13 @@ def _implementations(geometry: Geometry, dtype: str) -> dict:
     """name -> (forward(x, kernel, grad_out), backward(x, kernel, grad_out)) on device inputs."""
     from numba import cuda
 
+    from involution.fast import cuda as fast_cuda
     from involution.fast import cuda_kernels
 
-    implementations = {}
+    params = (geometry.stride, geometry.padding, geometry.dilation)
+    implementations = {FAST: (lambda x, kernel, grad_out: (fast_cuda.involution2d(x, kernel, *params),),
+                              lambda x, kernel, grad_out: fast_cuda.involution2d_backward(grad_out, x, kernel,
+                                                                                          *params))}
     for version in cuda_kernels.VERSIONS:
         out = cuda.device_array(geometry.out_shape, dtype)
         grad_x = cuda.device_array(geometry.x_shape, dtype)
@@ -171,15 +191,19 @@ def _implementations(geometry: Geometry, dtype: str) -> dict:
     import torch
 
     if torch.cuda.is_available():
-        implementations["torch unfold"] = _torch_unfold(geometry)
+        from involution.benchmarks.op_cpu import compiled_taps
+        from involution.conformance import oracle
+
+        implementations["torch unfold"] = _torch_involution(geometry, oracle.involution2d)
+        implementations["torch compiled taps"] = _torch_involution(geometry, compiled_taps())
+        implementations["torch depthwise conv"] = _torch_depthwise_conv(geometry, dtype)
     return implementations
 
 
-def _torch_unfold(geometry: Geometry):
-    """The PyTorch oracle (``F.unfold`` formulation) as forward and autograd backward on CUDA tensors."""
+def _torch_involution(geometry: Geometry, involution2d):
+    """``involution2d(x, kernel, stride, padding, dilation)`` (a torch formulation) as forward and autograd backward
+    on CUDA tensors."""
     import torch
-
-    from involution.conformance.oracle import involution2d
 
     params = (geometry.stride, geometry.padding, geometry.dilation)
 
@@ -187,12 +211,46 @@ def _torch_unfold(geometry: Geometry):
         with torch.no_grad():
             return (involution2d(x, kernel, *params),)
 
-    def backward(x, kernel, grad_out):
+    def backward(x, kernel, grad_out, recorded: bool = False):
+        """Both gradients of a fresh forward; ``recorded``: a zero-argument call of autograd's backward alone
+        (the forward recorded once, ``retain_graph``), for timing."""
         x, kernel = x.detach().requires_grad_(), kernel.detach().requires_grad_()
-        out = involution2d(x, kernel, *params)
-        return torch.autograd.grad(out, (x, kernel), grad_out)
+        return _gradients(involution2d(x, kernel, *params), (x, kernel), grad_out, recorded)
 
     return forward, backward
+
+
+def _torch_depthwise_conv(geometry: Geometry, dtype: str):
+    """``conv2d`` with ``groups=C`` and the layer's kernel size, stride, padding and dilation on CUDA tensors (its
+    inputs: ``x`` and a fixed random weight; backward: grad_x and grad_weight), the CPU benchmark's floor anchor."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = torch.randn(geometry.channels, 1, geometry.kernel_h, geometry.kernel_w,
+                         generator=torch.Generator().manual_seed(0), dtype=getattr(torch, dtype)).cuda()
+    params = dict(stride=geometry.stride, padding=geometry.padding, dilation=geometry.dilation,
+                  groups=geometry.channels)
+
+    def forward(x, kernel, grad_out):
+        with torch.no_grad():
+            return (F.conv2d(x, weight, **params),)
+
+    def backward(x, kernel, grad_out, recorded: bool = False):
+        """grad_x and grad_weight of a fresh forward; ``recorded``: a zero-argument call of the backward alone."""
+        x, weight_leaf = x.detach().requires_grad_(), weight.detach().requires_grad_()
+        return _gradients(F.conv2d(x, weight_leaf, **params), (x, weight_leaf), grad_out, recorded)
+
+    return forward, backward
+
+
+def _gradients(out, leaves, grad_out, recorded: bool):
+    """autograd's gradients of ``out`` with respect to ``leaves``; ``recorded``: instead a zero-argument call that
+    computes them (``retain_graph``, so that the one recorded forward's backward can be timed repeatedly)."""
+    import torch
+
+    if recorded:
+        return lambda: torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+    return torch.autograd.grad(out, leaves, grad_out)
 
 
 def _on_device(impl: str, *arrays):

@@ -7,12 +7,18 @@ from __future__ import annotations
 import json
 import sys
 
+from involution.benchmarks.op_cpu import BUSY_WARNING
+
 # issue 17's targets, checked against the run's summary (batch 8 unless noted)
 TARGETS = (
     ("forward >= 3x the compiled tap loop (geometric mean), batch 8", "batch 8", "forward_speedup_vs_taps-compiled",
      3.0),
     ("forward >= 3x the compiled tap loop (geometric mean), batch 1", "batch 1", "forward_speedup_vs_taps-compiled",
      3.0),
+    ("the same, the fast op timed right after a torch op (as between a PyTorch model's ops), batch 8", "batch 8",
+     "forward_speedup_vs_taps-compiled_fast_after_torch", 3.0),
+    ("the same, the fast op timed right after a torch op (as between a PyTorch model's ops), batch 1", "batch 1",
+     "forward_speedup_vs_taps-compiled_fast_after_torch", 3.0),
     ("forward >= 1.5x the compiled tap loop on every layer, batch 8", "batch 8",
      "forward_min_speedup_vs_taps-compiled", 1.5),
     ("forward >= 1.5x the compiled tap loop on every layer, batch 1", "batch 1",
@@ -33,12 +39,18 @@ def layer_table(rows: list[dict], way: str) -> str:
     for label, _ in OTHERS:
         head += [f"{label} ms", f"{label} / fast"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
+    neighbours = way == "forward" and "forward_after_torch_ms" in rows[0]["fast-cpu"]
+    if neighbours:
+        head += ["fast after a torch op ms", "compiled taps after fast ms"]
+        lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
     for row in rows:
         fast = row["fast-cpu"]
         cells = [row["layer"], str(row["batch"]), f"{fast[way + '_ms']:.2f}", f"{fast[way + '_gflops']:.1f}",
                  f"{100 * fast[way + '_fraction_of_sgemm']:.0f}%"]
         for _, name in OTHERS:
             cells += [f"{row[name][way + '_ms']:.2f}", f"{row[f'{way}_speedup_vs_{name}']:.2f}"]
+        if neighbours:
+            cells += [f"{fast['forward_after_torch_ms']:.2f}", f"{row['taps-compiled']['forward_after_fast_ms']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -46,9 +58,15 @@ def layer_table(rows: list[dict], way: str) -> str:
 def targets_table(summary: dict) -> str:
     lines = ["| target (issue 17) | this run | met? |", "|---|--:|:-:|"]
     for label, batch, key, threshold in TARGETS:
-        if batch in summary:
+        if key in summary.get(batch, {}):  # runs before a key existed lack it
             value = summary[batch][key]
             lines.append(f"| {label} | {value:.2f} | {'yes' if value >= threshold else '**no**'} |")
+    for batch, values in summary.items():
+        if "forward_after_torch_over_settled" in values:
+            lines.append(f"\nRight after another runtime's call ({batch}, geometric means over the layers): the fast "
+                         f"forward takes {values['forward_after_torch_over_settled']:.2f}x its settled time after "
+                         f"a torch op, the compiled tap loop "
+                         f"{values['taps-compiled_forward_after_fast_over_settled']:.2f}x its own after the fast op.")
     return "\n".join(lines)
 
 
@@ -60,8 +78,10 @@ def checks_table(results: dict) -> str:
                   "|---|--:|--:|--:|--:|--:|"]
         lines += [f"| {row['layer']} | {row['batch']} | {row['quiet_median_ms']:.2f} | {row['loaded_median_ms']:.2f} | "
                   f"{row['loaded_p90_ms']:.2f} | {row['p90_over_quiet_median']:.2f} |" for row in load["rows"]]
+        threads = (f"; threads per call (dynamic): {load['threads_quiet']} quiet, {load['threads_under_load']} loaded"
+                   if load.get("threads_under_load") else "")
         lines.append(f"\nUnder load (one process spinning on core {load['spinning_core']}, {load['calls']} calls per "
-                     f"layer): worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
+                     f"layer{threads}): worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
                      f"({'within' if load['within_2x'] else '**not** within'} the 2x target).")
     if "threads" in results:
         threads = results["threads"]
@@ -73,14 +93,33 @@ def checks_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def dynamic_label(results: dict) -> str:
+    """How the fast op's dynamic threads ran: in the timed rows too (older runs), or only in the under-load check."""
+    if not results["machine"].get("dynamic_threads"):
+        return ""
+    return ", dynamic" if results.get("timed_with_dynamic_threads", True) else ", dynamic in the under-load check only"
+
+
+def busy_warning(rows: list[dict]) -> str:
+    """A sentence when other processes kept cores busy during a timed row (torch's fixed threads then wait for a
+    descheduled one), else nothing."""
+    busy = [row["others_busy_cores"] for row in rows if row.get("others_busy_cores") is not None]
+    if not busy or max(busy) < BUSY_WARNING:
+        return ""
+    flagged = sum(value >= BUSY_WARNING for value in busy)
+    return (f" **Not a quiet machine:** other processes kept up to {max(busy):.1f} cores busy during the timed rows "
+            f"({flagged} of {len(busy)} rows at least {BUSY_WARNING}); the ratios below are not a quiet comparison.")
+
+
 def markdown(results: dict) -> str:
     """Every table of one run, with its command, machine, load and sgemm."""
     machine = results["machine"]
     parts = [f"Command: `{results['command']}`; {machine['cpu']}, {machine['cores']} cores, load average "
              f"{', '.join(f'{value:.1f}' for value in results.get('load_average', ()))} at the end; numba "
-             f"{machine['numba']} ({machine['numba_threading_layer']}, {machine['numba_threads']} threads), torch "
+             f"{machine['numba']} ({machine['numba_threading_layer']}, {machine['numba_threads']} threads"
+             f"{dynamic_label(results)}), torch "
              f"{machine['torch']} ({machine['torch_threads']} threads); sgemm in the same run: "
-             f"{results['sgemm_gflops']:.1f} GFLOP/s.",
+             f"{results['sgemm_gflops']:.1f} GFLOP/s.{busy_warning(results['rows'])}",
              "Forward:", layer_table(results["rows"], "forward"),
              "Backward (both gradients; torch formulations: autograd's backward of one recorded forward):",
              layer_table(results["rows"], "backward"),

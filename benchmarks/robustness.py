@@ -41,7 +41,9 @@ def call_seconds(call, count: int, warmup: int = 1) -> list[float]:
 
 def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 300, log=print) -> dict:
     """Quiet median and loaded 90th percentile of the fast forward on every layer; one JSON-ready dict."""
-    from involution.fast import cpu
+    import numba
+
+    from involution.fast import cpu, runtime
 
     timed = []
     for layer in layers:
@@ -50,11 +52,13 @@ def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 30
         params = (geometry.stride, geometry.padding, geometry.dilation)
         timed.append((layer, lambda x=x, kernel=kernel, params=params: cpu.involution2d(x, kernel, *params)))
     quiet = {layer_name(layer): call_seconds(call, calls) for layer, call in timed}
+    threads_quiet = runtime.FREE_CORES.threads(numba.get_num_threads()) if runtime.DYNAMIC_THREADS else None
     core = (os.cpu_count() or 1) - 1
     spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(core=core, seconds=spin_seconds)])
     try:
-        time.sleep(0.2)  # let it start spinning
+        time.sleep(0.5)  # let it start spinning, and the dynamic threads see it (they sample every 0.1 s)
         loaded = {layer_name(layer): call_seconds(call, calls) for layer, call in timed}
+        threads_under_load = runtime.FREE_CORES.threads(numba.get_num_threads()) if runtime.DYNAMIC_THREADS else None
         still_spinning = spinner.poll() is None
     finally:
         spinner.kill()
@@ -69,7 +73,12 @@ def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 30
             f"{rows[-1]['loaded_p90_ms']:6.2f} ms ({rows[-1]['p90_over_quiet_median']:.2f}x)")
     worst = max(row["p90_over_quiet_median"] for row in rows)
     log(f"under load: worst p90 / quiet median {worst:.2f} (target <= 2)")
+    if runtime.DYNAMIC_THREADS:
+        log(f"under load: dynamic threads chose {threads_quiet} (quiet) and {threads_under_load} (loaded) of "
+            f"{numba.get_num_threads()} threads per call")
     return {"calls": calls, "spinning_core": core, "spinner_ran_throughout": still_spinning, "rows": rows,
+            "threads_quiet": threads_quiet, "threads_under_load": threads_under_load,
+            "dynamic_threads": runtime.DYNAMIC_THREADS,
             "worst_p90_over_quiet_median": worst, "within_2x": worst <= 2}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from involution.spec import Geometry, check_involution2d, check_involution2d_backward
 
 from . import cpu_kernels
-from .runtime import call_guard
+from .runtime import call_guard, call_threads
 
 KINDS = ("forward", "grad_x", "grad_kernel")
 # Numbered versions of each kernel in cpu_kernels (forward_v1, grad_x_v1, grad_kernel_v1, ...).
@@ -159,7 +159,7 @@ def _run(name: str, version: int | None, geometry: Geometry, *arrays) -> int:
     """Run ``cpu_kernels.<name>_v<version>`` (``None``: the policy's) on validated C-contiguous ``arrays``;
     return the version that ran."""
     version = check_version(name, version, geometry)
-    with call_guard():
+    with call_guard(), call_threads():
         getattr(cpu_kernels, f"{name}_v{version}")(*arrays, *_hyper_parameters(geometry))
     return version
 

@@ -590,6 +590,17 @@ UNITS_PER_THREAD = 8  # aim for this many units per thread, so that dynamic sche
 
 
 @inline
+def channel_block_unit(unit, groups, blocks, bands, band, rows_total, channels, group_channels, lane_count):
+    """``(b, g, row0, rows, c0, valid)`` of a channel-vector work unit (``unit`` runs over batch, group, block of
+    ``lane_count`` channels, band of ``band`` rows): the band's first row and row count, the flat ``(b, c)`` index of
+    the block's first channel and how many of its lanes hold channels."""
+    image, block, row0 = unit // (blocks * bands), unit // bands % blocks, unit % bands * band
+    b, g = image // groups, image % groups
+    return (b, g, row0, min(band, rows_total - row0), b * channels + g * group_channels + block * lane_count,
+            min(lane_count, group_channels - block * lane_count))
+
+
+@inline
 def load_channels_last(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``scratch[start + (r*wide + q)*lanes + l] = x[c0 + l, y0 + r, q - pw]`` for ``l < valid``; zero in the
     padding, past the image and in lanes ``l >= valid``."""
@@ -671,11 +682,8 @@ def forward_channels_v5(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
     units = batch * groups * blocks * bands
     for unit in prange(units):
         start = numba.get_thread_id() * slot
-        image, block, i0 = unit // (blocks * bands), unit // bands % blocks, unit % bands * band
-        b, g = image // groups, image % groups
-        rows = min(band, out_h - i0)
-        c0 = b * channels + g * group_channels + block * lane_count  # flat (b, c) of the block's first channel
-        valid = min(lane_count, group_channels - block * lane_count)
+        b, g, i0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, out_h, channels,
+                                                       group_channels, lane_count)
         load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, i0 * sh - ph,
                            (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
         for i in range(i0, i0 + rows):
@@ -846,11 +854,8 @@ def forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
     units = batch * groups * blocks * bands
     for unit in prange(units):
         start = numba.get_thread_id() * slot
-        image, block, i0 = unit // (blocks * bands), unit // bands % blocks, unit % bands * band
-        b, g = image // groups, image % groups
-        rows = min(band, out_h - i0)
-        c0 = b * channels + g * group_channels + block * lane_count
-        valid = min(lane_count, group_channels - block * lane_count)
+        b, g, i0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, out_h, channels,
+                                                       group_channels, lane_count)
         load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
                               (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
         for i in range(i0, i0 + rows):
@@ -1089,11 +1094,8 @@ def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
     units = batch * groups * blocks * bands
     for unit in prange(units):
         start = numba.get_thread_id() * slot
-        image, block, i0 = unit // (blocks * bands), unit // bands % blocks, unit % bands * band
-        b, g = image // groups, image % groups
-        rows = min(band, out_h - i0)
-        c0 = b * channels + g * group_channels + block * lane_count
-        valid = min(lane_count, group_channels - block * lane_count)
+        b, g, i0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, out_h, channels,
+                                                       group_channels, lane_count)
         load_channels_last_v8(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
                               (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
         for i in range(i0, i0 + rows):
@@ -1300,11 +1302,8 @@ def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads
     for unit in prange(units):
         start = numba.get_thread_id() * slot
         row_scratch = start + slot - width * lane_count  # one input row, channels-last (strides > 1)
-        image, block, y0 = unit // (blocks * bands), unit // bands % blocks, unit % bands * band
-        b, g = image // groups, image % groups
-        rows = min(band, height - y0)
-        c0 = b * channels + g * group_channels + block * lane_count
-        valid = min(lane_count, group_channels - block * lane_count)
+        b, g, y0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, height, channels,
+                                                       group_channels, lane_count)
         i_lo = max(0, -(-(y0 + ph - (kernel_h - 1) * dh) // sh))  # the grad_out rows the band's taps read
         i_hi = min(out_h - 1, (y0 + rows - 1 + ph) // sh)
         if i_hi >= i_lo:

@@ -10,6 +10,9 @@ Why these choices: docs/threading.md.
   chosen by the user (``NUMBA_THREADING_LAYER``, ``NUMBA_THREADING_LAYER_PRIORITY``) is respected.
 * Cache: :data:`CACHE` is False, with one warning, when numba has nowhere to write its cache (read-only install
   and home directories); the kernels then compile in memory on first use instead of failing to import.
+* Dynamic threads: each kernel call runs on at most as many threads as there are cores other processes leave free
+  (:class:`FreeCores`, :func:`call_threads`), so that a busy machine does not make a parallel region wait for a
+  descheduled thread; ``INVOLUTION_DYNAMIC_THREADS=0`` (or :data:`DYNAMIC_THREADS` = False) turns it off.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import ctypes
 import importlib.metadata
 import os
 import threading
+import time
 import warnings
 
 import numba
@@ -87,6 +91,109 @@ def can_cache() -> bool:
                       RuntimeWarning, stacklevel=2)
         return False
     return True
+
+
+class FreeCores:
+    """How many of this process's cores other processes leave free, sampled from Linux's ``/proc/stat``.
+
+    Over each window of at least ``interval`` seconds (refreshed by the calls that ask, never by a thread of its
+    own): the busy time of the CPUs this process may run on (``os.sched_getaffinity``; user, nice, system, irq,
+    softirq and steal in ``/proc/stat``, clock ticks of ``os.sysconf("SC_CLK_TCK")``) minus this process's own CPU
+    time (``time.process_time``, all its threads: numba's and torch's included), divided by the window's length,
+    is the number of cores others kept busy. Ticks are 10 ms on most kernels, so a 0.1 s window is exact to about
+    0.2 core per CPU; the answer rounds. Where ``/proc/stat`` cannot be read (not Linux), every core counts as
+    free.
+
+    Parameters
+    ----------
+    interval : float
+        Seconds between samples (default 0.1).
+    read : callable, optional
+        ``read() -> (seconds, busy_seconds, process_seconds) | None``: a sample; default :meth:`read_proc_stat`
+        (tests pass their own).
+    cpus : int, optional
+        Cores this process may use (default: its affinity set, or ``os.cpu_count()``).
+
+    A forked child must call :meth:`restart` (its ``process_time`` starts again from 0); this module registers
+    that for :data:`FREE_CORES`.
+    """
+
+    def __init__(self, interval: float = 0.1, read=None, cpus: int | None = None):
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        self.cpu_ids = frozenset(affinity)
+        self.cpus = len(self.cpu_ids) if cpus is None else cpus
+        self.interval = interval
+        self.read = self.read_proc_stat if read is None else read
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget the last window: take a fresh sample, count no core as busy."""
+        self.lock = threading.Lock()  # a fork may have copied it held
+        self.sample = self.read()
+        self.busy = 0.0  # cores other processes kept busy in the last window
+
+    def read_proc_stat(self):
+        """``(monotonic seconds, busy seconds of this process's CPUs, this process's CPU seconds)``, or None."""
+        try:
+            with open("/proc/stat", "rb") as file:
+                lines = file.read().split(b"\n")
+            ticks_per_second = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, AttributeError):
+            return None
+        busy = 0
+        for line in lines[1:]:  # cpu0, cpu1, ... after the all-CPU line
+            if not line.startswith(b"cpu"):
+                break
+            name, *fields = line.split()
+            if int(name[3:]) in self.cpu_ids:
+                user, nice, system, idle, iowait, irq, softirq, steal = (int(field) for field in fields[:8])
+                busy += user + nice + system + irq + softirq + steal
+        return time.monotonic(), busy / ticks_per_second, time.process_time()
+
+    def threads(self, requested: int) -> int:
+        """``requested`` threads while other processes leave every core free; else at most the free cores (at
+        least 1). A ``requested`` above the core count is kept on an idle machine (the user's choice)."""
+        previous = self.sample
+        if previous is not None and time.monotonic() - previous[0] >= self.interval and self.lock.acquire(False):
+            try:
+                current = self.read()
+                if current is not None and current[0] > previous[0]:
+                    self.busy = self.others_busy(previous, current)
+                    self.sample = current
+            finally:
+                self.lock.release()
+        busy = int(self.busy + 0.5)
+        return requested if busy == 0 else max(1, min(requested, self.cpus - busy))
+
+    @staticmethod
+    def others_busy(previous, current) -> float:
+        """Cores other processes kept busy on average between two samples of ``read`` (later second)."""
+        others = (current[1] - previous[1]) - (current[2] - previous[2])
+        return max(0.0, others / (current[0] - previous[0]))
+
+
+# Dynamic threads (docs/threading.md "Busy machines"): on unless INVOLUTION_DYNAMIC_THREADS=0.
+DYNAMIC_THREADS = os.environ.get("INVOLUTION_DYNAMIC_THREADS", "1") != "0"
+FREE_CORES = FreeCores()
+if hasattr(os, "register_at_fork"):  # a child's process_time starts again from 0
+    os.register_at_fork(after_in_child=FREE_CORES.restart)
+
+
+@contextlib.contextmanager
+def call_threads():
+    """A context for one kernel call: numba's thread count lowered to :data:`FREE_CORES`' answer while
+    :data:`DYNAMIC_THREADS`, restored after (numba's count is per calling thread); yields the count in force.
+    Results do not depend on it (bitwise identical for any thread count)."""
+    requested = numba.get_num_threads()
+    chosen = FREE_CORES.threads(requested) if DYNAMIC_THREADS else requested
+    if chosen == requested:
+        yield requested
+        return
+    numba.set_num_threads(chosen)
+    try:
+        yield chosen
+    finally:
+        numba.set_num_threads(requested)
 
 
 choose_threading_layer()

@@ -24,6 +24,13 @@ from .rednet import EXPANSION, stage_blocks_for
 from involution.spec import check_int, pair
 
 
+def weight_params(in_channels: int, out_channels: int, kernel_size: tuple[int, int], bias: bool) -> int:
+    """Weights of a dense (one-group) convolution or transposed convolution: ``in * out * kh * kw``, plus ``out``
+    biases."""
+    kh, kw = kernel_size
+    return in_channels * out_channels * kh * kw + (out_channels if bias else 0)
+
+
 @dataclass(frozen=True)
 class Conv:
     """``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias)``, one group."""
@@ -39,8 +46,7 @@ class Conv:
 
     @property
     def params(self) -> int:
-        kh, kw = self.kernel_size
-        return self.in_channels * self.out_channels * kh * kw + (self.out_channels if self.bias else 0)
+        return weight_params(self.in_channels, self.out_channels, self.kernel_size, self.bias)
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,7 @@ class ConvTranspose:
 
     @property
     def params(self) -> int:
-        kh, kw = self.kernel_size
-        return self.in_channels * self.out_channels * kh * kw + (self.out_channels if self.bias else 0)
+        return weight_params(self.in_channels, self.out_channels, self.kernel_size, self.bias)
 
 
 @dataclass(frozen=True)

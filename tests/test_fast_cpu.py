@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("numba")
 pytest.importorskip("torch")  # the tolerance magnitudes come from the torch oracle
 
-from involution.fast import cpu, cpu_kernels  # noqa: E402
+from involution.fast import cpu, cpu_kernels, runtime  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
 
 from involution.reference.loops import involution2d_loops  # noqa: E402
@@ -58,8 +58,9 @@ def test_dispatcher_takes_non_contiguous_inputs(dtype):
     assert_backward_matches(grads, grad_out, x, kernel, stride, padding, dilation, context)
 
 
-def test_bitwise_identical_across_runs_and_thread_counts():
+def test_bitwise_identical_across_runs_and_thread_counts(monkeypatch):
     numba = pytest.importorskip("numba")
+    monkeypatch.setattr(runtime, "DYNAMIC_THREADS", False)  # run on the threads asked for, busy machine or not
     x, kernel, grad_out, stride, padding, dilation = make_case(CASES[8], np.float32, seed=3)
     threads = numba.get_num_threads()
     first = (cpu.involution2d(x, kernel, stride, padding, dilation),
@@ -355,6 +356,7 @@ def test_threads_and_fork_after_use(layer):
     TBB runs; with the workqueue layer (not thread-safe) the backend serialises the calls."""
     env = {key: value for key, value in os.environ.items() if key != "NUMBA_THREADING_LAYER"}
     env["NUMBA_NUM_THREADS"] = "2"
+    env["INVOLUTION_DYNAMIC_THREADS"] = "0"  # two threads per call even on a busy machine
     if layer:
         env["NUMBA_THREADING_LAYER"] = layer
     try:

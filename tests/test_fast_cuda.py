@@ -302,6 +302,31 @@ def test_benchmark_refuses_the_simulator(capsys):
     assert err.count("\n") == 0 and "no CUDA GPU is available" in err and "simulator" in err, err
 
 
+def test_torch_anchors_time_the_backward_alone():
+    """The CUDA benchmark's torch backward is autograd's backward of one recorded forward (as the CPU benchmark's),
+    repeatable, with the fresh forward's gradients; torch's logic, so CPU tensors stand in for CUDA ones."""
+    import torch
+
+    from involution.conformance import oracle
+
+    geometry = layers.layer_geometry(layers.REDNET_LAYERS[7], 1)
+    x, kernel, grad_out = (torch.from_numpy(a) for a in layers.random_inputs(geometry, "float32"))
+    forwards = []
+
+    def counted(*args):
+        forwards.append(1)
+        return oracle.involution2d(*args)
+
+    _, backward = op_cuda._torch_involution(geometry, counted)
+    fresh = backward(x, kernel, grad_out)
+    call = backward(x, kernel, grad_out, recorded=True)
+    recorded_forwards = len(forwards)
+    for _ in range(2):
+        again = call()
+        assert all(torch.equal(a, b) for a, b in zip(fresh, again)), "the recorded backward's gradients differ"
+    assert len(forwards) == recorded_forwards == 2, f"{len(forwards)} forwards for 2 recordings and 2 timed calls"
+
+
 def test_bench_command_passes_dtype_and_plan_to_the_cuda_benchmark(capsys):
     from involution.cli import main
 
