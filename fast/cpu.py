@@ -29,10 +29,10 @@ VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 # v8 (the second channel-vector generation) for the forward and grad_x where cpu_kernels.fits_v5: forward with eight
 # positions per block, grad_x with channel vectors; else v4 forward (kernel rows in registers) and v3 grad_x, but v2
 # (row-wise) on output rows narrower than 8, where v3's padded wide rows are mostly padding. For grad_kernel where
-# fits_v5: v9 (output positions in vector lanes) on rows of cpu_kernels.NARROWEST_V9 (7) or more outputs, measured
-# faster than v7 on the RedNet-50 layers (16 channels per group, rows of 7 to 112) at batch 1 and 8 (geometric means
-# 1.7x and 1.5x, 1.0-2.3x per layer; docs/performance.md, "v9 against v7"), v7 (channel vectors) on rows of 4 to 6;
-# else v3 (wide rows) (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's;
+# fits_v5: v9 (output positions in vector lanes) on rows of cpu_kernels.NARROWEST_V9 (7) or more outputs, with kernels
+# of at least cpu_kernels.FEWEST_TAPS_V9 taps, or smaller ones at batch 1: where it was measured faster than v7 on the
+# RedNet-50 layers (16 channels per group; 7x7 layers at batch 1 and 8, the 3x3 layer at batch 1; docs/performance.md,
+# "v9 against v7"); v7 (channel vectors) elsewhere on rows of 4 or more; else v3 (wide rows) (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's;
 # v7's forward is v6's; v8's kernel gradient is v7's; v9's forward and input gradient are v8's.
 NARROW_OUTPUT = 8
 # v3 and v4 copy the input per stride phase into wide rows: their scratch (all threads) may be at most this
@@ -47,8 +47,9 @@ def choose_version(name: str, geometry: Geometry) -> int:
     """The version of kernel ``name`` ("forward", "grad_x", "grad_kernel") that runs for ``geometry``.
 
     The fastest one measured (docs/performance.md): the channel-vector kernels (v8 forward and grad_x; grad_kernel
-    v9 on rows of at least ``cpu_kernels.NARROWEST_V9`` outputs, v7 on rows of ``cpu_kernels.POSITIONS`` to 6) where
-    ``cpu_kernels.fits_v5``; else v4 forward (kernel rows up to
+    v9 on rows of at least ``cpu_kernels.NARROWEST_V9`` outputs with ``cpu_kernels.FEWEST_TAPS_V9`` taps or more, or
+    fewer at batch 1, else v7 on rows of at least ``cpu_kernels.POSITIONS``) where ``cpu_kernels.fits_v5``; else v4
+    forward (kernel rows up to
     ``cpu_kernels.MAX_ROW_TAPS`` taps, v3 beyond), v3 gradients and v2 grad_x on narrow outputs, among those whose
     scratch fits (:func:`scratch_elements`), else v2, which needs none.
     """
@@ -58,7 +59,9 @@ def choose_version(name: str, geometry: Geometry) -> int:
             return 8
         preferred = 4 if geometry.kernel_w <= cpu_kernels.MAX_ROW_TAPS else 3
     elif name == "grad_kernel" and cpu_kernels.fits_v5(geometry) and geometry.out_w >= cpu_kernels.POSITIONS:
-        return 9 if geometry.out_w >= cpu_kernels.NARROWEST_V9 else 7
+        taps = geometry.kernel_h * geometry.kernel_w
+        return 9 if geometry.out_w >= cpu_kernels.NARROWEST_V9 and (
+            taps >= cpu_kernels.FEWEST_TAPS_V9 or geometry.batch == 1) else 7
     elif name == "grad_x" and cpu_kernels.fits_v5(geometry):
         return 8
     else:

@@ -1417,6 +1417,8 @@ TAIL_TAPS_V9 = 4  # a tail of at most this many taps runs in a block of this man
 COLUMN_TAPS_V9 = 4  # kernel rows of a tap column, two output rows: 8 accumulators (with 8 rows, 16 spilled)
 PAIRED_MIN_KH_V9 = 7  # tried on 7 (faster) and 3 (no faster: the flat blocks run there)
 NARROWEST_V9 = 7  # the narrowest output rows v9 was measured faster than v7 on (RedNet's 7x7)
+FEWEST_TAPS_V9 = 10  # kernels with fewer taps run v9 at batch 1 only: RedNet's 3x3 layer at batch 8 (its 12.8 MB input
+# from memory) measured no faster than v7 (0.90-1.59x over five runs, about 1 in three); at batch 1 1.3-1.8x
 
 
 def lanes_v9(out_w: int, dtype) -> int:
