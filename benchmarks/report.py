@@ -74,15 +74,21 @@ def checks_table(results: dict) -> str:
     lines = []
     if "under_load" in results:
         load = results["under_load"]
-        lines += ["| layer | B | quiet median ms | loaded median ms | loaded p90 ms | p90 / quiet median |",
-                  "|---|--:|--:|--:|--:|--:|"]
+        alone = "one_thread_slowdown" in load["rows"][0]
+        lines += ["| layer | B | quiet median ms | loaded median ms | loaded p90 ms | p90 / quiet median |"
+                  + (" one thread quiet ms | one thread loaded ms | one thread loaded / quiet |" if alone else ""),
+                  "|---|--:|--:|--:|--:|--:|" + ("--:|--:|--:|" if alone else "")]
         lines += [f"| {row['layer']} | {row['batch']} | {row['quiet_median_ms']:.2f} | {row['loaded_median_ms']:.2f} | "
-                  f"{row['loaded_p90_ms']:.2f} | {row['p90_over_quiet_median']:.2f} |" for row in load["rows"]]
+                  f"{row['loaded_p90_ms']:.2f} | {row['p90_over_quiet_median']:.2f} |"
+                  + (f" {row['one_thread_quiet_median_ms']:.2f} | {row['one_thread_loaded_median_ms']:.2f} | "
+                     f"{row['one_thread_slowdown']:.2f} |" if alone else "") for row in load["rows"]]
         threads = (f"; threads per call (dynamic): {load['threads_quiet']} quiet, {load['threads_under_load']} loaded"
                    if load.get("threads_under_load") else "")
         lines.append(f"\nUnder load (one process spinning on core {load['spinning_core']}, {load['calls']} calls per "
                      f"layer{threads}): worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
-                     f"({'within' if load['within_2x'] else '**not** within'} the 2x target).")
+                     f"({'within' if load['within_2x'] else '**not** within'} the 2x target)."
+                     + (f" A lone thread ran {load['one_thread_slowdown']:.2f}x slower while the other core spun "
+                        f"(geometric mean; 1.0 where cores do not contend)." if "one_thread_slowdown" in load else ""))
     if "threads" in results:
         threads = results["threads"]
         lines.append(f"Threads: {threads['threads']} Python threads, {threads['calls']} concurrent calls: "

@@ -51,13 +51,13 @@ def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 30
         x, kernel, _ = random_inputs(geometry, np.float32, seed=batch)
         params = (geometry.stride, geometry.padding, geometry.dilation)
         timed.append((layer, lambda x=x, kernel=kernel, params=params: cpu.involution2d(x, kernel, *params)))
-    quiet = {layer_name(layer): call_seconds(call, calls) for layer, call in timed}
+    quiet, quiet_alone = phase(timed, calls)
     threads_quiet = runtime.FREE_CORES.threads(numba.get_num_threads()) if runtime.DYNAMIC_THREADS else None
     core = (os.cpu_count() or 1) - 1
     spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(core=core, seconds=spin_seconds)])
     try:
         time.sleep(0.5)  # let it start spinning, and the dynamic threads see it (they sample every 0.1 s)
-        loaded = {layer_name(layer): call_seconds(call, calls) for layer, call in timed}
+        loaded, loaded_alone = phase(timed, calls)
         threads_under_load = runtime.FREE_CORES.threads(numba.get_num_threads()) if runtime.DYNAMIC_THREADS else None
         still_spinning = spinner.poll() is None
     finally:
@@ -66,20 +66,47 @@ def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 30
     rows = []
     for name in quiet:
         quiet_median, loaded_p90 = statistics.median(quiet[name]), statistics.quantiles(loaded[name], n=10)[-1]
+        alone = statistics.median(quiet_alone[name]), statistics.median(loaded_alone[name])
         rows.append({"layer": name, "batch": batch, "quiet_median_ms": 1e3 * quiet_median,
                      "loaded_median_ms": 1e3 * statistics.median(loaded[name]), "loaded_p90_ms": 1e3 * loaded_p90,
-                     "p90_over_quiet_median": loaded_p90 / quiet_median})
+                     "p90_over_quiet_median": loaded_p90 / quiet_median,
+                     "one_thread_quiet_median_ms": 1e3 * alone[0], "one_thread_loaded_median_ms": 1e3 * alone[1],
+                     "one_thread_slowdown": alone[1] / alone[0]})
         log(f"under load {name:>14s} B{batch}: quiet median {rows[-1]['quiet_median_ms']:6.2f} ms, loaded p90 "
-            f"{rows[-1]['loaded_p90_ms']:6.2f} ms ({rows[-1]['p90_over_quiet_median']:.2f}x)")
+            f"{rows[-1]['loaded_p90_ms']:6.2f} ms ({rows[-1]['p90_over_quiet_median']:.2f}x); one thread: "
+            f"{rows[-1]['one_thread_loaded_median_ms']:6.2f} ms loaded, {rows[-1]['one_thread_slowdown']:.2f}x quiet")
     worst = max(row["p90_over_quiet_median"] for row in rows)
-    log(f"under load: worst p90 / quiet median {worst:.2f} (target <= 2)")
+    one_thread_slowdown = statistics.geometric_mean(row["one_thread_slowdown"] for row in rows)
+    log(f"under load: worst p90 / quiet median {worst:.2f} (target <= 2); a lone thread ran {one_thread_slowdown:.2f}x "
+        f"slower while the other core spun (geometric mean; 1.0 where cores do not contend)")
     if runtime.DYNAMIC_THREADS:
         log(f"under load: dynamic threads chose {threads_quiet} (quiet) and {threads_under_load} (loaded) of "
             f"{numba.get_num_threads()} threads per call")
     return {"calls": calls, "spinning_core": core, "spinner_ran_throughout": still_spinning, "rows": rows,
             "threads_quiet": threads_quiet, "threads_under_load": threads_under_load,
-            "dynamic_threads": runtime.DYNAMIC_THREADS,
+            "dynamic_threads": runtime.DYNAMIC_THREADS, "one_thread_slowdown": one_thread_slowdown,
             "worst_p90_over_quiet_median": worst, "within_2x": worst <= 2}
+
+
+def phase(timed, calls: int) -> tuple[dict, dict]:
+    """Per layer: the wall times of ``calls`` calls as configured, then of ``calls`` calls on one numba thread (the
+    dynamic threads off): how fast a lone thread runs in this phase, whatever the thread policy."""
+    import numba
+
+    from involution.fast import runtime
+
+    configured, alone = {}, {}
+    for layer, call in timed:
+        configured[layer_name(layer)] = call_seconds(call, calls)
+        threads, dynamic = numba.get_num_threads(), runtime.DYNAMIC_THREADS
+        numba.set_num_threads(1)
+        runtime.DYNAMIC_THREADS = False
+        try:
+            alone[layer_name(layer)] = call_seconds(call, calls)
+        finally:
+            numba.set_num_threads(threads)
+            runtime.DYNAMIC_THREADS = dynamic
+    return configured, alone
 
 
 def _small_inputs(seed: int):
