@@ -87,8 +87,9 @@ def checks_table(results: dict) -> str:
         lines.append(f"\nUnder load (one process spinning on core {load['spinning_core']}, {load['calls']} calls per "
                      f"layer{threads}): worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
                      f"({'within' if load['within_2x'] else '**not** within'} the 2x target)."
-                     + (f" A lone thread ran {load['one_thread_slowdown']:.2f}x slower while the other core spun "
-                        f"(geometric mean; 1.0 where cores do not contend)." if "one_thread_slowdown" in load else ""))
+                     + (f" A lone thread's loaded / quiet median: {load['one_thread_slowdown']:.2f} (geometric mean; "
+                        f"about 1 where the cores do not contend, up to 2 where they do)."
+                        if "one_thread_slowdown" in load else ""))
     if "threads" in results:
         threads = results["threads"]
         lines.append(f"Threads: {threads['threads']} Python threads, {threads['calls']} concurrent calls: "

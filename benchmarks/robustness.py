@@ -39,6 +39,15 @@ def call_seconds(call, count: int, warmup: int = 1) -> list[float]:
     return times
 
 
+def settle(call, seconds: float = 0.05) -> None:
+    """Untimed calls of ``call`` for ``seconds`` (at least one): the previous runtime's spinning threads (torch's, or
+    numba's at another thread count) go idle before the timed calls (docs/performance.md, "Timing protocol")."""
+    settled_at = time.perf_counter() + seconds
+    call()
+    while time.perf_counter() < settled_at:
+        call()
+
+
 def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 300, log=print) -> dict:
     """Quiet median and loaded 90th percentile of the fast forward on every layer; one JSON-ready dict."""
     import numba
@@ -77,8 +86,8 @@ def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 30
             f"{rows[-1]['one_thread_loaded_median_ms']:6.2f} ms loaded, {rows[-1]['one_thread_slowdown']:.2f}x quiet")
     worst = max(row["p90_over_quiet_median"] for row in rows)
     one_thread_slowdown = statistics.geometric_mean(row["one_thread_slowdown"] for row in rows)
-    log(f"under load: worst p90 / quiet median {worst:.2f} (target <= 2); a lone thread ran {one_thread_slowdown:.2f}x "
-        f"slower while the other core spun (geometric mean; 1.0 where cores do not contend)")
+    log(f"under load: worst p90 / quiet median {worst:.2f} (target <= 2); a lone thread's loaded / quiet median "
+        f"{one_thread_slowdown:.2f} (geometric mean: about 1 where the cores do not contend, up to 2 where they do)")
     if runtime.DYNAMIC_THREADS:
         log(f"under load: dynamic threads chose {threads_quiet} (quiet) and {threads_under_load} (loaded) of "
             f"{numba.get_num_threads()} threads per call")
@@ -97,11 +106,13 @@ def phase(timed, calls: int) -> tuple[dict, dict]:
 
     configured, alone = {}, {}
     for layer, call in timed:
+        settle(call)
         configured[layer_name(layer)] = call_seconds(call, calls)
         threads, dynamic = numba.get_num_threads(), runtime.DYNAMIC_THREADS
         numba.set_num_threads(1)
         runtime.DYNAMIC_THREADS = False
         try:
+            settle(call)
             alone[layer_name(layer)] = call_seconds(call, calls)
         finally:
             numba.set_num_threads(threads)
