@@ -904,9 +904,7 @@ def grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, th
     for unit in prange(units):
         start = numba.get_thread_id() * slot
         outputs = start + blocks * input_slot  # the grad_out copies follow the input copies
-        image, i0 = unit // bands, unit % bands * band
-        b, g = image // groups, image % groups
-        rows = min(band, out_h - i0)
+        b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
         for block in range(blocks):
             c0 = b * channels + g * group_channels + block * lane_count
             valid = min(lane_count, group_channels - block * lane_count)
