@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, layer_name, random_inputs
-from involution.benchmarks.robustness import call_seconds
+from involution.benchmarks.robustness import call_seconds, settle as settle_calls
 from involution.spec import Geometry
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -242,10 +242,7 @@ def interleaved_medians(calls: dict, counts: dict, clock=time.perf_counter, sett
             if round_index >= counts[name]:
                 continue
             if settle:
-                settled_at = time.perf_counter() + settle
-                call()
-                while time.perf_counter() < settled_at:
-                    call()
+                settle_calls(call, settle)
             started = clock()
             call()
             times[name].append(clock() - started)
