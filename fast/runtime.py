@@ -138,16 +138,16 @@ class FreeCores:
             with open("/proc/stat", "rb") as file:
                 lines = file.read().split(b"\n")
             ticks_per_second = os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, AttributeError):
+            busy = 0
+            for line in lines[1:]:  # cpu0, cpu1, ... after the all-CPU line
+                if not line.startswith(b"cpu"):
+                    break
+                name, *fields = line.split()
+                if int(name[3:]) in self.cpu_ids:
+                    user, nice, system, idle, iowait, irq, softirq, steal = (int(field) for field in fields[:8])
+                    busy += user + nice + system + irq + softirq + steal
+        except (OSError, ValueError, AttributeError):  # no /proc/stat, or one this parser does not know
             return None
-        busy = 0
-        for line in lines[1:]:  # cpu0, cpu1, ... after the all-CPU line
-            if not line.startswith(b"cpu"):
-                break
-            name, *fields = line.split()
-            if int(name[3:]) in self.cpu_ids:
-                user, nice, system, idle, iowait, irq, softirq, steal = (int(field) for field in fields[:8])
-                busy += user + nice + system + irq + softirq + steal
         return time.monotonic(), busy / ticks_per_second, time.process_time()
 
     def threads(self, requested: int) -> int:

@@ -157,3 +157,17 @@ def test_a_forked_child_starts_a_fresh_window(monkeypatch):
 
 def _free_cores_state():
     return runtime.FREE_CORES.busy, runtime.FREE_CORES.sample
+
+
+def test_an_unknown_proc_stat_layout_counts_every_core_free(monkeypatch, tmp_path):
+    """A ``/proc/stat`` this parser does not know (a container's, say) must not break a kernel call."""
+    import builtins
+
+    odd = tmp_path / "stat"
+    odd.write_bytes(b"cpu  1 2 3 4 5 6 7 8 0 0\ncpuX 1 2 3\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open",
+                        lambda path, *args, **kwargs: real_open(odd if path == "/proc/stat" else path, *args, **kwargs))
+    free = runtime.FreeCores()
+    assert free.read_proc_stat() is None
+    assert free.threads(2) == 2
