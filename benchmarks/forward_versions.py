@@ -34,10 +34,7 @@ def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, r
     import numba
 
     from involution.conformance import tolerances
-    from involution.fast import runtime
-
-    runtime.DYNAMIC_THREADS = False  # each version on exactly the thread count of its row, busy machine or not
-    rows = []
+    rows = []  # the kernels are called directly: on exactly the thread count of the row (no dynamic threads)
     for count in threads:
         numba.set_num_threads(count)
         clock = time.thread_time if count == 1 else time.perf_counter

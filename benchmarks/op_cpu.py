@@ -408,8 +408,7 @@ def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), rob
     sgemm = sgemm_gflops()
     log(f"numpy float32 matmul 1024^3: {sgemm:.1f} GFLOP/s (this run's ceiling; %sg below is a fraction of it)")
     rows = []
-    dynamic, runtime.DYNAMIC_THREADS = runtime.DYNAMIC_THREADS, False  # the fast op on torch's thread count too
-    try:
+    with runtime.dynamic_threads(False):  # the fast op on torch's thread count too
         for batch in batches:
             for layer in layers:
                 before = runtime.FREE_CORES.read()
@@ -421,8 +420,6 @@ def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), rob
                 if (rows[-1]["others_busy_cores"] or 0) >= BUSY_WARNING:
                     log(f"  other processes kept {rows[-1]['others_busy_cores']:.1f} cores busy during this row: "
                         f"not a quiet-machine comparison")
-    finally:
-        runtime.DYNAMIC_THREADS = dynamic
     result = {"machine": machine(), "load_average": os.getloadavg(), "sgemm_gflops": sgemm, "rows": rows,
               "timed_with_dynamic_threads": False, "summary": summarize(rows, sgemm)}
     if robustness_checks:

@@ -180,6 +180,19 @@ if hasattr(os, "register_at_fork"):  # a child's process_time starts again from 
 
 
 @contextlib.contextmanager
+def dynamic_threads(enabled: bool):
+    """A block with :data:`DYNAMIC_THREADS` set to ``enabled``, the previous setting restored after (also when the
+    block raises). Process-wide, like the setting itself: for benchmarks and tests, not for code that other threads
+    run at the same time."""
+    global DYNAMIC_THREADS
+    previous, DYNAMIC_THREADS = DYNAMIC_THREADS, bool(enabled)
+    try:
+        yield
+    finally:
+        DYNAMIC_THREADS = previous
+
+
+@contextlib.contextmanager
 def call_threads():
     """A context for one kernel call: numba's thread count lowered to :data:`FREE_CORES`' answer while
     :data:`DYNAMIC_THREADS`, restored after (numba's count is per calling thread); yields the count in force.

@@ -135,6 +135,17 @@ def test_an_exception_in_the_call_restores_numbas_thread_count(monkeypatch):
     assert numba.get_num_threads() == threads, "an exception inside the call left numba's thread count lowered"
 
 
+def test_the_dynamic_threads_block_sets_and_restores_the_setting(monkeypatch):
+    monkeypatch.setattr(runtime, "DYNAMIC_THREADS", True)
+    with runtime.dynamic_threads(False):
+        assert runtime.DYNAMIC_THREADS is False
+        with pytest.raises(ZeroDivisionError), runtime.dynamic_threads(True):
+            assert runtime.DYNAMIC_THREADS is True
+            1 / 0
+        assert runtime.DYNAMIC_THREADS is False, "an exception restored the wrong setting"
+    assert runtime.DYNAMIC_THREADS is True, "the block did not restore the setting"
+
+
 def test_others_busy_is_the_window_average_of_other_processes():
     previous, current = (10.0, 50.0, 3.0), (10.5, 51.5, 3.25)  # 1.5 busy seconds on the CPUs, 0.25 of them ours
     assert runtime.FreeCores.others_busy(previous, current) == pytest.approx(2.5)
