@@ -74,22 +74,25 @@ def checks_table(results: dict) -> str:
     lines = []
     if "under_load" in results:
         load = results["under_load"]
-        alone = "one_thread_slowdown" in load["rows"][0]
-        lines += ["| layer | B | quiet median ms | loaded median ms | loaded p90 ms | p90 / quiet median |"
-                  + (" one thread quiet ms | one thread loaded ms | one thread loaded / quiet |" if alone else ""),
-                  "|---|--:|--:|--:|--:|--:|" + ("--:|--:|--:|" if alone else "")]
+        lines += ["| layer | B | quiet median ms | loaded median ms | loaded p90 ms | p90 / quiet median | "
+                  "static threads: p90 / quiet median | one thread quiet ms | one thread loaded ms | "
+                  "one thread loaded / quiet | p90 / one thread quiet |",
+                  "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
         lines += [f"| {row['layer']} | {row['batch']} | {row['quiet_median_ms']:.2f} | {row['loaded_median_ms']:.2f} | "
-                  f"{row['loaded_p90_ms']:.2f} | {row['p90_over_quiet_median']:.2f} |"
-                  + (f" {row['one_thread_quiet_median_ms']:.2f} | {row['one_thread_loaded_median_ms']:.2f} | "
-                     f"{row['one_thread_slowdown']:.2f} |" if alone else "") for row in load["rows"]]
-        threads = (f"; threads per call (dynamic): {load['threads_quiet']} quiet, {load['threads_under_load']} loaded"
-                   if load.get("threads_under_load") else "")
-        lines.append(f"\nUnder load (one process spinning on core {load['spinning_core']}, {load['calls']} calls per "
-                     f"layer{threads}): worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
-                     f"({'within' if load['within_2x'] else '**not** within'} the 2x target)."
-                     + (f" A lone thread's loaded / quiet median: {load['one_thread_slowdown']:.2f} (geometric mean; "
-                        f"about 1 where the cores do not contend, up to 2 where they do)."
-                        if "one_thread_slowdown" in load else ""))
+                  f"{row['loaded_p90_ms']:.2f} | {row['p90_over_quiet_median']:.2f} | "
+                  f"{row['static_p90_over_quiet_median']:.2f} | {row['one_thread_quiet_median_ms']:.2f} | "
+                  f"{row['one_thread_loaded_median_ms']:.2f} | {row['one_thread_slowdown']:.2f} | "
+                  f"{row['p90_over_one_thread_quiet_median']:.2f} |" for row in load["rows"]]
+        dynamic = "on" if load["dynamic_threads"] else "off"
+        lines.append(f"\nUnder load (one process spinning on core {load['spinning_core']}, paused and resumed "
+                     f"{load['rounds']} times per layer, {load['calls']} calls per layer and arm; threads per call "
+                     f"{load['threads_quiet']} quiet, {load['threads_under_load']} loaded, dynamic threads {dynamic}): "
+                     f"worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
+                     f"({'within' if load['within_2x'] else '**not** within'} the 2x target); with static threads "
+                     f"{load['worst_static_p90_over_quiet_median']:.2f}; over a lone thread's quiet median (what the "
+                     f"one free core can do) {load['worst_p90_over_one_thread_quiet_median']:.2f}. A lone thread's "
+                     f"loaded / quiet median: {load['one_thread_slowdown']:.2f} (geometric mean; about 1 where the "
+                     f"cores do not contend).")
     if "threads" in results:
         threads = results["threads"]
         lines.append(f"Threads: {threads['threads']} Python threads, {threads['calls']} concurrent calls: "

@@ -1,9 +1,12 @@
 """Robustness checks of the fast CPU forward, run by ``python -m involution bench``: latency while another process
 spins on one core, calls from a ``fork``-started ``multiprocessing`` Pool, and calls from several Python threads.
 
-* Under load: per layer at batch 1, ``calls`` timed calls on a quiet machine, then again while a child process
-  spins on the last core (pinned with ``os.sched_setaffinity``, bounded in time, killed after); the check is the
-  loaded 90th percentile (``statistics.quantiles``) against the quiet median, target at most 2x.
+* Under load: per layer at batch 1, timed calls with a child process spinning on the last core (pinned with
+  ``os.sched_setaffinity``, bounded in time, killed after) alternately paused and running, three rounds of each;
+  the check is the loaded 90th percentile (``statistics.quantiles``) against the quiet median, target at most 2x,
+  for the op as configured and with its dynamic threads off, and against a lone thread's quiet median (the best the
+  one free core can do: a machine that loses one of two cores loses the op's two-thread speedup, which this
+  separates from the stalls).
 * Fork: after this process has run the op (the benchmark has), a Pool with the 'fork' start method runs the op in
   its children; with GNU OpenMP as numba's threading layer the children are terminated and the Pool hangs, so
   the result is awaited with a timeout and the Pool terminated after.
@@ -11,8 +14,10 @@ spins on one core, calls from a ``fork``-started ``multiprocessing`` Pool, and c
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,76 +53,137 @@ def settle(call, seconds: float = 0.05) -> None:
         call()
 
 
-def under_load(layers, batch: int = 1, calls: int = 30, spin_seconds: float = 300, log=print) -> dict:
-    """Quiet median and loaded 90th percentile of the fast forward on every layer; one JSON-ready dict."""
-    import numba
+ROUNDS = 3  # quiet and loaded alternate this many times per layer, so that a drift of the host hits both alike
+SWITCH_SECONDS = 0.3  # after pausing or resuming the spinner: the dynamic threads' 0.1 s windows see the change
+ARMS = {"configured": (None, None),  # (dynamic threads, numba threads); None: as configured
+        "static": (False, None),  # loaded only: the configured thread count, dynamic threads off
+        "one thread": (False, 1)}  # a lone thread: how fast the host runs one core in each state
+STATE_ARMS = {"quiet": ("configured", "one thread"), "loaded": ("configured", "static", "one thread")}
 
-    from involution.fast import cpu, runtime
+
+def under_load(layers, batch: int = 1, calls: int = 30, rounds: int = ROUNDS, log=print) -> dict:
+    """Quiet median and loaded 90th percentile of the fast forward on every layer at ``batch``; one JSON-ready dict.
+
+    Per layer, ``rounds`` times: the spinner paused (quiet), then running (loaded), ``calls // rounds`` timed calls
+    per arm of :data:`STATE_ARMS` in each. The loaded 90th percentile (``statistics.quantiles``) of the op as
+    configured, and of the same thread count with the dynamic threads off ("static"), is compared with the quiet
+    median (target: at most 2x); a lone thread's loaded / quiet median says how much the host itself slows a core
+    when the other one is busy (about 1 where the cores do not contend)."""
+    from involution.fast import cpu
 
     timed = []
     for layer in layers:
         geometry = layer_geometry(layer, batch)
         x, kernel, _ = random_inputs(geometry, np.float32, seed=batch)
         params = (geometry.stride, geometry.padding, geometry.dilation)
-        timed.append((layer, lambda x=x, kernel=kernel, params=params: cpu.involution2d(x, kernel, *params)))
-    quiet, quiet_alone = phase(timed, calls)
-    threads_quiet = runtime.FREE_CORES.threads(numba.get_num_threads()) if runtime.DYNAMIC_THREADS else None
+        timed.append((layer_name(layer),
+                      lambda x=x, kernel=kernel, params=params: cpu.involution2d(x, kernel, *params)))
     core = (os.cpu_count() or 1) - 1
-    spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(core=core, seconds=spin_seconds)])
-    try:
-        time.sleep(0.5)  # let it start spinning, and the dynamic threads see it (they sample every 0.1 s)
-        loaded, loaded_alone = phase(timed, calls)
-        threads_under_load = runtime.FREE_CORES.threads(numba.get_num_threads()) if runtime.DYNAMIC_THREADS else None
+    with spinning(core) as spinner:
+        samples, threads = alternate(timed, spinner, calls // rounds, rounds)
         still_spinning = spinner.poll() is None
+    return summarize_load(samples, threads, batch, rounds, core, still_spinning, log)
+
+
+@contextlib.contextmanager
+def spinning(core: int, seconds: float = 600):
+    """A child process spinning on ``core`` (pinned, bounded to ``seconds``), killed when the block ends."""
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN.format(core=core, seconds=seconds)])
+    try:
+        yield spinner
     finally:
         spinner.kill()
         spinner.wait()
-    rows = []
-    for name in quiet:
-        quiet_median, loaded_p90 = statistics.median(quiet[name]), statistics.quantiles(loaded[name], n=10)[-1]
-        alone = statistics.median(quiet_alone[name]), statistics.median(loaded_alone[name])
-        rows.append({"layer": name, "batch": batch, "quiet_median_ms": 1e3 * quiet_median,
-                     "loaded_median_ms": 1e3 * statistics.median(loaded[name]), "loaded_p90_ms": 1e3 * loaded_p90,
-                     "p90_over_quiet_median": loaded_p90 / quiet_median,
-                     "one_thread_quiet_median_ms": 1e3 * alone[0], "one_thread_loaded_median_ms": 1e3 * alone[1],
-                     "one_thread_slowdown": alone[1] / alone[0]})
-        log(f"under load {name:>14s} B{batch}: quiet median {rows[-1]['quiet_median_ms']:6.2f} ms, loaded p90 "
-            f"{rows[-1]['loaded_p90_ms']:6.2f} ms ({rows[-1]['p90_over_quiet_median']:.2f}x); one thread: "
-            f"{rows[-1]['one_thread_loaded_median_ms']:6.2f} ms loaded, {rows[-1]['one_thread_slowdown']:.2f}x quiet")
-    worst = max(row["p90_over_quiet_median"] for row in rows)
-    one_thread_slowdown = statistics.geometric_mean(row["one_thread_slowdown"] for row in rows)
-    log(f"under load: worst p90 / quiet median {worst:.2f} (target <= 2); a lone thread's loaded / quiet median "
-        f"{one_thread_slowdown:.2f} (geometric mean: about 1 where the cores do not contend, up to 2 where they do)")
-    if runtime.DYNAMIC_THREADS:
-        log(f"under load: dynamic threads chose {threads_quiet} (quiet) and {threads_under_load} (loaded) of "
-            f"{numba.get_num_threads()} threads per call")
-    return {"calls": calls, "spinning_core": core, "spinner_ran_throughout": still_spinning, "rows": rows,
-            "threads_quiet": threads_quiet, "threads_under_load": threads_under_load,
-            "dynamic_threads": runtime.DYNAMIC_THREADS, "one_thread_slowdown": one_thread_slowdown,
-            "worst_p90_over_quiet_median": worst, "within_2x": worst <= 2}
 
 
-def phase(timed, calls: int) -> tuple[dict, dict]:
-    """Per layer: the wall times of ``calls`` calls as configured, then of ``calls`` calls on one numba thread (the
-    dynamic threads off): how fast a lone thread runs in this phase, whatever the thread policy."""
+@contextlib.contextmanager
+def arm_settings(arm: str):
+    """numba's thread count and the dynamic threads as :data:`ARMS` says for ``arm``; both restored after."""
     import numba
 
     from involution.fast import runtime
 
-    configured, alone = {}, {}
-    for layer, call in timed:
-        settle(call)
-        configured[layer_name(layer)] = call_seconds(call, calls)
-        threads, dynamic = numba.get_num_threads(), runtime.DYNAMIC_THREADS
-        numba.set_num_threads(1)
-        runtime.DYNAMIC_THREADS = False
+    dynamic, threads = ARMS[arm]
+    configured = numba.get_num_threads()
+    with runtime.dynamic_threads(runtime.DYNAMIC_THREADS if dynamic is None else dynamic):
+        numba.set_num_threads(threads or configured)
         try:
-            settle(call)
-            alone[layer_name(layer)] = call_seconds(call, calls)
+            yield
         finally:
-            numba.set_num_threads(threads)
-            runtime.DYNAMIC_THREADS = dynamic
-    return configured, alone
+            numba.set_num_threads(configured)
+
+
+def alternate(timed, spinner, calls: int, rounds: int, switch_seconds: float = SWITCH_SECONDS):
+    """Per ``(name, call)`` of ``timed``, ``rounds`` times: pause ``spinner`` (SIGSTOP), time ``calls`` calls per
+    quiet arm, resume it (SIGCONT), time ``calls`` calls per loaded arm; each arm's calls follow settling calls, and
+    the arms take turns at going first after the switch (:func:`rotated`).
+    Returns ``samples[state][arm][name]`` (seconds, pooled over the rounds) and ``threads[state]``, the thread
+    counts the dynamic threads chose in that state (sorted)."""
+    import numba
+
+    from involution.fast import runtime
+
+    samples = {state: {arm: {} for arm in arms} for state, arms in STATE_ARMS.items()}
+    threads = {state: set() for state in STATE_ARMS}
+    for name, call in timed:
+        for round_ in range(rounds):
+            for state, arms in STATE_ARMS.items():
+                os.kill(spinner.pid, signal.SIGCONT if state == "loaded" else signal.SIGSTOP)
+                time.sleep(switch_seconds)
+                for arm in rotated(arms, round_):
+                    with arm_settings(arm):
+                        settle(call)
+                        samples[state][arm].setdefault(name, []).extend(call_seconds(call, calls, warmup=0))
+                requested = numba.get_num_threads()
+                threads[state].add(runtime.FREE_CORES.threads(requested) if runtime.DYNAMIC_THREADS else requested)
+    return samples, {state: sorted(counts) for state, counts in threads.items()}
+
+
+def rotated(items, shift: int) -> tuple:
+    """``items`` rotated left by ``shift``: round ``r`` of :func:`alternate` starts with arm ``r``."""
+    shift %= len(items)
+    return tuple(items[shift:]) + tuple(items[:shift])
+
+
+def summarize_load(samples, threads, batch: int, rounds: int, core: int, still_spinning: bool, log=print) -> dict:
+    """Rows and verdict of the under-load check from :func:`alternate`'s samples; logs one line per layer."""
+    from involution.fast import runtime
+
+    quiet, loaded = samples["quiet"], samples["loaded"]
+    rows = []
+    for name, times in quiet["configured"].items():
+        quiet_median = statistics.median(times)
+        p90 = {arm: statistics.quantiles(loaded[arm][name], n=10)[-1] for arm in ("configured", "static")}
+        alone = statistics.median(quiet["one thread"][name]), statistics.median(loaded["one thread"][name])
+        rows.append({"layer": name, "batch": batch, "quiet_median_ms": 1e3 * quiet_median,
+                     "loaded_median_ms": 1e3 * statistics.median(loaded["configured"][name]),
+                     "loaded_p90_ms": 1e3 * p90["configured"], "p90_over_quiet_median": p90["configured"] / quiet_median,
+                     "static_loaded_p90_ms": 1e3 * p90["static"],
+                     "static_p90_over_quiet_median": p90["static"] / quiet_median,
+                     "one_thread_quiet_median_ms": 1e3 * alone[0], "one_thread_loaded_median_ms": 1e3 * alone[1],
+                     "one_thread_slowdown": alone[1] / alone[0],
+                     "p90_over_one_thread_quiet_median": p90["configured"] / alone[0]})
+        log(f"under load {name:>14s} B{batch}: quiet median {rows[-1]['quiet_median_ms']:6.2f} ms, loaded p90 "
+            f"{rows[-1]['loaded_p90_ms']:6.2f} ms ({rows[-1]['p90_over_quiet_median']:.2f}x; static threads "
+            f"{rows[-1]['static_p90_over_quiet_median']:.2f}x); one thread: {rows[-1]['one_thread_slowdown']:.2f}x "
+            f"slower loaded than quiet")
+    worst = {key: max(row[key] for row in rows)
+             for key in ("p90_over_quiet_median", "static_p90_over_quiet_median", "p90_over_one_thread_quiet_median")}
+    one_thread_slowdown = statistics.geometric_mean(row["one_thread_slowdown"] for row in rows)
+    count = len(quiet["configured"][rows[0]["layer"]])
+    log(f"under load: worst p90 / quiet median {worst['p90_over_quiet_median']:.2f} (target <= 2; static threads "
+        f"{worst['static_p90_over_quiet_median']:.2f}; over a lone thread's quiet median "
+        f"{worst['p90_over_one_thread_quiet_median']:.2f}); a lone thread's loaded / quiet median "
+        f"{one_thread_slowdown:.2f} (geometric mean: about 1 where the cores do not contend)")
+    log(f"under load: threads per call {threads['quiet']} quiet, {threads['loaded']} loaded "
+        f"(dynamic threads {'on' if runtime.DYNAMIC_THREADS else 'off'})")
+    return {"calls": count, "rounds": rounds, "spinning_core": core, "spinner_ran_throughout": still_spinning,
+            "rows": rows, "threads_quiet": threads["quiet"], "threads_under_load": threads["loaded"],
+            "dynamic_threads": runtime.DYNAMIC_THREADS, "one_thread_slowdown": one_thread_slowdown,
+            "worst_p90_over_quiet_median": worst["p90_over_quiet_median"],
+            "worst_static_p90_over_quiet_median": worst["static_p90_over_quiet_median"],
+            "worst_p90_over_one_thread_quiet_median": worst["p90_over_one_thread_quiet_median"],
+            "within_2x": worst["p90_over_quiet_median"] <= 2}
 
 
 def _small_inputs(seed: int):
