@@ -29,6 +29,24 @@ jit = numba.njit(parallel=True, cache=CACHE, nogil=True)
 inline = numba.njit(inline="always", cache=CACHE)
 
 
+@numba.njit(nogil=True)  # not cached: numba cannot cache a call into the threading layer (a dynamic global)
+def set_chunksize(size):
+    """``numba.set_parallel_chunksize(size)`` (this thread's chunk size for parallel loops; returns the previous one)
+    called from compiled code: well under a microsecond, where ``numba.parallel_chunksize`` costs several per call."""
+    return numba.set_parallel_chunksize(size)
+
+
+class UnitChunks:
+    """``with UnitChunks():`` parallel loops hand out one iteration at a time (chunk size 1: units to whichever
+    thread is free, not equal shares decided up front); the caller's chunk size is restored after."""
+
+    def __enter__(self):
+        self.previous = set_chunksize(1)
+
+    def __exit__(self, *exception):
+        set_chunksize(self.previous)
+
+
 @inline
 def multiply_add_flat(target, target_start, target_step, left, left_start, right, right_start, right_step, count):
     """``target[t0 + j*ts] += left[l0 + j] * right[r0 + j*rs]`` for ``j < count`` on flat arrays.
@@ -755,7 +773,7 @@ def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Channel vectors: per (b, g, channel block, band), a channels-last input copy, then each output position's
     channels accumulate in one register, POSITIONS positions at a time."""
     workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
-    with numba.parallel_chunksize(1):  # units one at a time to whichever thread is free
+    with UnitChunks():  # units one at a time to whichever thread is free
         forward_channels_v5(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
 
 
@@ -867,7 +885,7 @@ def forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
 def forward_v6(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Channel vectors with layout changes in registers: v5's plan, four columns per shuffle."""
     workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
-    with numba.parallel_chunksize(1):
+    with UnitChunks():
         forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
 
 
@@ -961,7 +979,7 @@ def grad_kernel_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
     lanes = lanes_v5(channels // groups, x.dtype)
     wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
     band = band_v5(batch, groups, lanes, lanes, out_h, wide + out_w, kernel_h, sh, dh, workers)  # one block's share
-    with numba.parallel_chunksize(1):
+    with UnitChunks():
         grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, numba.get_num_threads(),
                                 simd.Lanes(lanes), band)
 
@@ -1123,7 +1141,7 @@ def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
 def forward_v8(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Channel vectors, eight positions per block, input columns reused across a kernel row's taps."""
     workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
-    with numba.parallel_chunksize(1):
+    with UnitChunks():
         forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band,
                             slot_tail_v8(kernel.shape[-1], sw, dw, lanes))
 
@@ -1377,7 +1395,7 @@ def grad_x_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
     lanes = lanes_v5(channels // groups, grad_x.dtype)
     band, slot = band_v8(batch, groups, channels // groups, lanes, height, width, out_h, out_w, kernel_h, sh, dh,
                          workers)
-    with numba.parallel_chunksize(1):
+    with UnitChunks():
         grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band, slot,
                            sh // math.gcd(sh, dh), sw // math.gcd(sw, dw))
 
@@ -1753,7 +1771,7 @@ def grad_kernel_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
     lanes, band, _ = plan_v9(batch, groups, channels // groups, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw,
                              x.dtype, workers)
     phases, column_slot, column_shift = (np.array(values, np.int64) for values in phases_v9(kernel_w, sw, dw))
-    with numba.parallel_chunksize(1):
+    with UnitChunks():
         grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes),
                                  simd.Lanes(64 // x.itemsize), band, phases, column_slot, column_shift)
 

@@ -62,6 +62,11 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     size, kernel = check_int(size, "size", minimum=0), check_int(kernel, "kernel", minimum=1)
     stride, padding = check_int(stride, "stride", minimum=1), check_int(padding, "padding", minimum=0)
     dilation = check_int(dilation, "dilation", minimum=1)
+    return _output_size(size, kernel, stride, padding, dilation)
+
+
+def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """:func:`output_size` of arguments already checked (:func:`check_geometry`'s, on every call of the op)."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
@@ -157,6 +162,9 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
     stride = pair(stride, "stride", minimum=1)
     padding = pair(padding, "padding", minimum=0)
     dilation = pair(dilation, "dilation", minimum=1)
+    if not all(type(size) is int for size in (*x_shape, *kernel_shape)):  # arrays' shapes are; callers' may not be
+        x_shape = tuple(check_int(size, "x shape entry", minimum=0) for size in x_shape)
+        kernel_shape = tuple(check_int(size, "kernel shape entry", minimum=0) for size in kernel_shape)
     batch, channels, height, width = x_shape
     k_batch, groups, kernel_h, kernel_w, k_out_h, k_out_w = kernel_shape
     if min(x_shape[1:]) < 1:  # an empty batch is allowed: empty output, as torch.nn.functional.conv2d
@@ -170,8 +178,8 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
         raise ValueError(f"kernel batch size {k_batch} does not match x batch size {batch}")
     if channels % groups:
         raise ValueError(f"kernel groups G={groups} (kernel.shape[1]) must divide x channels C={channels}")
-    out_h = output_size(height, kernel_h, stride[0], padding[0], dilation[0])
-    out_w = output_size(width, kernel_w, stride[1], padding[1], dilation[1])
+    out_h = _output_size(height, kernel_h, stride[0], padding[0], dilation[0])
+    out_w = _output_size(width, kernel_w, stride[1], padding[1], dilation[1])
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"output size would be {out_h}x{out_w} (< 1): input {height}x{width}, kernel {kernel_h}x{kernel_w}, "

@@ -230,6 +230,28 @@ def test_bitwise_identical_for_any_thread_count(version, case, monkeypatch):
         assert np.array_equal(a, c), f"v{version} {name} differs between two runs"
 
 
+def test_unit_chunks_hand_out_one_unit_at_a_time_and_restore_the_callers_size():
+    import numba
+
+    previous = numba.set_parallel_chunksize(3)
+    try:
+        with pytest.raises(ZeroDivisionError), cpu_kernels.UnitChunks():
+            assert numba.get_parallel_chunksize() == 1, numba.get_parallel_chunksize()
+            1 / 0
+        assert numba.get_parallel_chunksize() == 3, "the caller's chunk size was not restored"
+    finally:
+        numba.set_parallel_chunksize(previous)
+
+
+def test_lanes_carry_their_numba_type():
+    import numba
+
+    from involution.fast import simd
+
+    assert simd.Lanes(8) is simd.Lanes(8) and simd.Lanes(8) is not simd.Lanes(16)
+    assert numba.typeof(simd.Lanes(16)) == simd.LanesType(16) and simd.Lanes(16).count == 16
+
+
 def test_bands_and_lanes_cover_every_shape():
     """The band never exceeds the output rows or the scratch budget; a vector holds 8 to 16 float32 channels."""
     for group_channels, lanes in ((1, 8), (8, 8), (9, 16), (16, 16), (64, 16)):

@@ -76,6 +76,15 @@ def test_geometry_triple_and_extent_rule():
         check_geometry((1, 1, 4, 4), (1, 1, 1, 1, 4 + 2**31, 4), 1, (2**30, 0), 1)
 
 
+def test_geometry_takes_integer_shapes_only():
+    """Array shapes are ints; a shape given by hand (``check_geometry`` is public) is checked entry by entry."""
+    assert check_geometry((1, 4, np.int64(6), 6), (1, 2, 3, 3, 4, 4), 1, 0, 1).out_shape == (1, 4, 4, 4)
+    with pytest.raises(TypeError, match="x shape entry must be an int, got float 6.0"):
+        check_geometry((1, 4, 6.0, 6), (1, 2, 3, 3, 4, 4), 1, 0, 1)
+    with pytest.raises(TypeError, match="kernel shape entry must be an int, got True"):
+        check_geometry((1, 4, 6, 6), (1, 2, True, 3, 4, 4), 1, 0, 1)
+
+
 def test_registry_vocabulary():
     assert backends.names("numpy") == ("reference", "fast-cpu", "fast-cuda")
     assert backends.names("torch") == ("fast", "taps")
