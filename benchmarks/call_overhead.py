@@ -20,6 +20,12 @@ from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, random_i
 from involution.benchmarks.op_cpu import interleaved_medians
 from involution.spec import check_geometry, check_involution2d
 
+LEGEND = ("Microseconds per call, medians of interleaved calls: front door = involution.fast.cpu.involution2d (checks, "
+          "version choice, dynamic threads, kernel); kernel call = the numbered kernel v<n> alone, as "
+          "forward_versions calls it; validation = spec.check_involution2d alone; torch op = "
+          "involution.torch.ops.involution2d without autograd. Overheads are differences of those medians.")
+
+
 def shapes() -> dict:
     """name -> geometry: a tiny call, where the kernel is almost free, and RedNet-50's smallest involution layer at
     batch 1 (benchmarks/layers.py)."""
@@ -88,6 +94,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
         parser.error(f"--threads and --repeats must be >= 1, got {args.threads} and {args.repeats}")
+    print(LEGEND)
     run(args.threads, args.repeats)
 
 

@@ -70,29 +70,22 @@ def targets_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# the under-load table's columns after layer and batch: (header, row key); runs made before a key existed lack it
+UNDER_LOAD_COLUMNS = (("quiet median ms", "quiet_median_ms"), ("loaded median ms", "loaded_median_ms"),
+                      ("loaded p90 ms", "loaded_p90_ms"), ("p90 / quiet median", "p90_over_quiet_median"),
+                      ("static threads: p90 / quiet median", "static_p90_over_quiet_median"),
+                      ("one thread quiet ms", "one_thread_quiet_median_ms"),
+                      ("one thread loaded ms", "one_thread_loaded_median_ms"),
+                      ("one thread loaded / quiet", "one_thread_slowdown"),
+                      ("p90 / one thread quiet", "p90_over_one_thread_quiet_median"))
+
+
 def checks_table(results: dict) -> str:
+    """The robustness checks of one run (``benchmarks/robustness.py``): the under-load table and verdict, then the
+    threads and fork lines; a check the run skipped or lacks is left out or named."""
     lines = []
     if "under_load" in results:
-        load = results["under_load"]
-        lines += ["| layer | B | quiet median ms | loaded median ms | loaded p90 ms | p90 / quiet median | "
-                  "static threads: p90 / quiet median | one thread quiet ms | one thread loaded ms | "
-                  "one thread loaded / quiet | p90 / one thread quiet |",
-                  "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-        lines += [f"| {row['layer']} | {row['batch']} | {row['quiet_median_ms']:.2f} | {row['loaded_median_ms']:.2f} | "
-                  f"{row['loaded_p90_ms']:.2f} | {row['p90_over_quiet_median']:.2f} | "
-                  f"{row['static_p90_over_quiet_median']:.2f} | {row['one_thread_quiet_median_ms']:.2f} | "
-                  f"{row['one_thread_loaded_median_ms']:.2f} | {row['one_thread_slowdown']:.2f} | "
-                  f"{row['p90_over_one_thread_quiet_median']:.2f} |" for row in load["rows"]]
-        dynamic = "on" if load["dynamic_threads"] else "off"
-        lines.append(f"\nUnder load (one process spinning on core {load['spinning_core']}, paused and resumed "
-                     f"{load['rounds']} times per layer, {load['calls']} calls per layer and arm; threads per call "
-                     f"{load['threads_quiet']} quiet, {load['threads_under_load']} loaded, dynamic threads {dynamic}): "
-                     f"worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
-                     f"({'within' if load['within_2x'] else '**not** within'} the 2x target); with static threads "
-                     f"{load['worst_static_p90_over_quiet_median']:.2f}; over a lone thread's quiet median (what the "
-                     f"one free core can do) {load['worst_p90_over_one_thread_quiet_median']:.2f}. A lone thread's "
-                     f"loaded / quiet median: {load['one_thread_slowdown']:.2f} (geometric mean; about 1 where the "
-                     f"cores do not contend).")
+        lines.append(under_load_text(results["under_load"]))
     if "threads" in results:
         threads = results["threads"]
         lines.append(f"Threads: {threads['threads']} Python threads, {threads['calls']} concurrent calls: "
@@ -101,6 +94,37 @@ def checks_table(results: dict) -> str:
         lines.append(f"Fork ('fork' Pool after using the op, threading layer {results['fork']['threading_layer']}): "
                      f"{results['fork']['status']}.")
     return "\n".join(lines)
+
+
+def under_load_text(load: dict) -> str:
+    """The under-load check's table and verdict, with the columns and sentences the run has (older runs have
+    fewer), or the reason it was skipped."""
+    if "skipped" in load:
+        return f"Under load: skipped ({load['skipped']})."
+    columns = [(header, key) for header, key in UNDER_LOAD_COLUMNS if key in load["rows"][0]]
+    lines = ["| layer | B | " + " | ".join(header for header, _ in columns) + " |",
+             "|---|--:|" + "--:|" * len(columns)]
+    lines += [f"| {row['layer']} | {row['batch']} | " + " | ".join(f"{row[key]:.2f}" for _, key in columns) + " |"
+              for row in load["rows"]]
+    setup = [f"one process spinning on core {load['spinning_core']}, "
+             + (f"paused and resumed {load['rounds']} times per layer, {load['calls']} calls per layer and arm"
+                if "rounds" in load else f"{load['calls']} calls per layer")]
+    if load.get("threads_under_load"):
+        dynamic = f", dynamic threads {'on' if load['dynamic_threads'] else 'off'}" if "dynamic_threads" in load else ""
+        setup.append(f"threads per call {load['threads_quiet']} quiet, {load['threads_under_load']} loaded{dynamic}")
+    if not load.get("spinner_ran_throughout", True):
+        setup.append("**the spinner stopped before the end: the later loaded calls ran without it**")
+    verdict = (f"worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "
+               f"({'within' if load['within_2x'] else '**not** within'} the 2x target)")
+    if "worst_static_p90_over_quiet_median" in load:
+        verdict += (f"; with static threads {load['worst_static_p90_over_quiet_median']:.2f}; over a lone thread's "
+                    f"quiet median (what the one free core can do) "
+                    f"{load['worst_p90_over_one_thread_quiet_median']:.2f}")
+    text = f"\nUnder load ({'; '.join(setup)}): {verdict}."
+    if "one_thread_slowdown" in load:
+        text += (f" A lone thread's loaded / quiet median: {load['one_thread_slowdown']:.2f} (geometric mean; about 1 "
+                 f"where the cores do not contend).")
+    return "\n".join(lines) + "\n" + text
 
 
 def dynamic_label(results: dict) -> str:

@@ -1,8 +1,9 @@
 """Robustness checks of the fast CPU forward, run by ``python -m involution bench``: latency while another process
 spins on one core, calls from a ``fork``-started ``multiprocessing`` Pool, and calls from several Python threads.
 
-* Under load: per layer at batch 1, timed calls with a child process spinning on the last core (pinned with
-  ``os.sched_setaffinity``, bounded in time, killed after) alternately paused and running, three rounds of each;
+* Under load: per layer at batch 1, timed calls with a child process spinning on the last core this process may
+  use (pinned with ``os.sched_setaffinity``, bounded in time, killed after) alternately paused and running, three
+  rounds of each (skipped, with the reason, off Linux or with fewer than two cores);
   the check is the loaded 90th percentile (``statistics.quantiles``) against the quiet median, target at most 2x,
   for the op as configured and with its dynamic threads off, and against a lone thread's quiet median (the best the
   one free core can do: a machine that loses one of two cores loses the op's two-thread speedup, which this
@@ -68,9 +69,20 @@ def under_load(layers, batch: int = 1, calls: int = 30, rounds: int = ROUNDS, lo
     per arm of :data:`STATE_ARMS` in each. The loaded 90th percentile (``statistics.quantiles``) of the op as
     configured, and of the same thread count with the dynamic threads off ("static"), is compared with the quiet
     median (target: at most 2x); a lone thread's loaded / quiet median says how much the host itself slows a core
-    when the other one is busy (about 1 where the cores do not contend)."""
+    when the other one is busy (about 1 where the cores do not contend).
+
+    Where the check cannot run (:func:`spinner_core`), the dict is ``{"skipped": reason}``, logged. Raises
+    ``ValueError`` unless ``rounds >= 1`` and ``calls >= max(2, rounds)`` (a percentile needs two calls per arm,
+    every round one)."""
     from involution.fast import cpu
 
+    if rounds < 1 or calls < max(2, rounds):
+        raise ValueError(f"under_load needs rounds >= 1 and calls >= max(2, rounds), got calls={calls}, "
+                         f"rounds={rounds}")
+    core = spinner_core()
+    if isinstance(core, str):
+        log(f"under load: skipped ({core})")
+        return {"skipped": core}
     timed = []
     for layer in layers:
         geometry = layer_geometry(layer, batch)
@@ -78,11 +90,22 @@ def under_load(layers, batch: int = 1, calls: int = 30, rounds: int = ROUNDS, lo
         params = (geometry.stride, geometry.padding, geometry.dilation)
         timed.append((layer_name(layer),
                       lambda x=x, kernel=kernel, params=params: cpu.involution2d(x, kernel, *params)))
-    core = (os.cpu_count() or 1) - 1
     with spinning(core) as spinner:
         samples, threads = alternate(timed, spinner, calls // rounds, rounds)
         still_spinning = spinner.poll() is None
     return summarize_load(samples, threads, batch, rounds, core, still_spinning, log)
+
+
+def spinner_core() -> int | str:
+    """The core the spinner takes: the highest of those this process may run on (``os.sched_getaffinity``); or,
+    as a string, why the check cannot run here: no ``os.sched_setaffinity`` or no ``SIGSTOP`` (not Linux), or fewer
+    than two cores to run on (the spinner would share the op's only core: time slicing, not a busy neighbour)."""
+    if not hasattr(os, "sched_setaffinity") or not hasattr(signal, "SIGSTOP"):
+        return f"needs os.sched_setaffinity and SIGSTOP, which {sys.platform} lacks"
+    cores = os.sched_getaffinity(0)
+    if len(cores) < 2:
+        return f"needs two cores to run on, this process has {len(cores)}"
+    return max(cores)
 
 
 @contextlib.contextmanager

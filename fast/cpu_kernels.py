@@ -29,16 +29,28 @@ jit = numba.njit(parallel=True, cache=CACHE, nogil=True)
 inline = numba.njit(inline="always", cache=CACHE)
 
 
-@numba.njit(nogil=True)  # not cached: numba cannot cache a call into the threading layer (a dynamic global)
-def set_chunksize(size):
-    """``numba.set_parallel_chunksize(size)`` (this thread's chunk size for parallel loops; returns the previous one)
-    called from compiled code: well under a microsecond, where ``numba.parallel_chunksize`` costs several per call."""
-    return numba.set_parallel_chunksize(size)
+_chunksize_setter = None  # numba's C setter of this thread's chunk size, looked up by the first set_chunksize
+
+
+def set_chunksize(size: int) -> int:
+    """Set this thread's chunk size for parallel loops to ``size`` (>= 0, 0: numba's default); return the previous
+    one. ``numba.set_parallel_chunksize`` without its per-call checks: numba's C setter, called through ctypes (a
+    ``UnitChunks`` block about 1.3 us, against 3.9 for ``numba.parallel_chunksize``). A jitted setter is 0.4 us
+    faster per block but cannot be cached (the setter's address is a dynamic global): each new process compiled it,
+    0.08-0.15 s on top of loading the cached kernels."""
+    global _chunksize_setter
+    if _chunksize_setter is None:
+        numba.get_parallel_chunksize()  # launches numba's threading layer, which defines the setter
+        from numba.np.ufunc import parallel
+
+        _chunksize_setter = getattr(parallel, "_set_parallel_chunksize", numba.set_parallel_chunksize)
+    return _chunksize_setter(size)
 
 
 class UnitChunks:
     """``with UnitChunks():`` parallel loops hand out one iteration at a time (chunk size 1: units to whichever
-    thread is free, not equal shares decided up front); the caller's chunk size is restored after."""
+    thread is free, not equal shares decided up front); the caller's chunk size is restored after. The chunk size is
+    numba's per calling thread, so Python threads calling kernels at once do not see each other's."""
 
     def __enter__(self):
         self.previous = set_chunksize(1)

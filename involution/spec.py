@@ -8,6 +8,7 @@ the torch ops, the conformance adapters) validates through :func:`check_involuti
 from __future__ import annotations
 
 import operator
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,10 +164,14 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
     padding = pair(padding, "padding", minimum=0)
     dilation = pair(dilation, "dilation", minimum=1)
     if not all(type(size) is int for size in (*x_shape, *kernel_shape)):  # arrays' shapes are; callers' may not be
-        x_shape = tuple(check_int(size, "x shape entry", minimum=0) for size in x_shape)
-        kernel_shape = tuple(check_int(size, "kernel shape entry", minimum=0) for size in kernel_shape)
+        # ints only; the sizes themselves are checked below, as for plain ints
+        x_shape = tuple(check_int(size, "x shape entry", minimum=0, maximum=sys.maxsize) for size in x_shape)
+        kernel_shape = tuple(check_int(size, "kernel shape entry", minimum=0, maximum=sys.maxsize)
+                             for size in kernel_shape)
     batch, channels, height, width = x_shape
     k_batch, groups, kernel_h, kernel_w, k_out_h, k_out_w = kernel_shape
+    if batch < 0:
+        raise ValueError(f"x batch size must be >= 0, got shape {tuple(x_shape)}")
     if min(x_shape[1:]) < 1:  # an empty batch is allowed: empty output, as torch.nn.functional.conv2d
         raise ValueError(f"x must have no empty dimension other than the batch, got shape {tuple(x_shape)}")
     if min(kernel_shape[1:]) < 1:

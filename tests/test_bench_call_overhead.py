@@ -30,3 +30,11 @@ def test_overheads_are_differences_of_medians_and_thread_counts_come_back(monkey
         assert (row["front_door_overhead_us"], row["torch_op_overhead_us"]) == pytest.approx((2.0, 4.0)), row
     assert (numba.get_num_threads(), torch.get_num_threads()) == threads, "the caller's thread counts changed"
     assert "front door - kernel call 2.0 us, torch op - front door 4.0 us" in seen[0], seen
+
+
+def test_the_command_says_what_each_column_is(monkeypatch, capsys):
+    monkeypatch.setattr(call_overhead, "run", lambda threads, repeats: None)
+    call_overhead.main(["--repeats", "3"])
+    legend = capsys.readouterr().out
+    for term in ("front door = involution.fast.cpu.involution2d", "kernel call =", "validation =", "torch op ="):
+        assert term in legend, legend

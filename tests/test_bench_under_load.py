@@ -64,3 +64,46 @@ def test_verdict_from_samples():
     table = report.checks_table({"under_load": result})
     assert "| x | 1 | 1000.00 | 2500.00 | 2500.00 | 2.50 | 3.00 | 2000.00 | 3000.00 | 1.50 | 1.25 |" in table, table
     assert "2.50 (**not** within the 2x target); with static threads 3.00" in table, table
+
+
+def test_with_one_core_to_run_on_the_check_is_skipped_not_run(monkeypatch):
+    monkeypatch.setattr(robustness.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(robustness, "spinning", lambda core: pytest.fail(f"a spinner started on core {core}"))
+    logged = []
+    result = robustness.under_load(["unused"], log=logged.append)
+    assert result == {"skipped": "needs two cores to run on, this process has 1"}, result
+    assert logged == ["under load: skipped (needs two cores to run on, this process has 1)"], logged
+    assert report.checks_table({"under_load": result}) == "Under load: skipped (needs two cores to run on, this " \
+                                                          "process has 1).", report.checks_table({"under_load": result})
+
+
+def test_the_spinner_takes_the_highest_core_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(robustness.os, "sched_getaffinity", lambda pid: {0, 2, 5})
+    monkeypatch.setattr(robustness.os, "cpu_count", lambda: 64)
+    assert robustness.spinner_core() == 5
+
+
+@pytest.mark.parametrize("calls, rounds", [(1, 1), (2, 3), (30, 0)])
+def test_too_few_calls_for_a_percentile_is_a_named_error(calls, rounds, monkeypatch):
+    monkeypatch.setattr(robustness, "spinning", lambda core: pytest.fail("a spinner started"))
+    with pytest.raises(ValueError, match=f"calls >= max\\(2, rounds\\), got calls={calls}, rounds={rounds}"):
+        robustness.under_load(["unused"], calls=calls, rounds=rounds, log=lambda line: None)
+
+
+def test_an_older_runs_check_renders_with_the_columns_it_has():
+    """Runs made before the alternating protocol (their JSON files back docs/performance.md's older tables)."""
+    older = {"calls": 30, "spinning_core": 1, "spinner_ran_throughout": False, "worst_p90_over_quiet_median": 4.77,
+             "within_2x": False, "rows": [{"layer": "x", "batch": 1, "quiet_median_ms": 1.03, "loaded_median_ms": 1.08,
+                                           "loaded_p90_ms": 4.92, "p90_over_quiet_median": 4.77}]}
+    table = report.checks_table({"under_load": older})
+    assert "| layer | B | quiet median ms | loaded median ms | loaded p90 ms | p90 / quiet median |\n" in table, table
+    assert "| x | 1 | 1.03 | 1.08 | 4.92 | 4.77 |" in table, table
+    assert ("Under load (one process spinning on core 1, 30 calls per layer; **the spinner stopped before the end: "
+            "the later loaded calls ran without it**): worst p90 / quiet median 4.77 (**not** within") in table, table
+
+
+def test_a_paused_spinner_dies_with_the_block_on_keyboard_interrupt():
+    with pytest.raises(KeyboardInterrupt), robustness.spinning(robustness.spinner_core()) as spinner:
+        os.kill(spinner.pid, robustness.signal.SIGSTOP)
+        raise KeyboardInterrupt
+    assert spinner.returncode is not None, "a paused spinner outlived the block"

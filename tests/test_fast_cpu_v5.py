@@ -243,6 +243,44 @@ def test_unit_chunks_hand_out_one_unit_at_a_time_and_restore_the_callers_size():
         numba.set_parallel_chunksize(previous)
 
 
+def test_unit_chunks_compile_nothing_in_a_new_process():
+    """Every v5+ call enters UnitChunks: a new process must not pay a compilation for it (a jitted setter cannot
+    be cached: 0.08-0.15 s in each new process)."""
+    script = textwrap.dedent("""
+        from numba.core import event
+        from involution.fast import cpu_kernels
+        with event.install_recorder("numba:compile") as recorder, cpu_kernels.UnitChunks():
+            pass
+        print(len(recorder.buffer))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "0", f"compile events in a new process: {result.stdout}"
+
+
+def test_unit_chunks_in_another_thread_leave_this_threads_chunk_size():
+    import threading
+
+    import numba
+
+    seen = []
+
+    def other_thread():
+        with cpu_kernels.UnitChunks():
+            seen.append(numba.get_parallel_chunksize())
+
+    previous = numba.set_parallel_chunksize(3)
+    try:
+        with cpu_kernels.UnitChunks():
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+            assert numba.get_parallel_chunksize() == 1, "another thread's block changed this thread's chunk size"
+        assert seen == [1] and numba.get_parallel_chunksize() == 3, seen
+    finally:
+        numba.set_parallel_chunksize(previous)
+
+
 def test_lanes_carry_their_numba_type():
     import numba
 

@@ -85,6 +85,15 @@ def test_geometry_takes_integer_shapes_only():
         check_geometry((1, 4, 6, 6), (1, 2, True, 3, 4, 4), 1, 0, 1)
 
 
+@pytest.mark.parametrize("entry", [int, np.int64], ids=["int", "np.int64"])
+def test_geometry_sizes_follow_the_same_rules_whatever_the_integer_type(entry):
+    assert check_geometry((1, entry(2**32), 6, 6), (1, 2, 3, 3, 4, 4), 1, 0, 1).channels == 2**32
+    with pytest.raises(ValueError, match=r"padded x height \(size \+ 2\*padding = 2147483648\)"):
+        check_geometry((1, 4, entry(2**31), 6), (1, 2, 3, 3, 2**31 - 2, 4), 1, 0, 1)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        check_geometry((entry(-1), 4, 6, 6), (-1, 2, 3, 3, 4, 4), 1, 0, 1)
+
+
 def test_registry_vocabulary():
     assert backends.names("numpy") == ("reference", "fast-cpu", "fast-cuda")
     assert backends.names("torch") == ("fast", "taps")
