@@ -111,7 +111,14 @@ def under_load_text(load: dict) -> str:
                 if "rounds" in load else f"{load['calls']} calls per layer")]
     if load.get("threads_under_load"):
         dynamic = f", dynamic threads {'on' if load['dynamic_threads'] else 'off'}" if "dynamic_threads" in load else ""
-        setup.append(f"threads per call {load['threads_quiet']} quiet, {load['threads_under_load']} loaded{dynamic}")
+        if isinstance(load["threads_under_load"], dict):  # timed calls per thread count
+            calls = {state: ", ".join(f"{count} on {threads}" for threads, count in load[key].items())
+                     for state, key in (("quiet", "threads_quiet"), ("loaded", "threads_under_load"))}
+            setup.append(f"calls of the op as configured on how many threads: {calls['quiet']} quiet, "
+                         f"{calls['loaded']} loaded{dynamic}")
+        else:  # earlier runs: the thread count sampled once per phase
+            setup.append(f"threads per call {load['threads_quiet']} quiet, {load['threads_under_load']} "
+                         f"loaded{dynamic}")
     if not load.get("spinner_ran_throughout", True):
         setup.append("**the spinner stopped before the end: the later loaded calls ran without it**")
     verdict = (f"worst p90 / quiet median {load['worst_p90_over_quiet_median']:.2f} "

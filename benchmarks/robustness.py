@@ -15,6 +15,7 @@ spins on one core, calls from a ``fork``-started ``multiprocessing`` Pool, and c
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing
 import os
@@ -140,14 +141,15 @@ def alternate(timed, spinner, calls: int, rounds: int, switch_seconds: float = S
     """Per ``(name, call)`` of ``timed``, ``rounds`` times: pause ``spinner`` (SIGSTOP), time ``calls`` calls per
     quiet arm, resume it (SIGCONT), time ``calls`` calls per loaded arm; each arm's calls follow settling calls, and
     the arms take turns at going first after the switch (:func:`rotated`).
-    Returns ``samples[state][arm][name]`` (seconds, pooled over the rounds) and ``threads[state]``, the thread
-    counts the dynamic threads chose in that state (sorted)."""
+    Returns ``samples[state][arm][name]`` (seconds, pooled over the rounds) and ``threads[state]``, how many timed
+    calls of the op as configured ran on how many threads (``{"2": 240}``: the dynamic threads' choices, counted by
+    ``runtime.FREE_CORES.choices``; with the dynamic threads off, numba's thread count)."""
     import numba
 
     from involution.fast import runtime
 
     samples = {state: {arm: {} for arm in arms} for state, arms in STATE_ARMS.items()}
-    threads = {state: set() for state in STATE_ARMS}
+    threads = {state: collections.Counter() for state in STATE_ARMS}
     for name, call in timed:
         for round_ in range(rounds):
             for state, arms in STATE_ARMS.items():
@@ -156,10 +158,13 @@ def alternate(timed, spinner, calls: int, rounds: int, switch_seconds: float = S
                 for arm in rotated(arms, round_):
                     with arm_settings(arm):
                         settle(call)
+                        runtime.FREE_CORES.choices.clear()
                         samples[state][arm].setdefault(name, []).extend(call_seconds(call, calls, warmup=0))
-                requested = numba.get_num_threads()
-                threads[state].add(runtime.FREE_CORES.threads(requested) if runtime.DYNAMIC_THREADS else requested)
-    return samples, {state: sorted(counts) for state, counts in threads.items()}
+                        if arm == "configured":
+                            threads[state].update(runtime.FREE_CORES.choices if runtime.DYNAMIC_THREADS
+                                                  else {numba.get_num_threads(): calls})
+    return samples, {state: {str(count): threads[state][count] for count in sorted(threads[state])}
+                     for state in STATE_ARMS}
 
 
 def rotated(items, shift: int) -> tuple:
@@ -198,8 +203,8 @@ def summarize_load(samples, threads, batch: int, rounds: int, core: int, still_s
         f"{worst['static_p90_over_quiet_median']:.2f}; over a lone thread's quiet median "
         f"{worst['p90_over_one_thread_quiet_median']:.2f}); a lone thread's loaded / quiet median "
         f"{one_thread_slowdown:.2f} (geometric mean: about 1 where the cores do not contend)")
-    log(f"under load: threads per call {threads['quiet']} quiet, {threads['loaded']} loaded "
-        f"(dynamic threads {'on' if runtime.DYNAMIC_THREADS else 'off'})")
+    log(f"under load: timed calls of the op as configured by thread count {threads['quiet']} quiet, "
+        f"{threads['loaded']} loaded (dynamic threads {'on' if runtime.DYNAMIC_THREADS else 'off'})")
     return {"calls": count, "rounds": rounds, "spinning_core": core, "spinner_ran_throughout": still_spinning,
             "rows": rows, "threads_quiet": threads["quiet"], "threads_under_load": threads["loaded"],
             "dynamic_threads": runtime.DYNAMIC_THREADS, "one_thread_slowdown": one_thread_slowdown,

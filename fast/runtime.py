@@ -16,6 +16,7 @@ Why these choices: docs/threading.md.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import importlib.metadata
@@ -116,6 +117,9 @@ class FreeCores:
 
     A forked child must call :meth:`restart` (its ``process_time`` starts again from 0); this module registers
     that for :data:`FREE_CORES`.
+
+    ``choices`` counts the answers of :meth:`threads` by thread count (a ``collections.Counter``; benchmarks clear
+    and read it to see how many calls ran on how many threads; not exact when Python threads ask at once).
     """
 
     def __init__(self, interval: float = 0.1, read=None, cpus: int | None = None):
@@ -124,6 +128,7 @@ class FreeCores:
         self.cpus = len(self.cpu_ids) if cpus is None else cpus
         self.interval = interval
         self.read = self.read_proc_stat if read is None else read
+        self.choices = collections.Counter()
         self.restart()
 
     def restart(self) -> None:
@@ -163,7 +168,9 @@ class FreeCores:
             finally:
                 self.lock.release()
         busy = int(self.busy + 0.5)
-        return requested if busy == 0 else max(1, min(requested, self.cpus - busy))
+        chosen = requested if busy == 0 else max(1, min(requested, self.cpus - busy))
+        self.choices[chosen] += 1
+        return chosen
 
     @staticmethod
     def others_busy(previous, current) -> float:

@@ -135,6 +135,18 @@ def test_an_exception_in_the_call_restores_numbas_thread_count(monkeypatch):
     assert numba.get_num_threads() == threads, "an exception inside the call left numba's thread count lowered"
 
 
+def test_choices_count_the_answers_by_thread_count():
+    free = runtime.FreeCores(interval=0.0, read=lambda: None, cpus=4)
+    for busy, requested in ((0.0, 4), (0.0, 4), (2.6, 4), (3.9, 2)):
+        free.busy = busy
+        free.threads(requested)
+    assert free.choices == {4: 2, 1: 2}, free.choices
+    free.choices.clear()
+    free.busy = 0.0
+    free.threads(3)
+    assert free.choices == {3: 1}, free.choices
+
+
 def test_the_dynamic_threads_block_sets_and_restores_the_setting(monkeypatch):
     monkeypatch.setattr(runtime, "DYNAMIC_THREADS", True)
     with runtime.dynamic_threads(False):
