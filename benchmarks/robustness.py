@@ -193,8 +193,8 @@ def summarize_load(samples, threads, batch: int, rounds: int, core: int, still_s
                      "p90_over_one_thread_quiet_median": p90["configured"] / alone[0]})
         log(f"under load {name:>14s} B{batch}: quiet median {rows[-1]['quiet_median_ms']:6.2f} ms, loaded p90 "
             f"{rows[-1]['loaded_p90_ms']:6.2f} ms ({rows[-1]['p90_over_quiet_median']:.2f}x; static threads "
-            f"{rows[-1]['static_p90_over_quiet_median']:.2f}x); one thread: {rows[-1]['one_thread_slowdown']:.2f}x "
-            f"slower loaded than quiet")
+            f"{rows[-1]['static_p90_over_quiet_median']:.2f}x); a lone thread's loaded / quiet median "
+            f"{rows[-1]['one_thread_slowdown']:.2f}")
     worst = {key: max(row[key] for row in rows)
              for key in ("p90_over_quiet_median", "static_p90_over_quiet_median", "p90_over_one_thread_quiet_median")}
     one_thread_slowdown = statistics.geometric_mean(row["one_thread_slowdown"] for row in rows)
