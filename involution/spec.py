@@ -8,7 +8,6 @@ the torch ops, the conformance adapters) validates through :func:`check_involuti
 from __future__ import annotations
 
 import operator
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,10 +163,7 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
     padding = pair(padding, "padding", minimum=0)
     dilation = pair(dilation, "dilation", minimum=1)
     if not all(type(size) is int for size in (*x_shape, *kernel_shape)):  # arrays' shapes are; callers' may not be
-        # ints only; the sizes themselves are checked below, as for plain ints
-        x_shape = tuple(check_int(size, "x shape entry", minimum=0, maximum=sys.maxsize) for size in x_shape)
-        kernel_shape = tuple(check_int(size, "kernel shape entry", minimum=0, maximum=sys.maxsize)
-                             for size in kernel_shape)
+        x_shape, kernel_shape = _integer_shape(x_shape, "x"), _integer_shape(kernel_shape, "kernel")
     batch, channels, height, width = x_shape
     k_batch, groups, kernel_h, kernel_w, k_out_h, k_out_w = kernel_shape
     if batch < 0:
@@ -198,6 +194,18 @@ def check_geometry(x_shape, kernel_shape, stride, padding, dilation) -> Geometry
         )
     return Geometry(batch, channels, groups, height, width, kernel_h, kernel_w, out_h, out_w,
                     stride, padding, dilation)
+
+
+def _integer_shape(shape, name: str) -> tuple:
+    """``shape`` with NumPy integers as ints; a named ``TypeError`` for an entry that is not an integer (a bool, a
+    float). Other integer types pass as they are, without asking for their value: torch's symbolic sizes
+    (``torch.export`` with a dynamic batch) stay symbolic; the sizes themselves are checked by the caller."""
+    for size in shape:
+        if isinstance(size, (bool, np.bool_)):
+            raise TypeError(f"{name} shape entry must be an int, got {size!r}")
+        if not hasattr(type(size), "__index__"):
+            raise TypeError(f"{name} shape entry must be an int, got {type(size).__name__} {size!r}")
+    return tuple(int(size) if isinstance(size, np.integer) else size for size in shape)
 
 
 def check_involution2d(x, kernel, stride=1, padding=0, dilation=1, *, as_array=as_float_array):

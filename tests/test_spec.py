@@ -85,6 +85,23 @@ def test_geometry_takes_integer_shapes_only():
         check_geometry((1, 4, 6, 6), (1, 2, True, 3, 4, 4), 1, 0, 1)
 
 
+class SymbolicSize:
+    """An integer whose value must not be asked for, as torch's symbolic batch size under ``torch.export``
+    (``operator.index`` would specialise it to a constant); it can only be compared."""
+
+    def __index__(self):
+        raise AssertionError("check_geometry asked for the value of a symbolic batch size")
+
+    def __lt__(self, other):
+        return False
+
+
+def test_geometry_leaves_a_symbolic_batch_symbolic():
+    batch = SymbolicSize()
+    geometry = check_geometry((batch, 4, 6, 6), (batch, 2, 3, 3, 4, 4), 1, 0, 1)
+    assert geometry.batch is batch and geometry.out_shape[1:] == (4, 4, 4), geometry
+
+
 @pytest.mark.parametrize("entry", [int, np.int64], ids=["int", "np.int64"])
 def test_geometry_sizes_follow_the_same_rules_whatever_the_integer_type(entry):
     assert check_geometry((1, entry(2**32), 6, 6), (1, 2, 3, 3, 4, 4), 1, 0, 1).channels == 2**32
