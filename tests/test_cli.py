@@ -38,3 +38,23 @@ def test_help_shows_plain_text_not_rest_markup(capsys):
         with pytest.raises(SystemExit):
             main([name, "--help"])
         assert "``" not in capsys.readouterr().out, f"{name} --help shows reST double backticks"
+
+
+def test_demo_bench_runs_in_a_fresh_clone_without_an_out_folder(tmp_path, monkeypatch):
+    """``out/`` is ignored by git, so a fresh clone has none; the demo makes it before its benchmark, whose
+    ``--json`` argument must name an existing folder (checked by the real parser here, the benchmark not run)."""
+    from involution import cli
+    from involution.commands import demo
+
+    parsed = []
+
+    def parse_only(argv):
+        parsed.append(cli.build_parser().parse_args(argv))  # SystemExit (status 2) if --json's folder is missing
+        return 0
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "main", parse_only)
+    monkeypatch.setattr(demo, "op_tour", lambda seed: None)
+    args = cli.build_parser().parse_args(["demo", "--skip", "complexity", "--skip", "conformance"])
+    assert demo.run(args) == 0
+    assert [args.json for args in parsed] == ["out/bench_cpu_quick.json"] and (tmp_path / "out").is_dir(), parsed

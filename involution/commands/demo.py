@@ -2,6 +2,7 @@
 conformance matrices of every available NumPy and torch backend and a short op benchmark."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ from involution.reference import involution2d, involution2d_backward, output_siz
 from involution.reference.gradcheck import involution_gradients_fd
 
 SECTIONS = ("complexity", "conformance", "bench")
+OUT = "out"  # the demo's benchmark JSON goes here, as `python -m involution bench`'s does
 
 
 def add_arguments(parser) -> None:
@@ -53,12 +55,14 @@ def run(args) -> int:
         "complexity": ["complexity", "--convention", "published", "--compare", "resnet"],
         "conformance": ["conformance", "--max-examples", str(args.max_examples)],
         "conformance-torch": ["conformance", "--framework", "torch", "--max-examples", str(args.max_examples)],
-        "bench": ["bench", "--quick", "--json", "out/bench_cpu_quick.json"],
+        "bench": ["bench", "--quick", "--json", os.path.join(OUT, "bench_cpu_quick.json")],
     }
     status = 0
     for name, command in commands.items():
         if name.partition("-")[0] in args.skip:
             continue
+        if name == "bench":
+            os.makedirs(OUT, exist_ok=True)  # a fresh clone has no out/ (git ignores it); bench checks --json's folder
         print(f"\n== python -m involution {' '.join(command)} ==", flush=True)
         status = max(status, main(command))
     return status
