@@ -15,6 +15,7 @@ import argparse
 
 import numpy as np
 
+from involution.arguments import int_at_least, positive_int
 from involution.benchmarks.forward_versions import kernel_call
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, random_inputs
 from involution.benchmarks.op_cpu import interleaved_medians
@@ -88,12 +89,14 @@ def time_shape(name: str, geometry, repeats: int, log=print) -> dict:
 
 
 def main(argv=None) -> None:
+    import numba
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="numba and torch threads (default 1)")
-    parser.add_argument("--repeats", type=int, default=2001, help="timed calls of each, interleaved (default 2001)")
+    parser.add_argument("--threads", type=int_at_least(1, numba.config.NUMBA_NUM_THREADS), default=1,
+                        help="numba and torch threads, at most the threads numba may use (default 1)")
+    parser.add_argument("--repeats", type=positive_int, default=2001,
+                        help="timed calls of each, interleaved (default 2001)")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1:
-        parser.error(f"--threads and --repeats must be >= 1, got {args.threads} and {args.repeats}")
     print(LEGEND)
     run(args.threads, args.repeats)
 
