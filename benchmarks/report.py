@@ -8,6 +8,7 @@ import json
 import sys
 
 from involution.benchmarks.op_cpu import BUSY_WARNING
+from involution.benchmarks.robustness import calls_by_threads
 
 # issue 17's targets, checked against the run's summary (batch 8 unless noted)
 TARGETS = (
@@ -112,10 +113,9 @@ def under_load_text(load: dict) -> str:
     if load.get("threads_under_load"):
         dynamic = f", dynamic threads {'on' if load['dynamic_threads'] else 'off'}" if "dynamic_threads" in load else ""
         if isinstance(load["threads_under_load"], dict):  # timed calls per thread count
-            calls = {state: ", ".join(f"{count} on {threads}" for threads, count in load[key].items())
-                     for state, key in (("quiet", "threads_quiet"), ("loaded", "threads_under_load"))}
-            setup.append(f"calls of the op as configured on how many threads: {calls['quiet']} quiet, "
-                         f"{calls['loaded']} loaded{dynamic}")
+            setup.append(f"calls of the op as configured on how many threads: "
+                         f"{calls_by_threads(load['threads_quiet'])} quiet, "
+                         f"{calls_by_threads(load['threads_under_load'])} loaded{dynamic}")
         else:  # earlier runs: the thread count sampled once per phase
             setup.append(f"threads per call {load['threads_quiet']} quiet, {load['threads_under_load']} "
                          f"loaded{dynamic}")

@@ -173,6 +173,11 @@ def rotated(items, shift: int) -> tuple:
     return tuple(items[shift:]) + tuple(items[:shift])
 
 
+def calls_by_threads(counts: dict) -> str:
+    """``{"1": 9, "2": 1}`` (timed calls per thread count, :func:`alternate`) as ``"9 on 1, 1 on 2"``."""
+    return ", ".join(f"{calls} on {threads}" for threads, calls in counts.items())
+
+
 def summarize_load(samples, threads, batch: int, rounds: int, core: int, still_spinning: bool, log=print) -> dict:
     """Rows and verdict of the under-load check from :func:`alternate`'s samples; logs one line per layer."""
     from involution.fast import runtime
@@ -185,7 +190,8 @@ def summarize_load(samples, threads, batch: int, rounds: int, core: int, still_s
         alone = statistics.median(quiet["one thread"][name]), statistics.median(loaded["one thread"][name])
         rows.append({"layer": name, "batch": batch, "quiet_median_ms": 1e3 * quiet_median,
                      "loaded_median_ms": 1e3 * statistics.median(loaded["configured"][name]),
-                     "loaded_p90_ms": 1e3 * p90["configured"], "p90_over_quiet_median": p90["configured"] / quiet_median,
+                     "loaded_p90_ms": 1e3 * p90["configured"],
+                     "p90_over_quiet_median": p90["configured"] / quiet_median,
                      "static_loaded_p90_ms": 1e3 * p90["static"],
                      "static_p90_over_quiet_median": p90["static"] / quiet_median,
                      "one_thread_quiet_median_ms": 1e3 * alone[0], "one_thread_loaded_median_ms": 1e3 * alone[1],
@@ -203,8 +209,8 @@ def summarize_load(samples, threads, batch: int, rounds: int, core: int, still_s
         f"{worst['static_p90_over_quiet_median']:.2f}; over a lone thread's quiet median "
         f"{worst['p90_over_one_thread_quiet_median']:.2f}); a lone thread's loaded / quiet median "
         f"{one_thread_slowdown:.2f} (geometric mean: about 1 where the cores do not contend)")
-    log(f"under load: timed calls of the op as configured by thread count {threads['quiet']} quiet, "
-        f"{threads['loaded']} loaded (dynamic threads {'on' if runtime.DYNAMIC_THREADS else 'off'})")
+    log(f"under load: calls of the op as configured on how many threads: {calls_by_threads(threads['quiet'])} quiet, "
+        f"{calls_by_threads(threads['loaded'])} loaded (dynamic threads {'on' if runtime.DYNAMIC_THREADS else 'off'})")
     return {"calls": count, "rounds": rounds, "spinning_core": core, "spinner_ran_throughout": still_spinning,
             "rows": rows, "threads_quiet": threads["quiet"], "threads_under_load": threads["loaded"],
             "dynamic_threads": runtime.DYNAMIC_THREADS, "one_thread_slowdown": one_thread_slowdown,

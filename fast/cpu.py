@@ -32,8 +32,9 @@ VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 # fits_v5: v9 (output positions in vector lanes) on rows of cpu_kernels.NARROWEST_V9 (7) or more outputs, with kernels
 # of at least cpu_kernels.FEWEST_TAPS_V9 taps, or smaller ones at batch 1: where it was measured faster than v7 on the
 # RedNet-50 layers (16 channels per group; 7x7 layers at batch 1 and 8, the 3x3 layer at batch 1; docs/performance.md,
-# "v9 against v7"); v7 (channel vectors) elsewhere on rows of 4 or more; else v3 (wide rows) (see docs/performance.md, --kernel-versions). v4's to v6's gradients are v3's;
-# v7's forward is v6's; v8's kernel gradient is v7's; v9's forward and input gradient are v8's.
+# "v9 against v7"); v7 (channel vectors) elsewhere on rows of 4 or more; else v3 (wide rows) (see docs/performance.md,
+# --kernel-versions). v4's to v6's gradients are v3's; v7's forward is v6's; v8's kernel gradient is v7's; v9's forward
+# and input gradient are v8's.
 NARROW_OUTPUT = 8
 # v3 and v4 copy the input per stride phase into wide rows: their scratch (all threads) may be at most this
 # many times the elements of the op's arrays (x, kernel and the output), plus SCRATCH_SLACK per thread for

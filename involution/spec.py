@@ -43,13 +43,19 @@ def pair(value, name: str, *, minimum: int, maximum: int = MAX_EXTENT) -> tuple[
     if len(items) != 2:
         raise ValueError(f"{name} must be an int or an (h, w) pair, got {value!r}")
     for item in items:
-        if isinstance(item, (bool, np.bool_)) or not hasattr(type(item), "__index__"):
+        if not is_integer(item):
             raise TypeError(f"{name} must be an int or an (h, w) pair of ints, got {value!r}")
     if min(items) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     if max(items) > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return operator.index(items[0]), operator.index(items[1])
+
+
+def is_integer(value) -> bool:
+    """Whether ``value`` is of an integer type (``__index__``), bools excluded; its value is not asked for, so
+    torch's symbolic sizes stay symbolic."""
+    return not isinstance(value, (bool, np.bool_)) and hasattr(type(value), "__index__")
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -201,10 +207,9 @@ def _integer_shape(shape, name: str) -> tuple:
     float). Other integer types pass as they are, without asking for their value: torch's symbolic sizes
     (``torch.export`` with a dynamic batch) stay symbolic; the sizes themselves are checked by the caller."""
     for size in shape:
-        if isinstance(size, (bool, np.bool_)):
-            raise TypeError(f"{name} shape entry must be an int, got {size!r}")
-        if not hasattr(type(size), "__index__"):
-            raise TypeError(f"{name} shape entry must be an int, got {type(size).__name__} {size!r}")
+        if not is_integer(size):
+            detail = repr(size) if isinstance(size, (bool, np.bool_)) else f"{type(size).__name__} {size!r}"
+            raise TypeError(f"{name} shape entry must be an int, got {detail}")
     return tuple(int(size) if isinstance(size, np.integer) else size for size in shape)
 
 

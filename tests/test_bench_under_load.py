@@ -50,19 +50,22 @@ def test_quiet_and_loaded_alternate_with_each_arms_settings():
         assert set(threads[state]) <= {"1", "2"} and sum(threads[state].values()) == 2 * calls * rounds, threads
 
 
+THREADS = {"quiet": {"2": 10}, "loaded": {"1": 9, "2": 1}}  # timed calls per thread count, as alternate returns
+
+
 def test_verdict_from_samples():
     ten = lambda value: [value] * 10  # noqa: E731
     samples = {"quiet": {"configured": {"x": ten(1.0)}, "one thread": {"x": ten(2.0)}},
                "loaded": {"configured": {"x": ten(2.0)}, "static": {"x": ten(3.0)}, "one thread": {"x": ten(3.0)}}}
-    result = robustness.summarize_load(samples, {"quiet": {"2": 10}, "loaded": {"1": 9, "2": 1}}, batch=1, rounds=2, core=1,
-                                       still_spinning=True, log=lambda line: None)
+    result = robustness.summarize_load(samples, THREADS, batch=1, rounds=2, core=1, still_spinning=True,
+                                       log=lambda line: None)
     row = result["rows"][0]
     assert (row["p90_over_quiet_median"], row["static_p90_over_quiet_median"], row["one_thread_slowdown"],
             row["p90_over_one_thread_quiet_median"]) == pytest.approx((2.0, 3.0, 1.5, 1.0)), row
     assert result["within_2x"] and result["worst_static_p90_over_quiet_median"] == pytest.approx(3.0), result
     samples["loaded"]["configured"]["x"] = ten(2.5)
-    result = robustness.summarize_load(samples, {"quiet": {"2": 10}, "loaded": {"1": 9, "2": 1}}, batch=1, rounds=2, core=1,
-                                       still_spinning=True, log=lambda line: None)
+    result = robustness.summarize_load(samples, THREADS, batch=1, rounds=2, core=1, still_spinning=True,
+                                       log=lambda line: None)
     assert not result["within_2x"] and result["worst_p90_over_quiet_median"] == pytest.approx(2.5), result
     table = report.checks_table({"under_load": result})
     assert "| x | 1 | 1000.00 | 2500.00 | 2500.00 | 2.50 | 3.00 | 2000.00 | 3000.00 | 1.50 | 1.25 |" in table, table
