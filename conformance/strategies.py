@@ -12,11 +12,10 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from involution.conformance.layouts import LAYOUTS, as_layout  # noqa: F401 (LAYOUTS: the tests draw from it)
 from involution.conformance.limits import Limits, excluded_by, same_padding, work
 from involution.spec import Geometry, check_geometry, output_size
 
-# How an input array is laid out in memory; every layout holds the same values.
-LAYOUTS = ("contiguous", "sliced", "reversed", "channels_last", "fortran")
 
 
 @st.composite
@@ -104,23 +103,6 @@ def extreme_geometries(draw, declared: dict) -> Geometry:
     assume(geometry.batch * geometry.channels * out_h * out_w <= 128)  # the CUDA simulator runs a thread each
     assume(not excluded_by({k: v for k, v in declared.items() if k != "max_work"}, geometry, "float64"))
     return geometry
-
-
-def as_layout(array: np.ndarray, layout: str) -> np.ndarray:
-    """The values of ``array`` in the memory ``layout`` (one of :data:`LAYOUTS`)."""
-    if layout == "contiguous":
-        return np.ascontiguousarray(array)
-    if layout == "sliced":
-        buffer = np.full(array.shape[:-1] + (2 * array.shape[-1],), np.nan, dtype=array.dtype)
-        buffer[..., ::2] = array
-        return buffer[..., ::2]
-    if layout == "reversed":
-        return np.flip(np.flip(array).copy())
-    if layout == "channels_last":
-        return np.moveaxis(np.ascontiguousarray(np.moveaxis(array, 1, -1)), -1, 1)
-    if layout == "fortran":
-        return np.asfortranarray(array)
-    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
 @dataclass(frozen=True)
