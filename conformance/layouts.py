@@ -25,3 +25,17 @@ def as_layout(array: np.ndarray, layout: str) -> np.ndarray:
     if layout == "fortran":
         return np.asfortranarray(array)
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def layout_of(array: np.ndarray) -> str:
+    """The name in :data:`LAYOUTS` whose :func:`as_layout` gives ``array``'s strides ("contiguous" if none does, or
+    if ``array`` is C-contiguous): what the channel sends, so that the receiver rebuilds the same layout."""
+    if array.flags.c_contiguous or array.ndim < 2:
+        return "contiguous"
+    for layout in LAYOUTS[1:]:
+        try:
+            if as_layout(np.zeros(array.shape, array.dtype), layout).strides == array.strides:
+                return layout
+        except (ValueError, TypeError):  # a layout this dtype or shape cannot take (NaN fill of integers)
+            continue
+    return "contiguous"

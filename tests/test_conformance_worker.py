@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from involution.conformance.worker import ImplementationDied, Unpicklable, Worker
+from involution.conformance.worker import ImplementationDied, Unsendable, Worker
 
 
 class ShapeProblem(ValueError):
@@ -68,9 +68,9 @@ def test_own_exception_arrives_as_its_builtin_base_with_name_and_message(worker)
 
 
 @pytest.mark.parametrize("worker", ["returns_unpicklable"], indirect=True)
-def test_unpicklable_result_is_a_value_the_suite_can_judge(worker):
+def test_a_function_as_result_comes_back_as_a_description_the_suite_can_judge(worker):
     result = worker.call("forward", ARGS)
-    assert isinstance(result, Unpicklable) and "function" in repr(result), repr(result)
+    assert isinstance(result, Unsendable) and "function" in repr(result), repr(result)
 
 
 @pytest.mark.parametrize("worker", ["exits"], indirect=True)
