@@ -95,17 +95,24 @@ def prepare_output(path, force: bool, option: str) -> str | None:
     return f"{option} {error}" if error else None
 
 
-def write_atomically(path, data: str | bytes) -> None:
+def write_atomically(path, data) -> None:
     """Write ``data`` to ``path`` all at once: into a temporary file in the same folder, then renamed over
-    ``path`` (``os.replace``), so that a reader sees the old file or the new one, never half of it."""
+    ``path`` (``os.replace``), so that a reader sees the old file or the new one, never half of it.
+
+    ``data`` is a str, bytes, or a function that writes the file whose name it is given (e.g. a ``.npz`` saver;
+    the temporary name ends like ``path``).
+    """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
     umask = os.umask(0o022)
     os.umask(umask)
     try:
         os.fchmod(handle, 0o666 & ~umask)  # as open() would create it (mkstemp's file is private to the user)
         with os.fdopen(handle, "wb") as file:
-            file.write(data.encode() if isinstance(data, str) else data)
+            if not callable(data):
+                file.write(data.encode() if isinstance(data, str) else data)
+        if callable(data):
+            data(temporary)
         os.replace(temporary, path)
     except BaseException:
         try:

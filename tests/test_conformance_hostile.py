@@ -147,3 +147,10 @@ def test_chatty_printer_output_is_captured_and_escape_codes_stripped(hostile_log
     assert len(out) + len(err) < 20_000, f"the worker's output reached the terminal: {len(out) + len(err)} characters"
     assert "red alert: nothing computed" in data["results"][0]["detail"], data["results"]
     assert not ANSI.search(out) and not ANSI.search(json.dumps(data, ensure_ascii=False)), out
+
+
+def test_forged_pickle_frame_on_the_pipe_is_refused_and_never_runs(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("forged_frame", ["core_cases_computed"], capsys, tmp_path)
+    assert code == 1, out
+    assert "outside the channel's format" in data["results"][0]["detail"], data["results"]
+    assert_nothing_ran_here(hostile_log)
