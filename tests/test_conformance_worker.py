@@ -167,3 +167,26 @@ def test_the_parent_never_unpickles(monkeypatch):
             started.call("forward", ARGS)
     finally:
         started.close()
+
+
+@pytest.mark.parametrize("worker", ["exits"], indirect=True)
+def test_after_three_ended_processes_calls_fail_without_restarting(worker):
+    for _ in range(3):
+        with pytest.raises(ImplementationDied, match="status 3"):
+            worker.call("forward", ARGS)
+    with pytest.raises(ImplementationDied, match=r"not called: the implementation's process ended 3 times "
+                                                 r"\(last: status 3\)"):
+        worker.call("forward", ARGS)
+    assert worker.process is None  # no fourth import
+
+
+@pytest.mark.parametrize("returncode, expected", [
+    (3, "status 3"),
+    (-signal.SIGFPE, "signal SIGFPE (an arithmetic fault in compiled code, e.g. an integer division by zero)"),
+    (-signal.SIGKILL, "signal SIGKILL (killed from outside: most likely the system's out-of-memory killer, or the "
+                      "memory limit of 2 GiB (--memory-limit))"),
+])
+def test_exit_statuses_are_named(returncode, expected):
+    from involution.conformance.worker import describe_status
+
+    assert describe_status(returncode, 2.0) == expected
