@@ -32,7 +32,8 @@ PROJECT_BACKENDS = {
 
 # The CUDA simulator interprets every thread in Python: tiny shapes and few examples keep CI in budget. These cap
 # the random draws only (when involution.fast.cuda says it runs on the simulator: NUMBA_ENABLE_CUDASIM=1, which
-# the repository's root conftest sets for the tests; this module changes no environment variable); they are the suite's, not declared by the backend, so the core cases still run in full.
+# the repository's root conftest sets for the tests; this module changes no environment variable); they are the
+# suite's, not declared by the backend, so the core cases still run in full.
 CUDA_SIMULATOR_LIMITS = dict(max_work=600, max_fd_elements=12, max_extent=3, max_groups=2, max_group_channels=2,
                              max_batch=2, max_kernel=3, max_examples=6)
 
@@ -57,7 +58,8 @@ class Implementation:
 
     @property
     def limits(self) -> Limits:
-        return limits_from(self.declared, CUDA_SIMULATOR_LIMITS if self.name == "fast-cuda" and _cuda_simulated() else {})
+        simulated = self.name == "fast-cuda" and _cuda_simulated()
+        return limits_from(self.declared, CUDA_SIMULATOR_LIMITS if simulated else {})
 
     @property
     def project(self) -> bool:
