@@ -20,6 +20,8 @@ float32 for the sum).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -130,4 +132,9 @@ try:
 except ImportError:
     pass
 else:
-    _register_onnxscript()
+    try:
+        _register_onnxscript()
+    except (ImportError, AttributeError, TypeError) as error:  # an onnxscript whose torch_lib API moved
+        warnings.warn(f"involution: the ONNX translation for torch.onnx.export(dynamo=True) is not registered "
+                      f"(onnxscript {getattr(onnxscript, '__version__', '?')}: {error!r}); "
+                      f"dynamo=False still works", RuntimeWarning, stacklevel=2)
