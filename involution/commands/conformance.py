@@ -13,10 +13,15 @@ import os
 import sys
 from pathlib import Path
 
+from involution.arguments import positive_float as positive_seconds
+from involution.arguments import positive_int
+
+# The runner's default (involution.conformance.runner.DEFAULT_TIMEOUT, which imports pytest: the parser must not);
+# tests/test_cli.py checks that the two agree.
+DEFAULT_TIMEOUT = 60.0
+
 
 def add_arguments(parser) -> None:
-    from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds
-
     parser.add_argument("--impl", action="append", default=[], metavar="package.module[:attr]",
                         help="implementation exposing involution2d[, involution2d_backward] (repeatable)")
     parser.add_argument("--backend", action="append", default=[], metavar="NAME",

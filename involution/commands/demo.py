@@ -1,9 +1,16 @@
 """The main job: the op with a gradient check, the RedNet complexity table against the published one, the
-conformance matrices of every available NumPy and torch backend and a short op benchmark."""
+conformance matrices of the NumPy and torch backends and a short op benchmark.
+
+Deterministic: a fixed seed for the op, hypothesis derandomized (no example database) for the suite. fast-cuda is
+left out unless INVOLUTION_REAL_GPU=1 asks for a real GPU: without one its kernels run under numba's simulator, a
+Python emulation for checking their indexing on tiny shapes (make test does that), not a backend to judge on the
+suite's wide geometries.
+"""
 from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -21,6 +28,22 @@ def add_arguments(parser) -> None:
                         help="hypothesis examples per conformance property and backend (default 5)")
     parser.add_argument("--skip", action="append", default=[], choices=SECTIONS,
                         help="leave out a section (repeatable)")
+
+
+def numpy_backends() -> list[str]:
+    """The NumPy backends the demo judges: all of the suite's, fast-cuda only on a real GPU (INVOLUTION_REAL_GPU=1)."""
+    from involution.conformance.backends import PROJECT_BACKENDS
+
+    real_gpu = os.environ.get("INVOLUTION_REAL_GPU") == "1"
+    return [name for name in PROJECT_BACKENDS["numpy"] if real_gpu or name != "fast-cuda"]
+
+
+def derandomize_hypothesis() -> None:
+    """Load a hypothesis profile that draws the same examples on every run and keeps no example database."""
+    from hypothesis import settings
+
+    settings.register_profile("involution-demo", settings(), derandomize=True, database=None, deadline=None)
+    settings.load_profile("involution-demo")
 
 
 def op_tour(seed: int) -> None:
@@ -47,13 +70,33 @@ def op_tour(seed: int) -> None:
         print(f"{name:12s} analytic vs central differences (float64): max relative error {error:.1e}")
 
 
+# NumPy's floating-point warnings, which the suite's deliberate inf/NaN inputs raise in the implementations under
+# test (the suite judges their values, not their warnings): kept out of the demo's output, its worker processes'
+# included (the demo is a program of its own, so it may set its environment).
+QUIET = ("invalid value encountered", "overflow encountered", "divide by zero encountered")
+
+
+def quiet_floating_point_warnings() -> None:
+    """Ignore :data:`QUIET` RuntimeWarnings here and in the worker processes the suite starts."""
+    for message in QUIET:
+        warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
+    ours = ",".join(f"ignore:{message}:RuntimeWarning" for message in QUIET)
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), ours)))
+
+
 def run(args) -> int:
     from involution.cli import main
 
     op_tour(args.seed)
+    quiet_floating_point_warnings()
+    derandomize_hypothesis()
+    backends = [arg for name in numpy_backends() for arg in ("--backend", name)]
+    if "fast-cuda" not in backends and "conformance" not in args.skip:
+        print("\nfast-cuda left out: no GPU asked for (INVOLUTION_REAL_GPU=1 judges it on a real GPU; make test checks "
+              "its kernels under numba's simulator on tiny shapes)")
     commands = {
         "complexity": ["complexity", "--convention", "published", "--compare", "resnet"],
-        "conformance": ["conformance", "--max-examples", str(args.max_examples)],
+        "conformance": ["conformance", "--max-examples", str(args.max_examples), *backends],
         "conformance-torch": ["conformance", "--framework", "torch", "--max-examples", str(args.max_examples)],
         "bench": ["bench", "--quick", "--json", os.path.join(OUT, "bench_cpu_quick.json")],
     }
@@ -64,5 +107,7 @@ def run(args) -> int:
         if name == "bench":
             os.makedirs(OUT, exist_ok=True)  # a fresh clone has no out/ (git ignores it); bench checks --json's folder
         print(f"\n== python -m involution {' '.join(command)} ==", flush=True)
+        started = time.perf_counter()
         status = max(status, main(command))
+        print(f"({time.perf_counter() - started:.0f} s)")
     return status
