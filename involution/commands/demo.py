@@ -4,7 +4,8 @@ conformance matrices of the NumPy and torch backends and a short op benchmark.
 Deterministic: a fixed seed for the op, hypothesis derandomized (no example database) for the suite. fast-cuda is
 left out unless INVOLUTION_REAL_GPU=1 asks for a real GPU: without one its kernels run under numba's simulator, a
 Python emulation for checking their indexing on tiny shapes (make test does that), not a backend to judge on the
-suite's wide geometries.
+suite's wide geometries. The fast CPU kernels are compiled first where numba's cache lacks them (involution warmup:
+once per machine, minutes), so that no call of the suite's is timed while it compiles.
 """
 from __future__ import annotations
 
@@ -96,13 +97,14 @@ def run(args) -> int:
               "its kernels under numba's simulator on tiny shapes)")
     commands = {
         "complexity": ["complexity", "--convention", "published", "--compare", "resnet"],
+        "warmup": ["warmup", "--dtype", "float32", "--dtype", "float64"],
         "conformance": ["conformance", "--max-examples", str(args.max_examples), *backends],
         "conformance-torch": ["conformance", "--framework", "torch", "--max-examples", str(args.max_examples)],
         "bench": ["bench", "--quick", "--json", os.path.join(OUT, "bench_cpu_quick.json")],
     }
     status = 0
     for name, command in commands.items():
-        if name.partition("-")[0] in args.skip:
+        if name.partition("-")[0] in args.skip or (name == "warmup" and {"conformance", "bench"} <= set(args.skip)):
             continue
         if name == "bench":
             os.makedirs(OUT, exist_ok=True)  # a fresh clone has no out/ (git ignores it); bench checks --json's folder
