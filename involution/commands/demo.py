@@ -5,7 +5,8 @@ Deterministic: a fixed seed for the op, hypothesis derandomized (no example data
 left out unless INVOLUTION_REAL_GPU=1 asks for a real GPU: without one its kernels run under numba's simulator, a
 Python emulation for checking their indexing on tiny shapes (make test does that), not a backend to judge on the
 suite's wide geometries. The fast CPU kernels are compiled first where numba's cache lacks them (involution warmup:
-once per machine, minutes), so that no call of the suite's is timed while it compiles.
+once per machine, minutes), so that no call of the suite's is timed while it compiles. The benchmark is the quick
+one without the robustness checks (make bench runs them).
 """
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def run(args) -> int:
         "warmup": ["warmup", "--dtype", "float32", "--dtype", "float64"],
         "conformance": ["conformance", "--max-examples", str(args.max_examples), *backends],
         "conformance-torch": ["conformance", "--framework", "torch", "--max-examples", str(args.max_examples)],
-        "bench": ["bench", "--quick", "--json", os.path.join(OUT, "bench_cpu_quick.json")],
+        "bench": ["bench", "--quick", "--no-checks", "--json", os.path.join(OUT, "bench_cpu_quick.json")],
     }
     status = 0
     for name, command in commands.items():
