@@ -1,5 +1,5 @@
 """The main job: the op with a gradient check, the RedNet complexity table against the published one, the
-conformance matrices of the NumPy and torch backends and a short op benchmark.
+conformance matrices of the project's NumPy and torch backends and a short op benchmark.
 
 Deterministic: a fixed seed for the op, hypothesis derandomized (no example database) for the suite. fast-cuda is
 left out unless INVOLUTION_REAL_GPU=1 asks for a real GPU: without one its kernels run under numba's simulator, a
@@ -32,12 +32,13 @@ def add_arguments(parser) -> None:
                         help="leave out a section (repeatable)")
 
 
-def numpy_backends() -> list[str]:
-    """The NumPy backends the demo judges: all of the suite's, fast-cuda only on a real GPU (INVOLUTION_REAL_GPU=1)."""
+def judged_backends(framework: str) -> list[str]:
+    """The project's backends of ``framework`` the demo judges: not the suite's oracle (which judges itself in make
+    test), fast-cuda only on a real GPU (INVOLUTION_REAL_GPU=1)."""
     from involution.conformance.backends import PROJECT_BACKENDS
 
     real_gpu = os.environ.get("INVOLUTION_REAL_GPU") == "1"
-    return [name for name in PROJECT_BACKENDS["numpy"] if real_gpu or name != "fast-cuda"]
+    return [name for name in PROJECT_BACKENDS[framework] if name != "oracle" and (real_gpu or name != "fast-cuda")]
 
 
 def derandomize_hypothesis() -> None:
@@ -92,15 +93,17 @@ def run(args) -> int:
     op_tour(args.seed)
     quiet_floating_point_warnings()
     derandomize_hypothesis()
-    backends = [arg for name in numpy_backends() for arg in ("--backend", name)]
-    if "fast-cuda" not in backends and "conformance" not in args.skip:
+    backends = {framework: [arg for name in judged_backends(framework) for arg in ("--backend", name)]
+                for framework in ("numpy", "torch")}
+    if "fast-cuda" not in backends["numpy"] and "conformance" not in args.skip:
         print("\nfast-cuda left out: no GPU asked for (INVOLUTION_REAL_GPU=1 judges it on a real GPU; make test checks "
               "its kernels under numba's simulator on tiny shapes)")
     commands = {
         "complexity": ["complexity", "--convention", "published", "--compare", "resnet"],
         "warmup": ["warmup", "--dtype", "float32", "--dtype", "float64"],
-        "conformance": ["conformance", "--max-examples", str(args.max_examples), *backends],
-        "conformance-torch": ["conformance", "--framework", "torch", "--max-examples", str(args.max_examples)],
+        "conformance": ["conformance", "--max-examples", str(args.max_examples), *backends["numpy"]],
+        "conformance-torch": ["conformance", "--framework", "torch", "--max-examples", str(args.max_examples),
+                              *backends["torch"]],
         "bench": ["bench", "--quick", "--no-checks", "--json", os.path.join(OUT, "bench_cpu_quick.json")],
     }
     status = 0
