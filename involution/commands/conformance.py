@@ -13,12 +13,27 @@ import os
 import sys
 from pathlib import Path
 
-from involution.arguments import positive_float as positive_seconds
-from involution.arguments import positive_int
-
-# The runner's default (involution.conformance.runner.DEFAULT_TIMEOUT, which imports pytest: the parser must not);
-# tests/test_cli.py checks that the two agree.
+# The runner's default (involution.conformance.runner.DEFAULT_TIMEOUT; the runner imports pytest, which building the
+# parser must not); tests/test_cli.py checks that the two agree.
 DEFAULT_TIMEOUT = 60.0
+
+
+def positive_int(text: str) -> int:
+    """The runner's argument type for --max-examples, imported when a value is parsed (the runner needs pytest)."""
+    try:
+        from involution.conformance.runner import positive_int as convert
+    except ImportError:  # the conformance extra is missing: involution.cli.main says so after parsing
+        return int(text)
+    return convert(text)
+
+
+def positive_seconds(text: str) -> float:
+    """The runner's argument type for --timeout, imported when a value is parsed (the runner needs pytest)."""
+    try:
+        from involution.conformance.runner import positive_seconds as convert
+    except ImportError:  # the conformance extra is missing: involution.cli.main says so after parsing
+        return float(text)
+    return convert(text)
 
 
 def add_arguments(parser) -> None:
