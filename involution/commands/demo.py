@@ -104,7 +104,8 @@ def run(args) -> int:
         "conformance": ["conformance", "--max-examples", str(args.max_examples), *backends["numpy"]],
         "conformance-torch": ["conformance", "--framework", "torch", "--max-examples", str(args.max_examples),
                               *backends["torch"]],
-        "bench": ["bench", "--quick", "--no-checks", "--json", os.path.join(OUT, "bench_cpu_quick.json")],
+        "bench": ["bench", "--quick", "--no-checks", "--json", os.path.join(OUT, "bench_cpu_quick.json"),
+                  "--force"],  # its own file
     }
     status = 0
     for name, command in commands.items():
