@@ -75,5 +75,5 @@ def run(args) -> int:
         ran = warm(dtype, small=not args.rednet_only)
         print(f"{dtype}: the fast CPU kernels ready in {time.perf_counter() - started:.1f} s ({', '.join(ran)})")
     folder = runtime.cache_folder() if runtime.CACHE else None
-    print(f"cached in {folder}" if folder else "not cached: no writable folder (set NUMBA_CACHE_DIR)")
+    print(f"cached in {runtime.display_path(folder)}" if folder else "not cached: no writable folder (set NUMBA_CACHE_DIR)")
     return 0
