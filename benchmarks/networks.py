@@ -122,6 +122,16 @@ def op_threads(count):
         numba.set_num_threads(previous)
 
 
+def op_thread_choices(name: str) -> tuple:
+    """The op thread counts to try for network ``name``: :data:`OP_THREADS` for RedNet ("torch" alone when torch
+    runs one thread, where both are the same), "torch" for ResNet (no op)."""
+    import torch
+
+    if not name.startswith("rednet") or torch.get_num_threads() == 1:
+        return ("torch",)
+    return OP_THREADS
+
+
 def with_op_threads(call, count):
     def run():
         with op_threads(count):
@@ -152,7 +162,7 @@ def network_variants(names, compiled: bool, compiled_configurations=COMPILED_CON
         for mode, configurations in modes:
             for configuration, memory_format, fold in configurations:
                 forward = inference_variant(network, memory_format, fold, mode == "compiled")
-                for threads in OP_THREADS if name.startswith("rednet") else ("torch",):
+                for threads in op_thread_choices(name):
                     variants[(name, mode, configuration, threads)] = forward
     return variants
 
@@ -249,7 +259,7 @@ def time_training(names, batch: int, rounds: int, compiled: bool, log=print, siz
                 layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
                 step = training_step(network.to(memory_format=layout), images.contiguous(memory_format=layout),
                                      labels, mode == "compiled")
-                for threads in OP_THREADS if name.startswith("rednet") else ("torch",):
+                for threads in op_thread_choices(name):
                     key = (name, mode, configuration, threads)
                     calls[key] = with_op_threads(step, threads)
                     if mode == "eager" and threads == "torch":

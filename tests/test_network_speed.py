@@ -166,3 +166,15 @@ def test_bench_networks_refuses_op_table_options(capsys):
 
     assert main(["bench", "--networks", "--layers", "0"]) == 2
     assert "--networks times whole networks" in capsys.readouterr().err
+
+
+def test_op_thread_choices_skip_duplicates():
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert networks.op_thread_choices("rednet50") == ("torch",)  # one thread: "torch" and 1 are the same
+        torch.set_num_threads(2)
+        assert networks.op_thread_choices("rednet50") == networks.OP_THREADS
+        assert networks.op_thread_choices("resnet50") == ("torch",)  # no involution op to set threads for
+    finally:
+        torch.set_num_threads(previous)
