@@ -405,7 +405,7 @@ def time_paper_cpu_setting(names=("rednet50", BASELINE), batch: int = 1, rounds:
 
 
 def add_arguments(parser) -> None:
-    from involution.arguments import int_at_least, output_file, positive_int
+    from involution.arguments import add_force_argument, int_at_least, output_file, positive_int
 
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, metavar="NAME",
                         help=f"networks timed against resnet50, of {', '.join(NETWORKS)} (default rednet50)")
@@ -422,6 +422,7 @@ def add_arguments(parser) -> None:
                         help="instead: RedNet-50 and ResNet-50 eager, batch 1, with torch's mkldnn convolutions on "
                              "and off (the paper's Table 2 CPU times)")
     parser.add_argument("--json", metavar="PATH", type=output_file, help="write the results as JSON")
+    add_force_argument(parser)
 
 
 def run_arguments(args, command: str) -> int:
@@ -444,9 +445,10 @@ def run_arguments(args, command: str) -> int:
                                              args.repeats or (3 if args.quick else 7), not args.no_compile,
                                              not args.no_training, not args.quick, args.quick)}
     if args.json:
+        from involution.arguments import write_atomically
+
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=1)
+        write_atomically(args.json, json.dumps(results, indent=1))
         print(f"wrote {args.json}")
     return 0
 
@@ -455,7 +457,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
-    return run_arguments(parser.parse_args(argv), " ".join(["python -m involution.benchmarks.networks", *argv]))
+    args = parser.parse_args(argv)
+    if args.json:
+        from involution.arguments import prepare_output
+
+        error = prepare_output(args.json, args.force, "--json")  # before any work: an existing file needs --force
+        if error:
+            parser.error(error)
+    return run_arguments(args, " ".join(["python -m involution.benchmarks.networks", *argv]))
 
 
 if __name__ == "__main__":

@@ -178,3 +178,13 @@ def test_op_thread_choices_skip_duplicates():
         assert networks.op_thread_choices("resnet50") == ("torch",)  # no involution op to set threads for
     finally:
         torch.set_num_threads(previous)
+
+
+def test_networks_json_existing_file_needs_force(tmp_path, capsys):
+    existing = tmp_path / "networks.json"
+    existing.write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:  # refused while parsing, before any network is built
+        networks.main(["--no-compile", "--json", str(existing)])
+    assert exit_info.value.code == 2
+    assert "exists; pass --force to replace it" in capsys.readouterr().err
+    assert existing.read_text() == "mine"
