@@ -3,13 +3,17 @@
 Tiers
 -----
 correct (required)
-    Values and gradients against the oracle, the algebraic properties, the core cases, NaN/Inf and extreme
-    geometries, and ill-posed input is never answered with a value.
+    Values and gradients against the oracle, the algebraic properties, the core cases, NaN/Inf (a NaN in ``x``
+    reaches exactly the outputs whose windows hold it) and extreme geometries, and ill-posed input is never
+    answered with a value.
 strict (always reported; required with ``--strict`` and for the project's own backends)
-    Errors for ill-posed input are ValueError/TypeError naming the argument.
+    Errors for ill-posed input are ValueError/TypeError naming the argument (under ``--framework torch`` also
+    torch's RuntimeError naming it); policies of docs/policy.md beyond the definition's values (an infinite
+    weight on a padded tap gives ``inf * 0 = NaN``).
 capabilities (informational)
     float16, bfloat16, empty batch, integer and mixed dtypes: "rejected" or answered; a wrong answer is a
-    failure of the correct tier.
+    failure of the correct tier. An empty batch whose forward is answered and whose backward raises is
+    "rejected".
 
 Exit codes: 0 conformant, 1 a failure (including a hang or a crash), 2 usage error, 3 conformant only within
 declared limits, or too little evidence (the core cases were not run or not all computed).
@@ -26,7 +30,7 @@ TIERS = {
         "nonfinite_follows_definition", "extreme_geometry_matches_oracle", "forward_rejects_ill_posed_input",
         "backward_rejects_ill_posed_input",
     ],
-    "strict": ["forward_errors_name_the_argument", "backward_errors_name_the_argument"],
+    "strict": ["forward_errors_name_the_argument", "backward_errors_name_the_argument", "padded_inf_times_zero_is_nan"],
     "capabilities": ["float16", "bfloat16", "integer_dtypes", "mixed_dtypes", "empty_batch"],
 }
 PROPERTIES = [prop for properties in TIERS.values() for prop in properties]
