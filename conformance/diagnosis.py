@@ -413,4 +413,15 @@ def explain_verdict(verdict, outcomes) -> None:
     found = dict.fromkeys(sentence for outcome in outcomes if outcome.property in failed and outcome.failures
                           for entry in outcome.failures if entry["diagnosis"]
                           for sentence in entry["diagnosis"].split(SEPARATOR))
-    verdict.reasons += [PREFIX + text for text in found]
+    short = dict.fromkeys(briefly(sentence) for sentence in found)
+    if short:
+        verdict.reasons.append(PREFIX + "; ".join(short))
+
+
+def briefly(sentence: str) -> str:
+    """A diagnosis sentence by its slips' names only (for the verdict line): ``forward matches interleaved groups
+    + flipped taps``; a sentence naming no slip unchanged."""
+    head, _, rest = sentence.partition(": ")
+    names = [slip.name for slip in SLIPS if head.endswith(f" {slip.name}") or f" {slip.name} (" in f" {rest}"]
+    what = sentence.partition(" match")[0]
+    return f"{what} {'matches' if ' and ' not in what else 'match'} {' + '.join(names)}" if names else sentence

@@ -5,6 +5,11 @@ rejected with an exception ("rejected", not a failure) or answered; an answer mu
 within the tolerance of its dtype, and a wrong answer is a failure of the correct tier. A fixed probe call comes
 first: rejected there, the property is "rejected" at once; answered, hypothesis draws more cases.
 """
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +126,26 @@ def test_empty_batch(impl):
         shapes = [getattr(grad, "shape", None) for grad in grads]
         assert shapes == [x.shape, kernel.shape], f"empty batch backward: shapes {shapes}, expected " \
                                                   f"{[x.shape, kernel.shape]}"
+
+
+def test_torch_library_opcheck(impl, request):
+    """``torch.library.opcheck`` (schema, autograd registration, fake tensor, AOT dispatch) on the implementation's
+    op registered through torch.library (``--framework torch``; see :mod:`~involution.conformance.opcheck`), run
+    in a process of its own. n/a for NumPy implementations and for torch ones without a registered op."""
+    if impl.framework != "torch":
+        pytest.skip("n/a: torch.library ops exist only under --framework torch")
+    seconds = 4 * request.config.getoption("--timeout")
+    command = [sys.executable, "-m", "involution.conformance.opcheck", impl.name, request.config.getoption("--device")]
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=seconds,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"opcheck of {impl.name} timed out after {seconds:g} s")
+    assert run.returncode == 0, f"opcheck of {impl.name} could not run (exit {run.returncode}): " \
+                                f"{run.stderr.strip().splitlines()[-1:] or run.stdout}"
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    if found["op"] is None:
+        pytest.skip(f"n/a: {impl.name} registers no op through torch.library")
+    failed = {test: result for test, result in found["checks"].items() if result != "SUCCESS"}
+    assert not failed, f"torch.library.opcheck of {found['op']}: " + "; ".join(
+        f"{test} {'SUCCESS' if test not in failed else 'failed: ' + failed[test]}" for test in found["checks"])

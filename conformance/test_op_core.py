@@ -8,7 +8,7 @@ that exclude it, makes the property "limited", and the verdict "conformant only 
 import pytest
 
 from involution.conformance.core import CORE, core_case, describe
-from involution.conformance.diagnosis import CALL_NOTE, assert_matches_oracle
+from involution.conformance.diagnosis import CALL_NOTE, PREFIX, SEPARATOR, assert_matches_oracle, split
 from involution.conformance.limits import excluded_by
 
 
@@ -37,8 +37,23 @@ def check_core_case(impl, entry) -> tuple[str, str] | None:
 
 
 def test_core_cases_computed(impl, request):
-    """Every core case is computed and right; any declined or excluded one makes the result "limited"."""
-    results = [result for result in (check_core_case(impl, entry) for entry in CORE) if result]
+    """Every core case is computed and right; any declined or excluded one makes the result "limited".
+
+    Every core case is checked before a wrong one fails the test: the failure shows the first and the diagnoses
+    of all (a slip such as interleaved groups shows only where 1 < G < C)."""
+    results, wrong = [], []
+    for entry in CORE:
+        try:
+            result = check_core_case(impl, entry)
+        except AssertionError as error:
+            wrong.append(split(str(error)))
+            continue
+        if result:
+            results.append(result)
+    if wrong:
+        diagnoses = dict.fromkeys(sentence for _, found in wrong if found for sentence in found.split(SEPARATOR))
+        raise AssertionError(f"{wrong[0][0]} ({len(wrong)} of {len(CORE)} core cases wrong)"
+                             + (f"\n{PREFIX}{SEPARATOR.join(diagnoses)}" if diagnoses else ""))
     declined = [why for kind, why in results if kind == "declined"]
     request.node.user_properties.append(("declined", len(declined)))
     if results:

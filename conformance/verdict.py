@@ -13,7 +13,8 @@ strict (always reported; required with ``--strict`` and for the project's own ba
 capabilities (informational)
     float16, bfloat16, empty batch, integer and mixed dtypes: "rejected" or answered; a wrong answer is a
     failure of the correct tier. An empty batch whose forward is answered and whose backward raises is
-    "rejected".
+    "rejected". ``torch.library.opcheck`` of a registered torch op: "pass", "n/a" without one, a failed check
+    fails.
 
 Exit codes: 0 conformant, 1 a failure (including a hang or a crash), 2 usage error, 3 conformant only within
 declared limits, or too little evidence (the core cases were not run or not all computed).
@@ -31,11 +32,12 @@ TIERS = {
         "backward_rejects_ill_posed_input",
     ],
     "strict": ["forward_errors_name_the_argument", "backward_errors_name_the_argument", "padded_inf_times_zero_is_nan"],
-    "capabilities": ["float16", "bfloat16", "integer_dtypes", "mixed_dtypes", "empty_batch"],
+    "capabilities": ["float16", "bfloat16", "integer_dtypes", "mixed_dtypes", "empty_batch", "torch_library_opcheck"],
 }
 PROPERTIES = [prop for properties in TIERS.values() for prop in properties]
 TIER_OF = {prop: tier for tier, properties in TIERS.items() for prop in properties}
 CORE = "core_cases_computed"
+CHECKS = {"torch_library_opcheck"}  # capabilities that check something rather than answer an input kind: "pass"
 
 # Matrix cells.
 PASS, FAIL, SKIP, UNSUPPORTED, LIMITED, REJECTED, ANSWERS, NOT_APPLICABLE, NOT_RUN = (
@@ -54,7 +56,7 @@ def cell(prop: str, outcomes: list) -> str:
     if any(o.outcome == "failed" for o in outcomes):
         return FAIL
     if any(o.outcome == "passed" for o in outcomes):
-        return ANSWERS if TIER_OF.get(prop) == "capabilities" else PASS
+        return ANSWERS if TIER_OF.get(prop) == "capabilities" and prop not in CHECKS else PASS
     for prefix, value in (("limited", LIMITED), ("unsupported", UNSUPPORTED), ("rejected", REJECTED),
                           ("n/a", NOT_APPLICABLE)):
         if all(o.detail.startswith(prefix) for o in outcomes):

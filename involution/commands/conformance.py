@@ -36,6 +36,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-shrink", dest="shrink", action="store_false",
                         help="report a failing example as first drawn, not shrunk to a minimal one (faster)")
     parser.add_argument("--report", metavar="out.json", help="write the JSON report here")
+    parser.add_argument("--export-cases", metavar="DIR",
+                        help="write the golden cases (the core cases and --max-examples random ones, default 20: "
+                             ".npz inputs, expected values and tolerances, cases.json) to DIR and exit; "
+                             "see docs/conformance.md")
+    parser.add_argument("--force", action="store_true", help="let --export-cases write into a non-empty DIR")
     parser.add_argument("--verbose", action="store_true",
                         help="also print pytest's own report (tracebacks, hypothesis' reproduction lines) before the "
                              "matrix")
@@ -70,6 +75,7 @@ def usage_errors(args) -> list[str]:
                 torch.empty(0, device=args.device)
             except (RuntimeError, AssertionError) as error:
                 errors.append(f"--device {args.device} is not usable here: {error}")
+    errors += export_errors(args)
     if args.report:
         folder = Path(args.report).resolve().parent
         if not folder.is_dir():
@@ -77,6 +83,29 @@ def usage_errors(args) -> list[str]:
         elif not os.access(folder, os.W_OK):
             errors.append(f"--report folder {folder} is not writable")
     return errors
+
+
+def export_errors(args) -> list[str]:
+    """What stops ``--export-cases``: a non-empty folder without ``--force``, options it does not take."""
+    if not args.export_cases:
+        return ["--force only applies to --export-cases"] if args.force else []
+    from involution.conformance.golden import refuse_to_overwrite
+
+    refused = refuse_to_overwrite(args.export_cases, args.force)
+    others = [f"--{name}" for name in ("impl", "backend", "property", "report") if getattr(args, name)]
+    return ([refused] if refused else []) + (
+        [f"--export-cases writes files and runs nothing: {', '.join(others)} does not apply"] if others else [])
+
+
+def export_cases(args) -> int:
+    """Write the golden cases; print where, how many, and how to check a kernel against them."""
+    from involution.conformance.golden import export
+
+    entries = export(args.export_cases, args.max_examples or 20)
+    print(f"wrote {len(entries)} golden cases ({sum(e['name'].startswith('core_') for e in entries)} core, "
+          f"{sum(e['name'].startswith('random_') for e in entries)} random) to {args.export_cases}; check a kernel "
+          f"with: python -m involution.conformance.golden_check {args.export_cases} package.module[:attr]")
+    return 0
 
 
 def run(args) -> int:
@@ -97,6 +126,8 @@ def run(args) -> int:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.export_cases:
+        return export_cases(args)
     from involution.conformance.runner import run_suite, write_report
 
     # pytest's own report (tracebacks, hypothesis' reproduction lines) only with --verbose: the matrix says it all.
