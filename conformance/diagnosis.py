@@ -407,9 +407,9 @@ def explain_verdict(verdict, outcomes) -> None:
         counts = {prop: ill_posed_answered([o for o in outcomes if o.property == prop]) for prop in required}
         total = sum(int(text.partition(" of ")[0]) for text in counts.values() if text)
         gradients = any(o.outcome == "passed" and o.property == "backward_matches_autograd" for o in outcomes)
-        verdict.reasons = [f"values{' and gradients' * gradients} right; answers {total} ill-posed kind{'s' * (total != 1)} ("
-                           + "; ".join(f"{prop.partition('_')[0]}: {text}" for prop, text in counts.items() if text)
-                           + ")"]
+        answers = "; ".join(f"{prop.partition('_')[0]}: {text}" for prop, text in counts.items() if text)
+        verdict.reasons = [f"values{' and gradients' * gradients} right; answers {total} ill-posed "
+                           f"kind{'s' * (total != 1)} ({answers})"]
     found = dict.fromkeys(sentence for outcome in outcomes if outcome.property in failed and outcome.failures
                           for entry in outcome.failures if entry["diagnosis"]
                           for sentence in entry["diagnosis"].split(SEPARATOR))

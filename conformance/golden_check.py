@@ -31,8 +31,9 @@ def check(directory, forward, backward=None) -> list:
             error = np.abs(answer.astype(np.float64) - expected)
             bad = ~(error <= arrays[f"tolerance_{name}"])  # a NaN is never within the tolerance
             if bad.any():
+                worst = np.where(bad, np.nan_to_num(error, nan=np.inf), 0).max()
                 failures.append(f"{case['name']} {name}: {bad.sum()} of {bad.size} elements off, largest error "
-                                f"{np.where(bad, np.nan_to_num(error, nan=np.inf), 0).max():.3e}; {case['description']}")
+                                f"{worst:.3e}; {case['description']}")
     return failures
 
 
