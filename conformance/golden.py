@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import Phase, given, seed, settings
 
+from involution.arguments import prepare_output, write_atomically
 from involution.conformance.adapters import torch_oracle
 from involution.conformance.core import CORE, core_case, describe
 from involution.conformance.strategies import cases
@@ -54,22 +55,28 @@ def golden_arrays(geometry, x, kernel, grad_out) -> dict:
 
 
 def refuse_to_overwrite(directory, force: bool) -> str | None:
-    """Why ``directory`` cannot be written (it holds files, and ``force`` is off), or None."""
+    """Why the golden cases cannot be written to ``directory``, or None: the output-file rule of every command
+    (:func:`involution.arguments.prepare_output`) applied to a folder. ``directory`` is not a file; it exists or
+    its parent folder does (it is then made); a folder that holds files is written into only with ``force``;
+    and a file can be created there (tried, then removed)."""
     path = Path(directory)
     if path.exists() and not path.is_dir():
         return f"--export-cases {directory} is a file, expected a folder"
     if path.is_dir() and any(path.iterdir()) and not force:
         return f"--export-cases folder {directory} is not empty; pass --force to write into it"
-    return None
+    # a file in the folder (or the folder itself, not made yet, in its parent): the folder exists, can be written
+    return prepare_output(path / "cases.json" if path.is_dir() else path, True, "--export-cases")
 
 
 def export(directory, sample: int = 20) -> list[dict]:
-    """Write the core cases and ``sample`` random ones to ``directory`` (made if missing); return their entries.
+    """Write the core cases and ``sample`` random ones to ``directory`` (made if missing, its parent must exist);
+    return their entries.
 
-    Check :func:`refuse_to_overwrite` first: this writes ``cases.json`` and ``<name>.npz`` over what is there.
+    Check :func:`refuse_to_overwrite` first: this replaces ``cases.json`` and ``<name>.npz`` where they exist,
+    each written atomically (:func:`involution.arguments.write_atomically`), ``cases.json`` last.
     """
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(exist_ok=True)
     rows = []
     for index, entry in enumerate(CORE):
         geometry, dtype, x, kernel, grad_out = core_case(entry)
@@ -80,7 +87,8 @@ def export(directory, sample: int = 20) -> list[dict]:
                      grad_out))
     entries = []
     for name, description, geometry, dtype, x, kernel, grad_out in rows:
-        np.savez(path / f"{name}.npz", **golden_arrays(geometry, x, kernel, grad_out))
+        arrays = golden_arrays(geometry, x, kernel, grad_out)
+        write_atomically(path / f"{name}.npz", lambda temporary, arrays=arrays: np.savez(temporary, **arrays))
         entries.append({"name": name, "file": f"{name}.npz", "description": description, "dtype": str(dtype),
                         "x_shape": list(geometry.x_shape), "kernel_shape": list(geometry.kernel_shape),
                         "stride": list(geometry.stride), "padding": list(geometry.padding),
@@ -90,5 +98,5 @@ def export(directory, sample: int = 20) -> list[dict]:
                                      f"{forward_terms(geometry)} (out), {grad_x_terms(geometry)} (grad_x), "
                                      f"{grad_kernel_terms(geometry)} (grad_kernel)"})
     lines = ",\n  ".join(json.dumps(entry) for entry in entries)  # one case a line
-    (path / "cases.json").write_text(f'{{"format": "{FORMAT}", "cases": [\n  {lines}\n]}}\n')
+    write_atomically(path / "cases.json", f'{{"format": "{FORMAT}", "cases": [\n  {lines}\n]}}\n')
     return entries

@@ -7,6 +7,7 @@ first: rejected there, the property is "rejected" at once; answered, hypothesis 
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ import torch
 from hypothesis import strategies as st
 
 from involution.conformance.adapters import torch_oracle
+from involution.conformance.channel import clean_text
 from involution.conformance.strategies import geometries
 from involution.conformance.tolerances import assert_within, forward_terms, magnitudes
 from involution.spec import check_geometry
@@ -24,9 +26,13 @@ PROBE = check_geometry((2, 4, 5, 6), (2, 2, 3, 3, 5, 6), 1, 1, 1)
 
 
 def tolerance(geometry, answer_dtype, magnitude, input_eps: float):
-    """``(Kh*Kw + 2) * eps * magnitude``, ``eps`` the coarser of the inputs' and the answer's (0 for integers)."""
-    answer_eps = float(np.finfo(answer_dtype).eps) if np.issubdtype(answer_dtype, np.floating) else 0.0
-    return (forward_terms(geometry) + 2) * max(input_eps, answer_eps) * magnitude
+    """``(Kh*Kw + 2) * eps * magnitude``, ``eps`` the coarser of the inputs' and the answer's (0 for integers), plus
+    the answer dtype's smallest normal number, as ``tolerances.bound`` (a float16 answer near zero is subnormal:
+    its spacing there, 6e-8, is absolute, not relative)."""
+    floating = np.issubdtype(answer_dtype, np.floating)
+    answer_eps = float(np.finfo(answer_dtype).eps) if floating else 0.0
+    return (forward_terms(geometry) + 2) * max(input_eps, answer_eps) * magnitude + \
+        (float(np.finfo(answer_dtype).tiny) if floating else 0.0)
 
 
 def check_answer(out, geometry, x, kernel, input_eps: float, what: str) -> None:
@@ -136,16 +142,34 @@ def test_torch_library_opcheck(impl, request):
         pytest.skip("n/a: torch.library ops exist only under --framework torch")
     seconds = 4 * request.config.getoption("--timeout")
     command = [sys.executable, "-m", "involution.conformance.opcheck", impl.name, request.config.getoption("--device")]
+    # Like the worker (conformance/worker.py): its own session, the whole process group killed when it ends, and
+    # only JSON read back, every string cleaned of escape codes (channel.clean_text).
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, errors="replace", start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
-        run = subprocess.run(command, capture_output=True, text=True, timeout=seconds,
-                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        stdout, stderr = process.communicate(timeout=seconds)
     except subprocess.TimeoutExpired:
+        stdout = None
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait()
+    if stdout is None:
         pytest.fail(f"opcheck of {impl.name} timed out after {seconds:g} s")
-    assert run.returncode == 0, f"opcheck of {impl.name} could not run (exit {run.returncode}): " \
-                                f"{run.stderr.strip().splitlines()[-1:] or run.stdout}"
-    found = json.loads(run.stdout.strip().splitlines()[-1])
-    if found["op"] is None:
+    assert process.returncode == 0, f"opcheck of {impl.name} could not run (exit {process.returncode}): " \
+                                    f"{clean_text((stderr.strip().splitlines()[-1:] or [stdout])[0], 2000)}"
+    try:
+        found = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError, RecursionError) as error:
+        pytest.fail(f"opcheck of {impl.name} printed no JSON result: {type(error).__name__}")
+    if type(found) is not dict or type(found.get("checks")) is not dict:
+        pytest.fail(f"opcheck of {impl.name} printed JSON of another form")
+    if found.get("op") is None:
         pytest.skip(f"n/a: {impl.name} registers no op through torch.library")
-    failed = {test: result for test, result in found["checks"].items() if result != "SUCCESS"}
-    assert not failed, f"torch.library.opcheck of {found['op']}: " + "; ".join(
-        f"{test} {'SUCCESS' if test not in failed else 'failed: ' + failed[test]}" for test in found["checks"])
+    checks = {clean_text(test, 200): clean_text(str(result), 2000) for test, result in found["checks"].items()}
+    failed = {test: result for test, result in checks.items() if result != "SUCCESS"}
+    assert not failed, f"torch.library.opcheck of {clean_text(str(found['op']), 200)}: " + "; ".join(
+        f"{test} {'SUCCESS' if test not in failed else 'failed: ' + failed[test]}" for test in checks)

@@ -1,9 +1,10 @@
 """The core cases: calls every implementation must compute, whatever limits it declares.
 
-Stride 1 and 2, G = 1 and G > 1, K = 1, 3 and 7, odd sizes, H != W, zero and "same" padding, float32 and
-float64. Each is called even outside the implementation's declared limits: a wrong answer fails (the correct
-tier); declining it (``NotImplementedError``, or any exception outside the declared limits), or declaring limits
-that exclude it, makes the property "limited", and the verdict "conformant only within declared limits".
+Stride 1 and 2, G = 1 and G > 1, 1 to 16 channels per group, K = 1, 3 and 7, odd sizes, H != W, zero and "same"
+padding, float32 and float64. Each is called even outside the implementation's declared limits: a wrong answer
+fails (the correct tier); declining it (``NotImplementedError``, or any exception outside the declared limits),
+or declaring limits that exclude it, makes the property "limited", and the verdict "conformant only within
+declared limits".
 """
 import pytest
 

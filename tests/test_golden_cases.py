@@ -66,6 +66,10 @@ def test_a_folder_holding_files_is_not_written_without_force(tmp_path, capsys):
     assert mine.read_text() == "mine" and (tmp_path / "cases.json").is_file()
     assert main(["conformance", "--export-cases", str(tmp_path / "new"), "--impl", "my_kernel"]) == 2
     assert "--export-cases writes files and runs nothing: --impl does not apply" in capsys.readouterr().err
+    # the output-file rule of every command (involution.arguments.prepare_output): the parent folder must exist
+    assert main(["conformance", "--export-cases", str(tmp_path / "missing" / "golden")]) == 2
+    assert "--export-cases folder" in (err := capsys.readouterr().err) and "does not exist" in err, err
+    assert not (tmp_path / "missing").exists()
 
 
 def test_the_checker_in_the_docs_is_the_shipped_one():
