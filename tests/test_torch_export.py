@@ -132,3 +132,27 @@ def test_default_rednet26_exports_and_equals_eager_at_two_sizes(exporter, tmp_pa
         tolerance = 2 ** 10 * np.finfo(np.float32).eps * np.abs(expected).max()
         np.testing.assert_allclose(actual, expected, rtol=0, atol=tolerance,
                                    err_msg=f"{exporter}, input {tuple(inputs.shape)}")
+
+
+def test_a_process_that_never_exports_does_not_import_onnxscript(tmp_path):
+    """Importing the op leaves onnxscript unimported (it costs about as much as torch); the dynamo exporter still
+    finds the op's translation, registered when it first traces the op, and the exported graph equals eager."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np, onnxruntime, torch
+        from involution.torch import ops
+        assert "onnxscript" not in sys.modules, "importing involution.torch.ops imported onnxscript"
+        x, kernel = torch.randn(1, 4, 6, 5), torch.randn(1, 2, 3, 3, 6, 5)
+        module = type("Op", (torch.nn.Module,), {{"forward": lambda self, x, k: ops.involution2d(x, k, 1, 1, 1)}})()
+        torch.onnx.export(module, (x, kernel), dynamo=True).save({str(tmp_path / "op.onnx")!r})
+        session = onnxruntime.InferenceSession({str(tmp_path / "op.onnx")!r}, providers=["CPUExecutionProvider"])
+        got = session.run(None, {{entry.name: t.numpy() for entry, t in zip(session.get_inputs(), (x, kernel))}})[0]
+        np.testing.assert_allclose(got, module(x, kernel).numpy(), rtol=1e-5, atol=1e-5)
+        print("exported")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "exported" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]

@@ -5,8 +5,9 @@ Importing this module (``involution.torch.ops`` does, at its end) registers one 
 
 * for the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, torch's default): as an onnxscript function in
   onnxscript's torch_lib registry (``onnxscript.function_libs.torch_lib.registration.torch_op``), from which
-  ``torch.onnx`` builds its default ``ONNXRegistry`` at every export; skipped, with nothing to warn about, where
-  onnxscript is not installed (the dynamo exporter needs it anyway);
+  ``torch.onnx`` builds its default ``ONNXRegistry`` at every export; registered when the exporter first imports that
+  registry, or at once where it is already imported (:func:`register_dynamo_translation` says why), and skipped,
+  with nothing to warn about, where onnxscript is not installed (the dynamo exporter needs it anyway);
 * for the TorchScript exporter (``dynamo=False``): with :func:`torch.onnx.register_custom_op_symbolic`, opsets 18
   and up.
 
@@ -20,6 +21,9 @@ float32 for the sum).
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
+import sys
 import warnings
 
 import numpy as np
@@ -127,14 +131,59 @@ def _register_onnxscript() -> None:
                                  *(tuple(int(value) for value in pair) for pair in (stride, padding, dilation)))
 
 
-try:
-    import onnxscript  # noqa: F401  (the dynamo exporter's own dependency)
-except ImportError:
-    pass
-else:
+_dynamo_translation_registered = False
+
+
+def register_dynamo_translation() -> None:
+    """Register the op's translation for the dynamo exporter in onnxscript's torch_lib registry, once.
+
+    Importing onnxscript costs about as much as importing torch, so a process that never exports does not pay it:
+    this runs when ``involution.torch.ops`` is imported only if onnxscript's registry module already is, and
+    otherwise right after the dynamo exporter imports it (:class:`_RegisterAfterImport`). Without onnxscript it does
+    nothing (the dynamo exporter needs it anyway); an onnxscript whose torch_lib API moved gives a RuntimeWarning
+    (``dynamo=False`` still works).
+    """
+    global _dynamo_translation_registered
+    if _dynamo_translation_registered:
+        return
+    _dynamo_translation_registered = True
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter's own dependency)
+    except ImportError:
+        return
     try:
         _register_onnxscript()
     except (ImportError, AttributeError, TypeError) as error:  # an onnxscript whose torch_lib API moved
         warnings.warn(f"involution: the ONNX translation for torch.onnx.export(dynamo=True) is not registered "
                       f"(onnxscript {getattr(onnxscript, '__version__', '?')}: {error!r}); "
                       f"dynamo=False still works", RuntimeWarning, stacklevel=2)
+
+
+TORCHLIB_REGISTRY = "onnxscript.function_libs.torch_lib.registration"  # where the dynamo exporter looks
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder):
+    """An import hook: right after onnxscript's torch_lib registry module is first imported (by the dynamo exporter,
+    before it reads the registry), :func:`register_dynamo_translation` runs; then the hook removes itself. So
+    importing the op does not import onnxscript, which costs about as much as importing torch."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != TORCHLIB_REGISTRY:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            execute = spec.loader.exec_module
+
+            def execute_then_register(module):
+                execute(module)
+                register_dynamo_translation()
+
+            spec.loader.exec_module = execute_then_register
+        return spec
+
+
+if TORCHLIB_REGISTRY in sys.modules:
+    register_dynamo_translation()
+else:
+    sys.meta_path.insert(0, _RegisterAfterImport())
