@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from involution.benchmarks.op_cpu import interleaved_medians
+from involution.benchmarks.timing import interleaved_medians
 
 TARGETS = {"eager": 0.9, "compiled": 0.8}  # RedNet-50 / ResNet-50 time ratios the project aims at
 

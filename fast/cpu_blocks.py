@@ -1,10 +1,19 @@
-"""Building blocks the fast CPU kernels share (moved from cpu_kernels)."""
+"""Building blocks shared by the fast CPU kernels of ``cpu_forward``, ``cpu_grad_x`` and ``cpu_grad_kernel``.
+
+Compilation settings (``jit``: parallel kernels, ``inline``: helpers inlined into them), the index math of
+``index.py``, the work-unit chunk size (:class:`UnitChunks`), the flat multiply-add loops of v2-v4, the wide-row
+layout of v3-v4 (stride phases, bands) and the channels-last layout of the channel-vector kernels (v6-v9: units,
+lanes, rows per unit, channels-last loaders, four-position multiply-adds).
+
+Sizes: ``x (B, C, H, W)``, ``kernel (B, G, Kh, Kw, Ho, Wo)``, ``out / grad_out (B, C, Ho, Wo)``,
+channel ``c`` in group ``c // (C // G)``; ``sh, sw`` stride, ``ph, pw`` padding, ``dh, dw`` dilation.
+"""
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
 
+from . import simd
 from .index import cpu_helpers
 from .runtime import CACHE
 
@@ -105,6 +114,13 @@ def wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw):
 simd_length, wide_layout = inline(simd_length), inline(wide_layout)
 
 
+def wide_scratch_elements(lengths, rows: int, band: int, batch: int, groups: int, workers: int) -> int:
+    """Scratch elements of a wide-row kernel (v3, v4) whose per-worker scratch ``lengths`` are allocated by at most
+    one worker per unit of ``band`` of the ``rows`` rows (an empty batch allocates none)."""
+    units = batch * groups * -(-rows // band)
+    return min(workers, units) * sum(lengths)
+
+
 @inline
 def band_of_unit(unit, groups, bands, band, rows_total):
     """``(b, g, row0, rows)`` of work unit ``unit``: batch, group and the band's first row and row count."""
@@ -154,7 +170,7 @@ def store_wide_rows(wide_flat, wide_start, wide, target_flat, target_start, out_
             wide_flat[wide_start + r * wide:wide_start + r * wide + out_w])
 
 
-# ---------------------------------------- v5: channels-last group copies, channel vectors held in registers
+# ---------------------------------------------- channel vectors (v5's layout, run by v6-v9): channels-last copies
 # v3 and v4 vectorise along output positions and spend 37-72% of their time building stride-phase and wide
 # kernel copies. v5 vectorises along channels instead: per (b, g, block of LANES channels, band of output rows),
 # one pass copies the band's padded input rows channels-last, S[r, q, l] = x_pad[c0 + l, y0 + r, q]; then every
@@ -164,8 +180,6 @@ def store_wide_rows(wide_flat, wide_start, wide, target_flat, target_start, out_
 # The kernel is read where it lies: the POSITIONS values of a tap are consecutive. Scratch: one channels-last
 # band per thread (``numba.get_thread_id``), bounded by SCRATCH_ELEMENTS; units are scheduled one at a time
 # (parallel chunk size 1), so a descheduled thread holds up at most one unit. Same summation order as v1-v4.
-from . import simd  # noqa: E402  (v5's vocabulary, kept in its own section)
-
 POSITIONS = 4  # output positions accumulated together: 4 independent multiply-add chains per tap
 SCRATCH_ELEMENTS = 1 << 15  # a channels-last band per thread: 128 KiB of float32, inside L2
 UNITS_PER_THREAD = 8  # aim for this many units per thread, so that dynamic scheduling can balance them
@@ -220,37 +234,38 @@ def multiply_add_four(kernel_flat, k, scratch, s, step, lanes, a0, a1, a2, a3):
                               simd.load(scratch, s + 3 * step, lanes), a3))
 
 
-def lanes_v5(group_channels: int, dtype) -> int:
+def band_slot(band, sh, kernel_h, dh, wide, lane_count):
+    """Scratch elements of a channels-last copy of the input rows ``band`` output rows read (``wide`` columns of
+    ``lane_count`` channels): one thread's slot in the channel-vector forwards and kernel gradient."""
+    return ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count
+
+
+band_slot = inline(band_slot)
+
+
+def channel_lanes(group_channels: int, dtype) -> int:
     """Channels per vector: the group's channels rounded up to a 32-byte register, at most 64 bytes."""
     per_register = 32 // np.dtype(dtype).itemsize
     return per_register if group_channels <= per_register else 2 * per_register
 
 
-def band_v5(batch, groups, group_channels, lanes, out_h, wide, kernel_h, sh, dh, workers) -> int:
-    """Output rows per unit: about UNITS_PER_THREAD units per thread, scratch within SCRATCH_ELEMENTS."""
+def units_wanted(workers: int, units_per_band: int) -> int:
+    """Bands to split the rows into: about UNITS_PER_THREAD units per thread over ``units_per_band`` units of each
+    band (batch x groups x channel blocks); at least one, also for an empty batch (no units, nothing to split)."""
+    return -(-UNITS_PER_THREAD * workers // max(1, units_per_band))
+
+
+def rows_per_unit(batch, groups, group_channels, lanes, out_h, wide, kernel_h, sh, dh, workers) -> int:
+    """Output rows per unit of the channel-vector kernels: about UNITS_PER_THREAD units per thread, a unit's
+    channels-last rows (``wide`` columns of ``lanes`` channels) within SCRATCH_ELEMENTS."""
     blocks = (group_channels + lanes - 1) // lanes
     by_memory = max(1, (SCRATCH_ELEMENTS // (wide * lanes) - (kernel_h - 1) * dh - 1) // sh + 1)
-    bands_wanted = -(-UNITS_PER_THREAD * workers // (batch * groups * blocks))
+    bands_wanted = units_wanted(workers, batch * groups * blocks)
     return max(1, min(by_memory, -(-out_h // bands_wanted)))
 
 
-def scratch_fits_v5(geometry) -> bool:
-    """Whether a one-row band's channels-last scratch holds at most 4x the input values that row's taps read (huge
-    strides or dilations skip most of the padded input, which v5 would copy): v5 to v7 may run on ``geometry``."""
-    (_, sw), (dh, dw) = geometry.stride, geometry.dilation
-    rows_in, wide = (geometry.kernel_h - 1) * dh + 1, (geometry.out_w - 1) * sw + (geometry.kernel_w - 1) * dw + 1
-    return rows_in * wide <= 4 * geometry.kernel_h * geometry.kernel_w * geometry.out_w
-
-
-def fits_v5(geometry) -> bool:
-    """Whether v5 suits ``geometry`` (the version policy's test): its scratch fits (:func:`scratch_fits_v5`) and at
-    least half of each float32 vector's lanes hold channels (float64 vectors have half as many lanes)."""
-    return (2 * geometry.group_channels > lanes_v5(geometry.group_channels, np.float32)
-            and scratch_fits_v5(geometry))
-
-
 @inline
-def load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
+def load_channels_last_by_four(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``load_channels_last`` four columns at a time, transposed in registers."""
     lane_count = simd.count(lanes)
     inside_lo = min(pw, wide)

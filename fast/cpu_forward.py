@@ -1,4 +1,21 @@
-"""The forward kernels (moved from cpu_kernels)."""
+"""The forward kernels of the fast CPU backend, numbered (llm.c style: v1 naive, higher versions faster).
+
+``out[b, c, i, j] = sum_{u, v} kernel[b, g, u, v, i, j] * x_pad[b, c, i*sh + u*dh, j*sw + v*dw]``. Each kernel takes
+validated C-contiguous ``x (B, C, H, W)``, ``kernel (B, G, Kh, Kw, Ho, Wo)`` and a preallocated ``out (B, C, Ho, Wo)``
+it overwrites completely, then ``sh, sw, ph, pw, dh, dw``; each output element is written by one ``prange`` unit in
+a fixed summation order (bitwise reproducible for any thread count). ``involution.fast.cpu.KERNELS`` says which
+public version runs which of them, and ``scratch_v<n>`` the scratch each allocates.
+
+Versions (gaps are history: the public versions that changed only another pass):
+
+- v1: naive, threads over (b, c).
+- v2: row-wise on flat arrays, threads over (b, g, output row).
+- v3: stride-phase copies and wide rows (one contiguous multiply-add per tap over a band).
+- v4: v3 with a kernel row summed in registers, two channels per load (rows up to ``MAX_ROW_TAPS`` taps).
+- v5: retired: channel vectors with scalar channels-last copies; v6 reproduces it bitwise.
+- v6: channel vectors, channels-last copies shuffled in registers, four positions per block.
+- v8: v6 with eight positions per block and input columns reused across a kernel row's taps (bitwise v6).
+"""
 from __future__ import annotations
 
 import numba
@@ -6,7 +23,11 @@ import numpy as np
 from numba import prange
 
 from . import simd
-from .cpu_blocks import *  # noqa: F401,F403  (moved as is; named imports follow)
+from .cpu_blocks import (POSITIONS, SIMD_BLOCK, band_of_unit, band_slot, channel_block_unit, channel_lanes,
+                         group_of_channel, inline, input_coordinate, jit, kernel_offset, load_channels_last_blocks,
+                         load_channels_last_by_four, load_phases, load_wide_rows, multiply_add_flat, multiply_add_four,
+                         multiply_add_padding, output_range, rows_per_unit, simd_length, split_index, store_wide_rows,
+                         wide_layout, wide_scratch_elements, UnitChunks)
 
 
 # ---------------------------------------------------------------------------------------------- forward
@@ -72,6 +93,16 @@ def forward_scratch(channel_block, group_channels, out_h, out_w, kernel_h, kerne
 
 
 forward_scratch = inline(forward_scratch)
+
+
+def scratch_v3(geometry, workers: int, channel_block: int = 1) -> int:
+    """Scratch elements of :func:`forward_v3` on ``workers`` threads (``channel_block``: v4's), exact Python ints."""
+    g = geometry
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    lengths = forward_scratch.py_func(channel_block, g.group_channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w, sh,
+                                      sw, dh, dw)
+    _, _, band = wide_layout.py_func(g.out_h, g.out_w, g.kernel_h, g.kernel_w, sh, sw, dh, dw)
+    return wide_scratch_elements(lengths, g.out_h, band, g.batch, g.groups, workers)
 
 
 @inline
@@ -205,14 +236,16 @@ def forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, column_phas
 def forward_v4(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Kernel rows in registers: per (b, g, band) and pair of channels, each kernel row is one vector loop
     (kernel rows up to ``MAX_ROW_TAPS`` wide)."""
-    kernel_w = kernel.shape[3]
-    if kernel_w > MAX_ROW_TAPS:
-        raise ValueError(f"forward_v4 unrolls kernel rows up to MAX_ROW_TAPS={MAX_ROW_TAPS} taps, got Kw={kernel_w}; "
-                         f"use version 3 (or version=None, which picks it)")
+    kernel_w = kernel.shape[3]  # at most MAX_ROW_TAPS: involution.fast.cpu.check_version refuses wider rows
     columns = range(0, kernel_w * dw, dw)  # v * dw for each tap column v
     forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, numba.get_num_threads(),
                     tuple(column % sw for column in columns),
                     tuple(column // sw for column in columns))
+
+
+def scratch_v4(geometry, workers: int) -> int:
+    """Scratch elements of :func:`forward_v4` on ``workers`` threads: v3's, CHANNEL_BLOCK channels at a time."""
+    return scratch_v3(geometry, workers, CHANNEL_BLOCK)
 
 
 @inline
@@ -242,72 +275,42 @@ def multiply_add_taps_one(kernel_flat, kernel_start, plane, scratch, start, kern
     return a0
 
 
-@jit
-def forward_channels_v5(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band):
-    """``forward_v5`` for ``lanes`` (a ``simd.Lanes``: channels per vector) and ``band`` output rows per unit;
-    ``threads`` must be ``numba.get_num_threads()``: one scratch slot per thread id."""
-    batch, channels, height, width = x.shape
-    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
-    group_channels = channels // groups
-    lane_count = simd.count(lanes)  # channels per vector
-    blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
-    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1  # padded input columns the taps read
-    slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count
-    plane, taps = out_h * out_w, kernel_h * kernel_w
-    x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
-    scratch = np.empty(threads * slot, x.dtype)
-    units = batch * groups * blocks * bands
-    for unit in prange(units):
-        start = numba.get_thread_id() * slot
-        b, g, i0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, out_h, channels,
-                                                       group_channels, lane_count)
-        load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, i0 * sh - ph,
-                           (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
-        for i in range(i0, i0 + rows):
-            kernel_row = (b * groups + g) * taps * plane + i * out_w  # tap 0 of output row i
-            scratch_row = start + (i - i0) * sh * wide * lane_count
-            if out_w < POSITIONS:  # too narrow for a block: one position at a time
-                for j in range(out_w):
-                    a0 = multiply_add_taps_one(kernel_flat, kernel_row + j, plane, scratch,
-                                               scratch_row + j * sw * lane_count, kernel_h, kernel_w,
-                                               dh * wide * lane_count, dw * lane_count, lanes)
-                    for l in range(valid):
-                        out_flat[numba.uint64((c0 + l) * plane + i * out_w + j)] = simd.lane(a0, l)
-                continue
-            for j in range(0, out_w, POSITIONS):
-                # a row's last block ends at out_w, overlapping the one before (same values, stored twice)
-                j = min(j, out_w - POSITIONS)
-                a0, a1, a2, a3 = multiply_add_taps_four(
-                    kernel_flat, kernel_row + j, plane, scratch, scratch_row + j * sw * lane_count,
-                    sw * lane_count, kernel_h, kernel_w, dh * wide * lane_count, dw * lane_count, lanes)
-                target = c0 * plane + i * out_w + j
-                for l in range(valid):
-                    out_flat[numba.uint64(target + l * plane)] = simd.lane(a0, l)
-                    out_flat[numba.uint64(target + l * plane + 1)] = simd.lane(a1, l)
-                    out_flat[numba.uint64(target + l * plane + 2)] = simd.lane(a2, l)
-                    out_flat[numba.uint64(target + l * plane + 3)] = simd.lane(a3, l)
-
-
-def forward_plan_v5(x, kernel, sh, sw, dh, dw):
-    """``(workers, lanes, band)`` of the channel-vector forwards: numba's thread count, channels per vector
-    (:func:`lanes_v5`) and output rows per unit (:func:`band_v5`)."""
-    workers = numba.get_num_threads()
-    batch, channels = x.shape[:2]
-    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
-    lanes = lanes_v5(channels // groups, x.dtype)
+def channel_vector_plan(batch, channels, groups, kernel_h, kernel_w, out_h, out_w, sh, sw, dh, dw, dtype, workers):
+    """``(lanes, band, wide)`` of the channel-vector forwards: channels per vector (:func:`channel_lanes`), output
+    rows per unit (:func:`rows_per_unit`) and the padded input columns a row's taps read."""
+    lanes = channel_lanes(channels // groups, dtype)
     wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    return workers, lanes, band_v5(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers)
+    return lanes, rows_per_unit(batch, groups, channels // groups, lanes, out_h, wide, kernel_h, sh, dh, workers), wide
 
 
-def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
-    """Channel vectors: per (b, g, channel block, band), a channels-last input copy, then each output position's
-    channels accumulate in one register, POSITIONS positions at a time."""
-    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
-    with UnitChunks():  # units one at a time to whichever thread is free
-        forward_channels_v5(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
+def _plan(x, kernel, sh, sw, dh, dw):
+    """``(workers, lanes, band)`` of :func:`channel_vector_plan` for the arrays, on numba's thread count."""
+    workers = numba.get_num_threads()
+    lanes, band, _ = channel_vector_plan(*x.shape[:2], *kernel.shape[1:], sh, sw, dh, dw, x.dtype, workers)
+    return workers, lanes, band
 
 
-# ------------------------------------------------------ v6: v5 with its layout changes shuffled in registers
+def _geometry_plan(geometry, workers):
+    """``(lanes, band, wide)`` for ``geometry`` in float32 (whose vectors hold at least as many channels)."""
+    g = geometry
+    return channel_vector_plan(g.batch, g.channels, g.groups, g.kernel_h, g.kernel_w, g.out_h, g.out_w, *g.stride,
+                               *g.dilation, np.float32, workers)
+
+
+def scratch_v6(geometry, workers: int) -> int:
+    """Scratch elements of :func:`forward_v6` on ``workers`` threads: a channels-last band per thread."""
+    lanes, band, wide = _geometry_plan(geometry, workers)
+    return workers * band_slot.py_func(band, geometry.stride[0], geometry.kernel_h, geometry.dilation[0], wide, lanes)
+
+
+def scratch_v8(geometry, workers: int) -> int:
+    """Scratch elements of :func:`forward_v8` on ``workers`` threads: v6's band and its :func:`slot_tail`."""
+    lanes, _, _ = _geometry_plan(geometry, workers)
+    tail = slot_tail(geometry.out_w, geometry.stride[1], geometry.dilation[1], lanes)
+    return scratch_v6(geometry, workers) + workers * tail
+
+
+# -------------------------------------------- v6: channel vectors, layout changes shuffled in registers (v5 retired)
 # v5 moves every value between the channels-first arrays and its channels-last scratch one scalar at a time: an
 # extract and a store per output value, a load and a store per input value, as many instructions as its
 # multiply-adds on 7x7 taps (more on 3x3 and stride 2). v6 moves four columns of ``lanes`` channels at once:
@@ -317,7 +320,7 @@ def forward_v5(x, kernel, out, sh, sw, ph, pw, dh, dw):
 
 
 @inline
-def forward_row_v6(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid, out_w,
+def forward_row_by_four(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid, out_w,
                    kernel_h, kernel_w, sw, row_step, dw, lanes):
     """One output row of a channel block: POSITIONS positions at a time (``multiply_add_taps_four``, stored by
     ``simd.store_columns``), or one at a time on rows narrower than a block; ``row_step`` is the scratch's
@@ -340,14 +343,14 @@ def forward_row_v6(kernel_flat, kernel_row, plane, scratch, scratch_row, out_fla
 
 @jit
 def forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band):
-    """``forward_channels_v5`` with ``load_channels_last_v6`` and ``simd.store_columns``."""
+    """``forward_channels_v5`` with ``load_channels_last_by_four`` and ``simd.store_columns``."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
     lane_count = simd.count(lanes)
     blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
     wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count
+    slot = band_slot(band, sh, kernel_h, dh, wide, lane_count)
     plane, taps = out_h * out_w, kernel_h * kernel_w
     x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
     scratch = np.empty(threads * slot, x.dtype)
@@ -356,17 +359,17 @@ def forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
         start = numba.get_thread_id() * slot
         b, g, i0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, out_h, channels,
                                                        group_channels, lane_count)
-        load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
+        load_channels_last_by_four(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
                               (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
         for i in range(i0, i0 + rows):
-            forward_row_v6(kernel_flat, (b * groups + g) * taps * plane + i * out_w, plane, scratch,
+            forward_row_by_four(kernel_flat, (b * groups + g) * taps * plane + i * out_w, plane, scratch,
                            start + (i - i0) * sh * wide * lane_count, out_flat, c0 * plane + i * out_w, valid,
                            out_w, kernel_h, kernel_w, sw, dh * wide * lane_count, dw, lanes)
 
 
 def forward_v6(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Channel vectors with layout changes in registers: v5's plan, four columns per shuffle."""
-    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
+    workers, lanes, band = _plan(x, kernel, sh, sw, dh, dw)
     with UnitChunks():
         forward_channels_v6(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band)
 
@@ -458,17 +461,17 @@ def multiply_add_taps_eight(kernel_flat, kernel_start, last, plane, scratch, sta
 
 
 @inline
-def load_channels_last_v8(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
+def load_channels_last_by_vector(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``load_channels_last`` ``lanes`` columns at a time (``simd.copy_transposed``); rows of fewer inside columns
-    run ``load_channels_last_v6``."""
+    run ``load_channels_last_by_four``."""
     inside_lo = min(pw, wide)
     if max(inside_lo, min(wide, width + pw)) - inside_lo < simd.count(lanes):
-        load_channels_last_v6(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw)
+        load_channels_last_by_four(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw)
         return
     load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw, True)
 
 
-def slot_tail_v8(out_w, sw, dw, lanes) -> int:
+def slot_tail(out_w, sw, dw, lanes) -> int:
     """Scratch elements past a v8 band that a block of 5 to 7 positions reads (its missing positions' columns)."""
     if dw != 1 or sw > 2 or out_w < NARROWEST_V8 or out_w >= POSITIONS_V8:
         return 0
@@ -478,14 +481,14 @@ def slot_tail_v8(out_w, sw, dw, lanes) -> int:
 @jit
 def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band, tail):
     """``forward_channels_v6`` with blocks of eight positions where the row allows (``multiply_add_taps_eight``);
-    ``tail`` is :func:`slot_tail_v8`."""
+    ``tail`` is :func:`slot_tail`."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
     lane_count = simd.count(lanes)
     blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
     wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count + tail
+    slot = band_slot(band, sh, kernel_h, dh, wide, lane_count) + tail
     plane, taps = out_h * out_w, kernel_h * kernel_w
     x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
     scratch = np.empty(threads * slot, x.dtype)
@@ -496,7 +499,7 @@ def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
         start = numba.get_thread_id() * slot
         b, g, i0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, out_h, channels,
                                                        group_channels, lane_count)
-        load_channels_last_v8(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
+        load_channels_last_by_vector(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
                               (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
         for i in range(i0, i0 + rows):
             kernel_row = (b * groups + g) * taps * plane + i * out_w
@@ -518,13 +521,13 @@ def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, 
                     else:
                         simd.store_columns(out_flat, target_row + j + 1, plane, valid, a1, a2, a3, a4)
             else:
-                forward_row_v6(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid,
+                forward_row_by_four(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid,
                                out_w, kernel_h, kernel_w, sw, dh * wide * lane_count, dw, lanes)
 
 
 def forward_v8(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Channel vectors, eight positions per block, input columns reused across a kernel row's taps."""
-    workers, lanes, band = forward_plan_v5(x, kernel, sh, sw, dh, dw)
+    workers, lanes, band = _plan(x, kernel, sh, sw, dh, dw)
     with UnitChunks():
         forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band,
-                            slot_tail_v8(kernel.shape[-1], sw, dw, lanes))
+                            slot_tail(kernel.shape[-1], sw, dw, lanes))

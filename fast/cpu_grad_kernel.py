@@ -1,4 +1,19 @@
-"""The kernel-gradient kernels (moved from cpu_kernels)."""
+"""The kernel-gradient kernels of the fast CPU backend, numbered (llm.c style: v1 naive, higher versions faster).
+
+``grad_kernel[b, g, u, v, i, j] = sum_{c in group g} grad_out[b, c, i, j] * x_pad[b, c, i*sh + u*dh, j*sw + v*dw]``.
+Each kernel takes validated C-contiguous ``grad_out (B, C, Ho, Wo)``, ``x (B, C, H, W)`` and a preallocated
+``grad_kernel (B, G, Kh, Kw, Ho, Wo)`` it overwrites completely, then ``sh, sw, ph, pw, dh, dw``; each element is
+written by one ``prange`` unit in a fixed summation order (bitwise reproducible for any thread count).
+``involution.fast.cpu.KERNELS`` says which public version runs which of them, ``scratch_v<n>`` the scratch it takes.
+
+Versions (gaps are history: public versions 4-6 run v3 here, 8 runs v7):
+
+- v1: naive, threads over (b, g).
+- v2: row-wise on flat arrays, threads over (b, g, output row).
+- v3: stride-phase copies and wide rows, a tap's band summing the group's channels in contiguous loops.
+- v7: channel vectors: channels-last copies, four positions' channel products reduced at once (a tree sum).
+- v9: output positions in vector lanes: a channel loop of one load and one multiply-add per tap (a sequence).
+"""
 from __future__ import annotations
 
 import numba
@@ -6,7 +21,10 @@ import numpy as np
 from numba import prange
 
 from . import simd
-from .cpu_blocks import *  # noqa: F401,F403  (moved as is; named imports follow)
+from .cpu_blocks import (POSITIONS, SCRATCH_ELEMENTS, SIMD_BLOCK, band_of_unit, band_slot, channel_lanes, inline,
+                         input_coordinate, jit, kernel_offset, load_channels_last_by_four, load_phases, load_wide_rows,
+                         multiply_add_flat, multiply_add_padding, output_range, rows_per_unit, simd_length, split_index,
+                         store_wide_rows, units_wanted, wide_layout, wide_scratch_elements, UnitChunks)
 
 
 # ------------------------------------------------------------------------------------ grad wrt kernel
@@ -67,6 +85,15 @@ def grad_kernel_scratch(group_channels, out_h, out_w, kernel_h, kernel_w, sh, sw
 
 
 grad_kernel_scratch = inline(grad_kernel_scratch)
+
+
+def scratch_v3(geometry, workers: int) -> int:
+    """Scratch elements of :func:`grad_kernel_v3` on ``workers`` threads, in exact Python ints."""
+    g = geometry
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    lengths = grad_kernel_scratch.py_func(g.group_channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w, sh, sw, dh, dw)
+    _, _, band = wide_layout.py_func(g.out_h, g.out_w, g.kernel_h, g.kernel_w, sh, sw, dh, dw)
+    return wide_scratch_elements(lengths, g.out_h, band, g.batch, g.groups, workers)
 
 
 @jit
@@ -135,7 +162,7 @@ def grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, th
     lane_count = simd.count(lanes)
     blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
     wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    input_slot = ((band - 1) * sh + (kernel_h - 1) * dh + 1) * wide * lane_count  # per channel block
+    input_slot = band_slot(band, sh, kernel_h, dh, wide, lane_count)  # per channel block
     output_slot = band * out_w * lane_count
     slot = blocks * (input_slot + output_slot)
     plane, taps = out_h * out_w, kernel_h * kernel_w
@@ -149,9 +176,9 @@ def grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, th
         for block in range(blocks):
             c0 = b * channels + g * group_channels + block * lane_count
             valid = min(lane_count, group_channels - block * lane_count)
-            load_channels_last_v6(x_flat, scratch, start + block * input_slot, c0, valid, lanes, height, width,
+            load_channels_last_by_four(x_flat, scratch, start + block * input_slot, c0, valid, lanes, height, width,
                                   i0 * sh - ph, (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
-            load_channels_last_v6(grad_out_flat, scratch, outputs + block * output_slot, c0, valid, lanes, out_h,
+            load_channels_last_by_four(grad_out_flat, scratch, outputs + block * output_slot, c0, valid, lanes, out_h,
                                   out_w, i0, rows, out_w, 0)
         target_image = (b * groups + g) * taps * plane
         for i in range(i0, i0 + rows):
@@ -193,15 +220,28 @@ def grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, th
                                         a0, a1, a2, a3)
 
 
+def channel_vector_plan(batch, channels, groups, kernel_h, kernel_w, out_h, out_w, sh, sw, dh, dw, dtype, workers):
+    """``(lanes, band, slot)`` of :func:`grad_kernel_v7`: channels per vector, output rows per unit (one channel
+    block's share of the scratch) and scratch elements per thread (every block's input and grad_out copies)."""
+    lanes = channel_lanes(channels // groups, dtype)
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    band = rows_per_unit(batch, groups, lanes, lanes, out_h, wide + out_w, kernel_h, sh, dh, workers)
+    blocks = -(-(channels // groups) // lanes)
+    return lanes, band, blocks * (band_slot.py_func(band, sh, kernel_h, dh, wide, lanes) + band * out_w * lanes)
+
+
+def scratch_v7(geometry, workers: int) -> int:
+    """Scratch elements of :func:`grad_kernel_v7` on ``workers`` threads (float32, the most channels per vector)."""
+    g = geometry
+    return workers * channel_vector_plan(g.batch, g.channels, g.groups, g.kernel_h, g.kernel_w, g.out_h, g.out_w,
+                                         *g.stride, *g.dilation, np.float32, workers)[2]
+
+
 def grad_kernel_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
     """Channel vectors for the kernel gradient: per (b, g, band), channels-last copies of the input and grad_out
     bands, then per tap four positions' channel products reduced together."""
     workers = numba.get_num_threads()
-    batch, channels = x.shape[:2]
-    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
-    lanes = lanes_v5(channels // groups, x.dtype)
-    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    band = band_v5(batch, groups, lanes, lanes, out_h, wide + out_w, kernel_h, sh, dh, workers)  # one block's share
+    lanes, band, _ = channel_vector_plan(*x.shape[:2], *grad_kernel.shape[1:], sh, sw, dh, dw, x.dtype, workers)
     with UnitChunks():
         grad_kernel_channels_v7(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, numba.get_num_threads(),
                                 simd.Lanes(lanes), band)
@@ -236,18 +276,16 @@ TAPS_V9 = 8  # taps accumulated together: 8 accumulators, one multiply-add chain
 TAIL_TAPS_V9 = 4  # a tail of at most this many taps runs in a block of this many (fewer repeated multiply-adds)
 COLUMN_TAPS_V9 = 4  # kernel rows of a tap column, two output rows: 8 accumulators (with 8 rows, 16 spilled)
 PAIRED_MIN_KH_V9 = 7  # tried on 7 (faster) and 3 (no faster: the flat blocks run there)
-NARROWEST_V9 = 7  # the narrowest output rows v9 was measured faster than v7 on (RedNet's 7x7)
-FEWEST_TAPS_V9 = 10  # kernels with fewer taps run v9 at batch 1 only: RedNet's 3x3 layer at batch 8 (its 12.8 MB input
-# from memory) measured no faster than v7 (0.90-1.59x over five runs, about 1 in three); at batch 1 1.3-1.8x
 
 
-def lanes_v9(out_w: int, dtype) -> int:
+
+def position_lanes(out_w: int, dtype) -> int:
     """Output positions per vector: a 64-byte vector where the output rows fill one, else 32 bytes."""
     per_register = 64 // np.dtype(dtype).itemsize
     return per_register if out_w >= per_register else per_register // 2
 
 
-def phases_v9(kernel_w: int, sw: int, dw: int):
+def column_phases(kernel_w: int, sw: int, dw: int):
     """``(phases, column_slot, column_shift)``: the column phases ``v*dw mod sw`` the tap columns read, in order of
     first use (at most ``min(sw, Kw)``), and per tap column ``v`` its phase's index and ``v*dw // sw``."""
     phases, column_slot = [], []
@@ -259,44 +297,44 @@ def phases_v9(kernel_w: int, sw: int, dw: int):
     return tuple(phases), tuple(column_slot), tuple(v * dw // sw for v in range(kernel_w))
 
 
-def paired_v9(kernel_h, sh, dh):
+def rows_paired(kernel_h, sh, dh):
     """Whether v9 accumulates two output rows by tap columns (stride and dilation 1 down the columns, so that the rows
     share input rows; kernels at least PAIRED_MIN_KH_V9 tall), not by blocks of TAPS_V9 taps."""
     return dh == 1 and sh == 1 and kernel_h >= PAIRED_MIN_KH_V9
 
 
-def rows_v9(rows, kernel_h, sh, dh):
+def rows_copied(rows, kernel_h, sh, dh):
     """``(input_rows, grad_out_rows)`` a unit of ``rows`` output rows copies: with paired rows, a spare output row
     (an odd band's last pair) and every row a column block of COLUMN_TAPS_V9 kernel rows reads."""
-    if paired_v9(kernel_h, sh, dh):
+    if rows_paired(kernel_h, sh, dh):
         return rows * sh + -(-kernel_h // COLUMN_TAPS_V9) * COLUMN_TAPS_V9, rows + 1
     return (rows - 1) * sh + (kernel_h - 1) * dh + 1, rows
 
 
-def layout_v9(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh, dw, lanes, phase_count, band):
+def positions_layout(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh, dw, lanes, phase_count, band):
     """``(pitch, phase_w, input_channel, output_channel)`` of a ``band``-row unit: the padded grad_out row (a whole
     vector at least), a phase row (the taps' reach past it), a channel's input and grad_out elements in scratch."""
     pitch = max(out_w, lanes)
     phase_w = pitch + (kernel_w - 1) * dw // sw
-    rows_in, rows_out = rows_v9(band, kernel_h, sh, dh)
+    rows_in, rows_out = rows_copied(band, kernel_h, sh, dh)
     return pitch, phase_w, rows_in * phase_count * phase_w, rows_out * pitch
 
 
-paired_v9, rows_v9, layout_v9 = inline(paired_v9), inline(rows_v9), inline(layout_v9)
+rows_paired, rows_copied, positions_layout = inline(rows_paired), inline(rows_copied), inline(positions_layout)
 
 
-def plan_v9(batch, groups, group_channels, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, dtype, workers):
-    """``(lanes, band, slot)``: positions per vector (:func:`lanes_v9`), output rows per unit (about UNITS_PER_THREAD
+def positions_plan(batch, groups, group_channels, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, dtype, workers):
+    """``(lanes, band, slot)``: positions per vector (:func:`position_lanes`), output rows per unit (about UNITS_PER_THREAD
     units per thread, the unit's copies within SCRATCH_ELEMENTS, at least one row) and scratch elements per thread."""
-    lanes = lanes_v9(out_w, dtype)
-    phase_count = len(phases_v9(kernel_w, sw, dw)[0])
+    lanes = position_lanes(out_w, dtype)
+    phase_count = len(column_phases(kernel_w, sw, dw)[0])
 
     def slot(rows):
-        _, _, input_channel, output_channel = layout_v9.py_func(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
+        _, _, input_channel, output_channel = positions_layout.py_func(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
                                                                 dw, lanes, phase_count, rows)
         return group_channels * (input_channel + output_channel)
 
-    bands_wanted = -(-UNITS_PER_THREAD * workers // (batch * groups))
+    bands_wanted = units_wanted(workers, batch * groups)
     band = max(1, -(-out_h // bands_wanted))
     while band > 1 and slot(band) > SCRATCH_ELEMENTS:
         band = max(1, min(band - 1, band * SCRATCH_ELEMENTS // slot(band)))
@@ -464,14 +502,14 @@ def store_positions(target_flat, start, vector, count, whole):
 def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, threads, lanes, copy_lanes, band,
                              phases, column_slot, column_shift):
     """``grad_kernel_v9`` for ``lanes`` (a ``simd.Lanes``: positions per vector; ``copy_lanes``: a 64-byte vector, for
-    the copies), ``band`` output rows per unit and the column phases of :func:`phases_v9` (int64 arrays);
+    the copies), ``band`` output rows per unit and the column phases of :func:`column_phases` (int64 arrays);
     ``threads`` must be ``numba.get_num_threads()``."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
     group_channels = channels // groups
     lane_count = simd.count(lanes)
     bands = (out_h + band - 1) // band
-    pitch, phase_w, input_channel, output_channel = layout_v9(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
+    pitch, phase_w, input_channel, output_channel = positions_layout(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
                                                               dw, lane_count, len(phases), band)
     row_step = len(phases) * phase_w  # one input row's phases
     slot = group_channels * (input_channel + output_channel)
@@ -489,7 +527,7 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
     for s in range(len(phases)):
         phase_ranges[s, 0], phase_ranges[s, 1] = output_range(phases[s], sw, 1, pw, width, phase_w)
     whole = out_w >= lane_count  # every vector of positions inside a row: whole-vector stores
-    paired = paired_v9(kernel_h, sh, dh)
+    paired = rows_paired(kernel_h, sh, dh)
     x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
     scratch = np.empty(threads * slot, x.dtype)
     units = batch * groups * bands
@@ -498,7 +536,7 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
         outputs = start + group_channels * input_channel  # the grad_out rows follow the input rows
         b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
         c0 = b * channels + g * group_channels
-        rows_in, rows_out = rows_v9(rows, kernel_h, sh, dh)
+        rows_in, rows_out = rows_copied(rows, kernel_h, sh, dh)
         load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, i0 * sh - ph, rows_in, phases,
                         phase_ranges, phase_w, sw, pw, input_channel, copy_lanes)
         load_padded_rows(grad_out_flat, scratch, outputs, c0, group_channels, out_h, out_w, i0, rows_out, pitch,
@@ -572,9 +610,16 @@ def grad_kernel_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
     workers = numba.get_num_threads()
     batch, channels = x.shape[:2]
     groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
-    lanes, band, _ = plan_v9(batch, groups, channels // groups, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw,
+    lanes, band, _ = positions_plan(batch, groups, channels // groups, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw,
                              x.dtype, workers)
-    phases, column_slot, column_shift = (np.array(values, np.int64) for values in phases_v9(kernel_w, sw, dw))
+    phases, column_slot, column_shift = (np.array(values, np.int64) for values in column_phases(kernel_w, sw, dw))
     with UnitChunks():
         grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes),
                                  simd.Lanes(64 // x.itemsize), band, phases, column_slot, column_shift)
+
+
+def scratch_v9(geometry, workers: int) -> int:
+    """Scratch elements of :func:`grad_kernel_v9` on ``workers`` threads (float32's plan), in exact Python ints."""
+    g = geometry
+    return workers * positions_plan(g.batch, g.groups, g.group_channels, g.out_h, g.out_w, g.kernel_h, g.kernel_w,
+                                    *g.stride, *g.dilation, np.float32, workers)[2]

@@ -1,13 +1,32 @@
-"""The input-gradient kernels (moved from cpu_kernels)."""
+"""The input-gradient kernels of the fast CPU backend, numbered (llm.c style: v1 naive, higher versions faster).
+
+``grad_x[b, c, y, x] = sum of kernel[b, g, u, v, i, j] * grad_out[b, c, i, j]`` over the taps and outputs with
+``i*sh + u*dh - ph = y`` and ``j*sw + v*dw - pw = x`` (a gather: no atomics). Each kernel takes validated C-contiguous
+``grad_out (B, C, Ho, Wo)``, ``kernel (B, G, Kh, Kw, Ho, Wo)`` and a preallocated ``grad_x (B, C, H, W)`` it
+overwrites completely, then ``sh, sw, ph, pw, dh, dw``; each element is written by one ``prange`` unit in a fixed
+summation order. ``involution.fast.cpu.KERNELS`` says which public version runs which of them, ``scratch_v<n>`` the
+scratch it takes.
+
+Versions (gaps are history: public versions 4-7 run v3 here, 9 runs v8):
+
+- v1: naive gather, threads over (b, c).
+- v2: row gather on flat arrays, threads over (b, g, input row).
+- v3: wide rows by stride phase, gathered: each input element written once by the unit owning its row.
+- v8: channel vectors: channels-last grad_out copies, four positions' taps in registers.
+"""
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
 from numba import prange
 
 from . import simd
-from .cpu_blocks import *  # noqa: F401,F403  (moved as is; named imports follow)
-import math
+from .cpu_blocks import (POSITIONS, SCRATCH_ELEMENTS, SIMD_BLOCK, band_of_unit, channel_block_unit, channel_lanes,
+                         group_of_channel, inline, input_coordinate, jit, kernel_offset, load_channels_last_by_four,
+                         load_wide_rows, multiply_add_flat, multiply_add_four, output_of_input, output_range,
+                         simd_length, split_index, units_wanted, wide_layout, wide_scratch_elements, UnitChunks)
 
 
 # ------------------------------------------------------------------------------------- grad wrt input
@@ -73,6 +92,16 @@ def grad_x_scratch(group_channels, height, out_h, out_w, kernel_h, kernel_w, sh,
 
 
 grad_x_layout, grad_x_scratch = inline(grad_x_layout), inline(grad_x_scratch)
+
+
+def scratch_v3(geometry, workers: int) -> int:
+    """Scratch elements of :func:`grad_x_v3` on ``workers`` threads, in exact Python ints."""
+    g = geometry
+    (sh, sw), (ph, _), (dh, dw) = g.stride, g.padding, g.dilation
+    lengths = grad_x_scratch.py_func(g.group_channels, g.height, g.out_h, g.out_w, g.kernel_h, g.kernel_w, sh, sw, ph,
+                                     dh, dw)
+    _, _, band, rows = grad_x_layout.py_func(g.height, g.out_h, g.out_w, g.kernel_h, g.kernel_w, sh, sw, ph, dh, dw)
+    return wide_scratch_elements(lengths, rows, band, g.batch, g.groups, workers)
 
 
 @jit
@@ -156,13 +185,13 @@ def grad_x_v3(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
 # Each element sums its taps in (u, v) order, like v1, and is written by the unit owning its row.
 
 
-def band_v8(batch, groups, group_channels, lanes, height, width, out_h, out_w, kernel_h, sh, dh, workers):
+def input_rows_per_unit(batch, groups, group_channels, lanes, height, width, out_h, out_w, kernel_h, sh, dh, workers):
     """``(band, slot)``: input rows per unit (about UNITS_PER_THREAD units per thread, the grad_out rows they read
     within SCRATCH_ELEMENTS) and the per-thread scratch length: those grad_out rows channels-last, one input row."""
     blocks = (group_channels + lanes - 1) // lanes
     rows_fit = max(1, SCRATCH_ELEMENTS // (out_w * lanes))
     by_memory = height if out_h <= rows_fit else max(1, rows_fit * sh - (kernel_h - 1) * dh)
-    bands_wanted = -(-UNITS_PER_THREAD * workers // (batch * groups * blocks))
+    bands_wanted = units_wanted(workers, batch * groups * blocks)
     band = max(1, min(by_memory, -(-height // bands_wanted)))
     grad_out_rows = min(out_h, (band - 1 + (kernel_h - 1) * dh) // sh + 1)
     return band, (grad_out_rows * out_w + width) * lanes
@@ -282,7 +311,7 @@ def prefetch_kernel_rows(kernel_flat, start, row_step, rows_lo, rows_hi, kernel_
 @jit
 def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads, lanes, band, slot, u_step, v_step):
     """``grad_x_v8`` for ``lanes`` (a ``simd.Lanes``), ``band`` input rows per unit, ``slot`` scratch elements per
-    thread (``band_v8``), tap steps ``u_step = sh // gcd(sh, dh)``, ``v_step = sw // gcd(sw, dw)``; ``threads`` must
+    thread (``input_rows_per_unit``), tap steps ``u_step = sh // gcd(sh, dh)``, ``v_step = sw // gcd(sw, dw)``; ``threads`` must
     be ``numba.get_num_threads()``."""
     batch, channels, height, width = grad_x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
@@ -317,7 +346,7 @@ def grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, threads
         i_lo = max(0, -(-(y0 + ph - (kernel_h - 1) * dh) // sh))  # the grad_out rows the band's taps read
         i_hi = min(out_h - 1, (y0 + rows - 1 + ph) // sh)
         if i_hi >= i_lo:
-            load_channels_last_v6(grad_out_flat, scratch, start, c0, valid, lanes, out_h, out_w, i_lo, i_hi - i_lo + 1,
+            load_channels_last_by_four(grad_out_flat, scratch, start, c0, valid, lanes, out_h, out_w, i_lo, i_hi - i_lo + 1,
                                   out_w, 0)
         kernel_image = (b * groups + g) * taps * plane
         for y in range(y0, y0 + rows):
@@ -386,9 +415,18 @@ def grad_x_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw):
     workers = numba.get_num_threads()
     batch, channels, height, width = grad_x.shape
     groups, kernel_h, _, out_h, out_w = kernel.shape[1:]
-    lanes = lanes_v5(channels // groups, grad_x.dtype)
-    band, slot = band_v8(batch, groups, channels // groups, lanes, height, width, out_h, out_w, kernel_h, sh, dh,
+    lanes = channel_lanes(channels // groups, grad_x.dtype)
+    band, slot = input_rows_per_unit(batch, groups, channels // groups, lanes, height, width, out_h, out_w, kernel_h, sh, dh,
                          workers)
     with UnitChunks():
         grad_x_channels_v8(grad_out, kernel, grad_x, sh, sw, ph, pw, dh, dw, workers, simd.Lanes(lanes), band, slot,
                            sh // math.gcd(sh, dh), sw // math.gcd(sw, dw))
+
+
+def scratch_v8(geometry, workers: int) -> int:
+    """Scratch elements of :func:`grad_x_v8` on ``workers`` threads (float32, whose vectors hold at least as many
+    channels as float64's), in exact Python ints: one slot per thread."""
+    g = geometry
+    lanes = channel_lanes(g.group_channels, np.float32)
+    return workers * input_rows_per_unit(g.batch, g.groups, g.group_channels, lanes, g.height, g.width, g.out_h,
+                                         g.out_w, g.kernel_h, g.stride[0], g.dilation[0], workers)[1]
