@@ -18,7 +18,7 @@ import numpy as np
 from involution.arguments import int_at_least, positive_int
 from involution.benchmarks.forward_versions import kernel_call
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, random_inputs
-from involution.benchmarks.op_cpu import interleaved_medians
+from involution.benchmarks.timing import interleaved_medians
 from involution.spec import check_geometry, check_involution2d
 
 LEGEND = ("Microseconds per call, medians of interleaved calls: front door = involution.fast.cpu.involution2d (checks, "

@@ -1,35 +1,34 @@
-"""Numbered forward (or kernel-gradient) kernels side by side on RedNet-50's layers: each validated, then timed
-interleaved.
+"""Numbered kernels of one pass side by side on RedNet-50's layers: each validated, then timed interleaved.
 
-For every layer, batch and thread count: each version's forward (``--kind grad_kernel``: its kernel gradient alone,
-``cpu_kernels.grad_kernel_v<n>`` called directly) is checked against the float64 NumPy reference (rounding bounds of
-``involution.conformance.tolerances``) and against the first version bitwise (the channel-vector forwards v5, v6 and
-v8 share one summation order; a difference is reported, not raised), then all versions are timed round-robin with
-settling calls (``op_cpu.interleaved_medians``), median of ``repeats`` rounds, dynamic threads off. On one thread the
+For every layer, batch and thread count: each public version's kernel of pass ``--kind`` (forward, grad_x or
+grad_kernel: ``involution.fast.cpu.kernel_of(kind, version)`` called directly) is checked against the float64 NumPy
+reference (rounding bounds of ``involution.conformance.tolerances``) and against the first version bitwise (the
+channel-vector forwards v6 and v8 share one summation order; a difference is reported, not raised), then all versions are timed round-robin with
+settling calls (``timing.interleaved_medians``), median of ``repeats`` rounds, dynamic threads off. On one thread the
 clock is the calling thread's CPU time (``time.thread_time``: numba runs a one-thread region on the caller, and time
 the scheduler gives other processes is not counted); on more threads, wall time. Output: the load average and a NumPy
 float32 matmul's GFLOP/s ("sgemm", the machine's ceiling) before and after, one markdown table, GFLOP/s from
 ``Geometry.macs``, and per thread count and batch the geometric mean of each version's time over the first one's.
 
-Run: ``python -m involution.benchmarks.forward_versions [--kind forward|grad_kernel] [--versions 6 8] [--threads 1 2]
+Run: ``python -m involution.benchmarks.forward_versions [--kind forward|grad_x|grad_kernel] [--versions 6 8] [--threads 1 2]
 [--batch 1 8] [--layers 0 5] [--repeats 7]``
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
+from statistics import geometric_mean
 import time
 
 import numpy as np
 
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, layer_name, random_inputs
-from involution.benchmarks.op_cpu import interleaved_medians, sgemm_gflops
+from involution.benchmarks.timing import interleaved_medians, sgemm_gflops
 
 
 def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, repeats: int = 7, log=print,
         kind: str = "forward"):
-    """Validate and time ``versions`` of kernel ``kind`` ("forward" or "grad_kernel"); one row per (threads, batch,
+    """Validate and time ``versions`` of pass ``kind`` ("forward", "grad_x" or "grad_kernel"); one row per (threads, batch,
     layer), JSON-ready dicts."""
     import numba
 
@@ -58,19 +57,21 @@ def run(versions=(6, 8), threads=(1, 2), batches=(1, 8), layers=REDNET_LAYERS, r
     return rows
 
 
-RESULT_NAMES = {"forward": "out", "grad_kernel": "grad_kernel"}
+RESULT_NAMES = {"forward": "out", "grad_x": "grad_x", "grad_kernel": "grad_kernel"}
 
 
 def kernel_call(kind: str, version: int, geometry, x, kernel, grad_out):
-    """A call running ``cpu_kernels.<kind>_v<version>`` on the arrays (checked by ``cpu.check_version``) into a
-    result array it returns: the kernel alone, without the dispatcher's validation and allocation."""
-    from involution.fast import cpu, cpu_kernels
+    """A call running pass ``kind`` of ``version`` (``cpu.kernel_of``, checked by ``cpu.check_version``) on the arrays
+    into a result array it returns: the kernel alone, without the dispatcher's validation and allocation."""
+    from involution.fast import cpu
 
     cpu.check_version(kind, version, geometry)
-    function = getattr(cpu_kernels, f"{kind}_v{version}")
+    function = cpu.kernel_of(kind, version).run
     hyper_parameters = (*geometry.stride, *geometry.padding, *geometry.dilation)
     if kind == "forward":
         arrays, result = (x, kernel), np.empty(geometry.out_shape, x.dtype)
+    elif kind == "grad_x":
+        arrays, result = (grad_out, kernel), np.empty(geometry.x_shape, x.dtype)
     else:
         arrays, result = (grad_out, x), np.empty(geometry.kernel_shape, x.dtype)
 
@@ -111,10 +112,6 @@ def summary(rows: list[dict], versions) -> str:
             lines.append(f"{count} thread(s), batch {batch}: GFLOP/s {rates}; time ratio {ratios} "
                          f"(geometric means over {len(chosen)} layers)")
     return "\n".join(lines)
-
-
-def geometric_mean(values) -> float:
-    return math.exp(sum(math.log(value) for value in values) / len(values))
 
 
 def main(argv=None) -> int:

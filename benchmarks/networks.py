@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from involution.benchmarks.timing import interleaved_times
+
 # RedNet-50 / ResNet-50 time ratios issue 31 asks for; the goal is the FLOPs ratio (reference.complexity).
 TARGETS = {"inference": 0.75, "training": 0.85}
 BASELINE = "resnet50"
@@ -86,20 +88,6 @@ def check_close(got, expected, what: str, log) -> None:
         raise AssertionError(f"{what}: logits differ from the reference forward by {error:.2e} relative "
                              f"(> {RELATIVE_TOLERANCE:g})")
     log(f"{what}: within {error:.1e} of the reference forward")
-
-
-def interleaved_times(calls: dict, rounds: int, warmup: int = 1) -> dict:
-    """key -> the seconds of each of ``rounds`` timed calls of ``calls[key]()``; one call of each key per round,
-    in order, after ``warmup`` untimed rounds. No settling between calls: in a network the op always runs right
-    after torch's ops, so each call is timed as a model runs."""
-    times = {key: [] for key in calls}
-    for round_index in range(warmup + rounds):
-        for key, call in calls.items():
-            started = time.perf_counter()
-            call()
-            if round_index >= warmup:
-                times[key].append(time.perf_counter() - started)
-    return times
 
 
 def summary(seconds: list) -> dict:

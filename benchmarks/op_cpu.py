@@ -13,8 +13,8 @@ grad_weight), GFLOP/s from ``Geometry.macs`` (2 FLOPs per multiply-add; backward
 fraction of a float32 matmul measured in the same run ("sgemm"), and the peak memory a forward call adds
 (resident-set high-water mark, glibc told to unmap every freed block above 64 KiB while it is measured; the timings
 run with glibc keeping freed blocks below 32 MiB for reuse, as a long-running process's dynamic malloc thresholds
-settle). Then two robustness checks of
-the fast forward: under load (a process spinning on one core) and after ``fork`` (:mod:`benchmarks.robustness`).
+settle). Then the under-load check of the fast forward (a process spinning on one core,
+:mod:`benchmarks.robustness`); the timing primitives are :mod:`benchmarks.timing`'s.
 
 Run: ``python -m involution bench [--quick] [--batch 1 8] [--repeats 5] [--kernel-versions] [--json PATH]``
 """
@@ -27,12 +27,11 @@ import math
 import os
 import platform
 import statistics
-import time
 
 import numpy as np
 
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, layer_name, random_inputs
-from involution.benchmarks.robustness import call_seconds, settle as settle_calls
+from involution.benchmarks.timing import after_medians, interleaved_medians, sgemm_gflops
 from involution.spec import Geometry
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -40,17 +39,6 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 # afresh per call, and the heap is not trimmed below 64 MiB of free top: the state a long-running process's dynamic
 # thresholds reach. Memory measurement: blocks above 64 KiB are unmapped when freed, so the resident set is live data.
 TIMING_MALLOC, MEASURING_MALLOC = (32 << 20, 64 << 20), (64 << 10, 128 << 10)
-
-
-def median_seconds(call, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``call()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    return statistics.median(call_seconds(call, repeats, warmup))
-
-
-def sgemm_gflops(size: int = 1024, repeats: int = 10) -> float:
-    """GFLOP/s of NumPy's float32 ``size x size`` matmul (2 size^3 FLOPs): the machine's practical ceiling."""
-    a, b = (np.random.default_rng(seed).standard_normal((size, size), dtype=np.float32) for seed in (0, 1))
-    return 2 * size**3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
 
 
 def set_malloc_thresholds(thresholds: tuple[int, int]) -> bool:
@@ -218,51 +206,6 @@ def depthwise_conv_calls(geometry: Geometry, x, grad_out):
 # Other processes' average busy cores during a row (runtime.FreeCores.others_busy) from which the row is flagged:
 # torch's GNU OpenMP regions wait for a descheduled thread (a 2-thread depthwise conv took 32 ms instead of 2).
 BUSY_WARNING = 0.25
-SETTLE_SECONDS = 0.02  # untimed calls of an implementation before each of its timed calls (see interleaved_medians)
-
-
-def interleaved_medians(calls: dict, counts: dict, clock=time.perf_counter, settle: float = SETTLE_SECONDS) -> dict:
-    """name -> median seconds of ``calls[name]()`` over ``counts[name]`` timed calls, in rounds (one timed call of
-    each per round, so that a shared machine's load falls alike on every implementation). Before each timed call,
-    untimed calls of the same implementation for at least ``settle`` seconds (at least one call); with ``settle``
-    0, one warm-up round instead.
-
-    Why settle: after a parallel region, torch's OpenMP threads keep spinning for milliseconds (GNU OpenMP's
-    default wait policy) and numba's TBB worker for a shorter while, so a call made right after another runtime's
-    call shares a core with that runtime's idle threads (docs/performance.md, "Timing protocol"). Settling times
-    each implementation in the steady state of its own repeated calls, as ``timeit`` does. ``clock``: wall time by
-    default; ``time.thread_time`` (this thread's CPU time) for one-thread kernels.
-    """
-    if not settle:
-        for call in calls.values():
-            call()
-    times = {name: [] for name in calls}
-    for round_index in range(max(counts.values())):
-        for name, call in calls.items():
-            if round_index >= counts[name]:
-                continue
-            if settle:
-                settle_calls(call, settle)
-            started = clock()
-            call()
-            times[name].append(clock() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def after_medians(pairs: dict, repeats: int) -> dict:
-    """name -> median seconds of ``second()`` timed right after an untimed ``first()``, ``pairs[name] = (first,
-    second)``, over ``repeats`` rounds (round-robin): what a call costs when another runtime has just run, as
-    in a model whose ops alternate (the settled medians of :func:`interleaved_medians` leave this out)."""
-    times = {name: [] for name in pairs}
-    for _ in range(repeats + 1):  # the first round warms up
-        for name, (first, second) in pairs.items():
-            first()
-            started = time.perf_counter()
-            second()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values[1:]) for name, values in times.items()}
-
-
 def bench_layer(layer, batch: int, repeats: int, sgemm: float, versions=(), measure_memory: bool = True) -> dict:
     """Validate, then time every implementation on one layer at ``batch``, interleaved; one JSON-ready row."""
     geometry = layer_geometry(layer, batch)
@@ -393,8 +336,8 @@ def machine() -> dict:
 
 def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), robustness_checks: bool = True,
         log=print) -> dict:
-    """Validate and time every layer at every batch size, then (``robustness_checks``) the under-load and fork
-    checks of the fast forward; return rows, summary, sgemm, machine and the checks. The rows are timed with the fast
+    """Validate and time every layer at every batch size, then (``robustness_checks``) the under-load
+    check of the fast forward; return rows, summary, sgemm, machine and the checks. The rows are timed with the fast
     op's dynamic threads off (torch's thread count is fixed too) and record how many cores other processes kept
     busy meanwhile (``others_busy_cores``); the under-load check runs with the dynamic threads as set."""
     import numba
@@ -424,6 +367,4 @@ def run(batches=(1, 8), repeats: int = 5, layers=REDNET_LAYERS, versions=(), rob
               "timed_with_dynamic_threads": False, "summary": summarize(rows, sgemm)}
     if robustness_checks:
         result["under_load"] = robustness.under_load(layers, log=log)
-        result["threads"] = robustness.threads_check(log=log)
-        result["fork"] = robustness.fork_check(log=log)
     return result

@@ -11,7 +11,7 @@ import argparse
 
 import numpy as np
 
-from involution.benchmarks.op_cpu import median_seconds
+from involution.benchmarks.timing import median_seconds
 from involution.reference.complexity import count
 from involution.reference.rednet import RedNet
 

@@ -83,7 +83,7 @@ UNDER_LOAD_COLUMNS = (("quiet median ms", "quiet_median_ms"), ("loaded median ms
 
 def checks_table(results: dict) -> str:
     """The robustness checks of one run (``benchmarks/robustness.py``): the under-load table and verdict, then the
-    threads and fork lines; a check the run skipped or lacks is left out or named."""
+    threads and fork lines of runs made before those moved to the tests; a check a run lacks is left out."""
     lines = []
     if "under_load" in results:
         lines.append(under_load_text(results["under_load"]))

@@ -1,5 +1,6 @@
-"""Robustness checks of the fast CPU forward, run by ``python -m involution bench``: latency while another process
-spins on one core, calls from a ``fork``-started ``multiprocessing`` Pool, and calls from several Python threads.
+"""The under-load check of the fast CPU forward, run by ``python -m involution bench``: latency while another process
+spins on one core. (That the op is bitwise reproducible from several Python threads at once and runs in the children
+of a ``fork``-started Pool is tested, tests/test_fast_cpu.py, not benchmarked.)
 
 * Under load: per layer at batch 1, timed calls with a child process spinning on the last core this process may
   use (pinned with ``os.sched_setaffinity``, bounded in time, killed after) alternately paused and running, three
@@ -8,51 +9,25 @@ spins on one core, calls from a ``fork``-started ``multiprocessing`` Pool, and c
   for the op as configured and with its dynamic threads off, and against a lone thread's quiet median (the best the
   one free core can do: a machine that loses one of two cores loses the op's two-thread speedup, which this
   separates from the stalls).
-* Fork: after this process has run the op (the benchmark has), a Pool with the 'fork' start method runs the op in
-  its children; with GNU OpenMP as numba's threading layer the children are terminated and the Pool hangs, so
-  the result is awaited with a timeout and the Pool terminated after.
-* Threads: several Python threads call the op at once; every result must equal the single-threaded call's.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
-import multiprocessing
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from involution.benchmarks.layers import layer_geometry, layer_name, random_inputs
+from involution.benchmarks.timing import call_seconds, settle_calls
 
 SPIN = ("import os, time\nos.sched_setaffinity(0, {{{core}}})\nend = time.monotonic() + {seconds}\n"
         "while time.monotonic() < end:\n    pass\n")
-
-
-def call_seconds(call, count: int, warmup: int = 1) -> list[float]:
-    """Wall times of ``count`` calls of ``call()``, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def settle(call, seconds: float = 0.05) -> None:
-    """Untimed calls of ``call`` for ``seconds`` (at least one): the previous runtime's spinning threads (torch's, or
-    numba's at another thread count) go idle before the timed calls (docs/performance.md, "Timing protocol")."""
-    settled_at = time.perf_counter() + seconds
-    call()
-    while time.perf_counter() < settled_at:
-        call()
 
 
 ROUNDS = 3  # quiet and loaded alternate this many times per layer, so that a drift of the host hits both alike
@@ -157,7 +132,7 @@ def alternate(timed, spinner, calls: int, rounds: int, switch_seconds: float = S
                 time.sleep(switch_seconds)
                 for arm in rotated(arms, round_):
                     with arm_settings(arm):
-                        settle(call)
+                        settle_calls(call)
                         runtime.FREE_CORES.choices.clear()
                         samples[state][arm].setdefault(name, []).extend(call_seconds(call, calls, warmup=0))
                         if arm == "configured":
@@ -218,56 +193,3 @@ def summarize_load(samples, threads, batch: int, rounds: int, core: int, still_s
             "worst_static_p90_over_quiet_median": worst["static_p90_over_quiet_median"],
             "worst_p90_over_one_thread_quiet_median": worst["p90_over_one_thread_quiet_median"],
             "within_2x": worst["p90_over_quiet_median"] <= 2}
-
-
-def _small_inputs(seed: int):
-    """``(x, kernel)``: a small float32 layer of 2 groups of 16 channels, 3x3 taps, stride 1, padding 1."""
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((2, 32, 12, 12)).astype(np.float32),
-            rng.standard_normal((2, 2, 3, 3, 12, 12)).astype(np.float32))
-
-
-def _small_call(seed: int) -> float:
-    """Largest error of the fast forward against the reference on ``_small_inputs(seed)`` (runs in children)."""
-    from involution.fast import cpu
-    from involution.reference import involution2d
-
-    x, kernel = _small_inputs(seed)
-    expected = involution2d(x.astype(np.float64), kernel.astype(np.float64), 1, 1, 1)
-    return float(np.abs(cpu.involution2d(x, kernel, 1, 1, 1) - expected).max())
-
-
-def fork_check(timeout: float = 60, log=print) -> dict:
-    """Run the op in the parent, then in the children of a 'fork' Pool; ``ok`` if every child answered correctly
-    within ``timeout`` seconds."""
-    import numba
-
-    parent_error = _small_call(0)
-    pool = multiprocessing.get_context("fork").Pool(2)
-    try:
-        errors = pool.map_async(_small_call, range(1, 5)).get(timeout)
-        status = "ok" if max(errors) < 1e-3 else f"wrong result (error {max(errors):.3g})"
-    except multiprocessing.TimeoutError:
-        status = f"no answer within {timeout:g} s (children terminated or hung)"
-    except Exception as error:  # noqa: BLE001  (a child's exception, reported, not raised)
-        status = f"failed: {error!r}"
-    finally:
-        pool.terminate()
-        pool.join()
-    log(f"fork: {status} (threading layer {numba.threading_layer()})")
-    return {"status": status, "ok": status == "ok", "parent_error": parent_error,
-            "threading_layer": numba.threading_layer()}
-
-
-def threads_check(threads: int = 4, calls: int = 8, log=print) -> dict:
-    """``threads`` Python threads make ``calls`` calls each at once; ``ok`` if every result is bitwise the result of
-    a call made alone."""
-    from involution.fast import cpu
-
-    x, kernel = _small_inputs(0)
-    expected = cpu.involution2d(x, kernel, 1, 1, 1)
-    with ThreadPoolExecutor(threads) as executor:
-        results = list(executor.map(lambda _: cpu.involution2d(x, kernel, 1, 1, 1), range(threads * calls)))
-    ok = all(np.array_equal(result, expected) for result in results)
-    log(f"threads: {'ok' if ok else 'results differ'} ({threads} Python threads, {threads * calls} calls)")
-    return {"threads": threads, "calls": threads * calls, "ok": ok}

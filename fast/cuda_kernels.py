@@ -24,7 +24,7 @@ from numba import cuda, from_dtype, int64
 
 from involution.spec import Geometry
 
-from .index import cuda_helpers
+from .index import cuda_helpers, input_tile_extent, output_tile_extent, tile_counts
 
 VERSIONS = (1, 2)
 THREADS_V1 = 256
@@ -40,33 +40,10 @@ input_coordinate = _helpers["input_coordinate"]
 group_of_channel = _helpers["group_of_channel"]
 output_of_input = _helpers["output_of_input"]
 split_index = _helpers["split_index"]
-
-
-def input_tile_extent(outputs, kernel_len, stride, dilation):
-    """Input rows (or columns) spanned by the windows of ``outputs`` consecutive outputs."""
-    return (outputs - 1) * stride + (kernel_len - 1) * dilation + 1
-
-
-def output_tile_extent(inputs, kernel_len, stride, dilation):
-    """Most outputs whose windows reach into ``inputs`` consecutive input rows (or columns)."""
-    return (inputs - 1 + (kernel_len - 1) * dilation) // stride + 1
-
-
-def first_output_reaching(in_start, kernel_len, stride, dilation, padding):
-    """Smallest output index (may be < 0) with a tap at input ``in_start`` or later: a ceiling division."""
-    return -(((kernel_len - 1) * dilation - padding - in_start) // stride)
-
-
-def tile_counts(span_h, span_w, tile_h, tile_w, group_channels, block_channels):
-    """``(tiles_h, tiles_w, chunks)``: tiles covering a ``span_h x span_w`` grid, chunks of a group's channels."""
-    return ((span_h + tile_h - 1) // tile_h, (span_w + tile_w - 1) // tile_w,
-            (group_channels + block_channels - 1) // block_channels)
-
-
-_tile_counts = cuda.jit(device=True, inline=True)(tile_counts)
-_input_tile_extent = cuda.jit(device=True, inline=True)(input_tile_extent)
-_output_tile_extent = cuda.jit(device=True, inline=True)(output_tile_extent)
-_first_output_reaching = cuda.jit(device=True, inline=True)(first_output_reaching)
+_tile_counts = _helpers["tile_counts"]
+_first_output_reaching = _helpers["first_output_reaching"]
+_input_tile_extent = _helpers["input_tile_extent"]
+_output_tile_extent = _helpers["output_tile_extent"]
 
 
 @cuda.jit(device=True, inline=True)
@@ -78,6 +55,21 @@ def split_block(block, tiles_h, tiles_w, chunks, groups, group_channels, block_c
     first = g * group_channels + chunk * block_channels
     count = min(block_channels, (g + 1) * group_channels - first)
     return b, g, tile_row * cuda.blockDim.y, tile_col * cuda.blockDim.x, first, count
+
+
+@cuda.jit(device=True, inline=True)
+def tile_prologue(span_h, span_w, kernel_h, kernel_w, sh, sw, dh, dw, group_channels, block_channels, gather):
+    """What every v2 block computes first: ``(tx, ty, tile_w, tile_h, rows, cols, plane, tiles_h, tiles_w, chunks)``,
+    the thread's place in its ``(blockDim.y, blockDim.x)`` tile of a ``span_h x span_w`` result plane, the staged
+    tile's rows, columns and elements per channel (the input under the tile's windows; ``gather``, the input
+    gradient: the outputs whose windows reach the tile), and the tiles and channel chunks of the grid."""
+    tile_w, tile_h = cuda.blockDim.x, cuda.blockDim.y
+    if gather:
+        rows, cols = _output_tile_extent(tile_h, kernel_h, sh, dh), _output_tile_extent(tile_w, kernel_w, sw, dw)
+    else:
+        rows, cols = _input_tile_extent(tile_h, kernel_h, sh, dh), _input_tile_extent(tile_w, kernel_w, sw, dw)
+    tiles_h, tiles_w, chunks = _tile_counts(span_h, span_w, tile_h, tile_w, group_channels, block_channels)
+    return cuda.threadIdx.x, cuda.threadIdx.y, tile_w, tile_h, rows, cols, rows * cols, tiles_h, tiles_w, chunks
 
 
 @cuda.jit(device=True, inline=True)
@@ -194,12 +186,8 @@ def kernels(dtype) -> SimpleNamespace:
         batch, channels, height, width = x.shape
         groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
         group_channels = channels // groups
-        tile_w, tile_h = cuda.blockDim.x, cuda.blockDim.y
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        rows = _input_tile_extent(tile_h, kernel_h, sh, dh)
-        cols = _input_tile_extent(tile_w, kernel_w, sw, dw)
-        plane = rows * cols
-        tiles_h, tiles_w, chunks = _tile_counts(out_h, out_w, tile_h, tile_w, group_channels, block_channels)
+        tx, ty, tile_w, tile_h, rows, cols, plane, tiles_h, tiles_w, chunks = tile_prologue(
+            out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, group_channels, block_channels, False)
         staged = cuda.shared.array(0, element)
         accumulators = cuda.local.array(MAX_CHANNELS, element)
         for block in range(int64(cuda.blockIdx.x), batch * groups * chunks * tiles_h * tiles_w, cuda.gridDim.x):
@@ -230,12 +218,8 @@ def kernels(dtype) -> SimpleNamespace:
         batch, channels, height, width = grad_x.shape
         groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
         group_channels = channels // groups
-        tile_w, tile_h = cuda.blockDim.x, cuda.blockDim.y
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        rows = _output_tile_extent(tile_h, kernel_h, sh, dh)
-        cols = _output_tile_extent(tile_w, kernel_w, sw, dw)
-        plane = rows * cols
-        tiles_h, tiles_w, chunks = _tile_counts(height, width, tile_h, tile_w, group_channels, block_channels)
+        tx, ty, tile_w, tile_h, rows, cols, plane, tiles_h, tiles_w, chunks = tile_prologue(
+            height, width, kernel_h, kernel_w, sh, sw, dh, dw, group_channels, block_channels, True)
         staged = cuda.shared.array(0, element)
         accumulators = cuda.local.array(MAX_CHANNELS, element)
         for block in range(int64(cuda.blockIdx.x), batch * groups * chunks * tiles_h * tiles_w, cuda.gridDim.x):
@@ -273,12 +257,8 @@ def kernels(dtype) -> SimpleNamespace:
         batch, channels, height, width = x.shape
         groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
         group_channels = channels // groups
-        tile_w, tile_h = cuda.blockDim.x, cuda.blockDim.y
-        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
-        rows = _input_tile_extent(tile_h, kernel_h, sh, dh)
-        cols = _input_tile_extent(tile_w, kernel_w, sw, dw)
-        plane = rows * cols
-        tiles_h, tiles_w, _ = _tile_counts(out_h, out_w, tile_h, tile_w, group_channels, group_channels)
+        tx, ty, tile_w, tile_h, rows, cols, plane, tiles_h, tiles_w, _ = tile_prologue(
+            out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, group_channels, group_channels, False)
         staged = cuda.shared.array(0, element)
         grad_out_values = cuda.local.array(MAX_CHANNELS, element)
         for block in range(int64(cuda.blockIdx.x), batch * groups * tiles_h * tiles_w, cuda.gridDim.x):

@@ -1,7 +1,8 @@
 """Index math shared by the CPU and CUDA kernels, written once as plain Python and compiled for each target.
 
 ``cpu_helpers`` are ``numba.njit(inline="always")`` versions (for ``njit`` kernels) and ``cuda_helpers`` are
-``numba.cuda.jit(device=True)`` versions of the same functions, so both backends use one definition.
+``numba.cuda.jit(device=True)`` versions of the same functions, so both backends use one definition; the CUDA
+helpers also hold the tile helpers of the tiled (v2) CUDA kernels, which the launchers call as plain Python.
 """
 from __future__ import annotations
 
@@ -48,8 +49,33 @@ def kernel_offset(b, g, u, v, i, groups, kernel_h, kernel_w, out_h, out_w):
 SHARED = (input_coordinate, group_of_channel, output_of_input, output_range, split_index, kernel_offset)
 
 
-def _compile(decorate):
-    return {function.__name__: decorate(function) for function in SHARED}
+# --- tiles of the CUDA v2 kernels (plain Python here: the launchers plan with them, the kernels compile them) ------
+def input_tile_extent(outputs, kernel_len, stride, dilation):
+    """Input rows (or columns) spanned by the windows of ``outputs`` consecutive outputs."""
+    return (outputs - 1) * stride + (kernel_len - 1) * dilation + 1
+
+
+def output_tile_extent(inputs, kernel_len, stride, dilation):
+    """Most outputs whose windows reach into ``inputs`` consecutive input rows (or columns)."""
+    return (inputs - 1 + (kernel_len - 1) * dilation) // stride + 1
+
+
+def first_output_reaching(in_start, kernel_len, stride, dilation, padding):
+    """Smallest output index (may be < 0) with a tap at input ``in_start`` or later: a ceiling division."""
+    return -(((kernel_len - 1) * dilation - padding - in_start) // stride)
+
+
+def tile_counts(span_h, span_w, tile_h, tile_w, group_channels, block_channels):
+    """``(tiles_h, tiles_w, chunks)``: tiles covering a ``span_h x span_w`` grid, chunks of a group's channels."""
+    return ((span_h + tile_h - 1) // tile_h, (span_w + tile_w - 1) // tile_w,
+            (group_channels + block_channels - 1) // block_channels)
+
+
+TILES = (input_tile_extent, output_tile_extent, first_output_reaching, tile_counts)
+
+
+def _compile(decorate, functions=SHARED):
+    return {function.__name__: decorate(function) for function in functions}
 
 
 def cpu_helpers():
@@ -65,4 +91,4 @@ def cuda_helpers():
     """The shared helpers compiled with ``numba.cuda.jit(device=True)``, by name."""
     from numba import cuda
 
-    return _compile(cuda.jit(device=True, inline=True))
+    return _compile(cuda.jit(device=True, inline=True), SHARED + TILES)

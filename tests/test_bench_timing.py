@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from involution.benchmarks.op_cpu import after_medians, interleaved_medians
+from involution.benchmarks.timing import after_medians, interleaved_medians
 
 
 def recorder(events: list, name: str, seconds: float = 0.0):

@@ -17,12 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 pytest.importorskip("numba")
-pytest.importorskip("torch")  # the tolerance magnitudes come from the torch oracle
 
 from numba import cuda  # noqa: E402
 
 from involution.benchmarks import layers, op_cuda  # noqa: E402
-from involution.fast import cuda_kernels  # noqa: E402
+from involution.fast import cuda_kernels, index  # noqa: E402
 from involution.fast.index import output_of_input  # noqa: E402
 from involution.reference import involution2d, involution2d_backward  # noqa: E402
 from involution.reference.loops import involution2d_loops  # noqa: E402
@@ -203,14 +202,14 @@ def test_every_version_gives_the_definitions_nan_and_inf(dtype, version):
 def test_staged_tiles_hold_every_tap(kernel_len, stride, dilation, padding, tile, tile_index):
     """The shared-memory offsets of v2 stay inside the staged tile for every thread and tap (any GPU size)."""
     start = tile_index * tile
-    in_extent = cuda_kernels.input_tile_extent(tile, kernel_len, stride, dilation)
+    in_extent = index.input_tile_extent(tile, kernel_len, stride, dilation)
     origin = start * stride - padding
     for thread in range(tile):  # forward / grad_kernel: output start + thread reads input origin + offset
         for tap in range(kernel_len):
             offset = (start + thread) * stride + tap * dilation - padding - origin
             assert 0 <= offset < in_extent, f"input offset {offset} outside [0, {in_extent}), thread {thread}"
-    out_extent = cuda_kernels.output_tile_extent(tile, kernel_len, stride, dilation)
-    first = cuda_kernels.first_output_reaching(start, kernel_len, stride, dilation, padding)
+    out_extent = index.output_tile_extent(tile, kernel_len, stride, dilation)
+    first = index.first_output_reaching(start, kernel_len, stride, dilation, padding)
     for thread in range(tile):  # grad_x: input start + thread is read by outputs first + offset
         for tap in range(kernel_len):
             out_index = output_of_input(start + thread, tap, stride, dilation, padding, 10**9)
@@ -305,7 +304,7 @@ def test_benchmark_refuses_the_simulator(capsys):
 def test_torch_anchors_time_the_backward_alone():
     """The CUDA benchmark's torch backward is autograd's backward of one recorded forward (as the CPU benchmark's),
     repeatable, with the fresh forward's gradients; torch's logic, so CPU tensors stand in for CUDA ones."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     from involution.conformance import oracle
 

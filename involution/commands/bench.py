@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
                         help="cpu: also time torch.compile'd RedNet-50 and ResNet-50 (inductor: minutes of compiling)")
     parser.add_argument("--layers", type=int_at_least(0, len(REDNET_LAYERS) - 1), nargs="+", metavar="INDEX",
                         help="cpu: only these of RedNet-50's 8 involution layers (0-7, benchmarks/layers.py)")
-    parser.add_argument("--no-checks", action="store_true", help="cpu: skip the under-load, threads and fork checks")
+    parser.add_argument("--no-checks", action="store_true", help="cpu: skip the under-load check")
     parser.add_argument("--threads", type=int_at_least(1, os.cpu_count() or 1),
                         help="cpu: numba and torch threads, at most the cores numba may use (default numba's setting)")
     parser.add_argument("--json", metavar="PATH", type=output_file,

@@ -17,7 +17,7 @@ Registered through :mod:`torch.library`, so the op is a first-class citizen of P
 * autocast: like ``conv2d`` (on torch's lower-precision list for CPU and CUDA), the op runs in the autocast dtype:
   float32, float16 and bfloat16 inputs are cast to ``torch.get_autocast_dtype(device)``, float64 is left alone.
 
-CPU tensors go to :mod:`involution.fast.cpu` as NumPy views (results wrapped by ``torch.from_numpy``); CUDA tensors
+CPU tensors go to :func:`involution.fast.cpu.run` (the validated level) as NumPy views of new tensors; CUDA tensors
 go to :mod:`involution.fast.cuda` through ``__cuda_array_interface__`` on torch's current stream.
 """
 from collections.abc import Sequence
@@ -35,11 +35,23 @@ DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, torch.float64)  # the numba kernels' own; the others are computed in float32
 
 
-def _cpu_call(function, tensors, hyper_parameters):
-    """``function`` of ``involution.fast.cpu`` on NumPy views of ``tensors``; results as tensors sharing memory."""
-    results = function(*(tensor.detach().contiguous().numpy() for tensor in tensors), *hyper_parameters)
-    return tuple(torch.from_numpy(result) for result in results) if isinstance(results, tuple) \
-        else (torch.from_numpy(results),)
+def _cpu_call(name, tensors, geometry: Geometry):
+    """``name`` ("involution2d" or "involution2d_backward") through ``involution.fast.cpu.run``, the validated level
+    (the op checked the tensors): on NumPy views of ``tensors``, into new tensors it returns."""
+    from involution.fast import cpu
+
+    arrays = tuple(tensor.detach().contiguous().numpy() for tensor in tensors)
+    if name == "involution2d":
+        x, kernel = arrays
+        out = torch.empty(geometry.out_shape, dtype=tensors[0].dtype)
+        cpu.run("forward", (x, kernel, out.numpy()), geometry)
+        return (out,)
+    grad_out, x, kernel = arrays
+    grad_x = torch.empty(geometry.x_shape, dtype=tensors[0].dtype)
+    grad_kernel = torch.empty(geometry.kernel_shape, dtype=tensors[0].dtype)
+    cpu.run("grad_x", (grad_out, kernel, grad_x.numpy()), geometry)
+    cpu.run("grad_kernel", (grad_out, x, grad_kernel.numpy()), geometry)
+    return grad_x, grad_kernel
 
 
 def _cuda_call(function, tensors, hyper_parameters):
@@ -63,17 +75,12 @@ def _run(name: str, tensors, geometry: Geometry) -> tuple[torch.Tensor, ...]:
     dtype, device = tensors[0].dtype, tensors[0].device
     if device.type == "cuda":
         from involution.fast import cuda as backend
-
-        call = _cuda_call
-    elif device.type == "cpu":
-        from involution.fast import cpu as backend
-
-        call = _cpu_call
-    else:
+    elif device.type != "cpu":
         raise ValueError(f"x must be on a cpu or cuda device, got {device}")
     if dtype not in KERNEL_DTYPES:
         tensors = tuple(tensor.float() for tensor in tensors)
-    results = call(getattr(backend, name), tensors, geometry.hyper_parameters)
+    results = _cpu_call(name, tensors, geometry) if device.type == "cpu" else \
+        _cuda_call(getattr(backend, name), tensors, geometry.hyper_parameters)
     return tuple(result.to(dtype) for result in results)
 
 

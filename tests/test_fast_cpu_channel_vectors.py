@@ -1,5 +1,5 @@
-"""v5 to v9 (channel vectors, ``involution.fast.simd``; v7 adds the kernel gradient, v8 a forward with blocks of eight
-positions, v9 a kernel gradient with output positions in lanes) against the NumPy reference: the shared cases, channel
+"""The channel-vector kernels (``involution.fast.simd``: forward v6 and v8, blocks of four and eight positions; grad_kernel
+v7, channels in lanes, and v9, output positions in lanes) and their building blocks against the NumPy reference: the shared cases, channel
 counts that leave partial vectors, rows narrower than a block, non-finite values, thread counts, bounds checks."""
 import functools
 import os
@@ -12,17 +12,17 @@ import pytest
 
 numba = pytest.importorskip("numba")
 
-from involution.fast import cpu, cpu_kernels, runtime  # noqa: E402
+from involution.fast import cpu, cpu_blocks, cpu_grad_kernel, runtime  # noqa: E402
 from involution.reference import involution2d  # noqa: E402
 
 from cases import (CASES, SIMD_BOUNDSCHECK_PROBE, assert_backward_matches, assert_matches_reference_on,  # noqa: E402
                    case_id, make_case)
 
-# (B, C, G, H, W, Kh, Kw, stride, padding, dilation): what v5 adds to the shared cases. Channels per group 8 (one
+# (B, C, G, H, W, Kh, Kw, stride, padding, dilation): what the channel-vector kernels add to the shared cases. Channels per group 8 (one
 # narrow vector), 24 and 40 (a full block and a partial one), output rows of 3, 4 and 5 (narrower than, equal to
 # and one past a block of POSITIONS), several bands, dilation with stride 1; rows of 7 (stride 1) and 6 (stride 2,
 # 20 channels: a partial second vector): v8's blocks of eight with missing positions.
-V5_CASES = [
+CHANNEL_CASES = [
     (2, 16, 2, 9, 3, 3, 3, (1, 1), (1, 1), (1, 1)),
     (1, 48, 2, 6, 4, 3, 3, (1, 1), (1, 1), (1, 1)),
     (1, 40, 1, 7, 5, 5, 5, (1, 1), (2, 2), (1, 1)),
@@ -32,7 +32,7 @@ V5_CASES = [
     (2, 20, 1, 6, 12, 5, 5, (1, 2), (2, 2), (1, 1)),
 ]
 DTYPES = [np.float32, np.float64]
-CHANNEL_VECTOR_VERSIONS = [5, 6, 7, 8, 9]
+CHANNEL_VECTOR_VERSIONS = [6, 7, 8, 9]
 # v8's row code paths: blocks of eight (stride 1 or 2, dilation 1 along rows; rows of 5 to 7 as one block with
 # missing positions, wider rows ending in an overlapping block) and v6's blocks of four or single positions otherwise
 V8_ROW_CASES = [(2, 24, 2, 4, width, 3, kernel_w, (2, stride), (1, 2), (1, dilation))
@@ -87,33 +87,25 @@ def test_v9_plan_stays_within_its_scratch_budget():
     for out_h, out_w, kernel_h, stride, dilation in ((1, 5, 3, 1, 1), (56, 56, 7, 1, 1), (28, 28, 7, 2, 1),
                                                      (112, 112, 3, 1, 1), (7, 7, 7, 1, 1), (500, 3, 1, 300, 1)):
         for batch, workers in ((1, 1), (8, 2), (1, 16)):
-            lanes, band, slot = cpu_kernels.plan_v9(batch, 2, 16, out_h, out_w, kernel_h, kernel_h, stride, stride,
+            lanes, band, slot = cpu_grad_kernel.positions_plan(batch, 2, 16, out_h, out_w, kernel_h, kernel_h, stride, stride,
                                                     dilation, dilation, np.float32, workers)
             assert 1 <= band <= out_h and lanes in (8, 16), f"band {band}, lanes {lanes} for {out_h} output rows"
-            assert band == 1 or slot <= cpu_kernels.SCRATCH_ELEMENTS, f"band {band}: {slot} scratch elements"
+            assert band == 1 or slot <= cpu_blocks.SCRATCH_ELEMENTS, f"band {band}: {slot} scratch elements"
 
 
 @pytest.mark.parametrize("version", CHANNEL_VECTOR_VERSIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
-@pytest.mark.parametrize("case", V5_CASES, ids=[case_id(case) for case in V5_CASES])
+@pytest.mark.parametrize("case", CHANNEL_CASES, ids=[case_id(case) for case in CHANNEL_CASES])
 def test_matches_reference(case, dtype, version):
-    """The cases v5 adds (test_fast_cpu.py runs every version, v5-v7 included, on the shared ones)."""
+    """The channel-vector cases (test_fast_cpu.py runs every version on the shared ones)."""
     assert_matches_reference_on(case, dtype, functools.partial(cpu.involution2d, version=version),
                                 functools.partial(cpu.involution2d_backward, version=version), f"version {version}")
-
-
-def test_v6_is_bitwise_v5():
-    """v6 changes only how values move between layouts, not the arithmetic."""
-    for case in V5_CASES + CASES[7:9]:
-        x, kernel, _, stride, padding, dilation = make_case(case, np.float32, seed=2)
-        v5, v6 = (cpu.involution2d(x, kernel, stride, padding, dilation, version=v) for v in (5, 6))
-        assert np.array_equal(v5, v6), f"case {case}: v6 differs from v5 by up to {np.abs(v5 - v6).max()}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 def test_v8_is_bitwise_v6(dtype):
     """v8 keeps v6's summation order (u, then v, from zero, fused multiply-adds) on every row code path."""
-    for case in V5_CASES + V8_ROW_CASES:
+    for case in CHANNEL_CASES + V8_ROW_CASES:
         x, kernel, _, stride, padding, dilation = make_case(case, dtype, seed=4)
         v6, v8 = (cpu.involution2d(x, kernel, stride, padding, dilation, version=v) for v in (6, 8))
         assert np.array_equal(v6, v8, equal_nan=True), (
@@ -197,7 +189,7 @@ def test_non_finite_values_propagate_like_the_reference(dtype, version):
     assert np.isnan(expected[:, :, 0, 3]).all(), "the reference should give NaN on every channel of output (0, 3)"
     for name, mask in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
         assert np.array_equal(mask(got), mask(expected)), (
-            f"{name} positions differ: v5 {np.argwhere(mask(got)).tolist()} reference "
+            f"{name} positions differ: v{version} {np.argwhere(mask(got)).tolist()} reference "
             f"{np.argwhere(mask(expected)).tolist()}")
     # elsewhere, the rounding bound of 9 terms: 9 * eps * sum_taps |kernel * x|
     magnitude = involution2d(np.abs(np.nan_to_num(x, posinf=0, neginf=0)), np.abs(np.nan_to_num(kernel, posinf=0)),
@@ -208,7 +200,7 @@ def test_non_finite_values_propagate_like_the_reference(dtype, version):
     assert (error <= bound).all(), f"finite outputs off by up to {(error / bound).max():.2f} times the rounding bound"
 
 
-@pytest.mark.parametrize("version, case", [(version, V5_CASES[4]) for version in CHANNEL_VECTOR_VERSIONS]
+@pytest.mark.parametrize("version, case", [(version, CHANNEL_CASES[4]) for version in CHANNEL_VECTOR_VERSIONS]
                          + [(9, V9_CASES[2])], ids=lambda value: case_id(value) if isinstance(value, tuple) else value)
 def test_bitwise_identical_for_any_thread_count(version, case, monkeypatch):
     monkeypatch.setattr(runtime, "DYNAMIC_THREADS", False)  # the thread counts asked for, even when busy
@@ -235,7 +227,7 @@ def test_unit_chunks_hand_out_one_unit_at_a_time_and_restore_the_callers_size():
 
     previous = numba.set_parallel_chunksize(3)
     try:
-        with pytest.raises(ZeroDivisionError), cpu_kernels.UnitChunks():
+        with pytest.raises(ZeroDivisionError), cpu_blocks.UnitChunks():
             assert numba.get_parallel_chunksize() == 1, numba.get_parallel_chunksize()
             1 / 0
         assert numba.get_parallel_chunksize() == 3, "the caller's chunk size was not restored"
@@ -244,12 +236,12 @@ def test_unit_chunks_hand_out_one_unit_at_a_time_and_restore_the_callers_size():
 
 
 def test_unit_chunks_compile_nothing_in_a_new_process():
-    """Every v5+ call enters UnitChunks: a new process must not pay a compilation for it (a jitted setter cannot
+    """Every channel-vector call enters UnitChunks: a new process must not pay a compilation for it (a jitted setter cannot
     be cached: 0.08-0.15 s in each new process)."""
     script = textwrap.dedent("""
         from numba.core import event
-        from involution.fast import cpu_kernels
-        with event.install_recorder("numba:compile") as recorder, cpu_kernels.UnitChunks():
+        from involution.fast import cpu_blocks
+        with event.install_recorder("numba:compile") as recorder, cpu_blocks.UnitChunks():
             pass
         print(len(recorder.buffer))
     """)
@@ -266,12 +258,12 @@ def test_unit_chunks_in_another_thread_leave_this_threads_chunk_size():
     seen = []
 
     def other_thread():
-        with cpu_kernels.UnitChunks():
+        with cpu_blocks.UnitChunks():
             seen.append(numba.get_parallel_chunksize())
 
     previous = numba.set_parallel_chunksize(3)
     try:
-        with cpu_kernels.UnitChunks():
+        with cpu_blocks.UnitChunks():
             thread = threading.Thread(target=other_thread)
             thread.start()
             thread.join()
@@ -293,15 +285,15 @@ def test_lanes_carry_their_numba_type():
 def test_bands_and_lanes_cover_every_shape():
     """The band never exceeds the output rows or the scratch budget; a vector holds 8 to 16 float32 channels."""
     for group_channels, lanes in ((1, 8), (8, 8), (9, 16), (16, 16), (64, 16)):
-        assert cpu_kernels.lanes_v5(group_channels, np.float32) == lanes
-    assert cpu_kernels.lanes_v5(16, np.float64) == 8
+        assert cpu_blocks.channel_lanes(group_channels, np.float32) == lanes
+    assert cpu_blocks.channel_lanes(16, np.float64) == 8
     for out_h, wide, kernel_h, stride, dilation in ((1, 5, 3, 1, 1), (56, 62, 7, 1, 1), (28, 61, 7, 2, 1),
                                                     (1, 4000, 3, 1, 2000), (500, 3, 1, 3000, 1)):
-        band = cpu_kernels.band_v5(1, 1, 16, 16, out_h, wide, kernel_h, stride, dilation, 2)
+        band = cpu_blocks.rows_per_unit(1, 1, 16, 16, out_h, wide, kernel_h, stride, dilation, 2)
         assert 1 <= band <= out_h, f"band {band} for {out_h} output rows"
         if band > 1:
             rows_in = (band - 1) * stride + (kernel_h - 1) * dilation + 1
-            assert rows_in * wide * 16 <= cpu_kernels.SCRATCH_ELEMENTS, f"band {band} overflows the scratch"
+            assert rows_in * wide * 16 <= cpu_blocks.SCRATCH_ELEMENTS, f"band {band} overflows the scratch"
 
 
 BOUNDSCHECK_SCRIPT = textwrap.dedent("""
@@ -331,9 +323,9 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
 
 
 def test_never_reads_out_of_bounds(tmp_path):
-    """v5 to v9 compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
+    """The channel-vector kernels compiled fresh with numba's bounds checks, which then cover their vector loads and stores too."""
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
-    plan = ([(case, CHANNEL_VECTOR_VERSIONS) for case in CASES + V5_CASES + V8_ROW_CASES[::5]]
+    plan = ([(case, CHANNEL_VECTOR_VERSIONS) for case in CASES + CHANNEL_CASES + V8_ROW_CASES[::5]]
             + [(case, [9]) for case in V9_CASES + V9_ROW_CASES[::7]])  # some of v9's are too sparse for v3's scratch
     script = BOUNDSCHECK_SCRIPT.format(plan=plan)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)

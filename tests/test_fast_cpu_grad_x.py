@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from involution.fast import cpu, cpu_kernels, runtime  # noqa: E402
+from involution.fast import cpu, cpu_blocks, cpu_grad_x, runtime  # noqa: E402
 from involution.reference import involution2d_backward  # noqa: E402
 
 from cases import (CASES, LARGE_CASES, SIMD_BOUNDSCHECK_PROBE, assert_backward_matches, case_id,  # noqa: E402
@@ -88,7 +88,7 @@ def test_bitwise_identical_for_any_thread_count(monkeypatch):
     x, kernel, grad_out, stride, padding, dilation = make_case(case, np.float32, seed=5)
     geometry = geometry_of(case)
     counts = sorted({1, numba.config.NUMBA_NUM_THREADS})
-    bands = [cpu_kernels.band_v8(2, 2, 16, 16, geometry.height, geometry.width, geometry.out_h, geometry.out_w, 7, 1,
+    bands = [cpu_grad_x.input_rows_per_unit(2, 2, 16, 16, geometry.height, geometry.width, geometry.out_h, geometry.out_w, 7, 1,
                                  1, workers)[0] for workers in counts]
     assert len(counts) == 1 or bands[0] != bands[-1], f"the case should split rows by thread count: bands {bands}"
 
@@ -117,14 +117,14 @@ def test_scratch_per_thread_stays_within_the_budget():
                 (1, 1))
         geometry = geometry_of(case)
         one = cpu.scratch_elements("grad_x", 8, geometry, workers=1)
-        assert one <= cpu_kernels.SCRATCH_ELEMENTS + size * 16, f"{one} scratch elements per thread, case {case}"
+        assert one <= cpu_blocks.SCRATCH_ELEMENTS + size * 16, f"{one} scratch elements per thread, case {case}"
         assert cpu.scratch_elements("grad_x", 8, geometry, workers=3) == 3 * one
 
 
 BOUNDSCHECK_SCRIPT = textwrap.dedent("""
     import sys
     import numba, numpy as np
-    from involution.fast import cpu_kernels, simd
+    from involution.fast import cpu_grad_x, simd
     sys.path.insert(0, "tests")
     from cases import backward_loops, make_case
 """) + SIMD_BOUNDSCHECK_PROBE + textwrap.dedent("""
@@ -134,7 +134,7 @@ BOUNDSCHECK_SCRIPT = textwrap.dedent("""
         expected = backward_loops(grad_out, x, kernel, stride, padding, dilation)[0]
         got = np.empty_like(x)
         # the kernel itself: the dispatcher would refuse the large cases (scratch_fits_v5), the index plan must not
-        cpu_kernels.grad_x_v8(grad_out, kernel, got, *stride, *padding, *dilation)
+        cpu_grad_x.grad_x_v8(grad_out, kernel, got, *stride, *padding, *dilation)
         if not np.allclose(got, expected, rtol=1e-10, atol=1e-10):
             raise SystemExit(f"v8 differs from the definition, case {{case}}")
     print("ok")
