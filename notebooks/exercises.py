@@ -16,7 +16,11 @@ UNANSWERED = Ellipsis
 
 def normalised(value) -> str:
     """The text a value is hashed as: an integer as its digits, a real number to 2 decimals, a string lower-cased
-    and stripped; anything else is refused with a ``TypeError`` naming what came."""
+    with its runs of spaces made one, a list, tuple or set of integers sorted and comma-separated; anything else is
+    refused with a ``TypeError`` naming what came."""
+    if isinstance(value, (list, tuple, set, frozenset)) and all(
+            isinstance(item, numbers.Integral) and not isinstance(item, bool) for item in value):
+        return ",".join(str(int(item)) for item in sorted(value))
     if isinstance(value, bool):
         raise TypeError(f"answer: expected a number or a word, got a bool ({value!r})")
     if isinstance(value, numbers.Integral):
@@ -25,7 +29,7 @@ def normalised(value) -> str:
         return f"{float(value):.2f}"
     if isinstance(value, str):
         return " ".join(value.lower().split())
-    raise TypeError(f"answer: expected a number or a word, got {type(value).__name__} ({value!r})")
+    raise TypeError(f"answer: expected a number, a word or a list of integers, got {type(value).__name__} ({value!r})")
 
 
 def digest(name: str, value) -> str:
