@@ -15,17 +15,11 @@ the project's backends run in the test process unless ``isolate`` is asked for (
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 from involution import backends
-from involution.conformance.limits import Limits
-
-# The CUDA kernels run under numba's simulator unless a real GPU is asked for (the repository's root conftest has
-# the same default). Set before any backend or worker process imports numba.
-if os.environ.get("INVOLUTION_REAL_GPU") != "1":
-    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+from involution.conformance.limits import Limits, check_declared, limits_from
 
 # framework -> name -> module: the project's backends (from the one registry, same names), plus the suite's own
 # oracle, which judges itself as a check that every property can be met.
@@ -37,7 +31,9 @@ PROJECT_BACKENDS = {
 }
 
 # The CUDA simulator interprets every thread in Python: tiny shapes and few examples keep CI in budget. These cap
-# the random draws only; they are the suite's, not declared by the backend, so the core cases still run in full.
+# the random draws only (when involution.fast.cuda says it runs on the simulator: NUMBA_ENABLE_CUDASIM=1, which
+# the repository's root conftest sets for the tests; this module changes no environment variable); they are the
+# suite's, not declared by the backend, so the core cases still run in full.
 CUDA_SIMULATOR_LIMITS = dict(max_work=600, max_fd_elements=12, max_extent=3, max_groups=2, max_group_channels=2,
                              max_batch=2, max_kernel=3, max_examples=6)
 
@@ -62,9 +58,8 @@ class Implementation:
 
     @property
     def limits(self) -> Limits:
-        caps = CUDA_SIMULATOR_LIMITS if self.name == "fast-cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" \
-            else {}
-        return Limits(**{**caps, **self.declared})
+        simulated = self.name == "fast-cuda" and _cuda_simulated()
+        return limits_from(self.declared, CUDA_SIMULATOR_LIMITS if simulated else {})
 
     @property
     def project(self) -> bool:
@@ -77,6 +72,36 @@ class Implementation:
                 "skip_reason": self.skip_reason, "has_backward": self.backward is not None,
                 "gradients": self.gradients,
                 "declared_limits": self.declared, "isolated": self.isolated}
+
+
+def _cuda_simulated() -> bool:
+    """Whether the CUDA backend runs on numba's simulator (asked of ``involution.fast.cuda``; False if it cannot
+    load, in which case fast-cuda is reported unavailable anyway)."""
+    try:
+        from involution.fast import cuda
+    except ImportError:
+        return False
+    return cuda.is_simulator()
+
+
+def checked_description(description, spec: str) -> dict:
+    """A worker's description of its implementation (see :meth:`Implementation.describe`), every field checked to
+    be of its type (the worker is the implementation's process: its messages are data to check, not to trust).
+
+    Raises ``TypeError`` or ``ValueError`` naming the field that is not.
+    """
+    if type(description) is not dict:
+        raise TypeError(f"description must be a dict, got {type(description).__name__}")
+    expected = {"name": (str,), "framework": (str,), "available": (bool,), "skip_reason": (str, type(None)),
+                "has_backward": (bool,), "gradients": (str, type(None)), "isolated": (bool,)}
+    for key, types in expected.items():
+        if type(description.get(key)) not in types:
+            raise TypeError(f"description field {key!r} must be {' or '.join(t.__name__ for t in types)}, "
+                            f"got {type(description.get(key)).__name__}")
+    if description["available"] == (description["skip_reason"] is not None):
+        raise ValueError("description fields 'available' and 'skip_reason' disagree")
+    return {**{key: description[key] for key in expected}, "name": spec,
+            "declared_limits": check_declared(description.get("declared_limits", {}))}
 
 
 def _target(spec: str, framework: str):
@@ -93,8 +118,7 @@ def load_here(spec: str, framework: str = "numpy", device: str = "cpu") -> Imple
     try:
         target = _target(spec, framework)
         forward, backward = getattr(target, "involution2d"), getattr(target, "involution2d_backward", None)
-        declared = dict(getattr(target, "CONFORMANCE_LIMITS", {}) or {})
-        Limits(**declared)  # unknown fields are the implementation's error: report them now
+        declared = check_declared(getattr(target, "CONFORMANCE_LIMITS", {}))  # plain JSON data, known fields
     except Exception as error:  # any import-time failure becomes "unavailable" with its reason
         return Implementation(spec, framework, skip_reason=f"{spec} unavailable: {type(error).__name__}: {error}")
     gradients = None if backward is None else "involution2d_backward"
@@ -116,17 +140,18 @@ class _Remote:
         return self.worker.call(self.function, args, kwargs)
 
 
-def load(spec: str, framework: str = "numpy", device: str = "cpu", *, isolate: bool = False,
-         timeout: float) -> Implementation:
+def load(spec: str, framework: str = "numpy", device: str = "cpu", *, isolate: bool = False, timeout: float,
+         **containment) -> Implementation:
     """The implementation ``spec``; in a worker process if ``isolate`` or if it is not a project backend.
 
-    ``timeout`` is the worker's limit in seconds per call (see :class:`~involution.conformance.worker.Worker`).
+    ``timeout`` is the worker's limit in seconds per call; ``containment`` its ``import_timeout`` (seconds) and
+    ``memory_limit_gib`` (see :class:`~involution.conformance.worker.Worker`).
     """
     if not isolate and spec in PROJECT_BACKENDS[framework]:
         return load_here(spec, framework, device)
     from involution.conformance.worker import Worker
 
-    worker = Worker(spec, framework, device, timeout)
+    worker = Worker(spec, framework, device, timeout, **containment)
     description = worker.start()
     if description["skip_reason"]:
         worker.close()
@@ -140,12 +165,12 @@ _cache: dict[tuple, Implementation] = {}
 
 
 def cached_load(spec: str, framework: str = "numpy", device: str = "cpu", *, isolate: bool = False,
-                timeout: float) -> Implementation:
+                timeout: float, **containment) -> Implementation:
     """:func:`load`, once per process and set of options: the runner's check that an implementation loads and
     the pytest session that judges it share one worker process. :func:`close_all` stops them."""
-    key = (spec, framework, device, isolate, timeout)
+    key = (spec, framework, device, isolate, timeout, tuple(sorted(containment.items())))
     if key not in _cache:
-        _cache[key] = load(spec, framework, device, isolate=isolate, timeout=timeout)
+        _cache[key] = load(spec, framework, device, isolate=isolate, timeout=timeout, **containment)
     return _cache[key]
 
 

@@ -4,7 +4,8 @@ Options: ``--framework numpy|torch`` (what the implementations take and return; 
 (torch device, default cpu), ``--backend NAME`` (repeatable; one of the project's backends of the framework),
 ``--impl package.module[:attr]`` (repeatable; a third-party implementation, always run in a worker process),
 ``--isolate`` (run the project's backends in worker processes too), ``--timeout S`` (seconds per call in a
-worker), ``--max-examples N`` (hypothesis examples per property; default the active profile's), ``--no-shrink``
+worker), ``--import-timeout S`` and ``--memory-limit GIB`` (the worker's import time and address space),
+``--max-examples N`` (hypothesis examples per property; default the active profile's), ``--no-shrink``
 (report a failing example as first drawn, not shrunk to a minimal one). Without
 ``--backend`` or ``--impl`` every project backend of the framework runs; with only ``--impl``, only those.
 Tests take the ``impl`` fixture (parametrized with readable ids) and the ``prove`` fixture.
@@ -12,6 +13,7 @@ Tests take the ``impl`` fixture (parametrized with readable ids) and the ``prove
 from __future__ import annotations
 
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from hypothesis.errors import Unsatisfiable
 
 from involution.conformance.backends import PROJECT_BACKENDS, Implementation, cached_load, close_all
 from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds
+from involution.conformance.worker import DEFAULT_IMPORT_TIMEOUT, DEFAULT_MEMORY_LIMIT_GIB
 
 
 def pytest_addoption(parser) -> None:
@@ -37,6 +40,10 @@ def pytest_addoption(parser) -> None:
                     help="run the project's backends in worker processes too (--impl always runs in one)")
     group.addoption("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="S",
                     help=f"seconds one call may take in a worker process (default {DEFAULT_TIMEOUT:g})")
+    group.addoption("--import-timeout", type=positive_seconds, default=DEFAULT_IMPORT_TIMEOUT, metavar="S",
+                    help=f"seconds a worker may take to import the implementation (default {DEFAULT_IMPORT_TIMEOUT:g})")
+    group.addoption("--memory-limit", type=positive_seconds, default=DEFAULT_MEMORY_LIMIT_GIB, metavar="GIB",
+                    help=f"address space of a worker process, GiB (default {DEFAULT_MEMORY_LIMIT_GIB:g})")
     group.addoption("--max-examples", type=positive_int, default=None, metavar="N",
                     help="hypothesis examples per property and implementation (default: the active profile's)")
     group.addoption("--no-shrink", action="store_true",
@@ -75,7 +82,8 @@ def impl(request) -> Implementation:
     """The implementation under test; skips with the reason when it cannot be imported."""
     option = request.config.getoption
     implementation = cached_load(request.param, option("--framework"), option("--device"),
-                                 isolate=option("--isolate"), timeout=option("--timeout"))
+                                 isolate=option("--isolate"), timeout=option("--timeout"),
+                                 import_timeout=option("--import-timeout"), memory_limit_gib=option("--memory-limit"))
     if implementation.skip_reason:
         pytest.skip(implementation.skip_reason)
     return implementation
@@ -115,7 +123,7 @@ class Prover:
         try:
             result = function(*args, **options)
         except self.declines as error:
-            self.declined.append(f"{type(error).__name__}: {error}")
+            self.declined.append(f"{type(error).__name__}: {str(error)[:120]}")
             if not self.answered and len(self.declined) >= self.max_examples:
                 # As many draws as examples asked for, every one declined: more would only cost time (hypothesis
                 # itself gives up after ten times as many). pytest's skip stops hypothesis at once.
@@ -162,8 +170,9 @@ class Prover:
             torch.set_num_threads(threads)
             if numba:
                 numba.set_num_threads(numba_threads)
-            # The runner's report counts the drawn cases the implementation declined.
-            self.node.user_properties.append(("declined", len(self.declined)))
+            # The runner's report counts the drawn cases the implementation declined and answered, and why.
+            self.node.user_properties += [("declined", len(self.declined)), ("answered", self.answered),
+                                          ("declined_reasons", dict(Counter(self.declined).most_common(5)))]
 
 
 @pytest.fixture

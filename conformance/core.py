@@ -1,6 +1,7 @@
 """The core cases: calls every implementation must compute, whatever limits it declares (``test_op_core.py``).
 
-Stride 1 and 2, G = 1 and G > 1, K = 1, 3 and 7, odd sizes, H != W, zero and "same" padding, float32 and float64.
+Stride 1 and 2, G = 1 and G > 1, 1 to 16 channels per group, K = 1, 3 and 7, odd sizes, H != W, zero and "same"
+padding, float32 and float64.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ CORE = [
     (1, 3, 3, 7, 8, 7, 1, 3, "float64"),
     (1, 4, 2, 11, 10, 7, 2, 0, "float32"),
     (1, 2, 1, 9, 7, 7, 2, 3, "float64"),
+    # 5 and 16 channels per group (every RedNet layer has 16): the channel-vector CPU kernels run here.
+    (2, 10, 2, 6, 9, 3, 1, 1, "float32"),
+    (1, 16, 1, 9, 8, 7, 1, 3, "float64"),
 ]
 
 

@@ -4,10 +4,11 @@ No hypothesis here (the worker process imports this through ``backends``; the st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
+from involution.conformance.channel import plain_json_error
 from involution.spec import Geometry
 
 DTYPES = ("float32", "float64")
@@ -28,7 +29,7 @@ class Limits:
     max_fd_elements: int = 100
     max_extent: int = 7
     max_groups: int = 4
-    max_group_channels: int = 4
+    max_group_channels: int = 16  # RedNet's layers have 16; 5 or more select the channel-vector CPU kernels
     max_batch: int = 3
     max_kernel: int = 5
     max_stride: int = 3
@@ -37,6 +38,46 @@ class Limits:
     same_padding_only: bool = False
     max_examples: int | None = None
     dtypes: tuple[str, ...] = DTYPES
+
+
+def check_declared(declared) -> dict:
+    """An implementation's ``CONFORMANCE_LIMITS`` checked field by field, as plain JSON data ready to send.
+
+    Returns a new dict (``dtypes`` as a list of str). Raises ``TypeError`` naming the field when a value is not
+    plain JSON data (an object of the implementation's own, which the suite never unpickles) or not of the
+    field's type, and ``ValueError`` for an unknown field or a limit below 1.
+    """
+    if type(declared) is not dict:
+        raise TypeError(f"CONFORMANCE_LIMITS must be a dict, got {type(declared).__module__}."
+                        f"{type(declared).__qualname__}")
+    error = plain_json_error(declared, "CONFORMANCE_LIMITS")
+    if error:
+        raise TypeError(error)
+    known = {field.name for field in fields(Limits)}
+    checked = {}
+    for name, value in declared.items():
+        where = f"CONFORMANCE_LIMITS[{name!r}]"
+        if name not in known:
+            raise ValueError(f"{where}: unknown field; the fields are {', '.join(sorted(known))}")
+        if name in ("square_only", "same_padding_only"):
+            if type(value) is not bool:
+                raise TypeError(f"{where} must be True or False, got {value!r:.80}")
+        elif name == "dtypes":
+            if type(value) not in (list, tuple) or not all(item in DTYPES for item in value):
+                raise TypeError(f"{where} must be a list of {', '.join(DTYPES)}, got {value!r:.80}")
+            value = list(value)
+        elif not (type(value) is int and value >= 1) and not (name == "max_examples" and value is None):
+            raise TypeError(f"{where} must be an integer >= 1, got {value!r:.80}")
+        checked[name] = value
+    return checked
+
+
+def limits_from(declared: dict, caps: dict | None = None) -> Limits:
+    """The :class:`Limits` of checked ``declared`` limits (see :func:`check_declared`) over the suite's ``caps``."""
+    merged = {**(caps or {}), **declared}
+    if "dtypes" in merged:
+        merged["dtypes"] = tuple(merged["dtypes"])
+    return Limits(**merged)
 
 
 def work(geometry: Geometry) -> int:

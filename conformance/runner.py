@@ -12,14 +12,17 @@ import argparse
 import json
 import textwrap
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytest
 
+from involution.arguments import write_atomically
 from involution.conformance import verdict as verdicts
 from involution.conformance.backends import PROJECT_BACKENDS, cached_load
 from involution.conformance.core import CORE, excluded_core_cases
+from involution.conformance.worker import DEFAULT_IMPORT_TIMEOUT, DEFAULT_MEMORY_LIMIT_GIB
 
 PROPERTY_FILES = sorted(str(path) for path in Path(__file__).parent.glob("test_op_*.py"))
 WIDTH = 100  # the matrix fits a terminal this wide
@@ -53,6 +56,8 @@ class Outcome:
     outcome: str  # passed | failed | skipped
     detail: str = ""
     declined: int = 0
+    answered: int = 0
+    declined_reasons: dict = field(default_factory=dict)
 
 
 class Collector:
@@ -89,8 +94,14 @@ class Collector:
             detail = crash.message if crash else report.longreprtext.strip().splitlines()[-1]
             detail = detail.partition("\nFailing test case")[0]  # hypothesis' notes repeat the drawn case
             detail = detail.partition("\nassert ")[0]  # pytest's introspection of the assert repeats the message
-        declined = sum(value for key, value in report.user_properties if key == "declined")
-        self.outcomes[report.nodeid] = Outcome(report.nodeid, prop, implementation, report.outcome, detail, declined)
+        counts = {key: sum(value for name, value in report.user_properties if name == key)
+                  for key in ("declined", "answered")}
+        reasons = Counter()
+        for name, value in report.user_properties:
+            if name == "declined_reasons":
+                reasons.update(value)
+        self.outcomes[report.nodeid] = Outcome(report.nodeid, prop, implementation, report.outcome, detail,
+                                               counts["declined"], counts["answered"], dict(reasons))
 
 
 def column_labels(names: list[str]) -> dict[str, str]:
@@ -124,7 +135,8 @@ class SuiteResult:
 
     @property
     def exit_code(self) -> int:
-        """0 conformant, 1 a failure, 2 the suite could not run, 3 only within declared limits / too little evidence."""
+        """0 conformant, 1 a failure, 2 the suite could not run, 3 only within declared limits or what it answered,
+        or too little evidence."""
         if self.pytest_exit_code not in (0, 1, 5):
             return verdicts.USAGE_ERROR
         return verdicts.exit_code(self.verdicts)
@@ -144,8 +156,9 @@ class SuiteResult:
     def header(self) -> list[str]:
         """What was run and under which limits, wrapped to :data:`WIDTH` columns."""
         o = self.options
-        where = f"{o['timeout']:g} s per call in worker processes" if o["isolate"] else \
-            f"--impl in worker processes ({o['timeout']:g} s per call), project backends in-process"
+        limits = f"{o['timeout']:g} s per call, {o['memory_limit_gib']:g} GiB"
+        where = f"worker processes ({limits})" if o["isolate"] else \
+            f"--impl in worker processes ({limits}), project backends in-process"
         lines = [f"conformance: --framework {o['framework']} (device {o['device']}), "
                  f"{o['max_examples'] or 'profile default'} examples per property, {where}"]
         for name, description in self.implementations.items():
@@ -197,19 +210,21 @@ class SuiteResult:
             lines += textwrap.wrap(textwrap.shorten(f"{labels[name]}: {v.verdict}{because}", 600, placeholder=" [...]"),
                                    WIDTH, initial_indent="  ", subsequent_indent="    ")
         meaning = {0: "conformant", 1: "a failure", 2: "the suite could not run",
-                   3: "conformant only within declared limits, or too little evidence"}
+                   3: "conformant only within declared limits or within what it answered, or too little evidence"}
         lines.append(f"exit code {self.exit_code}: {meaning[self.exit_code]}")
         return "\n".join(lines)
 
 
 def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, framework="numpy", device="cpu",
-              isolate=False, timeout=DEFAULT_TIMEOUT, strict=False, shrink=True, extra_args=()) -> SuiteResult:
+              isolate=False, timeout=DEFAULT_TIMEOUT, strict=False, shrink=True, extra_args=(),
+              import_timeout=DEFAULT_IMPORT_TIMEOUT, memory_limit_gib=DEFAULT_MEMORY_LIMIT_GIB) -> SuiteResult:
     """Run the op-level properties on the chosen implementations and return the collected :class:`SuiteResult`.
 
     ``backends``: project backend names of ``framework`` (default: all of them, unless ``impls`` is given);
     ``impls``: ``package.module[:attr]`` specs (run in worker processes); ``properties``: property names to run
     (default: all); ``isolate``: run the project's backends in worker processes too; ``timeout``: seconds per
-    call in a worker; ``strict``: require the strict tier of every implementation (it is always required of the
+    call in a worker; ``import_timeout`` (seconds) and ``memory_limit_gib``: the worker's import time and address
+    space; ``strict``: require the strict tier of every implementation (it is always required of the
     project's backends); ``shrink=False``: report failing examples as first drawn (faster; same verdicts).
     """
     names = list(dict.fromkeys(list(backends) + list(impls))) or list(PROJECT_BACKENDS[framework])
@@ -218,13 +233,16 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
     # of CPU per run once torch is loaded, more than judging a broken implementation.
     args = [*PROPERTY_FILES, "-q", "--tb=short", "-p", "no:cacheprovider", "-p", "no:unraisableexception",
             "-W", "ignore::pytest.PytestAssertRewriteWarning",
-            "--framework", framework, "--device", device, "--timeout", str(timeout), *extra_args]
+            "--framework", framework, "--device", device, "--timeout", str(timeout),
+            "--import-timeout", str(import_timeout), "--memory-limit", str(memory_limit_gib), *extra_args]
     args += [arg for name in backends for arg in ("--backend", name)]
     args += [arg for spec in impls for arg in ("--impl", spec)]
     args += ["--isolate"] if isolate else []
     args += [] if shrink else ["--no-shrink"]
     args += ["--max-examples", str(max_examples)] if max_examples is not None else []
-    loaded = {name: cached_load(name, framework, device, isolate=isolate, timeout=timeout) for name in names}
+    loaded = {name: cached_load(name, framework, device, isolate=isolate, timeout=timeout,
+                                import_timeout=import_timeout, memory_limit_gib=memory_limit_gib)
+              for name in names}
     implementations = {name: implementation.describe() for name, implementation in loaded.items()}
     collector = Collector(properties)
     started = time.perf_counter()
@@ -241,14 +259,28 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
                           strict or n in PROJECT_BACKENDS[framework],
                           excluded_core_cases(implementations[n]["declared_limits"]),
                           nothing_computed=sum(o.declined for o in outcomes if o.property == verdicts.CORE
-                                               and o.implementation == n) >= len(CORE))
+                                               and o.implementation == n) >= len(CORE),
+                          evidence=evidence([o for o in outcomes if o.implementation == n]))
         for n in names
     }
     options = {"framework": framework, "device": device, "max_examples": max_examples, "timeout": timeout,
+               "import_timeout": import_timeout, "memory_limit_gib": memory_limit_gib,
                "isolate": isolate, "strict": strict, "shrink": shrink, "properties": list(properties or [])}
     return SuiteResult(implementations, ordered, matrix, judged, outcomes, options, exit_code, duration, args)
 
 
+def evidence(outcomes: list[Outcome]) -> dict[str, verdicts.Evidence]:
+    """Property -> :class:`~involution.conformance.verdict.Evidence` of one implementation's outcomes."""
+    found: dict[str, verdicts.Evidence] = {}
+    for o in outcomes:
+        item = found.setdefault(o.property, verdicts.Evidence())
+        item.answered += o.answered
+        item.declined += o.declined
+        item.reasons = dict(Counter(item.reasons) + Counter(o.declined_reasons))
+        item.detail = item.detail or o.detail
+    return found
+
+
 def write_report(result: SuiteResult, path) -> None:
-    """Write ``result`` as JSON to ``path``."""
-    Path(path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    """Write ``result`` as JSON to ``path``, atomically (``involution.arguments.write_atomically``)."""
+    write_atomically(path, json.dumps(result.to_json(), indent=2) + "\n")

@@ -12,11 +12,17 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from involution.conformance.layouts import LAYOUTS, as_layout  # noqa: F401 (LAYOUTS: the tests draw from it)
 from involution.conformance.limits import Limits, excluded_by, same_padding, work
 from involution.spec import Geometry, check_geometry, output_size
 
-# How an input array is laid out in memory; every layout holds the same values.
-LAYOUTS = ("contiguous", "sliced", "reversed", "channels_last", "fortran")
+
+
+def group_channels(maximum: int) -> st.SearchStrategy[int]:
+    """Channels per group up to ``maximum``: as often 1-4 (where the group rule shows in few channels) as 5 or
+    more (up to RedNet's 16: the channel-vector CPU kernels run from 5, see ``fast.cpu.choose_version``)."""
+    narrow = st.integers(1, min(4, maximum))
+    return narrow if maximum <= 4 else st.one_of(narrow, st.integers(5, maximum))
 
 
 @st.composite
@@ -52,7 +58,7 @@ def geometries(draw, limits: Limits = Limits(), max_elements: int | None = None,
     width = draw(st.integers(min_w, min_w + limits.max_extent))
     # G and C // G drawn separately, so that 1 < G < C (where group rules differ) is common.
     groups = draw(st.integers(1, limits.max_groups))
-    channels = groups * draw(st.integers(1, limits.max_group_channels))
+    channels = groups * draw(group_channels(limits.max_group_channels))
     batch = draw(st.integers(1, limits.max_batch))
     stride, padding, dilation = (stride_h, stride_w), tuple(paddings), (dilation_h, dilation_w)
     out_h = output_size(height, kernel_h, stride_h, paddings[0], dilation_h)
@@ -104,23 +110,6 @@ def extreme_geometries(draw, declared: dict) -> Geometry:
     assume(geometry.batch * geometry.channels * out_h * out_w <= 128)  # the CUDA simulator runs a thread each
     assume(not excluded_by({k: v for k, v in declared.items() if k != "max_work"}, geometry, "float64"))
     return geometry
-
-
-def as_layout(array: np.ndarray, layout: str) -> np.ndarray:
-    """The values of ``array`` in the memory ``layout`` (one of :data:`LAYOUTS`)."""
-    if layout == "contiguous":
-        return np.ascontiguousarray(array)
-    if layout == "sliced":
-        buffer = np.full(array.shape[:-1] + (2 * array.shape[-1],), np.nan, dtype=array.dtype)
-        buffer[..., ::2] = array
-        return buffer[..., ::2]
-    if layout == "reversed":
-        return np.flip(np.flip(array).copy())
-    if layout == "channels_last":
-        return np.moveaxis(np.ascontiguousarray(np.moveaxis(array, 1, -1)), -1, 1)
-    if layout == "fortran":
-        return np.asfortranarray(array)
-    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,13 @@ PROBE = check_geometry((2, 4, 5, 6), (2, 2, 3, 3, 5, 6), 1, 1, 1)
 
 
 def tolerance(geometry, answer_dtype, magnitude, input_eps: float):
-    """``(Kh*Kw + 2) * eps * magnitude``, ``eps`` the coarser of the inputs' and the answer's (0 for integers)."""
-    answer_eps = float(np.finfo(answer_dtype).eps) if np.issubdtype(answer_dtype, np.floating) else 0.0
-    return (forward_terms(geometry) + 2) * max(input_eps, answer_eps) * magnitude
+    """``(Kh*Kw + 2) * eps * magnitude``, ``eps`` the coarser of the inputs' and the answer's (0 for integers), plus
+    the answer dtype's smallest normal number, as ``tolerances.bound`` (a float16 answer near zero is subnormal:
+    its spacing there, 6e-8, is absolute, not relative)."""
+    floating = np.issubdtype(answer_dtype, np.floating)
+    answer_eps = float(np.finfo(answer_dtype).eps) if floating else 0.0
+    return (forward_terms(geometry) + 2) * max(input_eps, answer_eps) * magnitude + \
+        (float(np.finfo(answer_dtype).tiny) if floating else 0.0)
 
 
 def check_answer(out, geometry, x, kernel, input_eps: float, what: str) -> None:

@@ -18,12 +18,12 @@ def test_forward_matches_oracle(impl, prove):
         case = data.draw(cases(impl.limits), label="case")
         x_before, kernel_before = case.x.copy(), case.kernel.copy()
         out = prove.forward(case.x, case.kernel, *case.params)
+        assert np.array_equal(case.x, x_before) and np.array_equal(case.kernel, kernel_before), \
+            f"forward modified its inputs; {case}"
         assert isinstance(out, np.ndarray), f"forward returned {out!r:.80}, not an array; {case}"
         assert out.dtype == case.dtype, f"forward returned dtype {out.dtype} for {case.dtype} inputs; {case}"
         expected, tolerance = oracle_bound(case)
         assert_within(out, expected, tolerance, "forward vs oracle", case)
-        assert np.array_equal(case.x, x_before) and np.array_equal(case.kernel, kernel_before), \
-            f"forward modified its inputs; {case}"
 
     prove(check)
 

@@ -11,12 +11,20 @@ capabilities (informational)
     float16, bfloat16, empty batch, integer and mixed dtypes: "rejected" or answered; a wrong answer is a
     failure of the correct tier.
 
+Declines
+--------
+A drawn case the implementation declines (``NotImplementedError``) is not evidence. A correct-tier property with
+no computed example, or one where at least :data:`DECLINE_SHARE` of the drawn cases were declined, makes the
+verdict "conformant only within what it answered" (exit 3), with the count and the implementation's reasons.
+
 Exit codes: 0 conformant, 1 a failure (including a hang or a crash), 2 usage error, 3 conformant only within
-declared limits, or too little evidence (the core cases were not run or not all computed).
+declared limits or within what it answered, or too little evidence (the core cases were not run or not all
+computed).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 TIERS = {
     "correct": [
@@ -37,9 +45,46 @@ CORE = "core_cases_computed"
 PASS, FAIL, SKIP, UNSUPPORTED, LIMITED, REJECTED, ANSWERS, NOT_APPLICABLE, NOT_RUN = (
     "pass", "FAIL", "skip", "unsupported", "limited", "rejected", "answers", "n/a", "-")
 
-CONFORMANT, FAILED, WITHIN_LIMITS, TOO_LITTLE, UNAVAILABLE = (
-    "conformant", "FAIL", "conformant only within declared limits", "too little evidence", "not run")
-EXIT_CODES = {CONFORMANT: 0, FAILED: 1, WITHIN_LIMITS: 3, TOO_LITTLE: 3, UNAVAILABLE: 0}
+CONFORMANT, FAILED, WITHIN_LIMITS, WITHIN_ANSWERED, TOO_LITTLE, UNAVAILABLE = (
+    "conformant", "FAIL", "conformant only within declared limits", "conformant only within what it answered",
+    "too little evidence", "not run")
+EXIT_CODES = {CONFORMANT: 0, FAILED: 1, WITHIN_LIMITS: 3, WITHIN_ANSWERED: 3, TOO_LITTLE: 3, UNAVAILABLE: 0}
+# The share of a property's drawn cases that, declined, makes the verdict "conformant only within what it answered".
+DECLINE_SHARE = 0.1
+
+
+@dataclass
+class Evidence:
+    """What one property found on one implementation: drawn cases answered and declined, the implementation's
+    reasons for declining (message -> count), and the cell's detail (a skip reason, a failure)."""
+
+    answered: int = 0
+    declined: int = 0
+    reasons: dict = field(default_factory=dict)
+    detail: str = ""
+
+
+def declines(column: dict[str, str], evidence: dict[str, Evidence]) -> str | None:
+    """Why the implementation's declines limit its verdict, or None: the correct-tier properties it computed no
+    example of, or declined at least :data:`DECLINE_SHARE` of the drawn cases of, with the counts and reasons."""
+    correct = [p for p in TIERS["correct"] if p != CORE and p in evidence]
+    none = [p for p in correct if column.get(p) == UNSUPPORTED]
+    most = [p for p in correct if column.get(p) == PASS and evidence[p].declined
+            and evidence[p].declined >= DECLINE_SHARE * (evidence[p].declined + evidence[p].answered)]
+    if not (none or most):
+        return None
+    declined = sum(evidence[p].declined for p in correct)
+    drawn = declined + sum(evidence[p].answered for p in correct)
+    reasons = Counter()
+    for p in correct:
+        reasons.update(evidence[p].reasons)
+    because = "; ".join(f"{reason} ({count}x)" for reason, count in reasons.most_common(3))
+    parts = [f"declined {declined} of {drawn} drawn cases" + (f": {because}" if because else "")]
+    if none:
+        parts.append(f"no computed example of {', '.join(none)}")
+    if most:
+        parts.append(f"{DECLINE_SHARE:.0%} or more declined in {', '.join(most)}")
+    return "; ".join(parts)
 USAGE_ERROR = 2
 
 
@@ -72,13 +117,15 @@ class Verdict:
 
 
 def judge(column: dict[str, str], description: dict, strict_required: bool, core_excluded: list[str],
-          nothing_computed: bool = False) -> Verdict:
+          nothing_computed: bool = False, evidence: dict[str, Evidence] | None = None) -> Verdict:
     """The verdict of one implementation from its matrix ``column`` (property -> cell).
 
     ``core_excluded``: the core cases its declared limits exclude (see ``test_op_core``); ``nothing_computed``:
     it declined every core case (raised instead of answering). Such an implementation is never "conformant", not
-    even within limits: too little evidence.
+    even within limits: too little evidence. ``evidence``: property -> :class:`Evidence`, for the declines
+    (:func:`declines`) and to name the declined core cases.
     """
+    evidence = evidence or {}
     if not description["available"]:
         return Verdict(UNAVAILABLE, [description["skip_reason"]], strict_required)
     required = [p for p, value in column.items()
@@ -90,9 +137,13 @@ def judge(column: dict[str, str], description: dict, strict_required: bool, core
         return Verdict(TOO_LITTLE, [f"{CORE} was not run"], strict_required)
     if nothing_computed:
         return Verdict(TOO_LITTLE, ["no core case computed: every one was declined"], strict_required)
+    declined = declines(column, evidence)
     if column[CORE] != PASS or core_excluded:
-        reasons = [f"{CORE}: {column[CORE]}"] + [f"declared limits exclude core case {case}" for case in core_excluded]
-        return Verdict(WITHIN_LIMITS, reasons, strict_required)
+        core_detail = evidence[CORE].detail if CORE in evidence and evidence[CORE].detail else column[CORE]
+        reasons = [f"{CORE}: {core_detail}"] + [f"declared limits exclude core case {case}" for case in core_excluded]
+        return Verdict(WITHIN_LIMITS, reasons + ([declined] if declined else []), strict_required)
+    if declined:
+        return Verdict(WITHIN_ANSWERED, [declined], strict_required)
     strict_failed = [p for p in TIERS["strict"] if column.get(p) == FAIL]
     if strict_failed:
         reasons.append(f"strict tier not met ({', '.join(strict_failed)}); required with --strict")

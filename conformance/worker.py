@@ -1,10 +1,23 @@
 """Run an implementation under test in a child process, so that a hang, an early exit or a crash is a verdict.
 
-One long-lived worker process per implementation (``python -m involution.conformance.worker``) imports it once
-and answers calls sent over a pipe; the suite's properties run in the parent and call it through
-:class:`Worker`. A call that takes longer than the time limit kills the worker; a worker that exits (``os._exit``,
-``sys.exit``, a segfault in a C extension) is noticed by the end of the pipe. Either raises
-:class:`ImplementationDied` naming the call, and the next call starts a fresh worker.
+One long-lived worker per implementation (``python -m involution.conformance.worker``) imports it once and
+answers calls sent over a pipe; the suite's properties run in the parent and call it through :class:`Worker`.
+
+Guarantees (docs/conformance.md, "What the worker can and cannot do"; tests/test_conformance_hostile.py):
+
+- **Data only.** The pipe carries JSON headers and raw array bytes (:mod:`~involution.conformance.channel`); the
+  parent never unpickles anything, so nothing the implementation returns, raises or declares runs code in it.
+- **Inputs.** The worker compares its copies of the inputs before and after each call and sends back the ones
+  that changed; the parent writes them into its own arrays, so "inputs unmodified" is judged as in-process.
+- **Containment.** The worker starts in its own session and process group. It is a small guard process that
+  forks the process running the implementation, limits that one's address space (``memory_limit``), adopts
+  every process it leaves behind (Linux ``PR_SET_CHILD_SUBREAPER``) and kills them all when it ends, is stopped,
+  or loses its parent. Its stdout and stderr go to a capped file (:class:`Output`), whose tail is shown with a
+  failure. A call past ``timeout`` seconds, or an import past ``import_timeout``, stops the whole group.
+
+A call that times out or whose process ends raises :class:`ImplementationDied` naming the call (and the signal,
+with its likely cause); the next call starts a fresh worker, until :data:`MAX_ENDS` ends or :data:`MAX_TIMEOUTS`
+timeouts, after which the implementation's remaining calls fail at once instead of importing it again.
 
 Hand-written rather than pytest-timeout or pytest-forked: pytest-timeout's thread method ends the whole pytest
 process (and its signal method cannot interrupt C code), pytest-forked forks per test (unsafe after numba or torch
@@ -14,35 +27,62 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import collections
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+import traceback
 from multiprocessing.connection import Connection, Pipe
 
 import numpy as np
 
-# Seconds the worker may take to import the implementation (torch and numba imports on a loaded machine).
-LOAD_TIMEOUT = 300.0
-# After this many timed-out calls an implementation's remaining calls fail at once instead of waiting again.
-MAX_TIMEOUTS = 3
+from involution.conformance.channel import (
+    ProtocolError, Unsendable, clean_text, receive, send,  # noqa: F401 (Unsendable: what non-data results become)
+)
+
+DEFAULT_IMPORT_TIMEOUT = 300.0  # seconds to import the implementation (torch and numba on a loaded machine)
+DEFAULT_MEMORY_LIMIT_GIB = 4.0  # the worker's address space; torch and numba need under 1 GiB of it
+MAX_TIMEOUTS = 3  # after this many timed-out calls the remaining calls fail at once
+MAX_ENDS = 3  # after the process ended this many times the remaining calls fail at once (no re-import per case)
+OUTPUT_CAP = 1 << 20  # bytes of the worker's stdout and stderr kept in its output file
+TAIL_LINES = 15
+SIGNAL_CAUSES = {
+    "SIGSEGV": "a segmentation fault: an out-of-bounds access in compiled code, or an allocation past the "
+               "memory limit",
+    "SIGBUS": "a bus error: an access outside a mapped file or a misaligned access in compiled code",
+    "SIGFPE": "an arithmetic fault in compiled code, e.g. an integer division by zero",
+    "SIGABRT": "an abort: a failed assertion in C or C++ code, or an allocation past the memory limit",
+    "SIGKILL": "killed from outside: most likely the system's out-of-memory killer, or the memory limit",
+    "SIGILL": "an illegal instruction: code compiled for another CPU",
+}
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 
 
 class ImplementationDied(BaseException):
-    """The implementation hung past the time limit or its process ended during a call.
+    """The implementation hung past the time limit, its process ended during a call, or it broke the channel.
 
     A ``BaseException``, so hypothesis does not shrink it (which would rerun the hang many times) and pytest
     reports it as the test's failure.
     """
 
 
-class Unpicklable:
-    """Stands for a result the worker could not send back (the suite then fails the property on its type)."""
-
-    def __init__(self, description: str):
-        self.description = description
-
-    def __repr__(self) -> str:
-        return f"<unpicklable result: {self.description}>"
+def describe_status(returncode: int | None, memory_limit_gib: float) -> str:
+    """``status 3``, or ``signal SIGSEGV (a segmentation fault: ...)`` for a process a signal ended."""
+    if returncode is None or returncode >= 0:
+        return f"status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+    cause = SIGNAL_CAUSES.get(name, "")
+    if cause and "memory limit" in cause:
+        cause += f" of {memory_limit_gib:g} GiB (--memory-limit)"
+    return f"signal {name}" + (f" ({cause})" if cause else "")
 
 
 _EXCEPTION_TYPES: dict[tuple, type] = {}
@@ -52,25 +92,39 @@ def exception_type(module: str, qualname: str, builtin: type) -> type:
     """A stand-in class named like the implementation's exception, subclassing its nearest builtin base."""
     key = (module, qualname, builtin)
     if key not in _EXCEPTION_TYPES:
-        _EXCEPTION_TYPES[key] = type(qualname.rpartition(".")[2], (builtin,), {"__module__": module,
-                                                                              "__qualname__": qualname})
+        _EXCEPTION_TYPES[key] = type(qualname.rpartition(".")[2] or "Exception", (builtin,),
+                                     {"__module__": module, "__qualname__": qualname})
     return _EXCEPTION_TYPES[key]
 
 
-def describe_exception(error: Exception) -> tuple[str, str, str, str]:
-    """``(module, qualname, nearest builtin base name, message)``: what the parent needs to re-raise it."""
+def describe_exception(error: BaseException) -> dict:
+    """What the parent needs to re-raise an implementation's exception: names, message and traceback, as text."""
     builtin = next(cls for cls in type(error).__mro__ if cls.__module__ == "builtins")
-    return type(error).__module__, type(error).__qualname__, builtin.__name__, str(error)
+    try:
+        message = str(error)
+    except Exception as failure:  # an exception whose __str__ fails is still reported by its type
+        message = f"<str() of the exception failed with {type(failure).__name__}>"
+    return {"module": type(error).__module__, "qualname": type(error).__qualname__, "builtin": builtin.__name__,
+            "message": message, "traceback": "".join(traceback.format_exception(error))}
 
 
-def rebuild_exception(module: str, qualname: str, builtin_name: str, message: str) -> Exception:
-    """The parent-side exception for :func:`describe_exception`'s tuple; builtins come back as themselves."""
-    builtin = getattr(builtins, builtin_name, None)
+def rebuild_exception(error: dict, memory_limit_gib: float) -> Exception:
+    """The parent-side exception for :func:`describe_exception`'s dict (strings only; builtins come back as
+    themselves, an implementation's own class as a stand-in of its builtin base). The worker's traceback text is
+    kept as ``worker_traceback``. Raises :class:`ProtocolError` when the dict is not of that form."""
+    if type(error) is not dict or not all(type(error.get(key)) is str for key in
+                                          ("module", "qualname", "builtin", "message", "traceback")):
+        raise ProtocolError("an exception report without its names, message and traceback")
+    builtin = getattr(builtins, error["builtin"], None)
     if not (isinstance(builtin, type) and issubclass(builtin, Exception)):
         builtin = Exception
-    if module == "builtins":
-        return builtin(message)
-    return exception_type(module, qualname, builtin)(message)
+    message = error["message"]
+    if builtin is MemoryError:
+        message += f" (the worker's address space is limited to {memory_limit_gib:g} GiB: --memory-limit)"
+    rebuilt = builtin(message) if error["module"] == "builtins" else \
+        exception_type(error["module"][:200], error["qualname"][:200], builtin)(message)
+    rebuilt.worker_traceback = error["traceback"]
+    return rebuilt
 
 
 def describe_call(function: str, args: tuple, kwargs: dict) -> str:
@@ -88,6 +142,47 @@ def describe_call(function: str, args: tuple, kwargs: dict) -> str:
     return f"{function}({', '.join(parts)})"
 
 
+class Output:
+    """The worker's stdout and stderr, read by a thread: the first :data:`OUTPUT_CAP` bytes to a temporary file
+    (deleted by :meth:`close`), the last lines kept for :meth:`tail`, the rest counted and dropped (a chatty
+    implementation neither blocks on a full pipe nor fills the disk or the terminal)."""
+
+    def __init__(self, stream):
+        self.file = tempfile.NamedTemporaryFile(prefix="involution-conformance-worker-", suffix=".log",
+                                                delete=False)
+        self.path = self.file.name
+        self.total = 0
+        self.last = collections.deque(maxlen=64)  # recent chunks
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream) -> None:
+        for chunk in iter(lambda: stream.read1(1 << 16), b""):
+            if self.total < OUTPUT_CAP:
+                self.file.write(chunk[:OUTPUT_CAP - self.total])
+                self.file.flush()
+            self.total += len(chunk)
+            self.last.append(chunk)
+        stream.close()
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        """The last ``lines`` lines written, cleaned of escape codes; empty if nothing was written."""
+        self.thread.join(timeout=0.5)
+        text = clean_text(b"".join(self.last)[-8192:].decode("utf-8", "replace"), 4000)
+        kept = text.rstrip().splitlines()[-lines:]
+        if not kept:
+            return ""
+        return f"worker output ({self.total} bytes, last {len(kept)} lines):\n" + "\n".join(kept)
+
+    def close(self) -> None:
+        self.thread.join(timeout=2)
+        self.file.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
 class Worker:
     """A child process running one implementation; :meth:`call` sends it a call and returns the answer.
 
@@ -99,35 +194,50 @@ class Worker:
     device : str
         torch device for the torch framework ("cpu" or "cuda").
     timeout : float
-        Seconds one call may take before the worker is killed and the call fails.
+        Seconds one call may take before the worker is stopped and the call fails.
+    import_timeout : float
+        Seconds the worker may take to start and import the implementation.
+    memory_limit_gib : float
+        The address-space limit of the process running the implementation, in GiB (``RLIMIT_AS``).
     """
 
-    def __init__(self, spec: str, framework: str, device: str, timeout: float):
+    def __init__(self, spec: str, framework: str, device: str, timeout: float,
+                 import_timeout: float = DEFAULT_IMPORT_TIMEOUT, memory_limit_gib: float = DEFAULT_MEMORY_LIMIT_GIB):
         self.spec, self.framework, self.device, self.timeout = spec, framework, device, timeout
+        self.import_timeout, self.memory_limit_gib = import_timeout, memory_limit_gib
         self.process: subprocess.Popen | None = None
         self.connection: Connection | None = None
-        self.timeouts = 0
+        self.output: Output | None = None
+        self.timeouts = self.ends = 0
+        self.last_end = ""
         self.description: dict | None = None
 
     def start(self) -> dict:
         """Start the child and return its description of the implementation (``backends.Implementation.describe``)."""
+        from involution.conformance.backends import checked_description
+
         parent_end, child_end = Pipe()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path or os.getcwd() for path in sys.path)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "involution.conformance.worker", str(child_end.fileno()), self.spec,
-             self.framework, self.device],
-            pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL)
+             self.framework, self.device, str(int(self.memory_limit_gib * (1 << 30)))],
+            pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True)
         child_end.close()
         self.connection = parent_end
-        if not parent_end.poll(LOAD_TIMEOUT):
+        self.output = Output(self.process.stdout)
+        if not parent_end.poll(self.import_timeout):
             self.close()
-            return self._unavailable(f"import took longer than {LOAD_TIMEOUT:g} s")
+            return self._unavailable(f"import took longer than {self.import_timeout:g} s (--import-timeout)")
         try:
-            self.description = parent_end.recv()
+            message = receive(parent_end)
+            self.description = checked_description(message.get("description"), self.spec)
         except EOFError:
-            status = self._exit_status()
+            status, tail = self._ended()
+            return self._unavailable(f"its process exited with {status} while importing it{tail}")
+        except (ProtocolError, TypeError, ValueError) as error:
             self.close()
-            return self._unavailable(f"its process exited with status {status} while importing it")
+            return self._unavailable(f"its worker sent a description outside the channel's format: {error}")
         return self.description
 
     def _unavailable(self, reason: str) -> dict:
@@ -135,50 +245,94 @@ class Worker:
                             "has_backward": False, "gradients": None, "declared_limits": {}}
         return self.description
 
-    def _exit_status(self):
+    def _ended(self) -> tuple[str, str]:
+        """``(status text, "\\n" + output tail or "")`` of a worker whose pipe closed; stops what is left of it."""
         try:
-            return self.process.wait(timeout=10)
+            returncode = self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            returncode = None
+        status = describe_status(returncode, self.memory_limit_gib)
+        tail = self.output.tail() if self.output else ""
+        self.close()
+        return status, f"\n{tail}" if tail else ""
 
     def call(self, function: str, args: tuple, kwargs: dict | None = None):
         """``function`` ("forward" or "backward") of the implementation on ``args``; re-raises what it raised.
 
-        Raises :class:`ImplementationDied` when the call times out or the process ends during it.
+        Input arrays the implementation changed are changed here too. Raises :class:`ImplementationDied` when
+        the call times out, the process ends during it, or the worker breaks the channel's format.
         """
         kwargs = kwargs or {}
+        where = describe_call(function, args, kwargs)
         if self.timeouts >= MAX_TIMEOUTS:
-            raise ImplementationDied(f"not called: {self.timeouts} earlier calls timed out; "
-                                     f"{describe_call(function, args, kwargs)}")
+            raise ImplementationDied(f"not called: {self.timeouts} earlier calls timed out; {where}")
+        if self.ends >= MAX_ENDS:
+            raise ImplementationDied(f"not called: the implementation's process ended {self.ends} times "
+                                     f"(last: {self.last_end}); {where}")
         if self.process is None or self.process.poll() is not None:
+            if self.process is not None:
+                self.close()
             if self.start()["skip_reason"]:
                 raise ImplementationDied(f"could not restart the implementation: {self.description['skip_reason']}")
         try:
-            self.connection.send((function, args, kwargs))
+            send(self.connection, {"kind": "call", "function": function}, [list(args), kwargs])
             answered = self.connection.poll(self.timeout)
         except (BrokenPipeError, ConnectionResetError, EOFError):
-            answered = True  # the process is gone: recv below reports how it ended
+            answered = True  # the process is gone: receive below reports how it ended
         if not answered:
             self.timeouts += 1
+            tail = self.output.tail() if self.output else ""
             self.close()
-            raise ImplementationDied(f"timed out after {self.timeout:g} s in {describe_call(function, args, kwargs)}")
+            raise ImplementationDied(f"timed out after {self.timeout:g} s in {where}" + (f"\n{tail}" if tail else ""))
+        raised = result = None
         try:
-            kind, payload = self.connection.recv()
+            message = receive(self.connection)
+            if message.get("kind") == "raised":
+                raised = rebuild_exception(message.get("error"), self.memory_limit_gib)
+            elif message.get("kind") != "ok" or type(message.get("value")) is not list or len(message["value"]) != 2:
+                raise ProtocolError(f"unexpected reply {str(message.get('kind'))[:40]!r}")
+            else:
+                result, modified = message["value"]
+                self._write_back(args, modified)
         except (EOFError, ConnectionResetError):
-            status = self._exit_status()
+            self.ends += 1
+            status, tail = self._ended()
+            self.last_end = status
+            raise ImplementationDied(f"the implementation's process exited with {status} during {where}{tail}") \
+                from None
+        except ProtocolError as error:
             self.close()
-            raise ImplementationDied(f"the implementation's process exited with status {status} during "
-                                     f"{describe_call(function, args, kwargs)}") from None
-        if kind == "raised":
-            raise rebuild_exception(*payload)
-        return payload
+            self.ends += 1
+            self.last_end = "it broke the channel's format"
+            raise ImplementationDied(f"the implementation's worker sent a message outside the channel's format "
+                                     f"({error}) during {where}") from None
+        if raised is not None:
+            raise raised
+        return result
+
+    @staticmethod
+    def _write_back(args: tuple, modified) -> None:
+        """Copy the worker's changed inputs (``[[index, array], ...]``) into the caller's ``args``."""
+        if type(modified) is not list:
+            raise ProtocolError("no list of modified inputs")
+        for entry in modified:
+            if type(entry) is not list or len(entry) != 2 or type(entry[0]) is not int \
+                    or not 0 <= entry[0] < len(args):
+                raise ProtocolError("a modified input without a valid index")
+            index, array = entry
+            target = args[index]
+            if not (isinstance(target, np.ndarray) and isinstance(array, np.ndarray)
+                    and array.shape == target.shape and array.dtype == target.dtype):
+                raise ProtocolError(f"modified input {index} does not match the array sent")
+            if target.flags.writeable:
+                np.copyto(target, array)
 
     def close(self) -> None:
-        """Stop the child (asking first, killing if it does not stop within a second)."""
+        """Stop the worker: ask it to end, then stop its guard (which kills every process it adopted), then kill
+        its process group."""
         if self.connection is not None:
             try:
-                self.connection.send(None)
+                send(self.connection, {"kind": "stop"})
             except OSError:
                 pass
             self.connection.close()
@@ -187,46 +341,140 @@ class Worker:
             try:
                 self.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.process.terminate()  # the guard kills the implementation and everything it started
+                try:
+                    self.process.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             self.process = None
-
-
-def _reply(connection: Connection, kind: str, payload) -> None:
-    try:
-        connection.send((kind, payload))
-    except Exception as error:  # the result (or exception) would not pickle: say what it was instead
-        if kind == "ok":
-            connection.send(("ok", Unpicklable(f"{type(payload).__name__} ({type(error).__name__}: {error})")))
-        else:
-            connection.send(("raised", ("builtins", "RuntimeError", "RuntimeError", f"unpicklable exception: {error}")))
+        if self.output is not None:
+            self.output.close()
+            self.output = None
 
 
 def serve(connection: Connection, spec: str, framework: str, device: str) -> None:
-    """The child's loop: load the implementation, send its description, answer calls until told to stop."""
+    """The implementation's process: load it, send its description, answer calls until told to stop."""
     from involution.conformance.backends import load_here
 
     implementation = load_here(spec, framework, device)
     if "torch" in sys.modules:  # the suite's tensors are tiny: waking a thread pool costs more than the work
         sys.modules["torch"].set_num_threads(1)
-    connection.send(implementation.describe())
+    send(connection, {"kind": "description", "description": implementation.describe()})
     if implementation.skip_reason:
         return
     functions = {"forward": implementation.forward, "backward": implementation.backward}
     while True:
         try:
-            request = connection.recv()
+            message = receive(connection)
         except EOFError:
             return
-        if request is None:
+        if message.get("kind") != "call":
             return
-        function, args, kwargs = request
+        args, kwargs = message["value"]
+        before = {index: arg.tobytes() for index, arg in enumerate(args) if isinstance(arg, np.ndarray)}
         try:
-            result = functions[function](*args, **kwargs)
-        except Exception as error:  # the implementation's own exception goes back to the parent
-            _reply(connection, "raised", describe_exception(error))
-        else:
-            _reply(connection, "ok", result)
+            result = functions[message["function"]](*args, **kwargs)
+        except Exception as error:  # the implementation's own exception goes back to the parent, as text
+            send(connection, {"kind": "raised", "error": describe_exception(error)})
+            continue
+        modified = [[index, args[index]] for index, data in before.items() if args[index].tobytes() != data]
+        send(connection, {"kind": "ok"}, [result, modified])
+
+
+def _prctl(option: int, value: int) -> None:
+    """Linux ``prctl(option, value)``; nothing elsewhere (the guard then cannot adopt escaped processes)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (from ``/proc``'s parent ids; empty where there is no ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def kill_descendants() -> None:
+    """Kill every process below this one (the guard adopted the escaped ones) and reap them."""
+    for _ in range(50):
+        alive = descendants(os.getpid())
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                    time.sleep(0.01)
+            except ChildProcessError:
+                break
+
+
+def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int) -> None:
+    """Fork the process that runs the implementation, wait for it, then kill whatever it left behind, and end
+    the way it ended (its exit status, or the same signal)."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # the CLI gone: clean up as if stopped
+    sys.stdout.flush()
+    child = os.fork()
+    if child == 0:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        code = 0
+        try:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+            serve(Connection(fd), spec, framework, device)
+        except SystemExit as exit_request:
+            code = exit_request.code if isinstance(exit_request.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(fd)  # only the implementation's process holds the pipe: its end is the parent's EOF
+
+    def stop(signum, frame):
+        kill_descendants()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == child:
+            break
+    kill_descendants()
+    if os.WIFSIGNALED(status):
+        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+        os.kill(os.getpid(), os.WTERMSIG(status))
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
 def main(argv=None) -> None:
@@ -235,11 +483,12 @@ def main(argv=None) -> None:
     parser.add_argument("spec")
     parser.add_argument("framework")
     parser.add_argument("device")
+    parser.add_argument("memory_limit", type=int, help="bytes of address space for the implementation's process")
     args = parser.parse_args(argv)
-    serve(Connection(args.fd), args.spec, args.framework, args.device)
+    guard(args.fd, args.spec, args.framework, args.device, args.memory_limit)
 
 
-if __name__ == "__main__":  # run from the module's importable name, so that Unpicklable pickles as its own
+if __name__ == "__main__":  # run from the module's importable name, so that the suite's classes are its own
     from involution.conformance import worker
 
     worker.main()

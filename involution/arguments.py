@@ -3,11 +3,14 @@
 Each is an ``argparse`` ``type=`` function: it returns the converted value or raises
 ``argparse.ArgumentTypeError`` with a message saying what was expected and what came, which argparse prints as
 ``involution COMMAND: error: argument --NAME: MESSAGE`` on stderr with exit code 2 -- never a traceback.
+Output files follow one rule (:func:`prepare_output`, :func:`write_atomically`, ``--force``).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import tempfile
 from pathlib import Path
 
 MAX_SEED = 2**32 - 1  # the widest range every seeded library takes (NumPy's legacy RandomState, scikit-learn)
@@ -50,10 +53,70 @@ def positive_float(text: str) -> float:
 
 
 def output_file(text: str) -> str:
-    """A type: a file path whose folder exists (checked now, so a long run cannot fail only when it saves)."""
-    folder = Path(text).parent
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"folder {str(folder)!r} of {text!r} does not exist")
-    if Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a folder, expected a file path")
+    """A type: a file path whose folder exists and that is not a folder (checked while parsing, so a long run
+    cannot fail only when it saves). Whether it may be replaced is :func:`prepare_output`'s rule (``--force``)."""
+    error = _path_error(Path(text))
+    if error:
+        raise argparse.ArgumentTypeError(error)
     return text
+
+
+def _path_error(path: Path) -> str | None:
+    if not path.parent.is_dir():
+        return f"folder {str(path.parent)!r} of {str(path)!r} does not exist"
+    if path.is_dir():
+        return f"{str(path)!r} is a folder, expected a file path"
+    return None
+
+
+def add_force_argument(parser) -> None:
+    """``--force``: the flag :func:`prepare_output` asks for before replacing an existing output file."""
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+def prepare_output(path, force: bool, option: str) -> str | None:
+    """Check, before any work, that the command can write its output file ``path``; None if it can, else the
+    message of a usage error naming ``option`` (the command then exits 2).
+
+    The one output-file rule of every command that writes a file: the folder exists, ``path`` is not a folder,
+    an existing file is replaced only with ``--force``, and a file can be created in the folder (tried here:
+    a temporary file is created there and removed). Write with :func:`write_atomically`.
+    """
+    path = Path(path)
+    error = _path_error(path)
+    if error is None and path.exists() and not force:
+        error = f"{str(path)!r} exists; pass --force to replace it"
+    if error is None:
+        try:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"):
+                pass
+        except OSError as failure:
+            error = f"cannot create a file in folder {str(path.parent)!r}: {failure.strerror or failure}"
+    return f"{option} {error}" if error else None
+
+
+def write_atomically(path, data) -> None:
+    """Write ``data`` to ``path`` all at once: into a temporary file in the same folder, then renamed over
+    ``path`` (``os.replace``), so that a reader sees the old file or the new one, never half of it.
+
+    ``data`` is a str, bytes, or a function that writes the file whose name it is given (e.g. a ``.npz`` saver;
+    the temporary name ends like ``path``).
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        os.fchmod(handle, 0o666 & ~umask)  # as open() would create it (mkstemp's file is private to the user)
+        with os.fdopen(handle, "wb") as file:
+            if not callable(data):
+                file.write(data.encode() if isinstance(data, str) else data)
+        if callable(data):
+            data(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise

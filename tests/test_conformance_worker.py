@@ -3,13 +3,15 @@
 The implementations below are loaded by the worker as ``test_conformance_worker:NAME`` (pytest puts this folder
 on ``sys.path``, and the worker inherits it).
 """
+import os
+import signal
 import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from involution.conformance.worker import ImplementationDied, Unpicklable, Worker
+from involution.conformance.worker import ImplementationDied, Unsendable, Worker
 
 
 class ShapeProblem(ValueError):
@@ -35,7 +37,29 @@ def _echo(x, kernel, stride=1, padding=0, dilation=1):
     return x * 2
 
 
+def _strides(x, kernel, stride=1, padding=0, dilation=1):
+    return np.array(x.strides + kernel.strides)
+
+
+def _scales_in_place(x, kernel, stride=1, padding=0, dilation=1):
+    x *= 2
+    return x.copy()
+
+
+def _segfaults(x, kernel, stride=1, padding=0, dilation=1):
+    print("\x1b[31mabout to crash\x1b[0m", flush=True)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _raises_in_color(x, kernel, stride=1, padding=0, dilation=1):
+    raise KeyError("\x1b[1;31mno such key\x1b[0m")
+
+
 raises_own_error = SimpleNamespace(involution2d=_raises_own_error)
+strides = SimpleNamespace(involution2d=_strides)
+scales_in_place = SimpleNamespace(involution2d=_scales_in_place)
+segfaults = SimpleNamespace(involution2d=_segfaults)
+raises_in_color = SimpleNamespace(involution2d=_raises_in_color)
 returns_unpicklable = SimpleNamespace(involution2d=_returns_unpicklable)
 exits = SimpleNamespace(involution2d=_exits)
 echo = SimpleNamespace(involution2d=_echo)
@@ -68,9 +92,9 @@ def test_own_exception_arrives_as_its_builtin_base_with_name_and_message(worker)
 
 
 @pytest.mark.parametrize("worker", ["returns_unpicklable"], indirect=True)
-def test_unpicklable_result_is_a_value_the_suite_can_judge(worker):
+def test_a_function_as_result_comes_back_as_a_description_the_suite_can_judge(worker):
     result = worker.call("forward", ARGS)
-    assert isinstance(result, Unpicklable) and "function" in repr(result), repr(result)
+    assert isinstance(result, Unsendable) and "function" in repr(result), repr(result)
 
 
 @pytest.mark.parametrize("worker", ["exits"], indirect=True)
@@ -80,3 +104,89 @@ def test_sys_exit_is_reported_with_status_and_call_then_restarts(worker):
     assert worker.process is None
     with pytest.raises(ImplementationDied, match="status 3"):  # a fresh worker, the same fate
         worker.call("forward", ARGS)
+
+
+@pytest.mark.parametrize("worker", ["strides"], indirect=True)
+def test_memory_layouts_arrive_as_sent(worker):
+    from involution.conformance.layouts import LAYOUTS, as_layout
+
+    x, kernel = np.arange(24.0).reshape(1, 2, 3, 4), np.ones((1, 1, 1, 1, 3, 4))
+    for layout in LAYOUTS:
+        sent = as_layout(x, layout), as_layout(kernel, layout)
+        arrived = tuple(int(n) for n in worker.call("forward", (*sent, 1, 0, 1)))
+        assert arrived == sent[0].strides + sent[1].strides, layout
+
+
+@pytest.mark.parametrize("worker", ["scales_in_place"], indirect=True)
+def test_inputs_changed_in_the_worker_change_here(worker):
+    x = np.arange(6.0).reshape(1, 1, 2, 3)
+    out = worker.call("forward", (x, ARGS[1], 1, 0, 1))
+    np.testing.assert_array_equal(x, np.arange(6.0).reshape(1, 1, 2, 3) * 2)
+    np.testing.assert_array_equal(out, x)
+
+
+@pytest.mark.parametrize("worker", ["segfaults"], indirect=True)
+def test_a_signal_is_named_with_its_likely_cause_and_the_output_tail(worker):
+    with pytest.raises(ImplementationDied) as info:
+        worker.call("forward", ARGS)
+    message = str(info.value)
+    assert "exited with signal SIGSEGV (a segmentation fault" in message, message
+    assert "about to crash" in message and "\x1b" not in message, message
+
+
+@pytest.mark.parametrize("worker", ["raises_in_color"], indirect=True)
+def test_exceptions_come_back_as_text_without_escape_codes(worker):
+    with pytest.raises(KeyError) as info:
+        worker.call("forward", ARGS)
+    assert "no such key" in str(info.value) and "\x1b" not in str(info.value), repr(info.value)
+    assert "_raises_in_color" in info.value.worker_traceback, info.value.worker_traceback
+
+
+def test_the_parent_never_unpickles(monkeypatch):
+    """The guarantee in docs/conformance.md: no pickle load in the parent, whatever comes back (a result, an
+    implementation's own exception); multiprocessing's ``Connection.recv`` unpickles through ForkingPickler."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the parent unpickled something")
+
+    for owner, name in ((pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"), (ForkingPickler, "loads")):
+        monkeypatch.setattr(owner, name, refuse)
+    for name, check in (("returns_unpicklable", lambda w: isinstance(w.call("forward", ARGS), Unsendable)),
+                        ("echo", lambda w: np.array_equal(w.call("forward", ARGS), ARGS[0] * 2))):
+        started = Worker(f"test_conformance_worker:{name}", "numpy", "cpu", timeout=30)
+        try:
+            assert started.start()["available"] and check(started), name
+        finally:
+            started.close()
+    started = Worker("test_conformance_worker:raises_own_error", "numpy", "cpu", timeout=30)
+    try:
+        started.start()
+        with pytest.raises(ValueError, match="axis 2"):
+            started.call("forward", ARGS)
+    finally:
+        started.close()
+
+
+@pytest.mark.parametrize("worker", ["exits"], indirect=True)
+def test_after_three_ended_processes_calls_fail_without_restarting(worker):
+    for _ in range(3):
+        with pytest.raises(ImplementationDied, match="status 3"):
+            worker.call("forward", ARGS)
+    with pytest.raises(ImplementationDied, match=r"not called: the implementation's process ended 3 times "
+                                                 r"\(last: status 3\)"):
+        worker.call("forward", ARGS)
+    assert worker.process is None  # no fourth import
+
+
+@pytest.mark.parametrize("returncode, expected", [
+    (3, "status 3"),
+    (-signal.SIGFPE, "signal SIGFPE (an arithmetic fault in compiled code, e.g. an integer division by zero)"),
+    (-signal.SIGKILL, "signal SIGKILL (killed from outside: most likely the system's out-of-memory killer, or the "
+                      "memory limit of 2 GiB (--memory-limit))"),
+])
+def test_exit_statuses_are_named(returncode, expected):
+    from involution.conformance.worker import describe_status
+
+    assert describe_status(returncode, 2.0) == expected

@@ -9,7 +9,9 @@ import os
 import sys
 
 from involution.benchmarks.layers import REDNET_LAYERS
-from involution.arguments import int_at_least, output_file, positive_int
+from involution.arguments import (
+    add_force_argument, int_at_least, output_file, positive_int, prepare_output, write_atomically,
+)
 
 
 def add_arguments(parser) -> None:
@@ -29,7 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int_at_least(1, os.cpu_count() or 1),
                         help="cpu: numba and torch threads, at most the cores numba may use (default numba's setting)")
     parser.add_argument("--json", metavar="PATH", type=output_file,
-                        help="write the results as JSON (cpu default out/bench_cpu.json)")
+                        help="write the results as JSON (cpu default out/bench_cpu.json, replaced each run); an "
+                             "existing PATH only with --force")
+    add_force_argument(parser)
     parser.add_argument("--dtype", choices=["float32", "float64"], help="for --backend fast-cuda: default float32")
     parser.add_argument("--plan", action="store_true",
                         help="for --backend fast-cuda: print each layer's v2 launch plan (no GPU needed) and exit")
@@ -53,6 +57,11 @@ def _run_cuda(args) -> int:
 
 
 def run(args) -> int:
+    if args.json:
+        error = prepare_output(args.json, args.force, "--json")
+        if error:
+            print(f"involution bench: error: {error}", file=sys.stderr)
+            return 2
     if args.backend == "fast-cuda":
         return _run_cuda(args)
     if args.dtype or args.plan:
@@ -79,7 +88,7 @@ def run(args) -> int:
         results["networks"] = networks.run(batches, repeats, compiled=args.compile)
     path = args.json or os.path.join("out", "bench_cpu.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as file:
-        json.dump(results, file, indent=1)
-    print(f"wrote {path}")
+    replaced = os.path.exists(path)  # an explicit --json was checked above; the default is the command's own file
+    write_atomically(path, json.dumps(results, indent=1))
+    print(f"{'replaced' if replaced else 'wrote'} {path}")
     return 0

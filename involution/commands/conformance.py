@@ -2,7 +2,8 @@
 
 Every implementation runs in a worker process with a time limit per call. Exit status: 0 conformant, 1 a
 failure (a wrong value, an answer to ill-posed input, a hang, a crash), 2 usage error (checked before anything
-runs), 3 conformant only within declared limits, or too little evidence. See docs/conformance.md.
+runs), 3 conformant only within declared limits or within what it answered, or too little evidence. Nothing the
+implementation sends back is unpickled; see docs/conformance.md.
 """
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import difflib
 import io
 import os
 import sys
-from pathlib import Path
+
+from involution.arguments import add_force_argument, positive_float, prepare_output
 
 
 def add_arguments(parser) -> None:
     from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds
+    from involution.conformance.worker import DEFAULT_IMPORT_TIMEOUT, DEFAULT_MEMORY_LIMIT_GIB
 
     parser.add_argument("--impl", action="append", default=[], metavar="package.module[:attr]",
                         help="implementation exposing involution2d[, involution2d_backward] (repeatable)")
@@ -31,11 +34,19 @@ def add_arguments(parser) -> None:
                         help="hypothesis examples per property and implementation, >= 1 (default: the profile's)")
     parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="S",
                         help=f"seconds one call may take before it fails as a hang (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--import-timeout", type=positive_seconds, default=DEFAULT_IMPORT_TIMEOUT, metavar="S",
+                        help=f"seconds a worker may take to import the implementation (default "
+                             f"{DEFAULT_IMPORT_TIMEOUT:g})")
+    parser.add_argument("--memory-limit", type=positive_float, default=DEFAULT_MEMORY_LIMIT_GIB, metavar="GIB",
+                        help=f"address space of each worker process in GiB; an implementation that needs more fails "
+                             f"(default {DEFAULT_MEMORY_LIMIT_GIB:g})")
     parser.add_argument("--strict", action="store_true",
                         help="require the strict tier (errors are ValueError/TypeError naming the argument)")
     parser.add_argument("--no-shrink", dest="shrink", action="store_false",
                         help="report a failing example as first drawn, not shrunk to a minimal one (faster)")
-    parser.add_argument("--report", metavar="out.json", help="write the JSON report here")
+    parser.add_argument("--report", metavar="out.json",
+                        help="write the JSON report here (checked before the run; an existing file only with --force)")
+    add_force_argument(parser)
     parser.add_argument("--verbose", action="store_true",
                         help="also print pytest's own report (tracebacks, hypothesis' reproduction lines) before the "
                              "matrix")
@@ -71,11 +82,9 @@ def usage_errors(args) -> list[str]:
             except (RuntimeError, AssertionError) as error:
                 errors.append(f"--device {args.device} is not usable here: {error}")
     if args.report:
-        folder = Path(args.report).resolve().parent
-        if not folder.is_dir():
-            errors.append(f"--report folder {folder} does not exist")
-        elif not os.access(folder, os.W_OK):
-            errors.append(f"--report folder {folder} is not writable")
+        error = prepare_output(args.report, args.force, "--report")
+        if error:
+            errors.append(error)
     return errors
 
 
@@ -87,7 +96,8 @@ def run(args) -> int:
         from involution.conformance.backends import cached_load
 
         for spec in args.impl:  # load each in its worker now: one that cannot load is a usage error
-            reason = cached_load(spec, args.framework, args.device, isolate=True, timeout=args.timeout).skip_reason
+            reason = cached_load(spec, args.framework, args.device, isolate=True, timeout=args.timeout,
+                                 import_timeout=args.import_timeout, memory_limit_gib=args.memory_limit).skip_reason
             if reason:
                 errors.append(f"--impl {reason}")
     if errors:
@@ -103,7 +113,8 @@ def run(args) -> int:
     with contextlib.redirect_stdout(sys.stdout if args.verbose else io.StringIO()):
         result = run_suite(args.backend, args.impl, args.max_examples, args.property, framework=args.framework,
                            device=args.device, isolate=True, timeout=args.timeout, strict=args.strict,
-                           shrink=args.shrink)
+                           shrink=args.shrink, import_timeout=args.import_timeout,
+                           memory_limit_gib=args.memory_limit)
     print("\n== conformance matrix (property x implementation) ==")
     print(result.format_matrix())
     if args.report:

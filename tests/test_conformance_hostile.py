@@ -1,0 +1,156 @@
+"""Hostile implementations (tests/hostile_implementations/) through the conformance CLI: each gets the verdict it
+earned (exit 1 or 3; 2 for limits that are not plain data), none of its code runs in the CLI's process, and no
+process of its outlives the CLI.
+
+Each module appends ``"<event> <pid>"`` to ``$HOSTILE_LOG`` when it is imported and when a payload of its runs;
+the CLI runs in this test's process, so a line with this process's id is code of theirs run in the parent.
+"""
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from involution.cli import main
+
+ANSI = re.compile(r"\x1b")
+BASE = ["--max-examples", "6", "--no-shrink", "--timeout", "20"]
+
+
+@pytest.fixture
+def hostile_log(tmp_path, monkeypatch):
+    log = tmp_path / "hostile.log"
+    monkeypatch.setenv("HOSTILE_LOG", str(log))
+    return log
+
+
+def events(log: Path) -> list[tuple[str, int]]:
+    lines = log.read_text().split() if log.exists() else []
+    return [(event, int(pid)) for event, pid in zip(lines[::2], lines[1::2])]
+
+
+def run_cli(name, properties, capsys, tmp_path, *extra):
+    report = tmp_path / "report.json"
+    argv = ["conformance", "--impl", f"hostile_implementations.{name}", *BASE, "--report", str(report), *extra]
+    argv += [arg for prop in properties for arg in ("--property", prop)]
+    code = main(argv)
+    captured = capsys.readouterr()
+    data = json.loads(report.read_text()) if report.exists() else None
+    return code, captured.out, captured.err, data
+
+
+def assert_nothing_ran_here(log: Path):
+    found = events(log)
+    assert found, "the hostile module was never imported: the test proves nothing"
+    assert all(pid != os.getpid() for _, pid in found), f"code of the implementation ran in the CLI's process: {found}"
+    assert not [event for event, _ in found if event.startswith("payload")], f"a pickle payload ran: {found}"
+
+
+def test_pickle_payload_in_limits_is_a_usage_error_and_never_runs(hostile_log, capsys, tmp_path):
+    code, out, err, _ = run_cli("limits_payload", ["core_cases_computed"], capsys, tmp_path)
+    assert code == 2, out + err
+    assert "CONFORMANCE_LIMITS['max_work'] must be plain JSON data" in err, err
+    assert "hostile_implementations.Payload" in err, err
+    assert_nothing_ran_here(hostile_log)
+
+
+def test_pickle_payload_in_results_fails_and_never_runs(hostile_log, capsys, tmp_path):
+    code, out, err, data = run_cli("results_payload", ["core_cases_computed", "forward_matches_oracle"], capsys,
+                                   tmp_path)
+    assert code == 1 and data["exit_code"] == 1, out
+    assert "results_payload.OracleAnswer" in out, out
+    assert_nothing_ran_here(hostile_log)
+
+
+def test_input_writer_fails_on_modified_inputs(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("input_writer", ["forward_matches_oracle"], capsys, tmp_path)
+    assert code == 1, out
+    assert data["matrix"]["forward_matches_oracle"]["hostile_implementations.input_writer"] == "FAIL"
+    assert "forward modified its inputs" in out, out
+    assert_nothing_ran_here(hostile_log)
+
+
+def test_undeclared_port_that_declines_is_conformant_only_within_what_it_answered(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("dilation_port", ["core_cases_computed", "forward_matches_oracle", "linear_in_x"],
+                                 capsys, tmp_path, "--max-examples", "20")
+    verdict = data["verdicts"]["hostile_implementations.dilation_port"]
+    assert code == 3 and verdict["verdict"] == "conformant only within what it answered", out
+    reason = " ".join(verdict["reasons"])
+    assert re.search(r"declined \d+ of \d+ drawn cases: NotImplementedError: (dilation > 1|rectangular kernels)",
+                     reason), reason
+    assert_nothing_ran_here(hostile_log)
+
+
+def test_declined_core_case_is_named(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("narrow_groups_port", ["core_cases_computed", "forward_matches_oracle"], capsys,
+                                 tmp_path)
+    verdict = data["verdicts"]["hostile_implementations.narrow_groups_port"]
+    assert code == 3 and verdict["verdict"] != "conformant", out
+    reasons = " ".join(verdict["reasons"])
+    assert "core case B=1 C=16 G=1 9x8 K=7" in reasons and "more than 4 channels per group" in reasons, reasons
+
+
+def test_core_only_implementation_is_not_conformant(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("core_only", ["core_cases_computed", "forward_matches_oracle", "linear_in_kernel"],
+                                 capsys, tmp_path)
+    verdict = data["verdicts"]["hostile_implementations.core_only"]
+    assert code == 3 and verdict["verdict"] == "conformant only within what it answered", out
+    assert "no computed example of forward_matches_oracle, linear_in_kernel" in " ".join(verdict["reasons"]), verdict
+
+
+def test_core_case_at_wide_groups_catches_a_wide_group_slip(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("wide_groups_wrong", ["core_cases_computed"], capsys, tmp_path)
+    assert code == 1, out  # a core case with 5 or 16 channels per group catches it
+    assert re.search(r"core case B=\d+ C=(10|16) ", data["results"][0]["detail"]), data["results"]
+
+
+def test_wrong_only_at_wide_groups_fails(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("wide_groups_wrong", ["forward_matches_oracle"], capsys, tmp_path,
+                                 "--max-examples", "30")
+    assert code == 1, out
+    assert data["matrix"]["forward_matches_oracle"]["hostile_implementations.wide_groups_wrong"] == "FAIL", out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the guard finds escaped processes through /proc (Linux)")
+def test_forking_hanger_times_out_and_leaves_no_process(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("forking_hanger", ["core_cases_computed"], capsys, tmp_path, "--timeout", "3")
+    assert code == 1 and any("timed out after 3 s" in r["detail"] for r in data["results"]), out
+    grandchildren = [pid for event, pid in events(hostile_log) if event == "grandchild"]
+    assert grandchildren, "the grandchild never started: the test proves nothing"
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in grandchildren) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in grandchildren), f"processes outlived the CLI: {grandchildren}"
+    assert_nothing_ran_here(hostile_log)
+
+
+def test_memory_hog_hits_the_memory_limit(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("memory_hog", ["core_cases_computed"], capsys, tmp_path, "--memory-limit", "1.5")
+    assert code == 1, out
+    detail = data["results"][0]["detail"]
+    assert "MemoryError" in detail and "limited to 1.5 GiB: --memory-limit" in detail, detail
+
+
+def test_chatty_printer_output_is_captured_and_escape_codes_stripped(hostile_log, capsys, tmp_path):
+    code, out, err, data = run_cli("chatty_printer", ["core_cases_computed"], capsys, tmp_path)
+    assert code == 1, out
+    assert len(out) + len(err) < 20_000, f"the worker's output reached the terminal: {len(out) + len(err)} characters"
+    assert "red alert: nothing computed" in data["results"][0]["detail"], data["results"]
+    assert not ANSI.search(out) and not ANSI.search(json.dumps(data, ensure_ascii=False)), out
+
+
+def test_forged_pickle_frame_on_the_pipe_is_refused_and_never_runs(hostile_log, capsys, tmp_path):
+    code, out, _, data = run_cli("forged_frame", ["core_cases_computed"], capsys, tmp_path)
+    assert code == 1, out
+    assert "outside the channel's format" in data["results"][0]["detail"], data["results"]
+    assert_nothing_ran_here(hostile_log)
