@@ -12,15 +12,28 @@ __version__ = "0.1.0"
 __all__ = ["involution2d", "involution2d_backward"]
 
 
+# (framework, backend name or None for the default) -> the backend's module, resolved on first use and kept, so
+# that a call is a dict look-up (which torch.compile traces) and not an import (which it refuses).
+_RESOLVED: dict = {}
+
+
 def _framework(x) -> str:
     """"torch" for a torch tensor (without importing torch), else "numpy"."""
     return "torch" if type(x).__module__.split(".")[0] == "torch" else "numpy"
 
 
 def _backend_module(x, backend: str | None):
+    key = (_framework(x), backend)
+    module = _RESOLVED.get(key)
+    if module is None:
+        module = _RESOLVED[key] = _resolve(*key)
+    return module
+
+
+def _resolve(framework: str, backend: str | None):
+    """The module of ``backend`` of ``framework`` (``None``: the default), imported through the registry."""
     from involution import backends
 
-    framework = _framework(x)
     return backends.load(backends.default(framework) if backend is None else backend, framework)
 
 

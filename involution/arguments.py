@@ -41,6 +41,25 @@ positive_int = int_at_least(1)
 seed = int_at_least(0, MAX_SEED)
 
 
+def int_list(minimum: int, lengths: tuple[int, ...] | None = None):
+    """A type: comma-separated integers, each ``>= minimum``, as a tuple; never empty (an empty list would read as
+    "the default" somewhere else), and of one of ``lengths`` entries when given (``(1, 2)``: ``H`` or ``H,W``)."""
+    entry = int_at_least(minimum)
+
+    def convert(text: str) -> tuple[int, ...]:
+        parts = text.split(",")
+        if not text.strip() or any(not part.strip() for part in parts):
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        values = tuple(entry(part) for part in parts)
+        if lengths is not None and len(values) not in lengths:
+            counts = " or ".join(str(length) for length in lengths)
+            raise argparse.ArgumentTypeError(f"expected {counts} comma-separated integers, got {len(values)}: {text!r}")
+        return values
+
+    convert.__name__ = f"int_list_{minimum}"
+    return convert
+
+
 def positive_float(text: str) -> float:
     """A type: a finite float > 0 (a learning rate, a time); ``nan``, ``inf``, 0 and negatives are errors."""
     try:

@@ -23,10 +23,9 @@ def check_int(value, name: str, *, minimum: int, maximum: int = MAX_EXTENT) -> i
     ``ValueError`` (out of range) otherwise. Never truncates: ``2.0``, ``(2, 2)`` and ``True`` are errors."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if not is_integer(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = operator.index(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if value > maximum:
@@ -54,8 +53,12 @@ def pair(value, name: str, *, minimum: int, maximum: int = MAX_EXTENT) -> tuple[
 
 def is_integer(value) -> bool:
     """Whether ``value`` is of an integer type (``__index__``), bools excluded; its value is not asked for, so
-    torch's symbolic sizes stay symbolic."""
-    return not isinstance(value, (bool, np.bool_)) and hasattr(type(value), "__index__")
+    torch's symbolic sizes stay symbolic. Arrays and tensors are not integers, whatever their shape (NumPy's and
+    torch's have ``__index__`` for one element): ``np.array([2, 2])`` or ``torch.tensor(2)`` as an option is an
+    error, not a value. NumPy integer scalars (``np.int64(2)``) are integers."""
+    if isinstance(value, (bool, np.bool_)) or (hasattr(value, "shape") and not isinstance(value, np.generic)):
+        return False
+    return hasattr(type(value), "__index__")
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:

@@ -19,6 +19,8 @@ an unrestricted unpickle happens only when the caller passes ``weights_only=Fals
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -65,9 +67,10 @@ def _prefix_hint(missing, unexpected) -> str | None:
     return None
 
 
-def _converted(key, value, shape, dtype):
-    """``(array, None, None)``: ``value`` converted to ``dtype`` and ``shape``; or ``(None, kind, problem)`` with
-    ``kind`` "type" (not an array of real numbers) or "value" (wrong shape, a fraction for an integer buffer)."""
+def _converted(key, value, shape, dtype, convert: bool = True):
+    """``(array, None, None)``: ``value`` converted to ``dtype`` and ``shape`` (``convert``; else ``value``); or
+    ``(None, kind, problem)`` with ``kind`` "type" (not an array of real numbers) or "value" (wrong shape, a
+    fraction for an integer buffer)."""
     try:
         array = np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as error:  # e.g. a bfloat16 or grad-requiring torch tensor
@@ -76,13 +79,15 @@ def _converted(key, value, shape, dtype):
         return None, "type", f"{key}: dtype {array.dtype}, expected real numbers"
     if array.shape != tuple(shape) and not (tuple(shape) == () and array.size == 1):
         return None, "value", f"{key}: expected shape {tuple(shape)}, got {array.shape}"
+    if not convert:
+        return array, None, None
     if np.dtype(dtype).kind in "iu" and array.dtype.kind == "f" and not np.all(np.isfinite(array)
                                                                              & (array == np.round(array))):
         return None, "value", f"{key}: expected whole numbers for a {np.dtype(dtype)} buffer, got {array.ravel()[:3]}"
     return np.array(array, dtype=dtype, copy=True).reshape(shape), None, None
 
 
-def check_state_dict(expected: dict, state, strict: bool = True, model: str = "model"):
+def check_state_dict(expected: dict, state, strict: bool = True, model: str = "model", *, convert: bool = True):
     """Check ``state`` against ``expected`` (key -> ``(shape, dtype)``) and convert it, or raise one error.
 
     Every key is checked before anything is returned, so callers can write all values or none.
@@ -96,6 +101,9 @@ def check_state_dict(expected: dict, state, strict: bool = True, model: str = "m
         Missing and unexpected keys are errors (``num_batches_tracked`` may be missing, as in torch's strict load).
     model : str
         The model's name for messages.
+    convert : bool
+        ``False``: check keys, shapes and dtypes only (values are not read, nor copied; e.g. stand-ins built from
+        ``.npy`` headers) and return the given values.
 
     Returns
     -------
@@ -122,7 +130,7 @@ def check_state_dict(expected: dict, state, strict: bool = True, model: str = "m
     arrays, bad = OrderedDict(), {"type": [], "value": []}
     for key, (shape, dtype) in expected.items():
         if key in state:
-            array, kind, problem = _converted(key, state[key], shape, dtype)
+            array, kind, problem = _converted(key, state[key], shape, dtype, convert)
             if problem is None:
                 arrays[key] = array
             else:
@@ -159,13 +167,69 @@ def save_npz(model, path) -> str:
     return path if path.endswith(".npz") else path + ".npz"
 
 
-def read_npz(path) -> OrderedDict:
-    """The arrays of a ``.npz`` (``path``, or ``path + ".npz"`` as ``np.savez`` names it); no pickled objects."""
+def _npz_path(path) -> str:
+    """``path``, or ``path + ".npz"`` as ``np.savez`` names a file given without the suffix."""
     path = os.fspath(path)
-    if _is_npz(path) and not path.endswith(".npz"):
-        path += ".npz"
-    with np.load(path, allow_pickle=False) as archive:
-        return OrderedDict((key, archive[key]) for key in archive.files)
+    return path + ".npz" if _is_npz(path) and not path.endswith(".npz") else path
+
+
+def read_npz_headers(path) -> OrderedDict:
+    """Each array of a ``.npz`` -> a read-only stand-in of its dtype and shape, from the ``.npy`` header alone.
+
+    No array data is read or decompressed, so the headers can be checked against a model
+    (:func:`check_state_dict` with ``convert=False``) before a member's data is: a small compressed file that
+    inflates to gigabytes is refused for what its headers say. The stand-ins are zero-strided views of one element.
+
+    Raises
+    ------
+    ValueError
+        The file is not a ``.npz`` of arrays, or is truncated: one line naming the file.
+    """
+    path = _npz_path(path)
+    headers = OrderedDict()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    raise ValueError(f"member {member!r} is not a .npy array")
+                with archive.open(member) as stream:
+                    shape, dtype = _npy_header(stream)
+                headers[member[:-len(".npy")]] = np.broadcast_to(np.zeros((), dtype), shape)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
+        if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        raise ValueError(f"{path!r} is not a .npz file of arrays, or is truncated: {error}") from None
+    return headers
+
+
+def _npy_header(stream) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from the header of the ``.npy`` file open in ``stream`` (its data is not read)."""
+    version = np.lib.format.read_magic(stream)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:
+        raise ValueError(f".npy format version {version} is not supported")
+    shape, _, dtype = read(stream)
+    return shape, dtype
+
+
+def read_npz(path, keys=None) -> OrderedDict:
+    """The arrays of a ``.npz`` (``path``, or ``path + ".npz"`` as ``np.savez`` names it); no pickled objects.
+
+    ``keys``: read only these members (the others' data is not decompressed); default all.
+
+    Raises
+    ------
+    ValueError
+        The file is not a ``.npz`` of arrays, or is truncated: one line naming the file.
+    """
+    path = _npz_path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return OrderedDict((key, archive[key]) for key in archive.files if keys is None or key in keys)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as error:
+        if isinstance(error, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        raise ValueError(f"{path!r} is not a .npz file of arrays, or is truncated: {error}") from None
 
 
 def load_npz(model, path, strict: bool = True):
@@ -246,11 +310,21 @@ def load_checkpoint(model, source, *, strict: bool = True, weights_only: bool = 
     ImportError
         ``source`` is not a ``.npz`` file and PyTorch is not installed.
     """
-    from .module import Module
-
     notes = []
+    if callable(getattr(model, "state_spec", None)):  # a NumPy Module (torch modules have no state_spec)
+        expected, as_model_values = model.state_spec(), None
+    else:
+        from involution.reference.torch_files import state_spec, to_tensors
+
+        expected, as_model_values = state_spec(model), to_tensors
+    model_name = type(model).__name__
     if _is_npz(source):
-        state = read_npz(source)
+        in_file = read_npz_headers(source)
+        headers = _rename(in_file, expected, notes)
+        check_state_dict(expected, headers, strict, model_name, convert=False)  # keys, shapes, dtypes: no data yet
+        renamed = dict(zip(headers, in_file))  # model key -> key in the file (_rename keeps the order)
+        arrays = read_npz(source, {renamed[key] for key in headers if key in expected})
+        state = OrderedDict((key, arrays[renamed[key]]) for key in headers if key in expected)
     else:
         try:
             import torch  # noqa: F401  (first, so that a missing torch is reported as such)
@@ -260,14 +334,10 @@ def load_checkpoint(model, source, *, strict: bool = True, weights_only: bool = 
             raise ImportError(f"reading {type(source).__name__} {source!r:.80} needs PyTorch (only .npz files do "
                               "not): pip install 'involution[torch]'") from error
         state, notes = numpy_state_dict(source, weights_only)
-    if isinstance(model, Module):
-        expected, as_model_values = model.state_spec(), None
-    else:
-        from involution.reference.torch_files import state_spec, to_tensors
-
-        expected, as_model_values = state_spec(model), to_tensors
-    state = _rename(state, expected, notes)
-    arrays, missing, unexpected, load_notes = check_state_dict(expected, state, strict, type(model).__name__)
+        state = _rename(state, expected, notes)
+    arrays, missing, unexpected, load_notes = check_state_dict(expected, state, strict, model_name)
+    if _is_npz(source):
+        unexpected = [key for key in headers if key not in expected]  # left unread, reported all the same
     model.load_state_dict(arrays if as_model_values is None else as_model_values(model, arrays), strict=False)
     return CheckpointReport(missing, unexpected, notes + load_notes)
 

@@ -19,108 +19,14 @@ Difference from the official code: it pools with floor-mode ``nn.AvgPool2d(strid
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from involution import backends
-from involution.spec import check_int, pair, same_padding
+from involution.options import KERNEL_GENERATORS, InvolutionOptions, check_involution_options  # noqa: F401
 
 from .conv import ConvModule
 from .module import Module
 from .pool import AvgPool2d
-
-KERNEL_GENERATORS = ("bottleneck", "linear")
-
-
-@dataclass(frozen=True)
-class InvolutionOptions:
-    """Checked constructor options of an involution layer and the sizes derived from them.
-
-    ``kernel_size``, ``stride`` and ``dilation`` are ``(h, w)`` pairs (an int ``n`` given to the constructor
-    means ``(n, n)``).
-    """
-
-    channels: int
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    group_channels: int
-    reduction: int
-    kernel_gen: str
-
-    @property
-    def groups(self) -> int:
-        """``G = C // group_channels``, the number of kernels per pixel."""
-        return self.channels // self.group_channels
-
-    @property
-    def hidden(self) -> int:
-        """Channels into ``conv2``: ``C // reduction`` after the bottleneck's ``conv1``, else ``C``."""
-        return self.channels // self.reduction if self.kernel_gen == "bottleneck" else self.channels
-
-    @property
-    def taps(self) -> int:
-        """Channels out of ``conv2``: ``Kh * Kw * G``, one kernel of ``Kh x Kw`` taps per group."""
-        return self.kernel_size[0] * self.kernel_size[1] * self.groups
-
-    @property
-    def padding(self) -> tuple[int, int]:
-        """The op's "same" padding ``dilation * (K - 1) // 2`` per axis (:func:`involution.spec.same_padding`)."""
-        return same_padding(self.kernel_size, self.dilation)
-
-    @property
-    def strided(self) -> bool:
-        """Whether the kernel generator pools first: ``AvgPool2d(stride, stride, ceil_mode=True)`` when a
-        stride exceeds 1, bringing the input to the output grid."""
-        return self.stride != (1, 1)
-
-
-def check_involution_options(channels, kernel_size, stride, group_channels, reduction, kernel_gen,
-                             dilation) -> InvolutionOptions:
-    """Validate the options of an involution layer (NumPy or torch) and derive its sizes.
-
-    Parameters
-    ----------
-    channels, reduction : int
-        Each ``>= 1``; ``channels`` divisible by ``reduction`` for ``"bottleneck"``.
-    kernel_size, stride, dilation : int or (h, w) pair of ints
-        Each ``>= 1``; both kernel sizes odd (the "same" padding keeps the size only for odd ``K``).
-    group_channels : int or "all"
-        Divides ``channels``; ``"all"`` means ``channels`` (one group).
-    kernel_gen : "bottleneck" or "linear"
-
-    Returns
-    -------
-    InvolutionOptions
-        The options as ints and ``(h, w)`` pairs, with ``groups``, ``hidden``, ``taps``, ``padding``.
-
-    Raises
-    ------
-    TypeError
-        An option that is not an int (or pair of ints where a pair is allowed; ``group_channels`` may also be
-        ``"all"``). Nothing is truncated: ``2.0`` or a triple is an error.
-    ValueError
-        An option out of range, an even kernel size, a divisibility that fails, an unknown ``kernel_gen``.
-    """
-    channels = check_int(channels, "channels", minimum=1)
-    kernel_size = pair(kernel_size, "kernel_size", minimum=1)
-    stride = pair(stride, "stride", minimum=1)
-    dilation = pair(dilation, "dilation", minimum=1)
-    reduction = check_int(reduction, "reduction", minimum=1)
-    if kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
-        raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
-    if isinstance(group_channels, str) and group_channels == "all":
-        group_channels = channels
-    group_channels = check_int(group_channels, "group_channels", minimum=1)
-    if channels % group_channels:
-        raise ValueError(f"channels ({channels}) must be divisible by group_channels ({group_channels})")
-    if kernel_gen not in KERNEL_GENERATORS:
-        raise ValueError(f"kernel_gen must be one of {KERNEL_GENERATORS}, got {kernel_gen!r}")
-    if kernel_gen == "bottleneck" and channels % reduction:
-        raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
-    return InvolutionOptions(channels, kernel_size, stride, dilation, group_channels, reduction, kernel_gen)
-
 
 class Involution2d(Module):
     """Involution layer: ``x (B, C, H, W) -> (B, C, ceil(H / sh), ceil(W / sw))``.

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from involution.options import (EXPANSION, MAX_SEED, STAGE_BLOCKS, check_classifier_options,  # noqa: F401
+                                stage_blocks_for)
 from involution.spec import check_int, pair
 
 from .conv import Conv2d, ConvModule
@@ -32,11 +34,7 @@ from .activation import ReLU
 from .init import parameter_dtype
 from .pool import GlobalAvgPool2d, MaxPool2d
 
-# depth -> bottlenecks per stage; the one table for RedNet and ResNet
-STAGE_BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-EXPANSION = 4
 MIXERS = ("involution", "conv")
-MAX_SEED = 2**64 - 1  # numpy takes any seed >= 0; torch.manual_seed (the twin models) takes up to 2**64 - 1
 
 
 class Bottleneck(Chain):
@@ -95,42 +93,6 @@ class Bottleneck(Chain):
             grad_x = module.backward(grad_x)
         shortcut = self.downsample.backward(grad_sum) if "downsample" in self._modules else grad_sum
         return grad_x + shortcut
-
-
-def stage_blocks_for(depth, stage_blocks=None) -> tuple[int, ...]:
-    """``stage_blocks`` if given, else the standard blocks per stage of ``depth`` (26, 38, 50, 101, 152).
-
-    Raises
-    ------
-    TypeError
-        ``depth`` or a block count that is not an int (``50.0`` and ``True`` are errors), ``stage_blocks`` not a
-        tuple or list.
-    ValueError
-        An unknown ``depth``, an empty ``stage_blocks`` or a block count below 1.
-    """
-    if stage_blocks is not None:
-        if not isinstance(stage_blocks, (tuple, list)):
-            raise TypeError(f"stage_blocks must be a tuple of ints, got {type(stage_blocks).__name__}")
-        if not stage_blocks:
-            raise ValueError("stage_blocks must hold at least one stage, got ()")
-        return tuple(check_int(blocks, f"stage_blocks[{index}]", minimum=1)
-                     for index, blocks in enumerate(stage_blocks))
-    if check_int(depth, "depth", minimum=1) not in STAGE_BLOCKS:
-        raise ValueError(f"depth must be one of {sorted(STAGE_BLOCKS)} (or pass stage_blocks), got {depth!r}")
-    return STAGE_BLOCKS[depth]
-
-
-def check_classifier_options(num_classes, stem_channels, base_channels, seed, *, even_stem: bool) -> None:
-    """Named ``TypeError``/``ValueError`` unless ``num_classes``, ``stem_channels``, ``base_channels >= 1`` are
-    ints, ``seed`` an int in ``[0, 2**64 - 1]`` and, with ``even_stem`` (RedNet, whose stem starts with
-    ``stem_channels // 2`` channels), ``stem_channels`` even. RedNet's and ResNet's options, NumPy and torch alike."""
-    for name, value in (("num_classes", num_classes), ("stem_channels", stem_channels),
-                        ("base_channels", base_channels)):
-        check_int(value, name, minimum=1)
-    check_int(seed, "seed", minimum=0, maximum=MAX_SEED)
-    if even_stem and stem_channels % 2:
-        raise ValueError(f"stem_channels must be even (the stem's first conv has stem_channels // 2 channels), "
-                         f"got {stem_channels}")
 
 
 def add_stages(backbone, stage_blocks, stem_channels, base_channels, **block_options) -> int:

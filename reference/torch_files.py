@@ -40,19 +40,37 @@ def read_torch_file(path, weights_only: bool = True):
     ------
     pickle.UnpicklingError
         The file needs an object outside the allow-list; the message names it and the way out.
+    ValueError
+        The file is not a torch checkpoint (empty, foreign, truncated): one line naming the file and the reason.
+    FileNotFoundError, PermissionError, IsADirectoryError
+        As ``open``.
     """
-    if not weights_only:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    with torch.serialization.safe_globals(numpy_scalar_globals()):
-        try:
+    try:
+        if not weights_only:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-            reason = f"it needs {found.group(1)}, which" if found else "it holds an object that"
-            raise pickle.UnpicklingError(
-                f"{os.fspath(path)!r} cannot be read safely: {reason} is not a tensor, container or NumPy scalar. "
-                "If you trust the file, pass weights_only=False (that unpickles it without restriction and can "
-                "run arbitrary code)") from error
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if not found:
+            raise _not_a_checkpoint(path, error) from None
+        raise pickle.UnpicklingError(
+            f"{os.fspath(path)!r} cannot be read safely: it needs {found.group(1)}, which is not a tensor, container "
+            "or NumPy scalar. If you trust the file, pass weights_only=False (that unpickles it without restriction "
+            "and can run arbitrary code)") from error
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (EOFError, KeyError, IndexError, OSError, RuntimeError, ValueError, UnicodeDecodeError) as error:
+        raise _not_a_checkpoint(path, error) from None
+
+
+def _not_a_checkpoint(path, error: Exception) -> ValueError:
+    """One line: ``path`` is not a torch checkpoint, with ``error``'s own reason (its telling line, shortened)."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error: (.*)", text)
+    reason = found.group(1) if found else (text.splitlines() or [""])[0]
+    reason = f"{type(error).__name__}: {reason[:120]}" if reason else type(error).__name__
+    return ValueError(f"{os.fspath(path)!r} is not a torch checkpoint, or is truncated ({reason})")
 
 
 def numpy_state_dict(source, weights_only: bool = True) -> tuple[OrderedDict, list]:

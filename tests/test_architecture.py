@@ -87,3 +87,29 @@ def test_the_check_sees_an_upward_import(tmp_path, monkeypatch):
     found = [name for _, name in imported_modules(fake, "involution.reference.op")]
     assert "involution.conformance.oracle" in found, found
     assert owner("involution.conformance.oracle")[0] > owner("involution.reference.op")[0]
+
+
+def test_import_involution_torch_loads_no_numpy_layer():
+    """``import involution.torch`` (the models, the op, the loader's name) loads the rules, not the NumPy layers."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = ("import sys, involution.torch\n"
+            "from involution.torch import RedNet\n"
+            "RedNet(stage_blocks=(1,), stem_channels=8, base_channels=4, group_channels=4, backend='taps')\n"
+            "print(' '.join(sorted(name for name in sys.modules if name.startswith('involution.reference'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stdout.split())
+    layers = {module for module in MODULES if module.startswith("involution.reference")} - {
+        "involution.reference", "involution.reference.checkpoint"}
+    assert not loaded & layers, f"import involution.torch loaded NumPy layer modules: {sorted(loaded & layers)}"
+
+
+def test_checkpoint_and_module_do_not_import_each_other():
+    imports = {module: {name for _, name in imported_modules(ROOT / "reference" / f"{module}.py",
+                                                             f"involution.reference.{module}")}
+               for module in ("checkpoint", "module")}
+    assert not ("involution.reference.module" in imports["checkpoint"]
+                and "involution.reference.checkpoint" in imports["module"]), imports

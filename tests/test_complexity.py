@@ -232,7 +232,6 @@ def test_cli_table_shows_published_and_comparison(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["rednet51"], "is not a model: expected rednet26"),
-    (["--input-size", "224,0"], "--input-size must be"),
     (["rednet26", "--group-channels", "5"], "must be divisible by group_channels"),
 ])
 def test_cli_errors_exit_2_with_a_message(capsys, argv, message):

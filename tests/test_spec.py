@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from involution import backends, involution2d, involution2d_backward
-from involution.spec import MAX_EXTENT, check_geometry, check_int, output_size, pair, same_padding
+from involution.spec import MAX_EXTENT, check_geometry, check_int, is_integer, output_size, pair, same_padding
 
 
 @pytest.mark.parametrize("value, error, message", [
@@ -169,3 +169,23 @@ def test_front_door_rejects_mixed_frameworks():
         involution2d(x, kernel, 1, 1, 1)
     with pytest.raises(TypeError, match=r"kernel must be a torch.Tensor"):
         involution2d(torch.zeros((1, 4, 5, 5), dtype=torch.float64), np.zeros((1, 2, 3, 3, 5, 5)), 1, 1, 1)
+
+
+@pytest.mark.parametrize("value", [np.array(2), np.array([2]), np.array([2, 2]), np.ma.masked_array(2)],
+                         ids=repr)
+def test_arrays_of_any_shape_are_not_integers(value):
+    assert not is_integer(value)
+    with pytest.raises(TypeError, match=r"^channels must be an int, got "):
+        check_int(value, "channels", minimum=1)
+    with pytest.raises(TypeError, match=r"^kernel_size must be an int or an \(h, w\) pair of ints, got "):
+        pair(value, "kernel_size", minimum=1)
+
+
+def test_tensors_of_any_shape_are_not_integers_and_numpy_scalars_are():
+    torch = pytest.importorskip("torch")
+    for value in (torch.tensor(2), torch.tensor([2, 2]), torch.tensor([2])):
+        assert not is_integer(value), value
+        with pytest.raises(TypeError, match=r"^stride must be an int or an \(h, w\) pair of ints, got "):
+            pair(value, "stride", minimum=1)
+    assert pair(np.int64(2), "stride", minimum=1) == (2, 2)
+    assert check_int(np.uint8(3), "reduction", minimum=1) == 3

@@ -1,6 +1,7 @@
 """The one checkpoint loader, for the torch and the NumPy RedNet: the forms PyTorch users have, safe reading,
 check-then-write, short errors."""
 import argparse
+import zipfile
 import pickle
 import re
 from collections import OrderedDict
@@ -232,3 +233,110 @@ def test_npz_needs_no_torch_and_other_sources_say_they_do(tmp_path, monkeypatch)
     assert_state_equal(target, model.state_dict(), "npz without torch")
     with pytest.raises(ImportError, match=re.escape("needs PyTorch (only .npz files do not)")):
         load_checkpoint(target, tmp_path / "weights.pth")
+
+
+# --- hostile files: judged by their headers before their data is read ---------------------------------------
+BOMB_BYTES = 2 * 2**30  # one member that inflates to 2 GiB of float32 zeros; about 2 MB compressed
+
+
+def write_npz_with_member(path, state: dict, key: str, shape: tuple, data_bytes: int):
+    """``state`` as ``.npz`` members plus ``key``: a deflated member whose header says float32 ``shape``, followed by
+    ``data_bytes`` zero bytes (fewer than the shape needs: a truncated member)."""
+    chunk = bytes(min(2**24, data_bytes))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, value in state.items():
+            with archive.open(name + ".npy", "w") as member:
+                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+        with archive.open(key + ".npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            for _ in range(data_bytes // max(len(chunk), 1)):
+                member.write(chunk)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    """A complete state of the NumPy TINY RedNet plus the unknown key ``bomb``: 2 GiB of float32 zeros, about 2 MB
+    compressed (deflating it takes some 20 s)."""
+    state = NumpyRedNet(**TINY, seed=5).state_dict()
+    return write_npz_with_member(tmp_path_factory.mktemp("bomb") / "bomb.npz", state, "bomb", (BOMB_BYTES // 4,),
+                                 BOMB_BYTES)
+
+
+PEAK_SCRIPT = """
+import resource, sys
+from involution.reference.checkpoint import load_checkpoint
+from involution.reference.rednet import RedNet
+model = RedNet(stage_blocks=(1, 1), stem_channels=16, base_channels=8, group_channels=4, kernel_size=3, num_classes=5)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_checkpoint(model, sys.argv[1], strict=sys.argv[2] == "strict")
+    print("loaded")
+except ValueError as error:
+    print("refused:", str(error).replace(chr(10), " "))
+print("peak growth KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.parametrize("strict, outcome", [("strict", "refused: state dict does not fit RedNet"),
+                                             ("non-strict", "loaded")])
+def test_npz_bomb_is_judged_by_its_headers_with_under_100_mb_of_memory(bomb, strict, outcome):
+    import subprocess
+    import sys
+
+    assert bomb.stat().st_size < 4 * 2**20, bomb.stat().st_size
+    result = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(bomb), strict], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(outcome), lines
+    if outcome != "loaded":
+        assert "unexpected keys (1): bomb" in lines[0], lines
+    growth_kib = int(lines[-1].split()[-1])  # Linux: ru_maxrss in KiB
+    assert growth_kib < 100 * 1024, f"peak memory grew by {growth_kib / 1024:.0f} MiB ({strict}): {lines}"
+
+
+def test_npz_member_is_refused_for_the_shape_its_header_says(family, tmp_path):
+    """A header that claims 2 GiB (the data is absent): refused by the header, naming the key and both shapes."""
+    model = FAMILIES[family](seed=0)
+    state = numpy_state(model)
+    del state["head.fc.weight"]
+    path = write_npz_with_member(tmp_path / "claims.npz", state, "head.fc.weight", (BOMB_BYTES // 4,), 0)
+    with pytest.raises(ValueError, match=re.escape(f"head.fc.weight: expected shape (5, 64), got "
+                                                   f"({BOMB_BYTES // 4},)")):
+        load_checkpoint(model, path)
+
+
+@pytest.mark.parametrize("content, suffix, reason", [
+    (b"", ".pth", "not a torch checkpoint, or is truncated (EOFError"),
+    (b"root:x:0:0:root:/root:/bin/bash\n", ".pth", "not a torch checkpoint, or is truncated"),
+    ("half of a torch file", ".pth", "not a torch checkpoint, or is truncated ("),
+    (b"", ".npz", "is not a .npz file of arrays, or is truncated"),
+    (b"root:x:0:0:root:/root:/bin/bash\n", ".npz", "is not a .npz file of arrays, or is truncated"),
+    ("half of an npz", ".npz", "is not a .npz file of arrays, or is truncated"),
+], ids=["empty.pth", "passwd.pth", "truncated.pth", "empty.npz", "passwd.npz", "truncated.npz"])
+def test_empty_foreign_or_truncated_files_get_one_line_naming_the_file(family, tmp_path, content, suffix, reason):
+    model = FAMILIES[family](seed=0)
+    if content == "half of a torch file":
+        torch.save(model.state_dict(), tmp_path / "whole.pth")
+        content = (tmp_path / "whole.pth").read_bytes()[: (tmp_path / "whole.pth").stat().st_size // 2]
+    elif content == "half of an npz":
+        np.savez(tmp_path / "whole.npz", **numpy_state(model))
+        content = (tmp_path / "whole.npz").read_bytes()[: (tmp_path / "whole.npz").stat().st_size // 2]
+    path = tmp_path / ("bad" + suffix)
+    path.write_bytes(content)
+    before = numpy_state(model)
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(model, path)
+    message = str(error.value)
+    assert message.startswith(repr(str(path))) and reason in message and "\n" not in message, message
+    assert_state_equal(model, before, "after a refused file")
+
+
+def test_npz_member_of_the_wrong_dtype_is_refused_before_its_data_is_read(tmp_path):
+    model = NumpyRedNet(**TINY, seed=0)
+    state = dict(model.state_dict())
+    state["head.fc.bias"] = np.array(["a", "b", "c", "d", "e"])
+    np.savez(tmp_path / "strings.npz", **state)
+    with pytest.raises(TypeError, match=re.escape("head.fc.bias: dtype <U1, expected real numbers")):
+        load_checkpoint(model, tmp_path / "strings.npz")

@@ -258,3 +258,104 @@ def test_gradgradcheck_float64():
     x.requires_grad_(), kernel.requires_grad_()
     assert torch.autograd.gradgradcheck(
         lambda x, kernel: torch_ops.involution2d(x, kernel, stride, padding, dilation), (x, kernel))
+
+
+# --- forward mode, torch.func, vmap ---------------------------------------------------------------------------
+# The "taps" backend is plain PyTorch, differentiated by torch's own formulas in every mode: the yardstick.
+TRANSFORM_CALL = ((2, 4, 5, 4), (2, 2, 3, 2, 3, 2), (2, 1), (1, 0), (1, 2))  # strides, padding, dilation per axis
+
+
+def transform_inputs(seed=0):
+    x, kernel, stride, padding, dilation = random_call(TRANSFORM_CALL, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    tangents = tuple(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype) for tensor in (x, kernel))
+    return (x, kernel), tangents, lambda backend: (
+        lambda x, kernel: backend.involution2d(x, kernel, stride, padding, dilation))
+
+
+def assert_trees_close(actual, expected, what):
+    """Every tensor of ``actual`` within float64 rounding of ``expected`` (bilinear: a few sums of ~20 products)."""
+    for index, (got, wanted) in enumerate(zip(torch.utils._pytree.tree_leaves(actual),
+                                              torch.utils._pytree.tree_leaves(expected), strict=True)):
+        assert got.shape == wanted.shape, f"{what}[{index}]: shape {got.shape} != {wanted.shape}"
+        scale = wanted.abs().max().item()
+        assert scale > 0, f"{what}[{index}]: the yardstick is all zero, the test would prove nothing"
+        error = (got - wanted).abs().max().item()
+        assert error <= 64 * torch.finfo(torch.float64).eps * scale, \
+            f"{what}[{index}]: off by {error:.3e} (max |taps| {scale:.3e})"
+
+
+def test_jvp_and_dual_numbers_equal_the_taps_backend():
+    from involution.torch import taps
+
+    primals, tangents, function = transform_inputs()
+    expected = torch.func.jvp(function(taps), primals, tangents)
+    assert_trees_close(torch.func.jvp(function(torch_ops), primals, tangents), expected, "torch.func.jvp")
+    import torch.autograd.forward_ad as forward_ad
+
+    with forward_ad.dual_level():
+        out = function(torch_ops)(*(forward_ad.make_dual(p, t) for p, t in zip(primals, tangents)))
+        tangent = forward_ad.unpack_dual(out).tangent
+    assert tangent is not None, "dual numbers: the fast op dropped the tangent"
+    assert_trees_close(tangent, expected[1], "forward_ad dual tangent")
+
+
+@pytest.mark.parametrize("transform", ["jacfwd", "jacrev", "hessian", "grad", "jvp_of_grad"])
+def test_torch_func_transforms_equal_the_taps_backend(transform):
+    from involution.torch import taps
+
+    primals, tangents, function = transform_inputs()
+    scalar = {name: (lambda x, kernel, f=function(backend): f(x, kernel).square().sum())
+              for name, backend in (("fast", torch_ops), ("taps", taps))}
+    argnums = (0, 1)
+    transforms = {
+        "jacfwd": lambda name: torch.func.jacfwd(function(torch_ops if name == "fast" else taps), argnums)(*primals),
+        "jacrev": lambda name: torch.func.jacrev(function(torch_ops if name == "fast" else taps), argnums)(*primals),
+        "hessian": lambda name: torch.func.hessian(scalar[name], argnums)(*primals),
+        "grad": lambda name: torch.func.grad(scalar[name], argnums)(*primals),
+        "jvp_of_grad": lambda name: torch.func.jvp(torch.func.grad(scalar[name], argnums), primals, tangents),
+    }
+    assert_trees_close(transforms[transform]("fast"), transforms[transform]("taps"), transform)
+
+
+@pytest.mark.parametrize("in_dims", [(0, None), (None, 0), (1, 2)], ids=["x", "kernel", "both-inner"])
+def test_vmap_uses_the_batching_rule_and_equals_a_loop(in_dims):
+    from torch._C._functorch import _is_vmap_fallback_enabled, _set_vmap_fallback_enabled
+
+    (x, kernel), _, function = transform_inputs()
+    stacked = [torch.stack([tensor, -2 * tensor.flip(0)], dimension) if dimension is not None else tensor
+               for tensor, dimension in zip((x, kernel), in_dims)]
+    enabled = _is_vmap_fallback_enabled()
+    _set_vmap_fallback_enabled(False)  # torch's slow per-sample loop: without a batching rule, vmap fails here
+    try:
+        got = torch.vmap(function(torch_ops), in_dims=in_dims)(*stacked)
+    finally:
+        _set_vmap_fallback_enabled(enabled)
+    loop = torch.stack([function(torch_ops)(*(tensor.select(dimension, index) if dimension is not None else tensor
+                                             for tensor, dimension in zip(stacked, in_dims))) for index in range(2)])
+    assert_trees_close(got, loop, "vmap")
+
+
+def test_gradcheck_in_forward_mode_batched_and_forward_over_reverse():
+    x, kernel, stride, padding, dilation = random_call(((1, 2, 4, 3), (1, 1, 2, 2, 3, 3), (2, 1), (1, 1), (1, 2)))
+    x.requires_grad_(), kernel.requires_grad_()
+    function = lambda x, kernel: torch_ops.involution2d(x, kernel, stride, padding, dilation)  # noqa: E731
+    assert torch.autograd.gradcheck(function, (x, kernel), check_forward_ad=True, check_batched_grad=True,
+                                    check_batched_forward_grad=True)
+    assert torch.autograd.gradgradcheck(function, (x, kernel), check_fwd_over_rev=True, check_batched_grad=True)
+
+
+def test_opcheck_passes_on_the_registered_op():
+    x, kernel, *_ = random_call(CALLS[0])
+    torch.library.opcheck(torch_ops.involution2d_op, (x.requires_grad_(), kernel.requires_grad_(), [1, 1], [1, 1],
+                                                      [1, 1]))
+
+
+def test_front_door_compiles_to_one_graph():
+    import involution
+
+    x, kernel, stride, padding, dilation = random_call(CALLS[1])
+    function = lambda x, kernel: involution.involution2d(x, kernel, stride, padding, dilation).relu()  # noqa: E731
+    expected = function(x, kernel)  # the first call resolves the backend (an import, which Dynamo cannot trace)
+    compiled = torch.compile(function, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, kernel), expected, rtol=0, atol=0)

@@ -15,6 +15,8 @@ import io
 import json
 import sys
 
+from involution.arguments import int_list, positive_int
+
 DEPTHS = (26, 38, 50, 101, 152)
 FORMATS = ("table", "markdown", "csv", "json")
 TABLES = ("detection", "ablation")
@@ -23,22 +25,23 @@ TABLES = ("detection", "ablation")
 def add_arguments(parser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help="rednet26..rednet152, resnet26..resnet152 or 'all' (default: the five RedNets)")
-    parser.add_argument("--depth-list", help="comma-separated RedNet depths, e.g. 26,50 (adds rednet<depth>)")
-    parser.add_argument("--kernel-size", type=int, default=7, help="involution kernel size K (default 7)")
+    parser.add_argument("--depth-list", type=int_list(1),
+                        help="comma-separated RedNet depths, e.g. 26,50 (adds rednet<depth>)")
+    parser.add_argument("--kernel-size", type=positive_int, default=7, help="involution kernel size K (default 7)")
     parser.add_argument("--group-channels", type=group_channels, default=16,
                         help="channels per involution group, or 'all' (default 16)")
-    parser.add_argument("--reduction", type=int, default=4, help="kernel-generation reduction ratio (default 4)")
+    parser.add_argument("--reduction", type=positive_int, default=4, help="kernel-generation reduction ratio (default 4)")
     parser.add_argument("--kernel-gen", choices=("bottleneck", "linear"), default="bottleneck",
                         help="kernel generator (default bottleneck)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
-    parser.add_argument("--input-size", help="H or H,W (default 224; detectors 1280,800; semantic_fpn 2048,1024)")
+    parser.add_argument("--num-classes", type=positive_int, default=1000, help="classifier outputs (default 1000)")
+    parser.add_argument("--input-size", type=int_list(1, (1, 2)), help="H or H,W (default 224; detectors 1280,800; semantic_fpn 2048,1024)")
     parser.add_argument("--backbone", default="rednet50", help="detector backbone, e.g. rednet50, resnet50 "
                         "(default rednet50)")
     parser.add_argument("--neck", choices=("conv", "involution"), default="conv",
                         help="detector FPN output convs (default conv)")
     parser.add_argument("--head", choices=("conv", "involution"), default="conv",
                         help="RPN head conv and mask head convs of a detector (default conv)")
-    parser.add_argument("--stem-kernel-size", type=int, default=7,
+    parser.add_argument("--stem-kernel-size", type=positive_int, default=7,
                         help="kernel of the detector backbone's stem involution (default 7, the official det/seg "
                              "code; the classifier's is 3)")
     parser.add_argument("--table", choices=TABLES, help="the paper's detection/segmentation rows or ablation rows "
@@ -57,7 +60,7 @@ def model_names(args) -> list[str]:
     for name in args.models or (["all"] if not args.depth_list else []):
         names += [f"rednet{depth}" for depth in DEPTHS] if name == "all" else [name]
     if args.depth_list:
-        names += [f"rednet{int(depth)}" for depth in args.depth_list.split(",")]
+        names += [f"rednet{depth}" for depth in args.depth_list]
     if args.compare == "resnet":
         names += [f"resnet{name[len('rednet'):]}" for name in names if name.startswith("rednet")]
     return list(dict.fromkeys(names))
@@ -68,17 +71,14 @@ def group_channels(text: str):
     if text == "all":
         return text
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'all', got {text!r}") from None
+        return positive_int(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (or 'all')") from None
 
 
-def parse_input_size(text: str) -> tuple[int, int]:
-    """``"224"`` or ``"224,192"`` as ``(H, W)``."""
-    sizes = [int(part) for part in text.split(",")]
-    if len(sizes) not in (1, 2) or min(sizes) < 1:
-        raise ValueError(f"--input-size must be H or H,W with positive ints, got {text!r}")
-    return (sizes[0], sizes[-1])
+def chosen_input_size(sizes: tuple[int, ...] | None, default) -> tuple[int, int]:
+    """``--input-size`` (``(H,)`` or ``(H, W)``, checked by its type) as ``(H, W)``, or ``default``."""
+    return default if sizes is None else (sizes[0], sizes[-1])
 
 
 def config_of(name: str, args) -> dict:
@@ -113,7 +113,7 @@ def make_record(report, convention, input_size, config, args, published=None) ->
 def classifier_records(args, convention) -> list[dict]:
     from involution.reference.complexity import PUBLISHED, count, describe_model
 
-    input_size = parse_input_size(args.input_size or "224")
+    input_size = chosen_input_size(args.input_size, (224, 224))
     records = []
     for name in model_names(args):
         config = config_of(name, args)
@@ -132,7 +132,7 @@ def detector_records(args, convention, rows) -> list[dict]:
 
     records = []
     for model, backbone, neck, head, stem_kernel_size, published in rows:
-        input_size = parse_input_size(args.input_size) if args.input_size else DEFAULT_INPUT_SIZE[model]
+        input_size = chosen_input_size(args.input_size, DEFAULT_INPUT_SIZE[model])
         report = count_detector(model, backbone, neck, head, input_size, stem_kernel_size)
         config = {"model": model, "backbone": backbone, "neck": neck, "head": head}
         if backbone.startswith("rednet"):
@@ -146,7 +146,7 @@ def detector_records(args, convention, rows) -> list[dict]:
 def ablation_records(args, convention) -> list[dict]:
     from involution.reference.complexity import ABLATION, count, describe_model
 
-    input_size = parse_input_size(args.input_size or "224")
+    input_size = chosen_input_size(args.input_size, (224, 224))
     records = []
     for option, value, flops_g in ABLATION:
         report = count(describe_model("rednet50", **{option: value}), input_size, name=f"rednet50 {option}={value}")

@@ -23,13 +23,17 @@ def check_tensors(x: torch.Tensor, kernel: torch.Tensor, stride, padding, dilati
     Raises
     ------
     TypeError
-        ``x`` or ``kernel`` not a tensor, of a dtype outside ``dtypes`` (or not floating point), or of two dtypes.
+        ``x`` or ``kernel`` not a tensor, not dense (sparse, mkldnn or nested), of a dtype outside ``dtypes`` (or not floating point), or of two dtypes.
     ValueError
         Wrong number of dimensions, tensors on different devices, or any rule of :func:`involution.spec.check_geometry`.
     """
     for name, tensor, ndim, layout in (("x", x, 4, "(B, C, H, W)"), ("kernel", kernel, 6, "(B, G, Kh, Kw, Ho, Wo)")):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
+        if tensor.layout != torch.strided or tensor.is_nested:
+            kind = "nested" if tensor.is_nested else str(tensor.layout).removeprefix("torch.")
+            raise TypeError(f"{name} must be a dense (strided) tensor, got a {kind} tensor (layout "
+                            f"{tensor.layout}); convert it with .to_dense()")
         if dtypes is None and not tensor.is_floating_point():
             raise TypeError(f"{name} must have a floating-point dtype, got {tensor.dtype}")
         if dtypes is not None and tensor.dtype not in dtypes:

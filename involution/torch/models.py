@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from involution import backends
-from involution.reference.involution_layer import check_involution_options
-from involution.reference.rednet import EXPANSION, check_classifier_options, stage_blocks_for
+from involution.options import EXPANSION, check_classifier_options, check_involution_options, stage_blocks_for
 
 
 def _involution_function(backend: str | None):

@@ -2,8 +2,11 @@
 
 Registered through :mod:`torch.library`, so the op is a first-class citizen of PyTorch:
 
-* autograd: the backward is the registered op ``involution2d_backward``, itself differentiable (double backward
-  runs the two ops again), so ``gradgradcheck`` passes;
+* autograd, reverse and forward mode: the backward is the registered op ``involution2d_backward``, itself
+  differentiable (double backward runs the two ops again), and both ops have a forward-mode rule (the op is
+  bilinear: the tangent is ``f(tx, kernel) + f(x, tkernel)``), so ``gradgradcheck``, ``torch.func.jvp``, dual
+  numbers (``torch.autograd.forward_ad``), ``jacfwd``, ``jacrev``, ``hessian`` and ``torch.func.grad`` work;
+* ``torch.vmap``: a batching rule folds the vmapped dimension into the batch, one kernel call;
 * fake and meta tensors: a fake implementation gives the output shape (and raises the same named errors), so
   ``torch.compile(fullgraph=True)``, ``torch.export`` and ``device="meta"`` work without running a kernel;
 * ``torch.utils.flop_counter.FlopCounterMode``: ``2*B*C*Kh*Kw*Ho*Wo`` FLOPs for the forward (one multiply and one
@@ -20,6 +23,9 @@ go to :mod:`involution.fast.cuda` through ``__cuda_array_interface__`` on torch'
 from collections.abc import Sequence
 
 import torch
+from torch._functorch.utils import enable_single_level_autograd_function
+from torch.autograd import forward_ad
+from torch.autograd.function import _SingleLevelFunction
 from torch.utils.flop_counter import register_flop_formula
 
 from involution.spec import Geometry, pair
@@ -85,73 +91,194 @@ def _check_backward(grad_out, x, kernel, stride, padding, dilation) -> Geometry:
     return geometry
 
 
-# --- the forward op -------------------------------------------------------------------------------------------
-@torch.library.custom_op("involution::involution2d", mutates_args=())
-def involution2d_op(x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int], padding: Sequence[int],
-                    dilation: Sequence[int]) -> torch.Tensor:
-    """The registered forward op; :func:`involution2d` is its user-facing front (int or pair hyper-parameters)."""
+# --- the ops --------------------------------------------------------------------------------------------------
+_LIBRARY = torch.library.Library("involution", "FRAGMENT")
+_LIBRARY.define("involution2d(Tensor x, Tensor kernel, SymInt[] stride, SymInt[] padding, SymInt[] dilation) -> Tensor",
+                tags=(torch.Tag.pt2_compliant_tag,))
+_LIBRARY.define("involution2d_backward(Tensor grad_out, Tensor x, Tensor kernel, SymInt[] stride, SymInt[] padding, "
+                "SymInt[] dilation) -> (Tensor, Tensor)", tags=(torch.Tag.pt2_compliant_tag,))
+involution2d_op = torch.ops.involution.involution2d.default
+involution2d_backward_op = torch.ops.involution.involution2d_backward.default
+
+
+def _involution2d_kernel(x, kernel, stride, padding, dilation):
+    """The forward op's kernel (CPU and CUDA): checks, then the numba kernels."""
     geometry = check_tensors(x, kernel, stride, padding, dilation, dtypes=DTYPES)
     return _run("involution2d", (x, kernel), geometry)[0]
 
 
-@involution2d_op.register_fake
 def _involution2d_fake(x, kernel, stride, padding, dilation):
     geometry = check_tensors(x, kernel, stride, padding, dilation, dtypes=DTYPES)
     return x.new_empty(geometry.out_shape)
 
 
-# --- the backward op ------------------------------------------------------------------------------------------
-@torch.library.custom_op("involution::involution2d_backward", mutates_args=())
-def involution2d_backward_op(grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride: Sequence[int],
-                             padding: Sequence[int], dilation: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The registered backward op: ``(grad_x, grad_kernel)``."""
+def _involution2d_backward_kernel(grad_out, x, kernel, stride, padding, dilation):
+    """The backward op's kernel: ``(grad_x, grad_kernel)``."""
     geometry = _check_backward(grad_out, x, kernel, stride, padding, dilation)
     grad_x, grad_kernel = _run("involution2d_backward", (grad_out, x, kernel), geometry)
     return grad_x, grad_kernel
 
 
-@involution2d_backward_op.register_fake
 def _involution2d_backward_fake(grad_out, x, kernel, stride, padding, dilation):
     _check_backward(grad_out, x, kernel, stride, padding, dilation)
     return x.new_empty(x.shape), kernel.new_empty(kernel.shape)
 
 
-# --- autograd -------------------------------------------------------------------------------------------------
+for _name, _kernel, _fake in (("involution2d", _involution2d_kernel, _involution2d_fake),
+                              ("involution2d_backward", _involution2d_backward_kernel, _involution2d_backward_fake)):
+    _LIBRARY.impl(_name, _kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"involution::{_name}", _fake, lib=_LIBRARY)
+
+
+# --- autograd: reverse and forward mode -----------------------------------------------------------------------
+# Both ops are bilinear: involution2d in (x, kernel); involution2d_backward in (grad_out, kernel) for grad_x and in
+# (grad_out, x) for grad_kernel. So every derivative, reverse (vjp) or forward (jvp), is again a call of the two ops.
+#
+# torch.library.register_autograd registers reverse mode only: an op registered with it passes forward-mode AD
+# (torch.func.jvp, dual numbers, jacfwd, hessian) as if it were constant, a silent zero tangent. So the Autograd
+# kernel of each op is registered here instead, as torch's own ops have theirs: an autograd.Function with
+# ``backward`` and ``jvp``. It is a single-level Function, the kind torch.func uses for a custom Function inside
+# its transforms (torch/_functorch/autograd_function.py): the dispatcher calls the Autograd kernel after the
+# transform has unwrapped the tensors of its level, so the Function sees plain tensors and records one level.
+def _needs_derivatives(*tensors) -> bool:
+    """Whether a call must record derivatives: reverse mode (grad enabled, an input requires grad) or forward
+    mode (a dual level is open: torch.autograd.forward_ad, or torch.func.jvp which opens one)."""
+    return (torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)) \
+        or forward_ad._current_level >= 0
+
+
+class _Involution2dFunction(_SingleLevelFunction):
+    """Derivatives of ``involution2d_op``: backward the backward op, tangent ``f(tx, kernel) + f(x, tkernel)``."""
+
+    @staticmethod
+    def forward(x, kernel, stride, padding, dilation, keyset):
+        return _below_autograd(involution2d_op, keyset, x, kernel, stride, padding, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save_inputs(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, kernel = ctx.saved_tensors
+        grad_x, grad_kernel = involution2d_backward_op(grad_out, x, kernel, *ctx.hyper_parameters)
+        return grad_x, grad_kernel, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent_x, tangent_kernel, *_):
+        x, kernel = ctx.saved_tensors
+        terms = [involution2d_op(tangent_x, kernel, *ctx.hyper_parameters)] if tangent_x is not None else []
+        if tangent_kernel is not None:
+            terms.append(involution2d_op(x, tangent_kernel, *ctx.hyper_parameters))
+        return sum(terms[1:], terms[0])
+
+
+class _Involution2dBackwardFunction(_SingleLevelFunction):
+    """Derivatives of ``involution2d_backward_op`` (double backward, forward over reverse)."""
+
+    @staticmethod
+    def forward(grad_out, x, kernel, stride, padding, dilation, keyset):
+        return _below_autograd(involution2d_backward_op, keyset, grad_out, x, kernel, stride, padding, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save_inputs(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_grad_x, grad_grad_kernel):
+        """Derivatives of ``<grad_grad_x, grad_x> + <grad_grad_kernel, grad_kernel>``.
+
+        ``grad_x`` is the adjoint of ``x -> involution2d(x, kernel)`` applied to ``grad_out``, and ``grad_kernel``
+        that of ``kernel -> involution2d(x, kernel)``, so the sum equals ``<involution2d(grad_grad_x, kernel) +
+        involution2d(x, grad_grad_kernel), grad_out>``: its derivatives are two forwards (for ``grad_out``) and the
+        backward op's ``grad_x`` (kernel ``grad_grad_kernel``) and ``grad_kernel`` (input ``grad_grad_x``).
+        """
+        grad_out, x, kernel = ctx.saved_tensors
+        hyper_parameters = ctx.hyper_parameters
+        d_grad_out = d_x = d_kernel = None
+        if grad_grad_x is not None:
+            d_grad_out = involution2d_op(grad_grad_x, kernel, *hyper_parameters)
+            d_kernel = involution2d_backward_op(grad_out, grad_grad_x, kernel, *hyper_parameters)[1]
+        if grad_grad_kernel is not None:
+            term = involution2d_op(x, grad_grad_kernel, *hyper_parameters)
+            d_grad_out = term if d_grad_out is None else d_grad_out + term
+            d_x = involution2d_backward_op(grad_out, x, grad_grad_kernel, *hyper_parameters)[0]
+        return d_grad_out, d_x, d_kernel, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent_grad_out, tangent_x, tangent_kernel, *_):
+        """``grad_x`` depends on ``(grad_out, kernel)`` only and ``grad_kernel`` on ``(grad_out, x)``, so the
+        tangent is ``backward(t_grad_out, x, kernel) + backward(grad_out, t_x, t_kernel)``."""
+        grad_out, x, kernel = ctx.saved_tensors
+        terms = []
+        if tangent_grad_out is not None:
+            terms.append(involution2d_backward_op(tangent_grad_out, x, kernel, *ctx.hyper_parameters))
+        if tangent_x is not None or tangent_kernel is not None:
+            tangent_x = torch.zeros_like(x) if tangent_x is None else tangent_x
+            tangent_kernel = torch.zeros_like(kernel) if tangent_kernel is None else tangent_kernel
+            terms.append(involution2d_backward_op(grad_out, tangent_x, tangent_kernel, *ctx.hyper_parameters))
+        return tuple(sum(parts[1:], parts[0]) for parts in zip(*terms))
+
+
 def _save_inputs(ctx, inputs, output):
-    *tensors, stride, padding, dilation = inputs
+    *tensors, stride, padding, dilation, _ = inputs
     ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
     ctx.hyper_parameters = (stride, padding, dilation)
 
 
-def _forward_derivative(ctx, grad_out):
-    x, kernel = ctx.saved_tensors
-    grad_x, grad_kernel = involution2d_backward_op(grad_out, x, kernel, *ctx.hyper_parameters)
-    return grad_x, grad_kernel, None, None, None
+def _below_autograd(op, keyset, *arguments):
+    """``op`` redispatched past the Autograd key of ``keyset`` (the kernel, or the next torch.func level), with
+    reverse and forward gradients enabled for that level, as torch.func's own single-level Functions do: a guard
+    that excluded the Autograd key for the rest of the call would hide this op from the outer levels' derivatives
+    (``torch.func.jvp`` of ``torch.func.grad``, ``hessian``)."""
+    with torch.enable_grad(), forward_ad._set_fwd_grad_enabled(True):
+        return op.redispatch(keyset & torch._C._after_autograd_keyset, *arguments)
 
 
-def _backward_derivative(ctx, grad_grad_x, grad_grad_kernel):
-    """Derivatives of ``<grad_grad_x, grad_x> + <grad_grad_kernel, grad_kernel>``.
+def _autograd_kernel(op, function):
+    """The Autograd kernel of ``op``: ``function`` where derivatives are recorded, else straight below autograd."""
 
-    ``grad_x`` is the adjoint of ``x -> involution2d(x, kernel)`` applied to ``grad_out``, and ``grad_kernel`` that
-    of ``kernel -> involution2d(x, kernel)``, so the sum equals ``<involution2d(grad_grad_x, kernel) +
-    involution2d(x, grad_grad_kernel), grad_out>``: its derivatives are two forwards (for ``grad_out``) and the
-    backward op's ``grad_x`` (kernel ``grad_grad_kernel``) and ``grad_kernel`` (input ``grad_grad_x``).
-    """
-    grad_out, x, kernel = ctx.saved_tensors
-    hyper_parameters = ctx.hyper_parameters
-    d_grad_out = d_x = d_kernel = None
-    if grad_grad_x is not None:
-        d_grad_out = involution2d_op(grad_grad_x, kernel, *hyper_parameters)
-        d_kernel = involution2d_backward_op(grad_out, grad_grad_x, kernel, *hyper_parameters)[1]
-    if grad_grad_kernel is not None:
-        term = involution2d_op(x, grad_grad_kernel, *hyper_parameters)
-        d_grad_out = term if d_grad_out is None else d_grad_out + term
-        d_x = involution2d_backward_op(grad_out, x, grad_grad_kernel, *hyper_parameters)[0]
-    return d_grad_out, d_x, d_kernel, None, None, None
+    def kernel(keyset, *arguments):
+        if not _needs_derivatives(*arguments[:-3]):
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *arguments)
+        with enable_single_level_autograd_function():
+            return function.apply(*arguments, keyset)
+
+    return kernel
 
 
-involution2d_op.register_autograd(_forward_derivative, setup_context=_save_inputs)
-involution2d_backward_op.register_autograd(_backward_derivative, setup_context=_save_inputs)
+_LIBRARY.impl("involution2d", _autograd_kernel(involution2d_op, _Involution2dFunction), "Autograd",
+              with_keyset=True)
+_LIBRARY.impl("involution2d_backward", _autograd_kernel(involution2d_backward_op, _Involution2dBackwardFunction),
+              "Autograd", with_keyset=True)
+
+
+# --- vmap -----------------------------------------------------------------------------------------------------
+def _fold_vmap_dimension(info, tensor, dimension):
+    """``tensor`` with the vmapped ``dimension`` merged into its batch (first) dimension, vmap-major; a tensor
+    not vmapped (``dimension`` None) is repeated ``info.batch_size`` times."""
+    tensor = tensor.movedim(dimension, 0) if dimension is not None else tensor.expand(info.batch_size, *tensor.shape)
+    return tensor.flatten(0, 1)
+
+
+def _vmap_rule(op):
+    """Batching rule of ``op`` under ``torch.vmap``: the vmapped dimension becomes part of the batch, one call."""
+
+    def rule(info, in_dims, *arguments):
+        *tensors, stride, padding, dilation = arguments
+        folded = [_fold_vmap_dimension(info, tensor, dimension) for tensor, dimension in zip(tensors, in_dims)]
+        batch = folded[0].shape[0] // info.batch_size  # the op's own batch size
+        results = op(*folded, stride, padding, dilation)
+        if isinstance(results, torch.Tensor):
+            return results.unflatten(0, (info.batch_size, batch)), 0
+        return tuple(result.unflatten(0, (info.batch_size, batch)) for result in results), (0,) * len(results)
+
+    return rule
+
+
+torch.library.register_vmap("involution::involution2d", _vmap_rule(involution2d_op), lib=_LIBRARY)
+torch.library.register_vmap("involution::involution2d_backward", _vmap_rule(involution2d_backward_op), lib=_LIBRARY)
 
 
 # --- FLOPs ----------------------------------------------------------------------------------------------------
@@ -187,7 +314,6 @@ def _autocast_kernel(device_type: str):
     return kernel
 
 
-_LIBRARY = torch.library.Library("involution", "FRAGMENT")
 for _device_type, _key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
     _LIBRARY.impl("involution2d", _autocast_kernel(_device_type), _key)
 

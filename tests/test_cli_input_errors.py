@@ -36,6 +36,17 @@ from involution import arguments
     (["bench", "--layers", "8"], r"argument --layers: expected an integer >= 0 and <= 7, got 8"),
     (["bench", "--backend", "cuda"], r"argument --backend: invalid choice: 'cuda'"),
     (["bench", "--json", "no-such-folder/b.json"], r"argument --json: folder 'no-such-folder'"),
+    (["complexity", "faster_rcnn", "--stem-kernel-size", "0"],
+     r"argument --stem-kernel-size: expected an integer >= 1, got 0"),
+    (["complexity", "--depth-list", ""], r"argument --depth-list: expected comma-separated integers, got ''"),
+    (["complexity", "--depth-list", "26,,50"], r"argument --depth-list: expected comma-separated integers"),
+    (["complexity", "--depth-list", "26,x"], r"argument --depth-list: expected an integer, got 'x'"),
+    (["complexity", "--input-size", "224,0"], r"argument --input-size: expected an integer >= 1, got 0"),
+    (["complexity", "--input-size", "1,2,3"], r"argument --input-size: expected 1 or 2 comma-separated integers"),
+    (["complexity", "--kernel-size", "0"], r"argument --kernel-size: expected an integer >= 1, got 0"),
+    (["complexity", "--reduction", "-4"], r"argument --reduction: expected an integer >= 1, got -4"),
+    (["complexity", "--num-classes", "0"], r"argument --num-classes: expected an integer >= 1, got 0"),
+    (["complexity", "--group-channels", "0"], r"argument --group-channels: expected an integer >= 1, got 0 \(or 'all'\)"),
 ])
 def test_bad_options_are_argparse_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -207,3 +207,50 @@ def test_empty_batch_gives_empty_results():
 def test_other_empty_dimensions_are_errors(x_shape, kernel_shape, name):
     with pytest.raises(ValueError, match=f"{name} must have no empty dimension"):
         involution2d(np.zeros(x_shape), np.zeros(kernel_shape), 1, 1, 1)
+
+
+# --- arrays and tensors where an int or an (h, w) pair is expected ----------------------------------------
+def array_options():
+    """Arrays and tensors of any shape, which have ``__index__`` for one element: never an option's value."""
+    values = [np.array([2, 2]), np.array(2), np.array([2]), [np.array(2), 1]]
+    try:
+        import torch
+    except ImportError:
+        return values
+    return values + [torch.tensor([2, 2]), torch.tensor(2), (torch.tensor(1), 1)]
+
+
+@pytest.mark.parametrize("name", backends.names())
+@pytest.mark.parametrize("option", ["stride", "padding", "dilation"])
+@pytest.mark.parametrize("value", array_options(), ids=repr)
+def test_arrays_and_tensors_as_options_are_type_errors_naming_them(name, option, value):
+    try:
+        forward, _ = backends.functions(name)
+    except ImportError as error:
+        pytest.skip(str(error))
+    x, kernel = make_case((1, 2, 1, 5, 5, 3, 3, (1, 1), (1, 1), (1, 1)))[:2]
+    if backends.get(name).framework == "torch":
+        import torch
+
+        x, kernel = torch.from_numpy(x), torch.from_numpy(kernel)
+    arguments = {"stride": 1, "padding": 1, "dilation": 1, option: value}
+    with pytest.raises(TypeError, match=rf"^{option} must be an int or an \(h, w\) pair of ints, got "):
+        forward(x, kernel, **arguments)
+
+
+@pytest.mark.parametrize("name", ["fast", "taps"])
+@pytest.mark.parametrize("argument, layout", [("x", "sparse_coo"), ("kernel", "sparse_coo"), ("x", "sparse_csr"),
+                                              ("kernel", "sparse_csr"), ("x", "_mkldnn")])  # mkldnn: at most 5-D
+def test_sparse_and_other_layouts_are_refused_naming_the_argument_and_layout(name, layout, argument):
+    torch = pytest.importorskip("torch")
+    try:
+        forward, _ = backends.functions(name, "torch")
+    except ImportError as error:
+        pytest.skip(str(error))
+    tensors = dict(x=torch.randn(1, 2, 5, 5), kernel=torch.randn(1, 1, 3, 3, 5, 5))
+    convert = {"sparse_coo": lambda t: t.to_sparse(), "_mkldnn": lambda t: t.to_mkldnn(),
+               "sparse_csr": lambda t: t.to_sparse(layout=torch.sparse_csr, dense_dim=t.dim() - 2)}[layout]
+    tensors[argument] = convert(tensors[argument])
+    with pytest.raises(TypeError, match=re.escape(f"{argument} must be a dense (strided) tensor, got a {layout} "
+                                                  f"tensor (layout torch.{layout})")):
+        forward(tensors["x"], tensors["kernel"], 1, 1, 1)
