@@ -375,3 +375,6 @@ def involution2d_backward(grad_out: torch.Tensor, x: torch.Tensor, kernel: torch
     """
     return involution2d_backward_op(*_front_arguments(dict(grad_out=grad_out, x=x, kernel=kernel), stride, padding,
                                                       dilation))
+
+
+from involution.torch import export as _export  # noqa: E402,F401  (registers the op's ONNX translations)
