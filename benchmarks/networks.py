@@ -1,130 +1,470 @@
-"""Whole-network CPU timings: torch RedNet-50 with the fast numba op (and the plain tap-loop op) against torch
-ResNet-50, eager and (``compiled=True``) ``torch.compile(fullgraph=True)`` with inductor.
+"""Whole-network CPU timings: torch RedNet (the fast numba op) against torch ResNet-50, each in its best configuration.
 
-Inference (``eval()``, ``torch.no_grad()``) at ``batch x 3 x 224 x 224``, float32, one thread count for torch and
-numba. Every network is checked before timing: RedNet fast against taps, each compiled network against its eager
-self. The timed calls are interleaved (one call of each network per round, ``repeats`` rounds), so load from other
-jobs falls on all of them alike; medians are reported with the load average before and after. Targets (issue 13):
-compiled RedNet-50 <= 0.8x compiled ResNet-50 at batch 1; eager <= 0.9x.
+What is timed, float32 at ``batch x 3 x 224 x 224`` (issue 31):
 
-Commands: ``python -m involution bench --compile`` (with the op table), or the networks alone:
-``python -m involution.benchmarks.networks --compile --batch 1 8 --repeats 10 --json out/bench_networks.json``.
+* inference (``eval()``, ``torch.no_grad()``), eager and compiled (``torch.compile(fullgraph=True)``, inductor
+  with ``freezing``, which folds BN into the convolutions and prepacks their weights), at each batch size;
+* a training step (forward, cross-entropy, backward, SGD step) at the largest batch size, eager and compiled.
+
+Each network runs in every configuration of :data:`EAGER_CONFIGURATIONS` (memory format; BN folded by
+:func:`involution.torch.models.fold_batch_norms` at inference) and, for RedNet, each count of threads for the op's
+numba kernels (:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
+configuration gives its time. Every configuration is checked before timing (its logits against the network's plain
+eager forward, RedNet's fast op against the plain-PyTorch ``taps`` op). Timed calls are interleaved (one call of each
+configuration of each network per round), so the load of other jobs falls on all of them alike; the median and the
+spread (lowest and highest) of the rounds are reported with the load average before and after. The training step
+also reports what autograd saves for the backward (RedNet's generated kernels against ResNet's activations), and a
+profile (``torch.profiler``) gives each network's share of time per op category.
+
+Commands: ``python -m involution bench --networks [--quick]`` (ratios beside the FLOPs ratio), or this module:
+``python -m involution.benchmarks.networks --threads 2 --json out/bench_networks.json``.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import copy
 import os
+import statistics
 import sys
 import time
 
 import numpy as np
 
-from involution.benchmarks.op_cpu import interleaved_medians
+# RedNet-50 / ResNet-50 time ratios issue 31 asks for; the goal is the FLOPs ratio (reference.complexity).
+TARGETS = {"inference": 0.75, "training": 0.85}
+BASELINE = "resnet50"
+NETWORKS = ("rednet26", "rednet38", "rednet50", "rednet101", "rednet152", "resnet50")
+EAGER_CONFIGURATIONS = (  # (name, memory format, fold BN at inference)
+    ("contiguous", "contiguous", False),
+    ("contiguous+folded", "contiguous", True),
+    ("channels_last", "channels_last", False),
+    ("channels_last+folded", "channels_last", True),
+)
+COMPILED_CONFIGURATIONS = (("contiguous", "contiguous", False), ("channels_last", "channels_last", False))
+OP_THREADS = ("torch", 1)  # the op's numba threads: torch's count, or one
+RELATIVE_TOLERANCE = 1e-4  # float32 logits through ~50 layers: catches a wrong op or transform, not rounding
+CATEGORIES = (  # (category, substrings of profiler op names), first match wins; the rest is "other"
+    ("convolution", ("convolution", "conv2d", "addmm", "mkldnn_linear", "linear")),
+    ("involution op", ("involution",)),
+    ("batch norm", ("batch_norm",)),
+    ("ReLU", ("relu", "clamp_min", "threshold")),
+    ("residual add", ("aten::add",)),
+    ("pooling", ("pool", "aten::mean")),
+    ("copies and layout", ("copy_", "contiguous", "clone", "to_dense", "to_mkldnn")),
+)
 
-TARGETS = {"eager": 0.9, "compiled": 0.8}  # RedNet-50 / ResNet-50 time ratios the project aims at
+
+def build_network(name: str, backend: str = "fast"):
+    """``"rednet50"``, ``"resnet50"``... as a torch module (seed 0, 1000 classes) in eval mode."""
+    from involution.reference.complexity import parse_model_name
+    from involution.torch.models import RedNet, ResNet
+
+    family, depth = parse_model_name(name)
+    network = RedNet(depth, seed=0, backend=backend) if family == "rednet" else ResNet(depth, seed=0)
+    return network.eval()
 
 
-def build_networks() -> dict:
-    """name -> torch module in eval mode: RedNet-50 (fast op), RedNet-50 (taps op), ResNet-50; same seed."""
-    from involution.torch import RedNet, ResNet
+def flops_ratio(name: str, baseline: str = BASELINE) -> float:
+    """Multiply-adds of ``name`` over ``baseline`` at 224x224 (:mod:`involution.reference.complexity`, published
+    convention: mmcv's counter, as the paper's tables)."""
+    from involution.reference import complexity
 
-    return {"rednet50-fast": RedNet(depth=50, seed=0, backend="fast").eval(),
-            "rednet50-taps": RedNet(depth=50, seed=0, backend="taps").eval(),
-            "resnet50": ResNet(depth=50, seed=0).eval()}
-
-
-def parameter_count(module) -> int:
-    return sum(parameter.numel() for parameter in module.parameters())
+    macs = {model: complexity.count(complexity.describe_model(model), (224, 224)).total("published").macs
+            for model in (name, baseline)}
+    return macs[name] / macs[baseline]
 
 
 def relative_difference(got, expected) -> float:
     return float((got - expected).abs().max() / expected.abs().max())
 
 
-def run(batches=(1,), repeats: int = 5, size: int = 224, compiled: bool = False, log=print) -> dict:
-    """Validate, then time each network's forward per batch size (and compiled); rows and ratios, JSON-ready.
+def check_close(got, expected, what: str, log) -> None:
+    """Raise AssertionError naming ``what`` when ``got`` and ``expected`` differ by more than the tolerance."""
+    error = relative_difference(got, expected)
+    if not error <= RELATIVE_TOLERANCE:
+        raise AssertionError(f"{what}: logits differ from the reference forward by {error:.2e} relative "
+                             f"(> {RELATIVE_TOLERANCE:g})")
+    log(f"{what}: within {error:.1e} of the reference forward")
+
+
+def interleaved_times(calls: dict, rounds: int, warmup: int = 1) -> dict:
+    """key -> the seconds of each of ``rounds`` timed calls of ``calls[key]()``; one call of each key per round,
+    in order, after ``warmup`` untimed rounds. No settling between calls: in a network the op always runs right
+    after torch's ops, so each call is timed as a model runs."""
+    times = {key: [] for key in calls}
+    for round_index in range(warmup + rounds):
+        for key, call in calls.items():
+            started = time.perf_counter()
+            call()
+            if round_index >= warmup:
+                times[key].append(time.perf_counter() - started)
+    return times
+
+
+def summary(seconds: list) -> dict:
+    """Median, lowest and highest of a list of seconds, in milliseconds."""
+    return {"median_ms": 1e3 * statistics.median(seconds), "min_ms": 1e3 * min(seconds),
+            "max_ms": 1e3 * max(seconds), "rounds": len(seconds)}
+
+
+@contextlib.contextmanager
+def op_threads(count):
+    """numba's thread count for the op set to ``count`` ("torch": torch's count) within the block."""
+    import numba
+    import torch
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(torch.get_num_threads() if count == "torch" else count)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+def op_thread_choices(name: str) -> tuple:
+    """The op thread counts to try for network ``name``: :data:`OP_THREADS` for RedNet ("torch" alone when torch
+    runs one thread, where both are the same), "torch" for ResNet (no op)."""
+    import torch
+
+    if not name.startswith("rednet") or torch.get_num_threads() == 1:
+        return ("torch",)
+    return OP_THREADS
+
+
+def with_op_threads(call, count):
+    def run():
+        with op_threads(count):
+            return call()
+    return run
+
+
+def inference_variant(network, memory_format: str, fold: bool, compiled: bool):
+    """``(forward, convert input)`` of ``network`` in one configuration (a copy: ``network`` is left as it was)."""
+    import torch
+
+    from involution.torch.models import fold_batch_norms
+
+    variant = fold_batch_norms(network) if fold else copy.deepcopy(network)
+    layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    variant = variant.to(memory_format=layout)
+    if compiled:
+        variant = torch.compile(variant, fullgraph=True, options={"freezing": True})
+    return variant, (lambda images: images.contiguous(memory_format=layout))
+
+
+def network_variants(names, compiled: bool, compiled_configurations=COMPILED_CONFIGURATIONS) -> dict:
+    """``(network, mode, configuration, op threads) -> (forward, convert input)`` of every inference variant."""
+    variants = {}
+    for name in names:
+        network = build_network(name)
+        modes = [("eager", EAGER_CONFIGURATIONS)] + ([("compiled", compiled_configurations)] if compiled else [])
+        for mode, configurations in modes:
+            for configuration, memory_format, fold in configurations:
+                forward = inference_variant(network, memory_format, fold, mode == "compiled")
+                for threads in op_thread_choices(name):
+                    variants[(name, mode, configuration, threads)] = forward
+    return variants
+
+
+def time_inference(names, batches, rounds: int, compiled: bool, log=print, size: int = 224,
+                   compiled_configurations=COMPILED_CONFIGURATIONS) -> list[dict]:
+    """Rows ``{network, mode, configuration, op_threads, batch, median_ms, min_ms, max_ms}`` of every inference
+    variant, validated first (AssertionError if one differs from the plain eager forward)."""
+    import torch
+
+    variants = network_variants(names, compiled, compiled_configurations)
+    rows = []
+    for batch in batches:
+        images = torch.from_numpy(np.random.default_rng(batch).standard_normal((batch, 3, size, size),
+                                                                              dtype=np.float32))
+        calls, compile_seconds = {}, {}
+        with torch.no_grad():
+            plain = {name: build_network(name)(images) for name in names}
+            for name in names:
+                if name.startswith("rednet"):
+                    check_close(plain[name], build_network(name, backend="taps")(images),
+                                f"{name} fast op against the taps op, batch {batch}", log)
+            for key, (forward, convert) in variants.items():
+                inputs = convert(images)
+                call = with_op_threads(lambda forward=forward, inputs=inputs: forward(inputs), key[3])
+                started = time.perf_counter()
+                got = call()  # compiles a compiled variant at this batch size
+                compile_seconds[key] = time.perf_counter() - started
+                check_close(got, plain[key[0]], f"{key[0]} {key[1]} {key[2]} (op threads {key[3]}), batch {batch}",
+                            log)
+                calls[key] = call
+            times = interleaved_times(calls, rounds)
+        for key, seconds in times.items():
+            name, mode, configuration, threads = key
+            row = {"network": name, "mode": mode, "configuration": configuration, "op_threads": threads,
+                   "batch": batch, **summary(seconds)}
+            if mode == "compiled":
+                row["first_call_s"] = compile_seconds[key]
+            rows.append(row)
+            log(f"{name:>10s} {mode:>8s} {configuration:>21s} op threads {threads!s:>5s}  batch {batch}  "
+                f"{row['median_ms']:8.1f} ms  ({row['min_ms']:.1f} to {row['max_ms']:.1f})")
+    return rows
+
+
+def saved_for_backward_bytes(step) -> int:
+    """Bytes of the distinct tensors autograd saves for the backward during ``step()`` (what a training step keeps
+    alive between forward and backward; storages shared by several saved tensors counted once)."""
+    import torch
+
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return sum(storages.values())
+
+
+def training_step(network, images, labels, compiled: bool):
+    """A callable running one SGD step (forward, cross-entropy, backward, update) of a copy of ``network``."""
+    import torch
+
+    model = copy.deepcopy(network).train()
+    forward = torch.compile(model, fullgraph=True) if compiled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(forward(images), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+def time_training(names, batch: int, rounds: int, compiled: bool, log=print, size: int = 224,
+                  configurations=COMPILED_CONFIGURATIONS) -> list[dict]:
+    """Rows ``{network, mode, configuration, op_threads, batch, median_ms, ..., saved_mib}`` of the training step
+    in each memory format, eager (and compiled), with the eager step's saved-for-backward size."""
+    import torch
+
+    images = torch.from_numpy(np.random.default_rng(batch).standard_normal((batch, 3, size, size),
+                                                                          dtype=np.float32))
+    labels = torch.arange(batch) % 1000
+    calls, saved = {}, {}
+    for name in names:
+        network = build_network(name)
+        for mode in ("eager", "compiled") if compiled else ("eager",):
+            for configuration, memory_format, _ in configurations:
+                layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+                step = training_step(network.to(memory_format=layout), images.contiguous(memory_format=layout),
+                                     labels, mode == "compiled")
+                for threads in op_thread_choices(name):
+                    key = (name, mode, configuration, threads)
+                    calls[key] = with_op_threads(step, threads)
+                    if mode == "eager" and threads == "torch":
+                        saved[(name, configuration)] = saved_for_backward_bytes(calls[key])
+    times = interleaved_times(calls, rounds)
+    rows = []
+    for key, seconds in times.items():
+        name, mode, configuration, threads = key
+        rows.append({"network": name, "mode": f"training {mode}", "configuration": configuration,
+                     "op_threads": threads, "batch": batch, **summary(seconds),
+                     "saved_mib": saved[(name, configuration)] / 2 ** 20})
+        log(f"{name:>10s} training {mode:>8s} {configuration:>13s} op threads {threads!s:>5s}  batch {batch}  "
+            f"{rows[-1]['median_ms']:8.1f} ms  ({rows[-1]['min_ms']:.1f} to {rows[-1]['max_ms']:.1f}), saved for "
+            f"backward {rows[-1]['saved_mib']:.0f} MiB")
+    return rows
+
+
+def best_rows(rows) -> dict:
+    """(network, mode, batch) -> the row of the fastest configuration (lowest median)."""
+    best = {}
+    for row in rows:
+        key = (row["network"], row["mode"], row["batch"])
+        if key not in best or row["median_ms"] < best[key]["median_ms"]:
+            best[key] = row
+    return best
+
+
+def ratios(rows, baseline: str = BASELINE) -> list[dict]:
+    """Each network's best time over ``baseline``'s best, per mode and batch, beside the FLOPs ratio and target."""
+    best = best_rows(rows)
+    result = []
+    for (name, mode, batch), row in best.items():
+        if name == baseline or (baseline, mode, batch) not in best:
+            continue
+        base = best[(baseline, mode, batch)]
+        target = TARGETS["training" if mode.startswith("training") else "inference"] if name == "rednet50" else None
+        ratio = row["median_ms"] / base["median_ms"]
+        result.append({"network": name, "mode": mode, "batch": batch, "ratio": ratio, "flops_ratio":
+                       flops_ratio(name, baseline), "target": target,
+                       "target_met": None if target is None else ratio <= target,
+                       "configuration": f"{row['configuration']} (op threads {row['op_threads']})",
+                       "baseline_configuration": base["configuration"]})
+    return result
+
+
+def categorise(op_name: str) -> str:
+    for category, needles in CATEGORIES:
+        if any(needle in op_name for needle in needles):
+            return category
+    return "other"
+
+
+def profile_shares(names, batch: int, calls: int = 3, log=print, size: int = 224) -> dict:
+    """network -> {op category: share of self CPU time} over ``calls`` eager inference forwards (plain
+    configuration, ``torch.profiler``), largest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    shares = {}
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+    for name in names:
+        network = build_network(name)
+        with torch.no_grad():
+            network(images)
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                for _ in range(calls):
+                    network(images)
+        totals = {}
+        for event in profiler.key_averages():
+            category = categorise(event.key)
+            totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total
+        whole = sum(totals.values()) or 1.0
+        shares[name] = dict(sorted(((key, value / whole) for key, value in totals.items()), key=lambda kv: -kv[1]))
+        log(f"{name} eager inference, batch {batch}, share of self CPU time: "
+            + ", ".join(f"{key} {100 * value:.1f}%" for key, value in shares[name].items()))
+    return shares
+
+
+def format_ratios(result) -> str:
+    lines = [f"{'network':>10s} {'mode':>17s} {'batch':>5s} {'time ratio':>10s} {'FLOPs ratio':>11s}  target"]
+    for row in result:
+        target = "" if row["target"] is None else (f"<= {row['target']}: " + ("met" if row["target_met"]
+                                                                                 else "NOT met"))
+        lines.append(f"{row['network']:>10s} {row['mode']:>17s} {row['batch']:>5d} {row['ratio']:>10.2f} "
+                     f"{row['flops_ratio']:>11.2f}  {target}")
+    return "\n".join(lines)
+
+
+def run(networks=("rednet50", BASELINE), batches=(1, 8), rounds: int = 5, compiled: bool = True,
+        training: bool = True, profile: bool = True, quick: bool = False, size: int = 224, log=print) -> dict:
+    """The whole benchmark (see the module docstring); a JSON-ready dict with ``rows``, ``ratios``, ``profile``.
 
     Raises
     ------
     AssertionError
-        RedNet fast and taps logits, or a compiled network and its eager self, differ by more than 1e-4 relative
-        (float32 through ~50 layers: catches a wrong op, not rounding).
+        A configuration's logits differ from the plain eager forward, or RedNet's fast op from the taps op, by
+        more than :data:`RELATIVE_TOLERANCE` relative.
     """
     import numba
     import torch
 
     torch.set_num_threads(numba.get_num_threads())
-    networks = build_networks()
-    names = ["rednet50-fast", "resnet50"] + ([] if compiled else ["rednet50-taps"])
-    forwards = {(name, "eager"): networks[name] for name in names}
-    compile_seconds = {}
-    if compiled:
-        for name in ("rednet50-fast", "resnet50"):
-            forwards[(name, "compiled")] = torch.compile(networks[name], fullgraph=True)
-    rows, load_before = [], os.getloadavg()
-    for batch in batches:
-        images = torch.from_numpy(np.random.default_rng(batch).standard_normal((batch, 3, size, size),
-                                                                              dtype=np.float32))
-        with torch.no_grad():
-            outputs = {}
-            for key, forward in forwards.items():
-                started = time.perf_counter()
-                outputs[key] = forward(images)
-                if key[1] == "compiled":  # the first call at a new shape compiles (or recompiles)
-                    compile_seconds[f"{key[0]} batch {batch}"] = time.perf_counter() - started
-            checks = {("rednet50-fast", "eager"): outputs[("rednet50-fast", "eager")]}
-            checks.update({key: outputs[key] for key in outputs if key[1] == "compiled"})
-            expected = {"rednet50-fast": networks["rednet50-taps"](images),
-                        "resnet50": outputs[("resnet50", "eager")]}
-            for (name, mode), got in checks.items():
-                error = relative_difference(got, expected[name])
-                if not error < 1e-4:
-                    raise AssertionError(f"{name} {mode} at batch {batch}: logits differ from the reference "
-                                         f"forward by {error:.2e} relative (> 1e-4)")
-                log(f"{name} {mode} batch {batch}: logits within {error:.1e} of the reference forward")
-            calls = {key: (lambda forward=forward: forward(images)) for key, forward in forwards.items()}
-            # no settling: each network mixes torch's ops and the involution op, as a model does
-            medians = interleaved_medians(calls, dict.fromkeys(calls, repeats), settle=0)
-        for (name, mode), seconds in medians.items():
-            rows.append({"network": name, "mode": mode, "batch": batch, "size": size, "forward_ms": 1e3 * seconds,
-                         "parameters": parameter_count(networks[name])})
-            log(f"{name:>14s} {mode:>8s}  batch {batch}  {size}x{size}  {1e3 * seconds:8.1f} ms")
-    ratios = []
-    for batch in batches:
-        for mode in ("eager", "compiled") if compiled else ("eager",):
-            time_of = {row["network"]: row["forward_ms"] for row in rows
-                       if row["batch"] == batch and row["mode"] == mode}
-            ratio = time_of["rednet50-fast"] / time_of["resnet50"]
-            met = ratio <= TARGETS[mode] if batch == 1 else None
-            ratios.append({"batch": batch, "mode": mode, "rednet50_over_resnet50": ratio, "target": TARGETS[mode],
-                           "target_met": met})
-            log(f"RedNet-50 / ResNet-50, {mode}, batch {batch}: {ratio:.2f}"
-                + ("" if met is None else f" (target <= {TARGETS[mode]}: {'met' if met else 'NOT met'})"))
-    return {"rows": rows, "ratios": ratios, "threads": torch.get_num_threads(),
-            "compile_seconds": compile_seconds,
-            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    names = list(dict.fromkeys([*networks, BASELINE]))
+    load_before = os.getloadavg()
+    compiled_configurations = COMPILED_CONFIGURATIONS[:1] if quick else COMPILED_CONFIGURATIONS
+    rows = time_inference(names, batches, rounds, compiled, log, size, compiled_configurations)
+    if training:
+        rows += time_training(names, max(batches), rounds, compiled, log, size, compiled_configurations)
+    result = ratios(rows)
+    log(format_ratios(result))
+    shares = profile_shares(names, min(batches), log=log, size=size) if profile else {}
+    return {"rows": rows, "ratios": result, "profile": shares, "threads": torch.get_num_threads(),
+            "size": size, "torch": torch.__version__, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
+def time_paper_cpu_setting(names=("rednet50", BASELINE), batch: int = 1, rounds: int = 5, log=print) -> list[dict]:
+    """Eager inference with torch's oneDNN (mkldnn) convolutions on and off, interleaved: the setting that explains
+    the paper's Table 2 CPU times (RedNet-50 211.2 ms, ResNet-50 895.4 ms on a Xeon E5-2660 v4, quoted, not
+    reproduced). Off, convolutions take ATen's im2col + GEMM path (``_slow_conv2d_forward``). Rows as
+    :func:`time_inference` with ``configuration`` "mkldnn on" / "mkldnn off"."""
+    import torch
+
+    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+    calls = {}
+    for name in names:
+        network = build_network(name)
+        for enabled in (True, False):
+            def call(network=network, enabled=enabled):
+                with torch.no_grad(), torch.backends.mkldnn.flags(enabled=enabled):
+                    return network(images)
+            calls[(name, "mkldnn on" if enabled else "mkldnn off")] = call
+    times = interleaved_times(calls, rounds)
+    rows = []
+    for (name, configuration), seconds in times.items():
+        rows.append({"network": name, "mode": "eager", "configuration": configuration, "op_threads": "torch",
+                     "batch": batch, **summary(seconds)})
+        log(f"{name:>10s} eager {configuration:>10s} batch {batch}  {rows[-1]['median_ms']:8.1f} ms  "
+            f"({rows[-1]['min_ms']:.1f} to {rows[-1]['max_ms']:.1f})")
+    for configuration in ("mkldnn on", "mkldnn off"):
+        time_of = {row["network"]: row["median_ms"] for row in rows if row["configuration"] == configuration}
+        log(f"{configuration}: {names[0]} / {BASELINE} = {time_of[names[0]] / time_of[BASELINE]:.2f}")
+    return rows
+
+
+def add_arguments(parser) -> None:
+    from involution.arguments import add_force_argument, int_at_least, output_file, positive_int
+
+    parser.add_argument("--networks", nargs="+", choices=NETWORKS, metavar="NAME",
+                        help=f"networks timed against resnet50, of {', '.join(NETWORKS)} (default rednet50)")
+    parser.add_argument("--batch", type=positive_int, nargs="+", help="batch sizes (default 1 8)")
+    parser.add_argument("--repeats", type=positive_int, help="timed rounds, median reported (default 7; quick 3)")
+    parser.add_argument("--threads", type=int_at_least(1, os.cpu_count() or 1),
+                        help="torch and numba threads (default numba's setting)")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 rounds, compiled in one memory format, no profile (about 10 minutes on a quiet "
+                             "2-core machine with inductor's cache cold)")
+    parser.add_argument("--no-compile", action="store_true", help="eager only (no inductor compiling)")
+    parser.add_argument("--no-training", action="store_true", help="inference only")
+    parser.add_argument("--paper-cpu-setting", action="store_true",
+                        help="instead: RedNet-50 and ResNet-50 eager, batch 1, with torch's mkldnn convolutions on "
+                             "and off (the paper's Table 2 CPU times)")
+    parser.add_argument("--json", metavar="PATH", type=output_file, help="write the results as JSON")
+    add_force_argument(parser)
+
+
+def run_arguments(args, command: str) -> int:
+    import json
+
+    import numba
+
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    if args.paper_cpu_setting:
+        import torch
+
+        torch.set_num_threads(numba.get_num_threads())
+        load_before = os.getloadavg()
+        rows = time_paper_cpu_setting(rounds=args.repeats or 5)
+        results = {"command": command, "rows": rows, "threads": torch.get_num_threads(),
+                   "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    else:
+            results = {"command": command, **run(args.networks or ("rednet50",), args.batch or (1, 8),
+                                             args.repeats or (3 if args.quick else 7), not args.no_compile,
+                                             not args.no_training, not args.quick, args.quick)}
+    if args.json:
+        from involution.arguments import write_atomically
+
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        write_atomically(args.json, json.dumps(results, indent=1))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def main(argv=None) -> int:
-    import argparse
-    import json
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds, median reported (default 5)")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile(fullgraph=True) (inductor)")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    add_arguments(parser)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    if min(args.batch) < 1 or args.repeats < 1:
-        parser.error(f"--batch and --repeats must be >= 1, got --batch {args.batch} --repeats {args.repeats}")
-    results = {"command": " ".join(["python -m involution.benchmarks.networks", *argv]),
-               **run(args.batch, args.repeats, compiled=args.compile)}
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as file:
-            json.dump(results, file, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+        from involution.arguments import prepare_output
+
+        error = prepare_output(args.json, args.force, "--json")  # before any work: an existing file needs --force
+        if error:
+            parser.error(error)
+    return run_arguments(args, " ".join(["python -m involution.benchmarks.networks", *argv]))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,14 @@ Why these choices: docs/threading.md.
   (numba issues #6108, #7148), so it is loaded here from the installed ``tbb`` distribution. Without TBB the
   ``workqueue`` layer runs (fork-safe) and :data:`CALL_LOCK` serialises calls (it is not thread-safe). A layer
   chosen by the user (``NUMBA_THREADING_LAYER``, ``NUMBA_THREADING_LAYER_PRIORITY``) is respected.
-* Cache: :data:`CACHE` is False, with one warning, when numba has nowhere to write its cache (read-only install
-  and home directories); the kernels then compile in memory on first use instead of failing to import.
+* Cache: numba's own order (``NUMBA_CACHE_DIR``, ``__pycache__`` beside the kernels, the user's cache folder), then,
+  for this folder's kernels only, a folder of this user in the system's temporary directory
+  (:class:`TemporaryFolderLocator`), so that a read-only install with a read-only home still caches; the process
+  environment is left as it is. :data:`CACHE` is False, with one warning, when none of them is writable; the
+  kernels then compile in memory on first use instead of failing to import. :func:`cache_folder` says where.
+* Compile notice: the first call that compiles kernels of this folder for a dtype says so on stderr, once per
+  process and dtype (:class:`CompileNotice`, a numba ``"numba:compile"`` event listener: loading the cache is
+  silent). ``involution warmup`` compiles ahead.
 * Dynamic threads: each kernel call runs on at most as many threads as there are cores other processes leave free
   (:class:`FreeCores`, :func:`call_threads`), so that a busy machine does not make a parallel region wait for a
   descheduled thread; ``INVOLUTION_DYNAMIC_THREADS=0`` (or :data:`DYNAMIC_THREADS` = False) turns it off.
@@ -21,11 +27,14 @@ import contextlib
 import ctypes
 import importlib.metadata
 import os
+import sys
+import tempfile
 import threading
 import time
 import warnings
 
 import numba
+from numba.core import caching, event
 
 # Layers that may run parallel kernels from several Python threads at once (numba docs, "threading layers").
 THREAD_SAFE_LAYERS = ("tbb", "omp")
@@ -76,8 +85,85 @@ def call_guard():
     return contextlib.nullcontext() if running_layer() in THREAD_SAFE_LAYERS else CALL_LOCK
 
 
+FOLDER = os.path.dirname(os.path.abspath(__file__))  # the kernels' folder
+
+
 def _cache_probe():
     """Stands for the kernels of this folder when asking numba where it would cache them."""
+
+
+class TemporaryFolderLocator(caching.UserWideCacheLocator):
+    """numba's user-wide cache locator, rooted in ``<temporary directory>/involution-numba-<user id>`` and only for
+    the functions of this folder: the last place tried, after numba's own (``tempfile.gettempdir()``)."""
+
+    def __init__(self, py_func, py_file):
+        super().__init__(py_func, py_file)
+        user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+        self._cache_path = os.path.join(tempfile.gettempdir(), f"involution-numba-{user}",
+                                        self.get_suitable_cache_subpath(py_file))
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if os.path.dirname(os.path.abspath(py_file)) != FOLDER:
+            return None
+        return super().from_function(py_func, py_file)
+
+
+def add_cache_locator() -> None:
+    """Append :class:`TemporaryFolderLocator` to numba's locators (after its own; once)."""
+    locators = caching.CacheImpl._locator_classes
+    if TemporaryFolderLocator not in locators:
+        locators.append(TemporaryFolderLocator)
+
+
+def cache_folder() -> str | None:
+    """The folder numba caches this folder's kernels in, None when there is none writable."""
+    from numba.core.caching import FunctionCache
+
+    try:
+        return FunctionCache(_cache_probe).cache_path
+    except RuntimeError:
+        return None
+
+
+def display_path(path: str) -> str:
+    """``path`` relative to the current folder when inside it, else with the home folder as ``~``."""
+    cwd, home = os.getcwd(), os.path.expanduser("~")
+    if path == cwd or path.startswith(cwd + os.sep):
+        return os.path.relpath(path, cwd)
+    if home not in ("", os.sep) and path.startswith(home + os.sep):
+        return "~" + path[len(home):]
+    return path
+
+
+class CompileNotice(event.Listener):
+    """Says on stderr, once per process and dtype, that kernels of this folder compile and where they are cached.
+
+    Listens to numba's ``"numba:compile"`` events, which start only after the on-disk cache missed; ``announced``
+    holds the dtypes said so far.
+    """
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.announced = set()
+
+    def on_start(self, event_):
+        dispatcher = event_.data["dispatcher"]
+        module = getattr(getattr(dispatcher, "py_func", None), "__module__", "") or ""
+        if not module.startswith(__name__.rpartition(".")[0] + "."):
+            return
+        dtypes = [str(arg.dtype) for arg in event_.data["args"] if isinstance(arg, numba.types.Array)]
+        if not dtypes or dtypes[0] in self.announced:
+            return
+        self.announced.add(dtypes[0])
+        folder = cache_folder() if CACHE else None
+        where = f"cached in {display_path(folder)}" if folder else \
+            "not cached: no writable folder, so again in every new process"
+        print(f"involution: compiling the fast CPU kernels for {dtypes[0]}, once per machine; {where}",
+              file=self.stream or sys.stderr, flush=True)
+
+    def on_end(self, event_):
+        pass
 
 
 def can_cache() -> bool:
@@ -217,4 +303,7 @@ def call_threads():
 
 
 choose_threading_layer()
+add_cache_locator()
 CACHE = can_cache()
+COMPILE_NOTICE = CompileNotice()
+event.register("numba:compile", COMPILE_NOTICE)

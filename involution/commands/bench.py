@@ -4,6 +4,7 @@ compiled tap loop and the same-shape depthwise conv), its robustness (under load
 ``--backend fast-cuda`` runs the GPU benchmark (involution.benchmarks.op_cuda) instead."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -20,9 +21,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=positive_int, nargs="+", help="batch sizes (cpu default: 1 8)")
     parser.add_argument("--repeats", type=positive_int,
                         help="timed calls per measurement, median reported (cpu default 5)")
-    parser.add_argument("--quick", action="store_true", help="cpu: batch 1, 2 repeats, no networks (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="cpu: batch 1, 2 repeats, no networks (a smoke run); "
+                                                              "with --networks: its quick mode")
     parser.add_argument("--kernel-versions", action="store_true", help="cpu: also time every numbered kernel")
     parser.add_argument("--no-networks", action="store_true", help="cpu: skip the whole-network table")
+    parser.add_argument("--networks", action="store_true",
+                        help="cpu: only the whole-network benchmark (involution.benchmarks.networks): RedNet-50 "
+                             "against ResNet-50 in each one's best configuration, inference and training, eager "
+                             "and compiled, time ratios beside the FLOPs ratio (--quick: about 10 minutes)")
     parser.add_argument("--compile", action="store_true",
                         help="cpu: also time torch.compile'd RedNet-50 and ResNet-50 (inductor: minutes of compiling)")
     parser.add_argument("--layers", type=int_at_least(0, len(REDNET_LAYERS) - 1), nargs="+", metavar="INDEX",
@@ -56,6 +62,18 @@ def _run_cuda(args) -> int:
     return op_cuda.main(argv)
 
 
+def _run_networks(args, networks) -> int:
+    """``--networks``: the whole-network benchmark alone, with its own defaults (7 rounds; --quick 3)."""
+    if args.kernel_versions or args.layers or args.no_networks:
+        print("involution bench: --networks times whole networks; --kernel-versions, --layers and --no-networks "
+              "are for the op table", file=sys.stderr)
+        return 2
+    options = argparse.Namespace(**{**vars(args), "networks": None, "no_compile": False, "no_training": False,
+                                    "paper_cpu_setting": False,
+                                    "json": args.json or os.path.join("out", "bench_networks.json")})
+    return networks.run_arguments(options, " ".join(["python -m involution", *sys.argv[1:]]))
+
+
 def run(args) -> int:
     if args.json:
         error = prepare_output(args.json, args.force, "--json")
@@ -75,6 +93,8 @@ def run(args) -> int:
 
     if args.threads:
         numba.set_num_threads(args.threads)  # op_cpu and networks give torch the same count
+    if args.networks:
+        return _run_networks(args, networks)
 
     batches = args.batch or ([1] if args.quick else [1, 8])
     repeats = args.repeats or (2 if args.quick else 5)
@@ -85,7 +105,8 @@ def run(args) -> int:
                **op_cpu.run(batches, repeats, layers, versions, robustness_checks=not args.no_checks)}
     print(json.dumps(results["summary"], indent=1))
     if not (args.quick or args.no_networks):
-        results["networks"] = networks.run(batches, repeats, compiled=args.compile)
+        results["networks"] = networks.run(("rednet50",), batches, repeats, compiled=args.compile, training=False,
+                                           profile=False)
     path = args.json or os.path.join("out", "bench_cpu.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     replaced = os.path.exists(path)  # an explicit --json was checked above; the default is the command's own file

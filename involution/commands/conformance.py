@@ -15,10 +15,31 @@ import sys
 
 from involution.arguments import add_force_argument, positive_float, prepare_output
 
+# The runner's default (involution.conformance.runner.DEFAULT_TIMEOUT; the runner imports pytest, which building the
+# parser must not); tests/test_cli.py checks that the two agree.
+DEFAULT_TIMEOUT = 60.0
+
+
+def positive_int(text: str) -> int:
+    """The runner's argument type for --max-examples, imported when a value is parsed (the runner needs pytest)."""
+    try:
+        from involution.conformance.runner import positive_int as convert
+    except ImportError:  # the conformance extra is missing: involution.cli.main says so after parsing
+        return int(text)
+    return convert(text)
+
+
+def positive_seconds(text: str) -> float:
+    """The runner's argument type for --timeout, imported when a value is parsed (the runner needs pytest)."""
+    try:
+        from involution.conformance.runner import positive_seconds as convert
+    except ImportError:  # the conformance extra is missing: involution.cli.main says so after parsing
+        return float(text)
+    return convert(text)
+
 
 def add_arguments(parser) -> None:
-    from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds
-    from involution.conformance.worker import DEFAULT_IMPORT_TIMEOUT, DEFAULT_MEMORY_LIMIT_GIB
+    from involution.conformance.worker import DEFAULT_IMPORT_TIMEOUT, DEFAULT_MEMORY_LIMIT_GIB  # no pytest there
 
     parser.add_argument("--impl", action="append", default=[], metavar="package.module[:attr]",
                         help="implementation exposing involution2d[, involution2d_backward] (repeatable)")
