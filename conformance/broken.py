@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from involution.reference import involution2d, involution2d_backward
-from involution.reference.op import pad, windows
+from involution.reference.op import pad, tap_slices, windows
 from involution.spec import check_involution2d, check_involution2d_backward
 
 
@@ -98,6 +98,97 @@ def _grad_kernel_first_channel_backward(grad_out, x, kernel, stride=1, padding=0
     return grad_x, grad_kernel
 
 
+def _flipped_taps_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """A convolution: tap ``(u, v)`` weighted by ``kernel[..., Kh-1-u, Kw-1-v, ...]`` (the kernel flipped)."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    return involution2d(x, np.ascontiguousarray(kernel[:, :, ::-1, ::-1]), g.stride, g.padding, g.dilation)
+
+
+def _taps_major_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Reads the kernel's ``G*Kh*Kw`` channels taps-major: weight ``(g, u, v)`` from channel ``(u*Kw + v)*G + g``
+    (as if the kernel-generating conv's output were viewed ``(B, Kh*Kw, G, H, W)``)."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    taps = g.kernel_h * g.kernel_w
+    channels = kernel.reshape(g.batch, taps, g.groups, g.out_h, g.out_w)  # the flat channels, split taps-major
+    read = channels.transpose(0, 2, 1, 3, 4).reshape(g.kernel_shape)
+    return involution2d(x, np.ascontiguousarray(read), g.stride, g.padding, g.dilation)
+
+
+def _tensorflow_same_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Pads as TensorFlow's SAME does: the padding the output needs, split with the odd row/column at the
+    bottom/right, instead of ``padding`` on both sides."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    out = np.zeros(g.out_shape, dtype=x.dtype)
+    weights = np.repeat(kernel, g.group_channels, axis=1)  # (B, C, Kh, Kw, Ho, Wo)
+    tops = []
+    for size, out_size, k, s, d in zip((g.height, g.width), (g.out_h, g.out_w), (g.kernel_h, g.kernel_w),
+                                       g.stride, g.dilation):
+        tops.append(max((out_size - 1) * s + d * (k - 1) + 1 - size, 0) // 2)
+    for i in range(g.out_h):
+        for j in range(g.out_w):
+            for u in range(g.kernel_h):
+                for v in range(g.kernel_w):
+                    row, column = i * g.stride[0] + u * g.dilation[0] - tops[0], \
+                        j * g.stride[1] + v * g.dilation[1] - tops[1]
+                    if 0 <= row < g.height and 0 <= column < g.width:
+                        out[:, :, i, j] += weights[:, :, u, v, i, j] * x[:, :, row, column]
+    return out
+
+
+def _floor_output_size_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Sizes the output ``H // stride`` by ``W // stride`` (a floor where the definition rounds up): computes
+    only that many rows and columns, each right, when it is fewer than the kernel's."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    out_h, out_w = min(g.out_h, g.height // g.stride[0]), min(g.out_w, g.width // g.stride[1])
+    return involution2d(x, kernel, g.stride, g.padding, g.dilation)[:, :, :out_h, :out_w].copy()
+
+
+def _interleaved_and_flipped_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Two slips at once: channel c uses group ``c % G``, and the kernel is flipped (a convolution)."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    return _wrong_group_rule_forward(x, np.ascontiguousarray(kernel[:, :, ::-1, ::-1]), g.stride, g.padding,
+                                     g.dilation)
+
+
+def _last_channel_backward(grad_out, x, kernel, stride=1, padding=0, dilation=1):
+    """``grad_kernel[b, g]`` assigned in a loop over the group's channels (``=`` where ``+=`` belonged): it holds
+    the last channel's term only. ``grad_x`` is correct."""
+    grad_out, x, kernel, g = check_involution2d_backward(grad_out, x, kernel, stride, padding, dilation)
+    grad_x, _ = involution2d_backward(grad_out, x, kernel, g.stride, g.padding, g.dilation)
+    grad_kernel = np.zeros_like(kernel)
+    for channel in range(g.channels):
+        group = channel // g.group_channels
+        for u in range(g.kernel_h):
+            for v in range(g.kernel_w):
+                (out_rows, out_cols), (x_rows, x_cols) = tap_slices(g, u, v)
+                tap = np.zeros((g.batch, g.out_h, g.out_w), dtype=x.dtype)
+                tap[:, out_rows, out_cols] = x[:, channel, x_rows, x_cols]
+                grad_kernel[:, group, u, v] = grad_out[:, channel] * tap
+    return grad_x, grad_kernel
+
+
+def _padded_taps_skipped_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """A bounds-checked gather (the paper's CUDA kernel, most C++ ports): taps that fall on the zero padding are
+    skipped, not multiplied by 0. Right for every finite input; an infinite weight on a padded tap gives its
+    other terms' sum where the literal formula gives ``inf * 0 = NaN``: a policy, judged in the strict tier."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    out = np.zeros(g.out_shape, dtype=x.dtype)
+    weights = np.repeat(kernel, g.group_channels, axis=1)
+    for u in range(g.kernel_h):
+        for v in range(g.kernel_w):
+            (out_rows, out_cols), (x_rows, x_cols) = tap_slices(g, u, v)
+            out[:, :, out_rows, out_cols] += weights[:, :, u, v, out_rows, out_cols] * x[:, :, x_rows, x_cols]
+    return out
+
+
+def _raises_on_dilation_forward(x, kernel, stride=1, padding=0, dilation=1):
+    """Raises ZeroDivisionError on any dilation but 1 (valid input it must compute); right otherwise."""
+    x, kernel, g = check_involution2d(x, kernel, stride, padding, dilation)
+    if g.dilation != (1, 1):
+        raise ZeroDivisionError("division by zero")
+    return involution2d(x, kernel, g.stride, g.padding, g.dilation)
+
+
 def _pair_unchecked(value):
     """Whatever came, as two numbers: a triple loses its last value, a float stays a float."""
     return tuple(value)[:2] if isinstance(value, (tuple, list)) else (value, value)
@@ -157,6 +248,18 @@ computes_nothing = SimpleNamespace(involution2d=_declines_everything)
 # Right for G = 1 (where c % G = c // C), wrong beyond, and declares limits that keep the random draws at G = 1.
 wrong_behind_narrow_limits = SimpleNamespace(involution2d=_wrong_group_rule_forward,
                                              CONFORMANCE_LIMITS={"max_kernel": 1, "max_groups": 1})
+flipped_taps = _with_reference(_flipped_taps_forward)
+taps_major_kernel_channels = _with_reference(_taps_major_forward)
+same_padding_like_tensorflow = _with_reference(_tensorflow_same_forward)
+output_size_floor_divided = _with_reference(_floor_output_size_forward)
+interleaved_groups_and_flipped_taps = _with_reference(_interleaved_and_flipped_forward)
+grad_kernel_from_last_channel = _with_reference(backward=_last_channel_backward)
+# Two slips in the backward at once: grad_x ignores the stride, grad_kernel keeps the group's first channel only.
+two_backward_slips = _with_reference(backward=lambda *args: (_stride_ignored_backward(*args)[0],
+                                                              _grad_kernel_first_channel_backward(*args)[1]))
+# Correct (a policy, not a bug): exit 0 without --strict, 1 with it.
+padded_taps_skipped = _with_reference(_padded_taps_skipped_forward)
+raises_on_dilation = _with_reference(_raises_on_dilation_forward)
 exits_early = _with_reference(_exits_on_stride_forward)
 hangs = _with_reference(_hangs_on_stride_forward)
 
@@ -175,6 +278,29 @@ CAUGHT_BY = {
     "no_validation": (1, ["forward_rejects_ill_posed_input"]),
     "computes_nothing": (3, []),
     "wrong_behind_narrow_limits": (1, ["core_cases_computed"]),
+    "flipped_taps": (1, ["core_cases_computed", "forward_matches_oracle"]),
+    "taps_major_kernel_channels": (1, ["core_cases_computed", "forward_matches_oracle"]),
+    "same_padding_like_tensorflow": (1, ["forward_matches_oracle"]),
+    "output_size_floor_divided": (1, ["core_cases_computed", "forward_matches_oracle"]),
+    "interleaved_groups_and_flipped_taps": (1, ["core_cases_computed", "forward_matches_oracle"]),
+    "grad_kernel_from_last_channel": (1, ["core_cases_computed", "backward_matches_autograd"]),
+    "two_backward_slips": (1, ["core_cases_computed", "backward_matches_autograd"]),
+    "raises_on_dilation": (1, ["forward_matches_oracle"]),
     "exits_early": (1, ["core_cases_computed"]),
     "hangs": (1, ["core_cases_computed"]),
+}
+
+# name -> the slips of ``diagnosis.SLIPS`` the diagnosis must name for it (every one, and no other).
+NAMED_SLIPS = {
+    "wrong_group_rule": ["interleaved groups"],
+    "kernel_taps_transposed": ["transposed taps"],
+    "flipped_taps": ["flipped taps"],
+    "taps_major_kernel_channels": ["taps-major kernel channels"],
+    "same_padding_like_tensorflow": ["SAME padding on the other side"],
+    "output_size_floor_divided": ["floor-divided output size"],
+    "stride_ignored_in_backward": ["stride ignored in grad_x"],
+    "grad_kernel_from_first_channel": ["grad_kernel from the first channel"],
+    "grad_kernel_from_last_channel": ["grad_kernel from the last channel"],
+    "interleaved_groups_and_flipped_taps": ["interleaved groups", "flipped taps"],
+    "two_backward_slips": ["stride ignored in grad_x", "grad_kernel from the first channel"],
 }

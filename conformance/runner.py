@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from involution.arguments import write_atomically
+from involution.conformance import diagnosis
 from involution.conformance import verdict as verdicts
 from involution.conformance.backends import PROJECT_BACKENDS, cached_load
 from involution.conformance.core import CORE, excluded_core_cases
@@ -58,6 +59,7 @@ class Outcome:
     declined: int = 0
     answered: int = 0
     declined_reasons: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)  # one {"message", "diagnosis"} per distinct failure
 
 
 class Collector:
@@ -68,6 +70,14 @@ class Collector:
         self.properties = set(properties) if properties else None
         self.outcomes: dict[str, Outcome] = {}
         self.labels: dict[str, tuple[str, str]] = {}
+        self.failures: dict[str, list[dict]] = {}
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        """Keep each distinct failure of a test (the exception itself, which the report no longer holds)."""
+        yield
+        if call.excinfo is not None and not call.excinfo.errisinstance(pytest.skip.Exception):
+            self.failures.setdefault(item.nodeid, diagnosis.failure_entries(call.excinfo.value))
 
     def pytest_collection_modifyitems(self, config, items) -> None:
         kept = []
@@ -100,8 +110,12 @@ class Collector:
         for name, value in report.user_properties:
             if name == "declined_reasons":
                 reasons.update(value)
+        failures = self.failures.get(report.nodeid, []) if report.failed else []
+        if failures:
+            detail = failures[0]["message"] + (f" (and {len(failures) - 1} more distinct failures)"
+                                                if len(failures) > 1 else "")
         self.outcomes[report.nodeid] = Outcome(report.nodeid, prop, implementation, report.outcome, detail,
-                                               counts["declined"], counts["answered"], dict(reasons))
+                                               counts["declined"], counts["answered"], dict(reasons), failures)
 
 
 def column_labels(names: list[str]) -> dict[str, str]:
@@ -200,10 +214,10 @@ class SuiteResult:
                     seen.add((o.property, o.implementation))
                     optional = verdicts.TIER_OF.get(o.property) == "strict" and o.implementation in self.verdicts \
                         and not self.verdicts[o.implementation].strict_required
-                    text = f"{labels.get(o.implementation, o.implementation)} {o.property}" \
-                           f"{' (strict tier, not required)' if optional else ''}: {o.detail}"
-                    lines += textwrap.wrap(textwrap.shorten(text, 400, placeholder=" [...]"), WIDTH,
-                                           initial_indent="  ", subsequent_indent="    ")
+                    lines += diagnosis.failure_lines(
+                        f"{labels.get(o.implementation, o.implementation)} {o.property}"
+                        f"{' (strict tier, not required)' if optional else ''}", o, WIDTH,
+                        [s for s in self.outcomes if (s.property, s.implementation) == (o.property, o.implementation)])
         lines += ["", "verdicts:"]
         for name, v in self.verdicts.items():
             because = f" ({'; '.join(v.reasons)})" if v.reasons else ""
@@ -263,6 +277,8 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
                           evidence=evidence([o for o in outcomes if o.implementation == n]))
         for n in names
     }
+    for n, judged_verdict in judged.items():
+        diagnosis.explain_verdict(judged_verdict, [o for o in outcomes if o.implementation == n])
     options = {"framework": framework, "device": device, "max_examples": max_examples, "timeout": timeout,
                "import_timeout": import_timeout, "memory_limit_gib": memory_limit_gib,
                "isolate": isolate, "strict": strict, "shrink": shrink, "properties": list(properties or [])}

@@ -5,12 +5,19 @@ rejected with an exception ("rejected", not a failure) or answered; an answer mu
 within the tolerance of its dtype, and a wrong answer is a failure of the correct tier. A fixed probe call comes
 first: rejected there, the property is "rejected" at once; answered, hypothesis draws more cases.
 """
+import json
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import strategies as st
 
 from involution.conformance.adapters import torch_oracle
+from involution.conformance.channel import clean_text
 from involution.conformance.strategies import geometries
 from involution.conformance.tolerances import assert_within, forward_terms, magnitudes
 from involution.spec import check_geometry
@@ -103,7 +110,10 @@ def test_mixed_dtypes(impl, prove):
 
 
 def test_empty_batch(impl):
-    """B = 0: the project's policy is an empty output (0, C, Ho, Wo), as ``torch.nn.functional.conv2d`` gives."""
+    """B = 0: the project's policy is an empty output (0, C, Ho, Wo), as ``torch.nn.functional.conv2d`` gives.
+
+    Rejecting it (an exception from the forward, or from the backward after the forward answered) is allowed;
+    a wrong answer fails."""
     g = PROBE
     x, kernel = np.zeros((0, *g.x_shape[1:])), np.zeros((0, *g.kernel_shape[1:]))
     try:
@@ -114,7 +124,52 @@ def test_empty_batch(impl):
     assert isinstance(out, np.ndarray) and out.shape == expected, \
         f"empty batch: returned {type(out).__name__} of shape {getattr(out, 'shape', None)}, expected {expected}"
     if impl.backward is not None:
-        grads = impl.backward(np.zeros(expected), x, kernel, *g.hyper_parameters)
+        try:
+            grads = impl.backward(np.zeros(expected), x, kernel, *g.hyper_parameters)
+        except Exception as error:  # rejecting the empty batch in the backward is allowed too
+            pytest.skip(f"rejected: the forward answers an empty batch, the backward raises "
+                        f"{type(error).__name__}: {error}")
         shapes = [getattr(grad, "shape", None) for grad in grads]
         assert shapes == [x.shape, kernel.shape], f"empty batch backward: shapes {shapes}, expected " \
                                                   f"{[x.shape, kernel.shape]}"
+
+
+def test_torch_library_opcheck(impl, request):
+    """``torch.library.opcheck`` (schema, autograd registration, fake tensor, AOT dispatch) on the implementation's
+    op registered through torch.library (``--framework torch``; see :mod:`~involution.conformance.opcheck`), run
+    in a process of its own. n/a for NumPy implementations and for torch ones without a registered op."""
+    if impl.framework != "torch":
+        pytest.skip("n/a: torch.library ops exist only under --framework torch")
+    seconds = 4 * request.config.getoption("--timeout")
+    command = [sys.executable, "-m", "involution.conformance.opcheck", impl.name, request.config.getoption("--device")]
+    # Like the worker (conformance/worker.py): its own session, the whole process group killed when it ends, and
+    # only JSON read back, every string cleaned of escape codes (channel.clean_text).
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, errors="replace", start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        stdout, stderr = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        stdout = None
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait()
+    if stdout is None:
+        pytest.fail(f"opcheck of {impl.name} timed out after {seconds:g} s")
+    assert process.returncode == 0, f"opcheck of {impl.name} could not run (exit {process.returncode}): " \
+                                    f"{clean_text((stderr.strip().splitlines()[-1:] or [stdout])[0], 2000)}"
+    try:
+        found = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError, RecursionError) as error:
+        pytest.fail(f"opcheck of {impl.name} printed no JSON result: {type(error).__name__}")
+    if type(found) is not dict or type(found.get("checks")) is not dict:
+        pytest.fail(f"opcheck of {impl.name} printed JSON of another form")
+    if found.get("op") is None:
+        pytest.skip(f"n/a: {impl.name} registers no op through torch.library")
+    checks = {clean_text(test, 200): clean_text(str(result), 2000) for test, result in found["checks"].items()}
+    failed = {test: result for test, result in checks.items() if result != "SUCCESS"}
+    assert not failed, f"torch.library.opcheck of {clean_text(str(found['op']), 200)}: " + "; ".join(
+        f"{test} {'SUCCESS' if test not in failed else 'failed: ' + failed[test]}" for test in checks)

@@ -2,6 +2,7 @@
 import numpy as np
 
 from involution.conformance.adapters import torch_oracle
+from involution.conformance.diagnosis import assert_matches_oracle
 from involution.conformance.strategies import LAYOUTS, cases
 from involution.conformance.tolerances import assert_within, bound, forward_terms, magnitudes
 
@@ -22,8 +23,8 @@ def test_forward_matches_oracle(impl, prove):
             f"forward modified its inputs; {case}"
         assert isinstance(out, np.ndarray), f"forward returned {out!r:.80}, not an array; {case}"
         assert out.dtype == case.dtype, f"forward returned dtype {out.dtype} for {case.dtype} inputs; {case}"
-        expected, tolerance = oracle_bound(case)
-        assert_within(out, expected, tolerance, "forward vs oracle", case)
+        assert_matches_oracle({"out": out}, case.x, case.kernel, case.geometry, case,
+                              labels={"out": "forward vs oracle"})
 
     prove(check)
 

@@ -112,13 +112,15 @@ def assert_within(actual, expected, tolerance, what: str, case) -> None:
 
 
 def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, context, grad_out=None, *,
-                             reference=(involution2d, involution2d_backward)) -> None:
+                             reference=(involution2d, involution2d_backward), labels=None) -> None:
     """Each of ``results`` (``"out"``, ``"grad_x"``, ``"grad_kernel"`` -> array; the gradients need ``grad_out``)
     is an ndarray of ``x``'s dtype and equals the float64 reference within its reduction's rounding bound.
 
     ``reference``: the ``(forward, backward)`` computing the expected values in float64, by default the NumPy
-    reference op; the conformance suite passes its PyTorch oracle.
+    reference op; the conformance suite passes its PyTorch oracle. ``labels``: what a failure calls each result
+    (default its key).
     """
+    labels = labels or {}
     forward, backward = reference
     x64, kernel64 = x.astype(np.float64), kernel.astype(np.float64)
     expected, terms = {}, {"out": forward_terms(geometry), "grad_x": grad_x_terms(geometry),
@@ -135,4 +137,5 @@ def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, conte
         assert isinstance(actual, np.ndarray) and actual.dtype == x.dtype, \
             f"{name} is {f'a {actual.dtype} array' if isinstance(actual, np.ndarray) else f'{actual!r:.80}'}, " \
             f"expected a {x.dtype} array; {context}"
-        assert_within(actual, expected[name], bound(terms[name], x.dtype, magnitude[name]), name, context)
+        assert_within(actual, expected[name], bound(terms[name], x.dtype, magnitude[name]), labels.get(name, name),
+                      context)

@@ -3,13 +3,18 @@
 Tiers
 -----
 correct (required)
-    Values and gradients against the oracle, the algebraic properties, the core cases, NaN/Inf and extreme
-    geometries, and ill-posed input is never answered with a value.
+    Values and gradients against the oracle, the algebraic properties, the core cases, NaN/Inf (a NaN in ``x``
+    reaches exactly the outputs whose windows hold it) and extreme geometries, and ill-posed input is never
+    answered with a value.
 strict (always reported; required with ``--strict`` and for the project's own backends)
-    Errors for ill-posed input are ValueError/TypeError naming the argument.
+    Errors for ill-posed input are ValueError/TypeError naming the argument (under ``--framework torch`` also
+    torch's RuntimeError naming it); policies of docs/policy.md beyond the definition's values (an infinite
+    weight on a padded tap gives ``inf * 0 = NaN``).
 capabilities (informational)
     float16, bfloat16, empty batch, integer and mixed dtypes: "rejected" or answered; a wrong answer is a
-    failure of the correct tier.
+    failure of the correct tier. An empty batch whose forward is answered and whose backward raises is
+    "rejected". ``torch.library.opcheck`` of a registered torch op: "pass", "n/a" without one, a failed check
+    fails.
 
 Declines
 --------
@@ -34,12 +39,13 @@ TIERS = {
         "nonfinite_follows_definition", "extreme_geometry_matches_oracle", "forward_rejects_ill_posed_input",
         "backward_rejects_ill_posed_input",
     ],
-    "strict": ["forward_errors_name_the_argument", "backward_errors_name_the_argument"],
-    "capabilities": ["float16", "bfloat16", "integer_dtypes", "mixed_dtypes", "empty_batch"],
+    "strict": ["forward_errors_name_the_argument", "backward_errors_name_the_argument", "padded_inf_times_zero_is_nan"],
+    "capabilities": ["float16", "bfloat16", "integer_dtypes", "mixed_dtypes", "empty_batch", "torch_library_opcheck"],
 }
 PROPERTIES = [prop for properties in TIERS.values() for prop in properties]
 TIER_OF = {prop: tier for tier, properties in TIERS.items() for prop in properties}
 CORE = "core_cases_computed"
+CHECKS = {"torch_library_opcheck"}  # capabilities that check something rather than answer an input kind: "pass"
 
 # Matrix cells.
 PASS, FAIL, SKIP, UNSUPPORTED, LIMITED, REJECTED, ANSWERS, NOT_APPLICABLE, NOT_RUN = (
@@ -95,7 +101,7 @@ def cell(prop: str, outcomes: list) -> str:
     if any(o.outcome == "failed" for o in outcomes):
         return FAIL
     if any(o.outcome == "passed" for o in outcomes):
-        return ANSWERS if TIER_OF.get(prop) == "capabilities" else PASS
+        return ANSWERS if TIER_OF.get(prop) == "capabilities" and prop not in CHECKS else PASS
     for prefix, value in (("limited", LIMITED), ("unsupported", UNSUPPORTED), ("rejected", REJECTED),
                           ("n/a", NOT_APPLICABLE)):
         if all(o.detail.startswith(prefix) for o in outcomes):

@@ -67,6 +67,10 @@ def add_arguments(parser) -> None:
                         help="report a failing example as first drawn, not shrunk to a minimal one (faster)")
     parser.add_argument("--report", metavar="out.json",
                         help="write the JSON report here (checked before the run; an existing file only with --force)")
+    parser.add_argument("--export-cases", metavar="DIR",
+                        help="write the golden cases (the core cases and --max-examples random ones, default 20: "
+                             ".npz inputs, expected values and tolerances, cases.json) to DIR and exit; a DIR "
+                             "that holds files only with --force; see docs/conformance.md")
     add_force_argument(parser)
     parser.add_argument("--verbose", action="store_true",
                         help="also print pytest's own report (tracebacks, hypothesis' reproduction lines) before the "
@@ -102,11 +106,35 @@ def usage_errors(args) -> list[str]:
                 torch.empty(0, device=args.device)
             except (RuntimeError, AssertionError) as error:
                 errors.append(f"--device {args.device} is not usable here: {error}")
+    errors += export_errors(args)
     if args.report:
         error = prepare_output(args.report, args.force, "--report")
         if error:
             errors.append(error)
     return errors
+
+
+def export_errors(args) -> list[str]:
+    """What stops ``--export-cases``: a folder holding files without ``--force``, options it does not take."""
+    if not args.export_cases:
+        return []
+    from involution.conformance.golden import refuse_to_overwrite
+
+    refused = refuse_to_overwrite(args.export_cases, args.force)
+    others = [f"--{name}" for name in ("impl", "backend", "property", "report") if getattr(args, name)]
+    return ([refused] if refused else []) + (
+        [f"--export-cases writes files and runs nothing: {', '.join(others)} does not apply"] if others else [])
+
+
+def export_cases(args) -> int:
+    """Write the golden cases; print where, how many, and how to check a kernel against them."""
+    from involution.conformance.golden import export
+
+    entries = export(args.export_cases, args.max_examples or 20)
+    print(f"wrote {len(entries)} golden cases ({sum(e['name'].startswith('core_') for e in entries)} core, "
+          f"{sum(e['name'].startswith('random_') for e in entries)} random) to {args.export_cases}; check a kernel "
+          f"with: python -m involution.conformance.golden_check {args.export_cases} package.module[:attr]")
+    return 0
 
 
 def run(args) -> int:
@@ -128,6 +156,8 @@ def run(args) -> int:
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.export_cases:
+        return export_cases(args)
     from involution.conformance.runner import run_suite, write_report
 
     # pytest's own report (tracebacks, hypothesis' reproduction lines) only with --verbose: the matrix says it all.
