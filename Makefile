@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	$(PY) -m involution warmup
+	$(PY) -m involution warmup --dtype float32 --dtype float64
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,6 +1,7 @@
 """numba's process-wide settings for the fast CPU kernels: the threading layer and the on-disk cache.
 
-Imported by :mod:`involution.fast.cpu_kernels` and :mod:`involution.fast.index` before they compile anything.
+Imported by :mod:`involution.fast.cpu_blocks` (which every CPU kernel module imports) and :mod:`involution.fast.index`
+before they compile anything.
 Why these choices: docs/threading.md.
 
 * Threading layer: TBB (``pip install tbb``, part of the ``fast`` extra), the one numba layer that is both

@@ -15,7 +15,7 @@ import pytest
 numba = pytest.importorskip("numba")
 from numba.core import caching, event  # noqa: E402
 
-from involution.fast import cpu_kernels, runtime  # noqa: E402
+from involution.fast import cpu_forward, runtime  # noqa: E402
 
 
 def compile_event(function, *args):
@@ -30,7 +30,7 @@ def test_the_notice_comes_once_per_dtype_and_only_for_this_packages_kernels():
     float32, float64 = numba.types.float32[:, :, :, ::1], numba.types.float64[:, :, :, ::1]
     notice.on_start(compile_event(np.add, float32))  # not ours: silent
     for args in ((float32, float32), (float32,), (numba.types.int64,), (float64,)):
-        notice.on_start(compile_event(cpu_kernels.forward_v1.py_func, *args))
+        notice.on_start(compile_event(cpu_forward.forward_v1.py_func, *args))
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith("involution: compiling the fast CPU kernels for float32, once per machine; ") \
