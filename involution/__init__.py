@@ -26,7 +26,12 @@ def _backend_module(x, backend: str | None):
     key = (_framework(x), backend)
     module = _RESOLVED.get(key)
     if module is None:
-        module = _RESOLVED[key] = _resolve(*key)
+        if key[0] == "torch":
+            from involution import torch_backends  # a statement torch.compile runs while tracing
+
+            module = _RESOLVED[key] = torch_backends.module(backend)
+        else:
+            module = _RESOLVED[key] = _resolve(*key)
     return module
 
 
