@@ -72,6 +72,20 @@ def test_input_writer_fails_on_modified_inputs(hostile_log, capsys, tmp_path):
     assert_nothing_ran_here(hostile_log)
 
 
+def test_write_back_that_hides_a_wrong_answer_fails_naming_the_input(hostile_log, capsys, tmp_path):
+    # Audit B1: zeros for non-contiguous inputs, after zeroing them in place; once the worker wrote the change
+    # back, a property whose expected values came from the inputs after the call compared zeros with zeros.
+    code, out, _, data = run_cli("write_back_mask", ["noncontiguous_matches_contiguous", "batched_equals_per_sample"],
+                                 capsys, tmp_path)
+    assert code == 1, out
+    cells = {prop: data["matrix"][prop]["hostile_implementations.write_back_mask"]
+             for prop in ("noncontiguous_matches_contiguous", "batched_equals_per_sample")}
+    assert cells["noncontiguous_matches_contiguous"] == "FAIL", cells
+    detail = " ".join(result["detail"] for result in data["results"] if result["outcome"] == "failed")
+    assert re.search(r"forward modified its inputs: x \(\d+ of \d+ elements changed\), kernel", detail), detail
+    assert_nothing_ran_here(hostile_log)
+
+
 def test_undeclared_port_that_declines_is_conformant_only_within_what_it_answered(hostile_log, capsys, tmp_path):
     code, out, _, data = run_cli("dilation_port", ["core_cases_computed", "forward_matches_oracle", "linear_in_x"],
                                  capsys, tmp_path, "--max-examples", "20")
