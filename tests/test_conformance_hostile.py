@@ -86,6 +86,21 @@ def test_write_back_that_hides_a_wrong_answer_fails_naming_the_input(hostile_log
     assert_nothing_ran_here(hostile_log)
 
 
+@pytest.mark.parametrize("dtype, message", [("complex128", r"got a complex result \(complex128\)"),
+                                            ("float64", r"got a float64 array, expected a float32 array")])
+def test_wrong_result_dtype_on_noncontiguous_input_fails(hostile_log, capsys, tmp_path, monkeypatch, dtype, message):
+    # Audit B2: the comparison helper cast every answer to float64 (dropping an imaginary part), and only
+    # forward_matches_oracle checked the dtype; the helper now applies the suite's result-type rule everywhere.
+    monkeypatch.setenv("HOSTILE_DTYPE", dtype)
+    code, out, _, data = run_cli("noncontiguous_dtype", ["noncontiguous_matches_contiguous"], capsys, tmp_path,
+                                 "--max-examples", "20")
+    assert code == 1, out
+    assert data["matrix"]["noncontiguous_matches_contiguous"]["hostile_implementations.noncontiguous_dtype"] == "FAIL"
+    detail = " ".join(result["detail"] for result in data["results"] if result["outcome"] == "failed")
+    assert re.search(message, detail), detail
+    assert_nothing_ran_here(hostile_log)
+
+
 def test_undeclared_port_that_declines_is_conformant_only_within_what_it_answered(hostile_log, capsys, tmp_path):
     code, out, _, data = run_cli("dilation_port", ["core_cases_computed", "forward_matches_oracle", "linear_in_x"],
                                  capsys, tmp_path, "--max-examples", "20")
