@@ -18,6 +18,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from involution import backends
 from involution.conformance.limits import Limits, check_declared, limits_from
 
@@ -38,6 +40,58 @@ CUDA_SIMULATOR_LIMITS = dict(max_work=600, max_fd_elements=12, max_extent=3, max
                              max_batch=2, max_kernel=3, max_examples=6)
 
 
+class InputModified(AssertionError):
+    """An implementation changed an input array it was given (the definition's op leaves its inputs alone).
+
+    An ``AssertionError``, so it fails the property; every place that takes an exception as an answer (a decline,
+    a rejected capability, an ill-posed input raised) re-raises it first."""
+
+
+ARGUMENT_NAMES = {"forward": ("x", "kernel"), "backward": ("grad_out", "x", "kernel")}
+
+
+class Unmodified:
+    """``function`` (an implementation's forward or backward) with "inputs unmodified" checked on every call.
+
+    The suite's one call path: :class:`Implementation` wraps its ``forward`` and ``backward`` in this, so every
+    property, the core cases, the capabilities and the ill-posed calls all go through it, in-process or through a
+    worker (whose changes to the inputs are written back into the caller's arrays). Copies of the array arguments
+    are taken before the call; after it, returned or raised, an argument whose bytes differ raises
+    :class:`InputModified` naming it, and is restored from its copy, so no expected value is ever computed from a
+    changed input.
+    """
+
+    def __init__(self, function: Callable, kind: str):
+        self.function, self.kind = function, kind
+
+    def __call__(self, *args, **kwargs):
+        names = ARGUMENT_NAMES[self.kind]
+        before = [(index, np.array(arg, copy=True)) for index, arg in enumerate(args)
+                  if isinstance(arg, np.ndarray)]
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            changed = []
+            for index, copy in before:
+                now = args[index]
+                if now.tobytes() != copy.tobytes():
+                    label = names[index] if index < len(names) else f"argument {index}"
+                    changed.append(f"{label} ({int(np.sum(~_same(now, copy)))} of {copy.size} elements changed)")
+                    if now.flags.writeable:
+                        np.copyto(now, copy)
+            if changed:
+                raise InputModified(f"{self.kind} modified its inputs: {', '.join(changed)}; the op must leave "
+                                    f"its inputs unmodified (expected values use copies taken before the call)")
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise: the same bytes (NaN equals NaN of the same payload; 0.0 differs from -0.0)."""
+    if not a.size:
+        return np.ones(a.shape, bool)
+    a_bytes, b_bytes = (np.ascontiguousarray(v).view(np.uint8).reshape(a.size, -1) for v in (a, b))
+    return (a_bytes == b_bytes).all(axis=1).reshape(a.shape)
+
+
 @dataclass
 class Implementation:
     """One implementation under test, NumPy in and out whatever its framework.
@@ -55,6 +109,13 @@ class Implementation:
     gradients: str | None = None  # where the backward comes from: its own function, or autograd (torch)
     isolated: bool = False
     close: Callable = lambda: None
+
+    def __post_init__(self):
+        """Every call of the implementation goes through :class:`Unmodified` (inputs unmodified, checked)."""
+        if self.forward is not None and not isinstance(self.forward, Unmodified):
+            self.forward = Unmodified(self.forward, "forward")
+        if self.backward is not None and not isinstance(self.backward, Unmodified):
+            self.backward = Unmodified(self.backward, "backward")
 
     @property
     def limits(self) -> Limits:

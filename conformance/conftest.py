@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
-from involution.conformance.backends import PROJECT_BACKENDS, Implementation, cached_load, close_all
+from involution.conformance.backends import PROJECT_BACKENDS, Implementation, InputModified, cached_load, close_all
 from involution.conformance.runner import DEFAULT_TIMEOUT, positive_int, positive_seconds
 from involution.conformance.worker import DEFAULT_IMPORT_TIMEOUT, DEFAULT_MEMORY_LIMIT_GIB
 
@@ -122,6 +122,8 @@ class Prover:
     def _call(self, function, args, options):
         try:
             result = function(*args, **options)
+        except InputModified:  # never a decline: a changed input fails the property (see backends.Unmodified)
+            raise
         except self.declines as error:
             self.declined.append(f"{type(error).__name__}: {str(error)[:120]}")
             if not self.answered and len(self.declined) >= self.max_examples:

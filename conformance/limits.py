@@ -80,6 +80,32 @@ def limits_from(declared: dict, caps: dict | None = None) -> Limits:
     return Limits(**merged)
 
 
+def narrowed_by(declared: dict, examples: int | None = None) -> list[str]:
+    """The fields of ``declared`` (an implementation's ``CONFORMANCE_LIMITS``) narrower than what the suite judges.
+
+    The definition covers every size, geometry and float dtype; the suite draws up to its own :class:`Limits`
+    (cost caps, not a statement about the op). A declared bound below the suite's, ``square_only`` or
+    ``same_padding_only`` set, ``dtypes`` missing one of :data:`DTYPES`, or ``max_examples`` below ``examples``
+    (the suite's examples per property) narrows what is judged, so the verdict can be no better than "conformant
+    only within declared limits". A bound at or above the suite's narrows nothing. Returns ``name=value (why)``.
+    """
+    suite, found = Limits(), []
+    for name, value in declared.items():
+        if name in ("square_only", "same_padding_only"):
+            if value:
+                found.append(f"{name}=True")
+        elif name == "dtypes":
+            missing = [dtype for dtype in DTYPES if dtype not in value]
+            if missing:
+                found.append(f"dtypes={list(value)!r} (not {', '.join(missing)})")
+        elif name == "max_examples":
+            if value is not None and examples is not None and value < examples:
+                found.append(f"max_examples={value} (the suite runs {examples} per property)")
+        elif value < getattr(suite, name):
+            found.append(f"{name}={value} (the suite draws up to {getattr(suite, name)})")
+    return found
+
+
 def work(geometry: Geometry) -> int:
     """The size measure that :attr:`Limits.max_work` caps."""
     x_size = geometry.batch * geometry.channels * geometry.height * geometry.width

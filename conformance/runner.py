@@ -23,6 +23,7 @@ from involution.conformance import diagnosis
 from involution.conformance import verdict as verdicts
 from involution.conformance.backends import PROJECT_BACKENDS, cached_load
 from involution.conformance.core import CORE, excluded_core_cases
+from involution.conformance.limits import narrowed_by
 from involution.conformance.worker import DEFAULT_IMPORT_TIMEOUT, DEFAULT_MEMORY_LIMIT_GIB
 
 PROPERTY_FILES = sorted(str(path) for path in Path(__file__).parent.glob("test_op_*.py"))
@@ -262,6 +263,9 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
     started = time.perf_counter()
     exit_code = int(pytest.main(args, plugins=[collector]))
     duration = time.perf_counter() - started
+    from hypothesis import settings  # the examples per property the session ran (conftest's prove fixture)
+
+    examples = max_examples or settings().max_examples
 
     outcomes = list(collector.outcomes.values())
     run = {o.property for o in outcomes}
@@ -274,7 +278,8 @@ def run_suite(backends=(), impls=(), max_examples=None, properties=None, *, fram
                           excluded_core_cases(implementations[n]["declared_limits"]),
                           nothing_computed=sum(o.declined for o in outcomes if o.property == verdicts.CORE
                                                and o.implementation == n) >= len(CORE),
-                          evidence=evidence([o for o in outcomes if o.implementation == n]))
+                          evidence=evidence([o for o in outcomes if o.implementation == n]),
+                          narrowed=narrowed_by(implementations[n]["declared_limits"], examples))
         for n in names
     }
     for n, judged_verdict in judged.items():

@@ -17,10 +17,7 @@ def test_forward_matches_oracle(impl, prove):
     """``involution2d`` equals the oracle within the dtype's bound, returns ``x``'s dtype, leaves inputs alone."""
     def check(data):
         case = data.draw(cases(impl.limits), label="case")
-        x_before, kernel_before = case.x.copy(), case.kernel.copy()
-        out = prove.forward(case.x, case.kernel, *case.params)
-        assert np.array_equal(case.x, x_before) and np.array_equal(case.kernel, kernel_before), \
-            f"forward modified its inputs; {case}"
+        out = prove.forward(case.x, case.kernel, *case.params)  # inputs unmodified: checked on every call
         assert isinstance(out, np.ndarray), f"forward returned {out!r:.80}, not an array; {case}"
         assert out.dtype == case.dtype, f"forward returned dtype {out.dtype} for {case.dtype} inputs; {case}"
         assert_matches_oracle({"out": out}, case.x, case.kernel, case.geometry, case,

@@ -87,12 +87,24 @@ def finite_difference_bound(geometry: Geometry, grad_magnitude, loss_l1: float, 
     return 2 * (loss_error / step + 2 * unit * value_max / step * grad_magnitude) + np.finfo(np.float64).tiny
 
 
-def assert_within(actual, expected, tolerance, what: str, case) -> None:
+def assert_within(actual, expected, tolerance, what: str, case, *, dtype=...) -> None:
     """Assert ``|actual - expected| <= tolerance`` elementwise with the shapes, dtypes and worst value.
 
-    Where ``expected`` is NaN or infinite, ``actual`` must be the same (NaN, or the same infinity); anywhere else
-    a NaN fails.
+    The suite's result-type rule first: neither ``actual`` nor ``expected`` may be complex (a cast to float64
+    would drop the imaginary part), and ``actual`` must be an array of ``dtype``: by default ``case.dtype``
+    (the inputs' dtype of a drawn case) where ``case`` has one; ``dtype=None`` only where the answer's dtype
+    is judged by its tolerance instead (the capabilities). Where ``expected`` is NaN or infinite, ``actual``
+    must be the same (NaN, or the same infinity); anywhere else a NaN fails.
     """
+    if dtype is ...:
+        dtype = getattr(case, "dtype", None)
+    for name, value in (("got", actual), ("expected", expected)):
+        assert not np.iscomplexobj(value), \
+            f"{what}: {name} a complex result ({np.asarray(value).dtype}); involution of real inputs is real; {case}"
+    if dtype is not None:
+        assert isinstance(actual, np.ndarray) and actual.dtype == np.dtype(dtype), \
+            f"{what}: got {f'a {actual.dtype} array' if isinstance(actual, np.ndarray) else f'{actual!r:.80}'}, " \
+            f"expected a {np.dtype(dtype)} array (the dtype of x); {case}"
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}; {case}"
     with np.errstate(invalid="ignore"):  # inf - inf where both are infinite: judged by same_nonfinite below
@@ -138,4 +150,4 @@ def assert_matches_reference(results: dict, x, kernel, geometry: Geometry, conte
             f"{name} is {f'a {actual.dtype} array' if isinstance(actual, np.ndarray) else f'{actual!r:.80}'}, " \
             f"expected a {x.dtype} array; {context}"
         assert_within(actual, expected[name], bound(terms[name], x.dtype, magnitude[name]), labels.get(name, name),
-                      context)
+                      context, dtype=x.dtype)

@@ -37,7 +37,7 @@ TIERS = {
         "batched_equals_per_sample", "backward_matches_autograd", "backward_matches_finite_differences",
         "linear_in_x", "linear_in_kernel", "constant_kernel_equals_depthwise_conv2d", "one_hot_kernel_shifts_input",
         "nonfinite_follows_definition", "extreme_geometry_matches_oracle", "forward_rejects_ill_posed_input",
-        "backward_rejects_ill_posed_input",
+        "backward_rejects_ill_posed_input", "outside_declared_limits_declined_or_right",
     ],
     "strict": ["forward_errors_name_the_argument", "backward_errors_name_the_argument", "padded_inf_times_zero_is_nan"],
     "capabilities": ["float16", "bfloat16", "integer_dtypes", "mixed_dtypes", "empty_batch", "torch_library_opcheck"],
@@ -123,10 +123,13 @@ class Verdict:
 
 
 def judge(column: dict[str, str], description: dict, strict_required: bool, core_excluded: list[str],
-          nothing_computed: bool = False, evidence: dict[str, Evidence] | None = None) -> Verdict:
+          nothing_computed: bool = False, evidence: dict[str, Evidence] | None = None,
+          narrowed: list[str] = ()) -> Verdict:
     """The verdict of one implementation from its matrix ``column`` (property -> cell).
 
-    ``core_excluded``: the core cases its declared limits exclude (see ``test_op_core``); ``nothing_computed``:
+    ``core_excluded``: the core cases its declared limits exclude (see ``test_op_core``); ``narrowed``: its
+    declared limits narrower than what the suite judges (``limits.narrowed_by``), each of which alone makes the
+    verdict "conformant only within declared limits", never "conformant"; ``nothing_computed``:
     it declined every core case (raised instead of answering). Such an implementation is never "conformant", not
     even within limits: too little evidence. ``evidence``: property -> :class:`Evidence`, for the declines
     (:func:`declines`) and to name the declined core cases.
@@ -144,9 +147,13 @@ def judge(column: dict[str, str], description: dict, strict_required: bool, core
     if nothing_computed:
         return Verdict(TOO_LITTLE, ["no core case computed: every one was declined"], strict_required)
     declined = declines(column, evidence)
-    if column[CORE] != PASS or core_excluded:
-        core_detail = evidence[CORE].detail if CORE in evidence and evidence[CORE].detail else column[CORE]
-        reasons = [f"{CORE}: {core_detail}"] + [f"declared limits exclude core case {case}" for case in core_excluded]
+    if column[CORE] != PASS or core_excluded or narrowed:
+        if column[CORE] != PASS or core_excluded:
+            core_detail = evidence[CORE].detail if CORE in evidence and evidence[CORE].detail else column[CORE]
+            reasons = [f"{CORE}: {core_detail}"] + [f"declared limits exclude core case {case}"
+                                                    for case in core_excluded]
+        if narrowed:
+            reasons.append(f"conformant only within its declared limits: {', '.join(narrowed)}")
         return Verdict(WITHIN_LIMITS, reasons + ([declined] if declined else []), strict_required)
     if declined:
         return Verdict(WITHIN_ANSWERED, [declined], strict_required)

@@ -72,6 +72,63 @@ def test_input_writer_fails_on_modified_inputs(hostile_log, capsys, tmp_path):
     assert_nothing_ran_here(hostile_log)
 
 
+def test_write_back_that_hides_a_wrong_answer_fails_naming_the_input(hostile_log, capsys, tmp_path):
+    # Audit B1: zeros for non-contiguous inputs, after zeroing them in place; once the worker wrote the change
+    # back, a property whose expected values came from the inputs after the call compared zeros with zeros.
+    code, out, _, data = run_cli("write_back_mask", ["noncontiguous_matches_contiguous", "batched_equals_per_sample"],
+                                 capsys, tmp_path)
+    assert code == 1, out
+    cells = {prop: data["matrix"][prop]["hostile_implementations.write_back_mask"]
+             for prop in ("noncontiguous_matches_contiguous", "batched_equals_per_sample")}
+    assert cells["noncontiguous_matches_contiguous"] == "FAIL", cells
+    detail = " ".join(result["detail"] for result in data["results"] if result["outcome"] == "failed")
+    assert re.search(r"forward modified its inputs: x \(\d+ of \d+ elements changed\), kernel", detail), detail
+    assert_nothing_ran_here(hostile_log)
+
+
+@pytest.mark.parametrize("dtype, message", [("complex128", r"got a complex result \(complex128\)"),
+                                            ("float64", r"got a float64 array, expected a float32 array")])
+def test_wrong_result_dtype_on_noncontiguous_input_fails(hostile_log, capsys, tmp_path, monkeypatch, dtype, message):
+    # Audit B2: the comparison helper cast every answer to float64 (dropping an imaginary part), and only
+    # forward_matches_oracle checked the dtype; the helper now applies the suite's result-type rule everywhere.
+    monkeypatch.setenv("HOSTILE_DTYPE", dtype)
+    code, out, _, data = run_cli("noncontiguous_dtype", ["noncontiguous_matches_contiguous"], capsys, tmp_path,
+                                 "--max-examples", "20")
+    assert code == 1, out
+    assert data["matrix"]["noncontiguous_matches_contiguous"]["hostile_implementations.noncontiguous_dtype"] == "FAIL"
+    detail = " ".join(result["detail"] for result in data["results"] if result["outcome"] == "failed")
+    assert re.search(message, detail), detail
+    assert_nothing_ran_here(hostile_log)
+
+
+def test_declared_limits_that_narrow_the_draws_are_never_conformant(hostile_log, capsys, tmp_path):
+    # Audit B3: limits that exclude no core case narrowed the draws to where the answers are right: exit 0.
+    code, out, _, data = run_cli("limits_hide", ["core_cases_computed", "forward_matches_oracle"], capsys, tmp_path)
+    verdict = data["verdicts"]["hostile_implementations.limits_hide"]
+    assert code == 3 and verdict["verdict"] == "conformant only within declared limits", out
+    assert "conformant only within its declared limits: max_dilation=1 (the suite draws up to 3), square_only=True" \
+        in " ".join(verdict["reasons"]), verdict
+    assert_nothing_ran_here(hostile_log)
+
+
+def test_wrong_answers_outside_the_declared_limits_fail(hostile_log, capsys, tmp_path):
+    # Audit B3: outside its declared limits an implementation must decline; the zeros it returns there fail.
+    code, out, _, data = run_cli("limits_hide", ["outside_declared_limits_declined_or_right"], capsys, tmp_path)
+    assert code == 1, out
+    assert data["matrix"]["outside_declared_limits_declined_or_right"]["hostile_implementations.limits_hide"] \
+        == "FAIL", out
+    detail = " ".join(result["detail"] for result in data["results"] if result["outcome"] == "failed")
+    assert "outside the declared limits" in detail, detail
+    assert_nothing_ran_here(hostile_log)
+
+
+def test_declared_max_examples_below_the_suites_is_never_conformant(capsys, tmp_path):
+    code, out, _, data = run_cli("few_examples", ["core_cases_computed", "forward_matches_oracle"], capsys, tmp_path)
+    verdict = data["verdicts"]["hostile_implementations.few_examples"]
+    assert code == 3 and "declared limits: max_examples=1 (the suite runs 6 per property)" in \
+        " ".join(verdict["reasons"]), out
+
+
 def test_undeclared_port_that_declines_is_conformant_only_within_what_it_answered(hostile_log, capsys, tmp_path):
     code, out, _, data = run_cli("dilation_port", ["core_cases_computed", "forward_matches_oracle", "linear_in_x"],
                                  capsys, tmp_path, "--max-examples", "20")
