@@ -51,6 +51,7 @@ MAX_TIMEOUTS = 3  # after this many timed-out calls the remaining calls fail at 
 MAX_ENDS = 3  # after the process ended this many times the remaining calls fail at once (no re-import per case)
 OUTPUT_CAP = 1 << 20  # bytes of the worker's stdout and stderr kept in its output file
 TAIL_LINES = 15
+REPLY_FACTOR = 16  # a call's reply may hold this many times its inputs' bytes (result, gradients, changed inputs)
 SIGNAL_CAUSES = {
     "SIGSEGV": "a segmentation fault: an out-of-bounds access in compiled code, or an allocation past the "
                "memory limit",
@@ -140,6 +141,13 @@ def describe_call(function: str, args: tuple, kwargs: dict) -> str:
              for name, value in zip(names, args)]
     parts += [f"{key}={value!r}" for key, value in kwargs.items()]
     return f"{function}({', '.join(parts)})"
+
+
+def reply_bytes(args: tuple) -> int:
+    """The most array bytes a call's reply may hold: its result and changed inputs are the size of its inputs, so
+    a few times theirs (and a megabyte for the smallest cases); a larger reply is refused before it is read."""
+    inputs = sum(arg.nbytes for arg in args if isinstance(arg, np.ndarray))
+    return (1 << 20) + REPLY_FACTOR * inputs
 
 
 class Output:
@@ -286,7 +294,7 @@ class Worker:
             raise ImplementationDied(f"timed out after {self.timeout:g} s in {where}" + (f"\n{tail}" if tail else ""))
         raised = result = None
         try:
-            message = receive(self.connection)
+            message = receive(self.connection, reply_bytes(args))
             if message.get("kind") == "raised":
                 raised = rebuild_exception(message.get("error"), self.memory_limit_gib)
             elif message.get("kind") != "ok" or type(message.get("value")) is not list or len(message["value"]) != 2:

@@ -8,6 +8,9 @@ the CLI runs in this test's process, so a line with this process's id is code of
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -154,3 +157,35 @@ def test_forged_pickle_frame_on_the_pipe_is_refused_and_never_runs(hostile_log, 
     assert code == 1, out
     assert "outside the channel's format" in data["results"][0]["detail"], data["results"]
     assert_nothing_ran_here(hostile_log)
+
+
+def run_cli_process(name, properties, tmp_path, *extra, cwd=None, env=None):
+    """The CLI as its own process (``python -m involution``): ``(exit code, stdout + stderr, peak resident KiB of
+    the CLI's own process)``, the peak read from ``/proc/<pid>/status`` (VmHWM) while it runs."""
+    argv = [sys.executable, "-m", "involution", "conformance", "--impl", f"hostile_implementations.{name}", *BASE,
+            "--report", str(tmp_path / "report.json"), "--force", *extra]
+    argv += [arg for prop in properties for arg in ("--property", prop)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **(env or {})}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or tmp_path, env=env)
+        peak = 0
+        while process.poll() is None:
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                peak = max(peak, int(re.search(r"VmHWM:\s+(\d+)", status).group(1)))
+            except (OSError, AttributeError):
+                pass
+            time.sleep(0.02)
+        log.seek(0)
+        return process.returncode, log.read().decode(errors="replace"), peak
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the CLI's peak memory is read from /proc")
+def test_oversized_frames_are_refused_before_they_are_read(hostile_log, tmp_path):
+    code, output, peak = run_cli_process("bigframes", ["core_cases_computed"], tmp_path)
+    assert code == 1, output
+    assert "outside the channel's format" in output, output
+    # the worker wrote 2 frames of 255 MiB; reading even one would lift the CLI's peak by 255 MiB over its own
+    _, baseline_output, baseline = run_cli_process("core_only", ["core_cases_computed"], tmp_path)
+    assert baseline > 0, baseline_output
+    assert peak < baseline + (128 << 10), (peak, baseline, output)
