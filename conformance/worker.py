@@ -224,6 +224,7 @@ class Worker:
         """Start the child and return its description of the implementation (``backends.Implementation.describe``)."""
         from involution.conformance.backends import checked_description
 
+        contain()
         parent_end, child_end = Pipe()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path or os.getcwd() for path in sys.path)}
         self.process = subprocess.Popen(
@@ -231,6 +232,7 @@ class Worker:
              self.framework, self.device, str(int(self.memory_limit_gib * (1 << 30)))],
             pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True)
+        _LIVE.add(self.process.pid)
         child_end.close()
         self.connection = parent_end
         self.output = Output(self.process.stdout)
@@ -359,7 +361,9 @@ class Worker:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            _LIVE.discard(self.process.pid)
             self.process = None
+            kill_strays()  # what escaped the guard (a killed guard kills nothing) was re-parented here
         if self.output is not None:
             self.output.close()
             self.output = None
@@ -441,6 +445,57 @@ def kill_descendants() -> None:
                     time.sleep(0.01)
             except ChildProcessError:
                 break
+
+
+_LIVE: set[int] = set()  # guard pids of this process's running workers (their processes are theirs to stop)
+_BASELINE: set[int] | None = None  # this process's descendants when containment began (not the suite's to kill)
+
+
+def contain(restart: bool = False) -> None:
+    """Make this process (the CLI, or whatever runs the suite) a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``):
+    a process that escapes a worker's guard (a double fork after the guard was killed) is re-parented here instead
+    of to init, where :func:`kill_strays` finds it. ``restart`` takes a new snapshot of the descendants that are not
+    the suite's (those alive now, which it never kills); otherwise the first snapshot stays."""
+    global _BASELINE
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    if _BASELINE is None or restart:
+        _BASELINE = set(descendants(os.getpid())) - _live_tree()
+        if not restart:
+            import atexit
+
+            atexit.register(kill_strays, True)
+
+
+def _live_tree() -> set[int]:
+    tree = set()
+    for pid in _LIVE:
+        tree.add(pid)
+        tree.update(descendants(pid))
+    return tree
+
+
+def kill_strays(everything: bool = False) -> None:
+    """Kill (and reap) every descendant of this process that the suite started or adopted and no running worker
+    owns: processes left by a worker that ended or was killed. ``everything`` also kills the running workers' (at
+    the end of a run). Descendants alive before :func:`contain` are left alone."""
+    if _BASELINE is None:
+        return
+    for _ in range(50):
+        keep = _BASELINE | (set() if everything else _live_tree())
+        strays = [pid for pid in descendants(os.getpid()) if pid not in keep]
+        if not strays:
+            return
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.02)
+        for pid in strays:  # adopted ones are children here now: reap them (the others' parents do)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
 
 def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int) -> None:

@@ -189,3 +189,23 @@ def test_oversized_frames_are_refused_before_they_are_read(hostile_log, tmp_path
     _, baseline_output, baseline = run_cli_process("core_only", ["core_cases_computed"], tmp_path)
     assert baseline > 0, baseline_output
     assert peak < baseline + (128 << 10), (peak, baseline, output)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="escaped processes are found through /proc (Linux)")
+def test_a_daemon_that_killed_its_guard_does_not_outlive_the_cli(hostile_log, capsys, tmp_path):
+    try:
+        code, out, _, _ = run_cli("escape", ["forward_matches_oracle"], capsys, tmp_path)
+        daemons = [pid for event, pid in events(hostile_log) if event == "daemon"]
+        assert daemons, "the daemon never started: the test proves nothing"
+        assert code == 1, out  # the call whose guard it killed ended the worker
+        deadline = time.monotonic() + 2
+        while any(alive(pid) for pid in daemons) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in daemons), f"processes outlived the CLI: {daemons}"
+        assert_nothing_ran_here(hostile_log)
+    finally:  # leave nothing running when the test fails
+        for pid in [pid for event, pid in events(hostile_log) if event == "daemon"]:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass

@@ -138,6 +138,21 @@ def export_cases(args) -> int:
 
 
 def run(args) -> int:
+    """The command: every process a worker started, or that escaped one, is killed before it returns (this process
+    is a child subreaper while it runs, so escaped processes are re-parented to it)."""
+    from involution.conformance.worker import contain, kill_strays
+
+    contain(restart=True)
+    try:
+        return _run(args)
+    finally:
+        from involution.conformance.backends import close_all
+
+        close_all()
+        kill_strays(everything=True)
+
+
+def _run(args) -> int:
     if os.getcwd() not in sys.path:  # so that --impl finds modules in the current directory
         sys.path.insert(0, os.getcwd())
     errors = usage_errors(args)
