@@ -61,7 +61,8 @@ SIGNAL_CAUSES = {
     "SIGKILL": "killed from outside: most likely the system's out-of-memory killer, or the memory limit",
     "SIGILL": "an illegal instruction: code compiled for another CPU",
 }
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_CAPBSET_DROP, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
+_CAP_SYS_PTRACE = 19
 
 
 class ImplementationDied(BaseException):
@@ -226,7 +227,9 @@ class Worker:
 
         contain()
         parent_end, child_end = Pipe()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path or os.getcwd() for path in sys.path)}
+        # the working directory first (where --impl modules are found), only here: the parent's path lacks it
+        path = [os.getcwd()] + [entry for entry in sys.path if entry and entry != os.getcwd()]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "involution.conformance.worker", str(child_end.fileno()), self.spec,
              self.framework, self.device, str(int(self.memory_limit_gib * (1 << 30)))],
@@ -404,6 +407,42 @@ def _prctl(option: int, value: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
+def drop_privileges() -> None:
+    """In the worker (Linux): no new privileges through exec (``PR_SET_NO_NEW_PRIVS``), and ``CAP_SYS_PTRACE``
+    dropped from the bounding, effective, permitted and inheritable sets, so that even as root the implementation
+    cannot attach to, or open the memory of, a process that is not dumpable (the CLI: :func:`undumpable`). Best
+    effort: a step the kernel refuses is skipped."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(_PR_CAPBSET_DROP, _CAP_SYS_PTRACE, 0, 0, 0)  # fails (EPERM) without CAP_SETPCAP: nothing to drop
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}: capabilities 0-31, 32-63
+    if libc.capget(header, data) == 0:
+        for index in (0, 1, 2):
+            data[index] &= ~(1 << _CAP_SYS_PTRACE)
+        libc.capset(header, data)
+
+
+def undumpable() -> int:
+    """Make this process not dumpable (Linux ``PR_SET_DUMPABLE`` 0): processes of the same user without
+    ``CAP_SYS_PTRACE`` can no longer attach to it or open ``/proc/<pid>/mem``. Returns the previous setting (for
+    :func:`restore_dumpable`), 1 elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = libc.prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    return previous if previous >= 0 else 1
+
+
+def restore_dumpable(previous: int) -> None:
+    """Undo :func:`undumpable` (for a suite run inside a longer-lived process, e.g. the tests)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, previous, 0, 0, 0)
+
+
 def descendants(root: int) -> list[int]:
     """Every live process below ``root`` (from ``/proc``'s parent ids; empty where there is no ``/proc``)."""
     children: dict[int, list[int]] = {}
@@ -503,6 +542,7 @@ def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int) ->
     the way it ended (its exit status, or the same signal)."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # the CLI gone: clean up as if stopped
+    drop_privileges()
     sys.stdout.flush()
     child = os.fork()
     if child == 0:

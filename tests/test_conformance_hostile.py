@@ -161,7 +161,7 @@ def test_forged_pickle_frame_on_the_pipe_is_refused_and_never_runs(hostile_log, 
 
 def run_cli_process(name, properties, tmp_path, *extra, cwd=None, env=None):
     """The CLI as its own process (``python -m involution``): ``(exit code, stdout + stderr, peak resident KiB of
-    the CLI's own process)``, the peak read from ``/proc/<pid>/status`` (VmHWM) while it runs."""
+    the CLI's own process, its pid)``, the peak read from ``/proc/<pid>/status`` (VmHWM) while it runs."""
     argv = [sys.executable, "-m", "involution", "conformance", "--impl", f"hostile_implementations.{name}", *BASE,
             "--report", str(tmp_path / "report.json"), "--force", *extra]
     argv += [arg for prop in properties for arg in ("--property", prop)]
@@ -177,16 +177,16 @@ def run_cli_process(name, properties, tmp_path, *extra, cwd=None, env=None):
                 pass
             time.sleep(0.02)
         log.seek(0)
-        return process.returncode, log.read().decode(errors="replace"), peak
+        return process.returncode, log.read().decode(errors="replace"), peak, process.pid
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the CLI's peak memory is read from /proc")
 def test_oversized_frames_are_refused_before_they_are_read(hostile_log, tmp_path):
-    code, output, peak = run_cli_process("bigframes", ["core_cases_computed"], tmp_path)
+    code, output, peak, _ = run_cli_process("bigframes", ["core_cases_computed"], tmp_path)
     assert code == 1, output
     assert "outside the channel's format" in output, output
     # the worker wrote 2 frames of 255 MiB; reading even one would lift the CLI's peak by 255 MiB over its own
-    _, baseline_output, baseline = run_cli_process("core_only", ["core_cases_computed"], tmp_path)
+    _, baseline_output, baseline, _ = run_cli_process("core_only", ["core_cases_computed"], tmp_path)
     assert baseline > 0, baseline_output
     assert peak < baseline + (128 << 10), (peak, baseline, output)
 
@@ -209,3 +209,14 @@ def test_a_daemon_that_killed_its_guard_does_not_outlive_the_cli(hostile_log, ca
                 os.kill(pid, 9)
             except OSError:
                 pass
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the CLI's memory is reached through /proc (Linux)")
+def test_a_worker_cannot_plant_modules_for_the_cli_or_open_its_memory(hostile_log, tmp_path):
+    code, output, _, cli = run_cli_process("reach_parent", ["forward_matches_oracle"], tmp_path, cwd=tmp_path)
+    found = events(hostile_log)
+    assert ("imported", cli) not in found and found, found
+    assert ("shadow", cli) not in found, f"a module the worker wrote ran in the CLI's process: {found}\n{output}"
+    assert "mem-opened" not in [event for event, _ in found], f"the worker opened the CLI's memory: {found}"
+    assert "mem-refused" in [event for event, _ in found], found  # it did try
+    assert code == 3, output  # right answers, one property: too little evidence
