@@ -151,6 +151,84 @@ def reply_bytes(args: tuple) -> int:
     return (1 << 20) + REPLY_FACTOR * inputs
 
 
+def worker_environment() -> dict:
+    """The environment of a worker: this one, with ``PYTHONPATH`` this process's path and the working directory
+    first (where ``--impl`` modules are found; only workers get it, the parent's own path lacks it)."""
+    path = [os.getcwd()] + [entry for entry in sys.path if entry and entry != os.getcwd()]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Stop a worker's guard (which kills what it adopted), kill its process group, then every stray process."""
+    try:
+        process.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # the guard kills the implementation and everything it started
+        try:
+            process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _LIVE.discard(process.pid)
+    kill_strays()  # what escaped the guard (a killed guard kills nothing) was re-parented here
+
+
+def run_opcheck(spec: str, device: str, timeout: float,
+                memory_limit_gib: float = DEFAULT_MEMORY_LIMIT_GIB) -> dict:
+    """``torch.library.opcheck`` of implementation ``spec`` (:mod:`~involution.conformance.opcheck`) under the
+    worker's guard: its own session, the memory limit, output captured and capped, every process it leaves
+    killed; its result comes back through the channel (a JSON header), never from its output.
+
+    Returns ``{"op": name or None, "checks": {...}}``; raises :class:`ImplementationDied` on a timeout, a process
+    that ended without a result, or a message outside the channel's format. The result is computed in the
+    implementation's own process: it judges an honest registration, and a hostile implementation could forge it.
+    """
+    contain()
+    parent_end, child_end = Pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "involution.conformance.worker", str(child_end.fileno()), spec, "torch", device,
+         str(int(memory_limit_gib * (1 << 30))), "--opcheck"],
+        pass_fds=[child_end.fileno()], env=worker_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    _LIVE.add(process.pid)
+    child_end.close()
+    output = Output(process.stdout)
+
+    def died(what: str) -> ImplementationDied:
+        tail = output.tail()
+        return ImplementationDied(f"opcheck of {spec} {what}" + (f"\n{tail}" if tail else ""))
+
+    try:
+        if not parent_end.poll(timeout):
+            raise died(f"timed out after {timeout:g} s")
+        try:
+            message = receive(parent_end, max_bytes=0)
+        except EOFError:
+            try:
+                returncode = process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            raise died(f"could not run: its process exited with {describe_status(returncode, memory_limit_gib)}") \
+                from None
+        except ProtocolError as error:
+            raise died(f"sent a message outside the channel's format ({error})") from None
+        if message.get("kind") != "opcheck" or type(message.get("result")) is not dict:
+            raise died("sent no opcheck result")
+        return message["result"]
+    finally:
+        try:
+            send(parent_end, {"kind": "stop"})
+        except OSError:
+            pass
+        parent_end.close()
+        stop_process(process)
+        output.close()
+
+
 class Output:
     """The worker's stdout and stderr, read by a thread: the first :data:`OUTPUT_CAP` bytes to a temporary file
     (deleted by :meth:`close`), the last lines kept for :meth:`tail`, the rest counted and dropped (a chatty
@@ -227,9 +305,7 @@ class Worker:
 
         contain()
         parent_end, child_end = Pipe()
-        # the working directory first (where --impl modules are found), only here: the parent's path lacks it
-        path = [os.getcwd()] + [entry for entry in sys.path if entry and entry != os.getcwd()]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        env = worker_environment()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "involution.conformance.worker", str(child_end.fileno()), self.spec,
              self.framework, self.device, str(int(self.memory_limit_gib * (1 << 30)))],
@@ -351,22 +427,8 @@ class Worker:
             self.connection.close()
             self.connection = None
         if self.process is not None:
-            try:
-                self.process.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()  # the guard kills the implementation and everything it started
-                try:
-                    self.process.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            _LIVE.discard(self.process.pid)
+            stop_process(self.process)
             self.process = None
-            kill_strays()  # what escaped the guard (a killed guard kills nothing) was re-parented here
         if self.output is not None:
             self.output.close()
             self.output = None
@@ -537,7 +599,14 @@ def kill_strays(everything: bool = False) -> None:
                 pass
 
 
-def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int) -> None:
+def opcheck_serve(connection: Connection, spec: str, device: str) -> None:
+    """The opcheck process: run :func:`involution.conformance.opcheck.run`, send its result as a JSON header."""
+    from involution.conformance.opcheck import run
+
+    send(connection, {"kind": "opcheck", "result": run(spec, device)})
+
+
+def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int, opcheck: bool = False) -> None:
     """Fork the process that runs the implementation, wait for it, then kill whatever it left behind, and end
     the way it ended (its exit status, or the same signal)."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -552,7 +621,10 @@ def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int) ->
             import resource
 
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
-            serve(Connection(fd), spec, framework, device)
+            if opcheck:
+                opcheck_serve(Connection(fd), spec, device)
+            else:
+                serve(Connection(fd), spec, framework, device)
         except SystemExit as exit_request:
             code = exit_request.code if isinstance(exit_request.code, int) else 1
         except BaseException:
@@ -587,8 +659,9 @@ def main(argv=None) -> None:
     parser.add_argument("framework")
     parser.add_argument("device")
     parser.add_argument("memory_limit", type=int, help="bytes of address space for the implementation's process")
+    parser.add_argument("--opcheck", action="store_true", help="run torch.library.opcheck instead of serving calls")
     args = parser.parse_args(argv)
-    guard(args.fd, args.spec, args.framework, args.device, args.memory_limit)
+    guard(args.fd, args.spec, args.framework, args.device, args.memory_limit, args.opcheck)
 
 
 if __name__ == "__main__":  # run from the module's importable name, so that the suite's classes are its own

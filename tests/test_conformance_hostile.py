@@ -220,3 +220,25 @@ def test_a_worker_cannot_plant_modules_for_the_cli_or_open_its_memory(hostile_lo
     assert "mem-opened" not in [event for event, _ in found], f"the worker opened the CLI's memory: {found}"
     assert "mem-refused" in [event for event, _ in found], found  # it did try
     assert code == 3, output  # right answers, one property: too little evidence
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="escaped processes are found through /proc (Linux)")
+def test_opcheck_runs_under_the_guard_and_its_result_comes_through_the_channel(hostile_log, capsys, tmp_path):
+    pytest.importorskip("torch")
+    try:
+        code, out, _, data = run_cli("opcheck_escape", ["torch_library_opcheck"], capsys, tmp_path,
+                                     "--framework", "torch", "--memory-limit", "2")
+        found = [event for event, _ in events(hostile_log)]
+        assert "alloc-refused" in found or "alloc-ok" in found, f"opcheck never imported it: {found}\n{out}"
+        assert "alloc-ok" not in found, f"opcheck ran without the memory limit: {found}"
+        cell = data["matrix"]["torch_library_opcheck"]["hostile_implementations.opcheck_escape"]
+        assert cell != "pass", f"a forged stdout line decided opcheck: {out}"
+        daemons = [pid for event, pid in events(hostile_log) if event == "daemon"]
+        assert daemons and not any(alive(pid) for pid in daemons), f"processes outlived the CLI: {daemons}"
+        assert_nothing_ran_here(hostile_log)
+    finally:
+        for pid in [pid for event, pid in events(hostile_log) if event == "daemon"]:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
