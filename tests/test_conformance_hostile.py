@@ -242,3 +242,12 @@ def test_opcheck_runs_under_the_guard_and_its_result_comes_through_the_channel(h
                 os.kill(pid, 9)
             except OSError:
                 pass
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the CLI's pid is found through /proc (Linux)")
+def test_an_interrupted_run_gives_no_verdict(hostile_log, tmp_path):
+    code, output, _, _ = run_cli_process("sigint", ["forward_matches_oracle", "core_cases_computed"], tmp_path)
+    # no verdict at all from a partial run (it said "conformant" when the interrupt came late enough)
+    assert code == 2 and re.search(r"^\s*sigint: not judged: the run was interrupted", output, re.M), output
+    verdicts = json.loads((tmp_path / "report.json").read_text())["verdicts"]
+    assert all(v["verdict"].startswith("not judged") for v in verdicts.values()), verdicts
