@@ -19,6 +19,7 @@ if "--opcheck" in sys.argv or (sys.argv and sys.argv[0].endswith("opcheck.py")):
         del big
     except MemoryError:
         record("alloc-refused")
+    record("forking")
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
