@@ -20,8 +20,10 @@ import numpy as np
 
 from involution.conformance.layouts import as_layout, layout_of
 
-# Largest single frame accepted (a header or one array's bytes); the suite's arrays are kilobytes.
-MAX_FRAME_BYTES = 1 << 28
+# Largest header accepted, and the default bound on one message's array bytes (a call's own bound is set from
+# its inputs by the worker's parent); the suite's arrays are kilobytes.
+MAX_HEADER_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 1 << 26
 MAX_TEXT = 20_000  # characters kept of any one string that comes back (messages, tracebacks, descriptions)
 NUMERIC_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex: no object or structured dtypes
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
@@ -157,8 +159,41 @@ def send(connection: Connection, message: dict, arrays_in=None) -> None:
         connection.send_bytes(buffer)
 
 
-def receive(connection: Connection) -> dict:
+def _array_sizes(node, sizes: list, depth: int = 0) -> None:
+    """Append the byte size of each array ``node`` declares, in the order their frames follow the header; raises
+    :class:`ProtocolError` for a declaration that is not valid (checked before any frame is read)."""
+    if depth > 50:
+        raise ProtocolError("values nested deeper than 50 levels")
+    if type(node) is dict:
+        if node.get("t") in ("array", "scalar"):
+            try:
+                dtype = np.dtype(str(node.get("dtype")))
+            except (TypeError, ValueError) as error:
+                raise ProtocolError(f"bad array dtype: {error}") from None
+            shape = node.get("shape")
+            if dtype.kind not in NUMERIC_KINDS or dtype.hasobject or dtype.fields is not None:
+                raise ProtocolError(f"array dtype {dtype} is not numeric")
+            if type(shape) is not list or not all(type(n) is int and 0 <= n < (1 << 40) for n in shape) \
+                    or len(shape) > 32:
+                raise ProtocolError(f"bad array shape {shape!r:.80}")
+            size = dtype.itemsize
+            for n in shape:
+                size = min(size * n, 1 << 62)  # Python ints: no overflow, only a bound
+            sizes.append(size)
+            return
+        value = node.get("v")
+        items = value.values() if type(value) is dict else value if type(value) is list else ()
+        for item in items:
+            _array_sizes(item, sizes, depth + 1)
+
+
+def receive(connection: Connection, max_bytes: int = MAX_MESSAGE_BYTES) -> dict:
     """The next message: its JSON header with ``"value"`` decoded (arrays rebuilt, strings cleaned).
+
+    The header may be at most :data:`MAX_HEADER_BYTES`; it is decoded first, the arrays it declares are checked
+    (numeric dtype, valid shape, as many as the frames it announces, at most ``max_bytes`` in all), and each frame
+    is read only if its length is exactly its array's size: a message never makes this process hold more than
+    ``max_bytes`` plus the header.
 
     Raises
     ------
@@ -168,21 +203,32 @@ def receive(connection: Connection) -> dict:
         The bytes are not a message of this format (then the channel cannot be trusted further).
     """
     try:
-        header = json.loads(connection.recv_bytes(MAX_FRAME_BYTES))
+        header = json.loads(connection.recv_bytes(MAX_HEADER_BYTES))
     except (ConnectionResetError, BrokenPipeError):
         raise EOFError from None
     except (ValueError, RecursionError) as error:  # not JSON, or nested to exhaust the parser
         raise ProtocolError(f"a message that is not JSON: {type(error).__name__}") from None
-    except OSError as error:  # multiprocessing's "bad message length"
-        raise ProtocolError(str(error)) from None
+    except OSError as error:  # multiprocessing's "bad message length": a header over the cap
+        raise ProtocolError(f"{error} (a header over {MAX_HEADER_BYTES} bytes)") from None
     if type(header) is not dict or type(header.get("buffers")) is not int or not 0 <= header["buffers"] <= 64:
         raise ProtocolError("a message header without a valid buffer count")
-    try:
-        buffers = [connection.recv_bytes(MAX_FRAME_BYTES) for _ in range(header["buffers"])]
-    except (ConnectionResetError, BrokenPipeError):
-        raise EOFError from None
-    except OSError as error:
-        raise ProtocolError(str(error)) from None
+    sizes: list[int] = []
+    _array_sizes(header.get("value"), sizes)
+    if len(sizes) != header["buffers"]:
+        raise ProtocolError(f"a header that declares {len(sizes)} arrays but announces {header['buffers']} frames")
+    if sum(sizes) > max_bytes:
+        raise ProtocolError(f"a message of {sum(sizes)} bytes of arrays, over the {max_bytes} this call allows")
+    buffers = []
+    for size in sizes:
+        try:
+            data = connection.recv_bytes(max(size, 1))  # a longer frame is refused from its length, unread
+        except (ConnectionResetError, BrokenPipeError):
+            raise EOFError from None
+        except OSError as error:
+            raise ProtocolError(f"{error} (a frame longer than its array's {size} bytes)") from None
+        if len(data) != size:
+            raise ProtocolError(f"a frame of {len(data)} bytes for an array of {size} bytes")
+        buffers.append(data)
     value = header.pop("value", None) if "value" in header else _ABSENT
     header = _clean_json(header)
     if value is not _ABSENT:

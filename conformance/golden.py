@@ -10,6 +10,7 @@ oracle and autograd) and an elementwise ``tolerance_<quantity>`` for each (float
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,8 @@ def refuse_to_overwrite(directory, force: bool) -> str | None:
     its parent folder does (it is then made); a folder that holds files is written into only with ``force``;
     and a file can be created there (tried, then removed)."""
     path = Path(directory)
+    if os.path.lexists(path) and not path.exists():
+        return f"--export-cases {directory} is a dangling symbolic link, expected a folder"
     if path.exists() and not path.is_dir():
         return f"--export-cases {directory} is a file, expected a folder"
     if path.is_dir() and any(path.iterdir()) and not force:

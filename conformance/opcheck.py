@@ -4,10 +4,11 @@ For ``--framework torch``: if the implementation's ``involution2d`` is an op reg
 :mod:`torch.library` (a ``torch.library.custom_op`` or a ``torch.ops`` overload), or its module holds one whose
 name ends in ``::involution2d``, opcheck tests its schema, autograd registration, fake-tensor kernel and
 behaviour under AOT dispatch, on a small float64 call ``(x, kernel, stride, padding, dilation)`` with the
-hyper-parameters as ``[h, w]`` lists and inputs that require grad. Run as
-``python -m involution.conformance.opcheck SPEC DEVICE``: prints one JSON object, ``{"op": name or null,
-"checks": {check: "SUCCESS" or the error}}``. A process of its own, because the implementation is never imported
-into the suite's process (see :mod:`~involution.conformance.worker`).
+hyper-parameters as ``[h, w]`` lists and inputs that require grad. The suite runs :func:`run` in a worker
+process under its guard (:func:`involution.conformance.worker.run_opcheck`: memory limit, capped output, every
+process left behind killed), which sends ``{"op": name or null, "checks": {check: "SUCCESS" or the error}}``
+back through the channel; the implementation is never imported into the suite's process. By hand,
+``python -m involution.conformance.opcheck SPEC DEVICE`` prints that object as JSON.
 """
 from __future__ import annotations
 

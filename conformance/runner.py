@@ -160,10 +160,21 @@ class SuiteResult:
     def failed(self) -> bool:
         return self.exit_code == 1
 
+    @property
+    def judged(self) -> bool:
+        """Whether pytest ran to its end (passed, failed, or collected nothing): an interrupted run (SIGINT) or
+        one pytest could not complete is judged by no one, whatever its partial cells say."""
+        return self.pytest_exit_code in (0, 1, 5)
+
+    def not_judged(self) -> str:
+        return (f"not judged: the run was interrupted or pytest could not complete it (pytest exit "
+                f"{self.pytest_exit_code})")
+
     def to_json(self) -> dict:
         return {"implementations": self.implementations, "tiers": verdicts.TIERS, "properties": self.properties,
                 "matrix": self.matrix,
-                "verdicts": {name: asdict(v) for name, v in self.verdicts.items()},
+                "verdicts": {name: asdict(v) if self.judged else {"verdict": self.not_judged()}
+                             for name, v in self.verdicts.items()},
                 "exit_code": self.exit_code, "options": self.options,
                 "results": [asdict(o) for o in self.outcomes], "pytest_exit_code": self.pytest_exit_code,
                 "duration_s": round(self.duration_s, 2), "pytest_args": self.pytest_args}
@@ -221,6 +232,9 @@ class SuiteResult:
                         [s for s in self.outcomes if (s.property, s.implementation) == (o.property, o.implementation)])
         lines += ["", "verdicts:"]
         for name, v in self.verdicts.items():
+            if not self.judged:
+                lines.append(f"  {labels[name]}: {self.not_judged()}")
+                continue
             because = f" ({'; '.join(v.reasons)})" if v.reasons else ""
             lines += textwrap.wrap(textwrap.shorten(f"{labels[name]}: {v.verdict}{because}", 600, placeholder=" [...]"),
                                    WIDTH, initial_indent="  ", subsequent_indent="    ")

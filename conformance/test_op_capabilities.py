@@ -5,11 +5,6 @@ rejected with an exception ("rejected", not a failure) or answered; an answer mu
 within the tolerance of its dtype, and a wrong answer is a failure of the correct tier. A fixed probe call comes
 first: rejected there, the property is "rejected" at once; answered, hypothesis draws more cases.
 """
-import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +16,7 @@ from involution.conformance.backends import InputModified
 from involution.conformance.channel import clean_text
 from involution.conformance.strategies import geometries
 from involution.conformance.tolerances import assert_within, forward_terms, magnitudes
+from involution.conformance.worker import ImplementationDied, run_opcheck
 from involution.spec import check_geometry
 
 PROBE = check_geometry((2, 4, 5, 6), (2, 2, 3, 3, 5, 6), 1, 1, 1)
@@ -141,36 +137,19 @@ def test_empty_batch(impl):
 def test_torch_library_opcheck(impl, request):
     """``torch.library.opcheck`` (schema, autograd registration, fake tensor, AOT dispatch) on the implementation's
     op registered through torch.library (``--framework torch``; see :mod:`~involution.conformance.opcheck`), run
-    in a process of its own. n/a for NumPy implementations and for torch ones without a registered op."""
+    in a worker process under its guard. n/a for NumPy implementations and for torch ones without a registered op."""
     if impl.framework != "torch":
         pytest.skip("n/a: torch.library ops exist only under --framework torch")
     seconds = 4 * request.config.getoption("--timeout")
-    command = [sys.executable, "-m", "involution.conformance.opcheck", impl.name, request.config.getoption("--device")]
-    # Like the worker (conformance/worker.py): its own session, the whole process group killed when it ends, and
-    # only JSON read back, every string cleaned of escape codes (channel.clean_text).
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, errors="replace", start_new_session=True,
-                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    # Under the worker's guard (conformance/worker.py): memory limit, output captured and capped, every process
+    # it leaves killed, and the result through the channel as JSON (strings cleaned of escape codes).
     try:
-        stdout, stderr = process.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        stdout = None
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        process.wait()
-    if stdout is None:
-        pytest.fail(f"opcheck of {impl.name} timed out after {seconds:g} s")
-    assert process.returncode == 0, f"opcheck of {impl.name} could not run (exit {process.returncode}): " \
-                                    f"{clean_text((stderr.strip().splitlines()[-1:] or [stdout])[0], 2000)}"
-    try:
-        found = json.loads(stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError, RecursionError) as error:
-        pytest.fail(f"opcheck of {impl.name} printed no JSON result: {type(error).__name__}")
-    if type(found) is not dict or type(found.get("checks")) is not dict:
-        pytest.fail(f"opcheck of {impl.name} printed JSON of another form")
+        found = run_opcheck(impl.name, request.config.getoption("--device"), seconds,
+                            request.config.getoption("--memory-limit"))
+    except ImplementationDied as error:
+        pytest.fail(str(error))
+    if type(found.get("checks")) is not dict:
+        pytest.fail(f"opcheck of {impl.name} sent a result of another form")
     if found.get("op") is None:
         pytest.skip(f"n/a: {impl.name} registers no op through torch.library")
     checks = {clean_text(test, 200): clean_text(str(result), 2000) for test, result in found["checks"].items()}

@@ -51,6 +51,7 @@ MAX_TIMEOUTS = 3  # after this many timed-out calls the remaining calls fail at 
 MAX_ENDS = 3  # after the process ended this many times the remaining calls fail at once (no re-import per case)
 OUTPUT_CAP = 1 << 20  # bytes of the worker's stdout and stderr kept in its output file
 TAIL_LINES = 15
+REPLY_FACTOR = 16  # a call's reply may hold this many times its inputs' bytes (result, gradients, changed inputs)
 SIGNAL_CAUSES = {
     "SIGSEGV": "a segmentation fault: an out-of-bounds access in compiled code, or an allocation past the "
                "memory limit",
@@ -60,7 +61,8 @@ SIGNAL_CAUSES = {
     "SIGKILL": "killed from outside: most likely the system's out-of-memory killer, or the memory limit",
     "SIGILL": "an illegal instruction: code compiled for another CPU",
 }
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_CAPBSET_DROP, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
+_CAP_SYS_PTRACE = 19
 
 
 class ImplementationDied(BaseException):
@@ -142,6 +144,91 @@ def describe_call(function: str, args: tuple, kwargs: dict) -> str:
     return f"{function}({', '.join(parts)})"
 
 
+def reply_bytes(args: tuple) -> int:
+    """The most array bytes a call's reply may hold: its result and changed inputs are the size of its inputs, so
+    a few times theirs (and a megabyte for the smallest cases); a larger reply is refused before it is read."""
+    inputs = sum(arg.nbytes for arg in args if isinstance(arg, np.ndarray))
+    return (1 << 20) + REPLY_FACTOR * inputs
+
+
+def worker_environment() -> dict:
+    """The environment of a worker: this one, with ``PYTHONPATH`` this process's path and the working directory
+    first (where ``--impl`` modules are found; only workers get it, the parent's own path lacks it)."""
+    path = [os.getcwd()] + [entry for entry in sys.path if entry and entry != os.getcwd()]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Stop a worker's guard (which kills what it adopted), kill its process group, then every stray process."""
+    try:
+        process.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # the guard kills the implementation and everything it started
+        try:
+            process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _LIVE.discard(process.pid)
+    kill_strays()  # what escaped the guard (a killed guard kills nothing) was re-parented here
+
+
+def run_opcheck(spec: str, device: str, timeout: float,
+                memory_limit_gib: float = DEFAULT_MEMORY_LIMIT_GIB) -> dict:
+    """``torch.library.opcheck`` of implementation ``spec`` (:mod:`~involution.conformance.opcheck`) under the
+    worker's guard: its own session, the memory limit, output captured and capped, every process it leaves
+    killed; its result comes back through the channel (a JSON header), never from its output.
+
+    Returns ``{"op": name or None, "checks": {...}}``; raises :class:`ImplementationDied` on a timeout, a process
+    that ended without a result, or a message outside the channel's format. The result is computed in the
+    implementation's own process: it judges an honest registration, and a hostile implementation could forge it.
+    """
+    contain()
+    parent_end, child_end = Pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "involution.conformance.worker", str(child_end.fileno()), spec, "torch", device,
+         str(int(memory_limit_gib * (1 << 30))), "--opcheck"],
+        pass_fds=[child_end.fileno()], env=worker_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    _LIVE.add(process.pid)
+    child_end.close()
+    output = Output(process.stdout)
+
+    def died(what: str) -> ImplementationDied:
+        tail = output.tail()
+        return ImplementationDied(f"opcheck of {spec} {what}" + (f"\n{tail}" if tail else ""))
+
+    try:
+        if not parent_end.poll(timeout):
+            raise died(f"timed out after {timeout:g} s")
+        try:
+            message = receive(parent_end, max_bytes=0)
+        except EOFError:
+            try:
+                returncode = process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            raise died(f"could not run: its process exited with {describe_status(returncode, memory_limit_gib)}") \
+                from None
+        except ProtocolError as error:
+            raise died(f"sent a message outside the channel's format ({error})") from None
+        if message.get("kind") != "opcheck" or type(message.get("result")) is not dict:
+            raise died("sent no opcheck result")
+        return message["result"]
+    finally:
+        try:
+            send(parent_end, {"kind": "stop"})
+        except OSError:
+            pass
+        parent_end.close()
+        stop_process(process)
+        output.close()
+
+
 class Output:
     """The worker's stdout and stderr, read by a thread: the first :data:`OUTPUT_CAP` bytes to a temporary file
     (deleted by :meth:`close`), the last lines kept for :meth:`tail`, the rest counted and dropped (a chatty
@@ -216,13 +303,15 @@ class Worker:
         """Start the child and return its description of the implementation (``backends.Implementation.describe``)."""
         from involution.conformance.backends import checked_description
 
+        contain()
         parent_end, child_end = Pipe()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path or os.getcwd() for path in sys.path)}
+        env = worker_environment()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "involution.conformance.worker", str(child_end.fileno()), self.spec,
              self.framework, self.device, str(int(self.memory_limit_gib * (1 << 30)))],
             pass_fds=[child_end.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True)
+        _LIVE.add(self.process.pid)
         child_end.close()
         self.connection = parent_end
         self.output = Output(self.process.stdout)
@@ -286,7 +375,7 @@ class Worker:
             raise ImplementationDied(f"timed out after {self.timeout:g} s in {where}" + (f"\n{tail}" if tail else ""))
         raised = result = None
         try:
-            message = receive(self.connection)
+            message = receive(self.connection, reply_bytes(args))
             if message.get("kind") == "raised":
                 raised = rebuild_exception(message.get("error"), self.memory_limit_gib)
             elif message.get("kind") != "ok" or type(message.get("value")) is not list or len(message["value"]) != 2:
@@ -338,19 +427,7 @@ class Worker:
             self.connection.close()
             self.connection = None
         if self.process is not None:
-            try:
-                self.process.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()  # the guard kills the implementation and everything it started
-                try:
-                    self.process.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            stop_process(self.process)
             self.process = None
         if self.output is not None:
             self.output.close()
@@ -390,6 +467,42 @@ def _prctl(option: int, value: int) -> None:
     """Linux ``prctl(option, value)``; nothing elsewhere (the guard then cannot adopt escaped processes)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+def drop_privileges() -> None:
+    """In the worker (Linux): no new privileges through exec (``PR_SET_NO_NEW_PRIVS``), and ``CAP_SYS_PTRACE``
+    dropped from the bounding, effective, permitted and inheritable sets, so that even as root the implementation
+    cannot attach to, or open the memory of, a process that is not dumpable (the CLI: :func:`undumpable`). Best
+    effort: a step the kernel refuses is skipped."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(_PR_CAPBSET_DROP, _CAP_SYS_PTRACE, 0, 0, 0)  # fails (EPERM) without CAP_SETPCAP: nothing to drop
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}: capabilities 0-31, 32-63
+    if libc.capget(header, data) == 0:
+        for index in (0, 1, 2):
+            data[index] &= ~(1 << _CAP_SYS_PTRACE)
+        libc.capset(header, data)
+
+
+def undumpable() -> int:
+    """Make this process not dumpable (Linux ``PR_SET_DUMPABLE`` 0): processes of the same user without
+    ``CAP_SYS_PTRACE`` can no longer attach to it or open ``/proc/<pid>/mem``. Returns the previous setting (for
+    :func:`restore_dumpable`), 1 elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = libc.prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    return previous if previous >= 0 else 1
+
+
+def restore_dumpable(previous: int) -> None:
+    """Undo :func:`undumpable` (for a suite run inside a longer-lived process, e.g. the tests)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, previous, 0, 0, 0)
 
 
 def descendants(root: int) -> list[int]:
@@ -435,11 +548,70 @@ def kill_descendants() -> None:
                 break
 
 
-def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int) -> None:
+_LIVE: set[int] = set()  # guard pids of this process's running workers (their processes are theirs to stop)
+_BASELINE: set[int] | None = None  # this process's descendants when containment began (not the suite's to kill)
+
+
+def contain(restart: bool = False) -> None:
+    """Make this process (the CLI, or whatever runs the suite) a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``):
+    a process that escapes a worker's guard (a double fork after the guard was killed) is re-parented here instead
+    of to init, where :func:`kill_strays` finds it. ``restart`` takes a new snapshot of the descendants that are not
+    the suite's (those alive now, which it never kills); otherwise the first snapshot stays."""
+    global _BASELINE
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    if _BASELINE is None or restart:
+        _BASELINE = set(descendants(os.getpid())) - _live_tree()
+        if not restart:
+            import atexit
+
+            atexit.register(kill_strays, True)
+
+
+def _live_tree() -> set[int]:
+    tree = set()
+    for pid in _LIVE:
+        tree.add(pid)
+        tree.update(descendants(pid))
+    return tree
+
+
+def kill_strays(everything: bool = False) -> None:
+    """Kill (and reap) every descendant of this process that the suite started or adopted and no running worker
+    owns: processes left by a worker that ended or was killed. ``everything`` also kills the running workers' (at
+    the end of a run). Descendants alive before :func:`contain` are left alone."""
+    if _BASELINE is None:
+        return
+    for _ in range(50):
+        keep = _BASELINE | (set() if everything else _live_tree())
+        strays = [pid for pid in descendants(os.getpid()) if pid not in keep]
+        if not strays:
+            return
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.02)
+        for pid in strays:  # adopted ones are children here now: reap them (the others' parents do)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def opcheck_serve(connection: Connection, spec: str, device: str) -> None:
+    """The opcheck process: run :func:`involution.conformance.opcheck.run`, send its result as a JSON header."""
+    from involution.conformance.opcheck import run
+
+    send(connection, {"kind": "opcheck", "result": run(spec, device)})
+
+
+def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int, opcheck: bool = False) -> None:
     """Fork the process that runs the implementation, wait for it, then kill whatever it left behind, and end
     the way it ended (its exit status, or the same signal)."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # the CLI gone: clean up as if stopped
+    drop_privileges()
     sys.stdout.flush()
     child = os.fork()
     if child == 0:
@@ -449,7 +621,10 @@ def guard(fd: int, spec: str, framework: str, device: str, memory_limit: int) ->
             import resource
 
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
-            serve(Connection(fd), spec, framework, device)
+            if opcheck:
+                opcheck_serve(Connection(fd), spec, device)
+            else:
+                serve(Connection(fd), spec, framework, device)
         except SystemExit as exit_request:
             code = exit_request.code if isinstance(exit_request.code, int) else 1
         except BaseException:
@@ -484,8 +659,9 @@ def main(argv=None) -> None:
     parser.add_argument("framework")
     parser.add_argument("device")
     parser.add_argument("memory_limit", type=int, help="bytes of address space for the implementation's process")
+    parser.add_argument("--opcheck", action="store_true", help="run torch.library.opcheck instead of serving calls")
     args = parser.parse_args(argv)
-    guard(args.fd, args.spec, args.framework, args.device, args.memory_limit)
+    guard(args.fd, args.spec, args.framework, args.device, args.memory_limit, args.opcheck)
 
 
 if __name__ == "__main__":  # run from the module's importable name, so that the suite's classes are its own

@@ -103,7 +103,7 @@ def prepare_output(path, force: bool, option: str) -> str | None:
     """
     path = Path(path)
     error = _path_error(path)
-    if error is None and path.exists() and not force:
+    if error is None and os.path.lexists(path) and not force:  # a dangling symlink too: writing follows it
         error = f"{str(path)!r} exists; pass --force to replace it"
     if error is None:
         try:

@@ -8,6 +8,9 @@ the CLI runs in this test's process, so a line with this process's id is code of
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -211,3 +214,98 @@ def test_forged_pickle_frame_on_the_pipe_is_refused_and_never_runs(hostile_log, 
     assert code == 1, out
     assert "outside the channel's format" in data["results"][0]["detail"], data["results"]
     assert_nothing_ran_here(hostile_log)
+
+
+def run_cli_process(name, properties, tmp_path, *extra, cwd=None, env=None):
+    """The CLI as its own process (``python -m involution``): ``(exit code, stdout + stderr, peak resident KiB of
+    the CLI's own process, its pid)``, the peak read from ``/proc/<pid>/status`` (VmHWM) while it runs."""
+    argv = [sys.executable, "-m", "involution", "conformance", "--impl", f"hostile_implementations.{name}", *BASE,
+            "--report", str(tmp_path / "report.json"), "--force", *extra]
+    argv += [arg for prop in properties for arg in ("--property", prop)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **(env or {})}
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or tmp_path, env=env)
+        peak = 0
+        while process.poll() is None:
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                peak = max(peak, int(re.search(r"VmHWM:\s+(\d+)", status).group(1)))
+            except (OSError, AttributeError):
+                pass
+            time.sleep(0.02)
+        log.seek(0)
+        return process.returncode, log.read().decode(errors="replace"), peak, process.pid
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the CLI's peak memory is read from /proc")
+def test_oversized_frames_are_refused_before_they_are_read(hostile_log, tmp_path):
+    code, output, peak, _ = run_cli_process("bigframes", ["core_cases_computed"], tmp_path)
+    assert code == 1, output
+    assert "outside the channel's format" in output, output
+    # the worker wrote 2 frames of 255 MiB; reading even one would lift the CLI's peak by 255 MiB over its own
+    _, baseline_output, baseline, _ = run_cli_process("core_only", ["core_cases_computed"], tmp_path)
+    assert baseline > 0, baseline_output
+    assert peak < baseline + (128 << 10), (peak, baseline, output)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="escaped processes are found through /proc (Linux)")
+def test_a_daemon_that_killed_its_guard_does_not_outlive_the_cli(hostile_log, capsys, tmp_path):
+    try:
+        code, out, _, _ = run_cli("escape", ["forward_matches_oracle"], capsys, tmp_path)
+        daemons = [pid for event, pid in events(hostile_log) if event == "daemon"]
+        assert daemons, "the daemon never started: the test proves nothing"
+        assert code == 1, out  # the call whose guard it killed ended the worker
+        deadline = time.monotonic() + 2
+        while any(alive(pid) for pid in daemons) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in daemons), f"processes outlived the CLI: {daemons}"
+        assert_nothing_ran_here(hostile_log)
+    finally:  # leave nothing running when the test fails
+        for pid in [pid for event, pid in events(hostile_log) if event == "daemon"]:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the CLI's memory is reached through /proc (Linux)")
+def test_a_worker_cannot_plant_modules_for_the_cli_or_open_its_memory(hostile_log, tmp_path):
+    code, output, _, cli = run_cli_process("reach_parent", ["forward_matches_oracle"], tmp_path, cwd=tmp_path)
+    found = events(hostile_log)
+    assert ("imported", cli) not in found and found, found
+    assert ("shadow", cli) not in found, f"a module the worker wrote ran in the CLI's process: {found}\n{output}"
+    assert "mem-opened" not in [event for event, _ in found], f"the worker opened the CLI's memory: {found}"
+    assert "mem-refused" in [event for event, _ in found], found  # it did try
+    assert code == 3, output  # right answers, one property: too little evidence
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="escaped processes are found through /proc (Linux)")
+def test_opcheck_runs_under_the_guard_and_its_result_comes_through_the_channel(hostile_log, capsys, tmp_path):
+    pytest.importorskip("torch")
+    try:
+        code, out, _, data = run_cli("opcheck_escape", ["torch_library_opcheck"], capsys, tmp_path,
+                                     "--framework", "torch", "--memory-limit", "2")
+        found = [event for event, _ in events(hostile_log)]
+        assert "alloc-refused" in found or "alloc-ok" in found, f"opcheck never imported it: {found}\n{out}"
+        assert "alloc-ok" not in found, f"opcheck ran without the memory limit: {found}"
+        cell = data["matrix"]["torch_library_opcheck"]["hostile_implementations.opcheck_escape"]
+        assert cell != "pass", f"a forged stdout line decided opcheck: {out}"
+        assert "forking" in found, found  # its daemon may be killed before it records itself
+        daemons = [pid for event, pid in events(hostile_log) if event == "daemon"]
+        assert not any(alive(pid) for pid in daemons), f"processes outlived the CLI: {daemons}"
+        assert_nothing_ran_here(hostile_log)
+    finally:
+        for pid in [pid for event, pid in events(hostile_log) if event == "daemon"]:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the CLI's pid is found through /proc (Linux)")
+def test_an_interrupted_run_gives_no_verdict(hostile_log, tmp_path):
+    code, output, _, _ = run_cli_process("sigint", ["forward_matches_oracle", "core_cases_computed"], tmp_path)
+    # no verdict at all from a partial run (it said "conformant" when the interrupt came late enough)
+    assert code == 2 and re.search(r"^\s*sigint: not judged: the run was interrupted", output, re.M), output
+    verdicts = json.loads((tmp_path / "report.json").read_text())["verdicts"]
+    assert all(v["verdict"].startswith("not judged") for v in verdicts.values()), verdicts

@@ -190,3 +190,43 @@ def test_exit_statuses_are_named(returncode, expected):
     from involution.conformance.worker import describe_status
 
     assert describe_status(returncode, 2.0) == expected
+
+
+def test_the_channel_checks_sizes_before_it_reads_a_frame():
+    """A header over the cap, arrays over the message's bound, or a frame longer than its declared array: each is
+    refused from its length prefix, without the bytes being read (tests/test_conformance_hostile.py measures it)."""
+    import json
+    import threading
+    from multiprocessing import Pipe
+
+    from involution.conformance.channel import MAX_HEADER_BYTES, ProtocolError, receive
+
+    small = {"t": "array", "dtype": "<f8", "shape": [2], "layout": "contiguous"}
+    huge = {"t": "array", "dtype": "<f8", "shape": [1 << 30], "layout": "contiguous"}
+    cases = [
+        ([b"[" + b" " * MAX_HEADER_BYTES + b"]"], "header over"),
+        ([json.dumps({"kind": "ok", "value": huge, "buffers": 1}).encode()], "over the"),
+        ([json.dumps({"kind": "ok", "value": small, "buffers": 1}).encode(), b"\0" * 17], "longer than its array"),
+        ([json.dumps({"kind": "ok", "value": small, "buffers": 2}).encode()], "declares 1 arrays"),
+    ]
+    for frames, expected in cases:
+        here, there = Pipe()
+
+        def write(frames=frames, there=there):  # a thread: the pipe holds less than the header over the cap
+            try:
+                for frame in frames:
+                    there.send_bytes(frame)
+            except OSError:
+                pass
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        with pytest.raises(ProtocolError, match=expected):
+            receive(here, max_bytes=1 << 20)
+        here.close()
+        writer.join(timeout=5)
+        there.close()
+    here, there = Pipe()
+    there.send_bytes(json.dumps({"kind": "ok", "value": small, "buffers": 1}).encode())
+    there.send_bytes(np.arange(2.0).tobytes())
+    assert receive(here)["value"].tolist() == [0.0, 1.0]

@@ -89,3 +89,18 @@ def test_train_digits_saves_atomically_over_an_existing_file_with_force(tmp_path
                  str(tmp_path / "weights"), "--force"]) == 0
     assert f"saved weights to {existing}" in capsys.readouterr().out
     assert len(read_npz(existing)) > 10 and os.listdir(tmp_path) == ["weights.npz"]
+
+
+def test_a_dangling_symlink_is_an_existing_file(tmp_path, capsys):
+    """A dangling symbolic link (the path exists as a link, its target does not) is refused without --force, as
+    any existing file: writing through it would create the file it names, wherever that is."""
+    link = tmp_path / "report.json"
+    link.symlink_to(tmp_path / "elsewhere" / "target.json")
+    assert prepare_output(link, False, "--report") == f"--report {str(link)!r} exists; pass --force to replace it"
+    code = main(["conformance", "--backend", "reference", "--property", "core_cases_computed", "--report", str(link)])
+    assert code == 2 and "exists; pass --force" in capsys.readouterr().err
+    folder = tmp_path / "cases"
+    folder.symlink_to(tmp_path / "nowhere")
+    assert main(["conformance", "--export-cases", str(folder)]) == 2
+    assert "dangling symbolic link" in capsys.readouterr().err
+    assert os.path.islink(link) and not os.path.exists(link)

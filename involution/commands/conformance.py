@@ -138,12 +138,48 @@ def export_cases(args) -> int:
 
 
 def run(args) -> int:
-    if os.getcwd() not in sys.path:  # so that --impl finds modules in the current directory
-        sys.path.insert(0, os.getcwd())
+    """The command: every process a worker started, or that escaped one, is killed before it returns (this process
+    is a child subreaper while it runs, so escaped processes are re-parented to it)."""
+    from involution.conformance.worker import contain, kill_strays, restore_dumpable, undumpable
+
+    contain(restart=True)
+    dumpable = undumpable()
+    try:
+        return _run(args)
+    finally:
+        from involution.conformance.backends import close_all
+
+        close_all()
+        kill_strays(everything=True)
+        restore_dumpable(dumpable)
+
+
+# Modules the run imports after its first worker started (pytest, its plugins, the oracle, the standard library's
+# lazily imported ones): imported before any worker starts, so that nothing a worker writes can shadow them.
+PRELOAD = ("timeit", "pdb", "cmd", "code", "codeop", "faulthandler", "pickletools", "pkgutil", "secrets", "tarfile",
+           "tomllib", "hmac", "mmap", "cmath", "grp", "pwd", "asyncio", "concurrent.futures", "xml.etree.ElementTree",
+           "http.client", "ssl", "involution.conformance.runner", "torch")
+
+
+def preload() -> None:
+    """Import :data:`PRELOAD` (those that are installed)."""
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def _run(args) -> int:
+    # The working directory is not put on this process's path: only the workers import from it (worker.py).
     errors = usage_errors(args)
     if not errors:
         from involution.conformance.backends import cached_load
 
+        if not args.export_cases:
+            preload()
         for spec in args.impl:  # load each in its worker now: one that cannot load is a usage error
             reason = cached_load(spec, args.framework, args.device, isolate=True, timeout=args.timeout,
                                  import_timeout=args.import_timeout, memory_limit_gib=args.memory_limit).skip_reason
