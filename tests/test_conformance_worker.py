@@ -118,11 +118,14 @@ def test_memory_layouts_arrive_as_sent(worker):
 
 
 @pytest.mark.parametrize("worker", ["scales_in_place"], indirect=True)
-def test_inputs_changed_in_the_worker_change_here(worker):
+def test_inputs_changed_in_the_worker_are_reported_here(worker):
+    """An implementation that scales x in place: the call fails here naming the input (the suite's one call path,
+    ``backends.Unmodified``, checks it on every call), and the caller's x is left as it was."""
     x = np.arange(6.0).reshape(1, 1, 2, 3)
-    out = worker.call("forward", (x, ARGS[1], 1, 0, 1))
-    np.testing.assert_array_equal(x, np.arange(6.0).reshape(1, 1, 2, 3) * 2)
-    np.testing.assert_array_equal(out, x)
+    with pytest.raises(AssertionError, match=r"forward modified its inputs: x \(5 of 6 elements changed\)") as info:
+        worker.call("forward", (x, ARGS[1], 1, 0, 1))
+    assert type(info.value).__name__ == "InputModified", type(info.value)  # the worker's class, by name only
+    np.testing.assert_array_equal(x, np.arange(6.0).reshape(1, 1, 2, 3))
 
 
 @pytest.mark.parametrize("worker", ["segfaults"], indirect=True)
