@@ -6,6 +6,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("involution.torch.models")
 
 from test_network_vs_torch import compare, make_pair  # noqa: E402  (tests/: the Involution2d value tests' helpers)
+from test_torch_bridge import assert_fast_equals_taps  # noqa: E402  (the Involution2d fast-vs-taps check)
 from torch import nn  # noqa: E402
 
 from involution import backends  # noqa: E402
@@ -62,17 +63,7 @@ def test_fast_layer_equals_taps_layer():
     torch.manual_seed(0)
     layer = InvolutionConv2d(32, 48, 7, 2).double()
     x = torch.randn(2, 32, 11, 10, dtype=torch.float64)
-    results = {}
-    for backend in ("taps", "fast"):
-        layer.set_backend(backend)
-        layer.zero_grad()
-        x_leaf = x.clone().requires_grad_()
-        out = layer(x_leaf)
-        out.square().sum().backward()
-        results[backend] = (out.detach(), x_leaf.grad, *(p.grad.clone() for p in layer.parameters()))
-    for index, (fast, taps) in enumerate(zip(results["fast"], results["taps"])):
-        torch.testing.assert_close(fast, taps, rtol=1e-10, atol=1e-10,
-                                   msg=lambda text: f"tensor {index} (out, grad_x, parameter grads): {text}")
+    assert_fast_equals_taps(layer, x)
 
 
 def swap_convolutions(model: nn.Module) -> nn.Module:
