@@ -1,9 +1,10 @@
 """Building blocks shared by the fast CPU kernels of ``cpu_forward``, ``cpu_grad_x`` and ``cpu_grad_kernel``.
 
-Compilation settings (``jit``: parallel kernels, ``inline``: helpers inlined into them), the index math of
-``index.py``, the work-unit chunk size (:class:`UnitChunks`), the flat multiply-add loops of v2-v4, the wide-row
-layout of v3-v4 (stride phases, bands) and the channels-last layout of the channel-vector kernels (v6-v9: units,
-lanes, rows per unit, channels-last loaders, four-position multiply-adds).
+Compilation settings (``jit``: parallel kernels, ``jit_unit``: the work unit a kernel's ``prange`` loop calls,
+``inline``: helpers inlined into kernels and units), the index math of ``index.py``, the work-unit chunk size
+(:class:`UnitChunks`), the flat multiply-add loops of v2-v4, the wide-row layout of v3-v4 (stride phases, bands) and
+the channels-last layout of the channel-vector kernels (v6-v9: units, lanes, rows per unit, channels-last loaders,
+four-position multiply-adds).
 
 Sizes: ``x (B, C, H, W)``, ``kernel (B, G, Kh, Kw, Ho, Wo)``, ``out / grad_out (B, C, Ho, Wo)``,
 channel ``c`` in group ``c // (C // G)``; ``sh, sw`` stride, ``ph, pw`` padding, ``dh, dw`` dilation.
@@ -25,7 +26,15 @@ output_range = _helpers["output_range"]
 split_index = _helpers["split_index"]
 kernel_offset = _helpers["kernel_offset"]
 
+# The kernels whose work unit inlines the most helpers (forward v8, grad_kernel v9) keep their ``prange`` loop body to
+# one call of a ``jit_unit`` function doing one work unit (its index cast to int64: the parfor's own index is
+# unsigned, and a second signature would compile the unit twice). numba's parfor passes deep-copy, copy-propagate and
+# re-simplify a loop body several times over; through the ordinary pipeline of a non-parallel function the same body
+# compiles in about half the time. ``error_model="numpy"``, as numba compiles a parfor body (no zero-division checks:
+# the kernels never divide by zero). Elsewhere the parfor passes cost less than a unit's extra code library, or (grad_x
+# v8) the unit ran 10-20% slower, so those kernels keep their bodies in the loop (docs/performance.md, "Cold start").
 jit = numba.njit(parallel=True, cache=CACHE, nogil=True)
+jit_unit = numba.njit(cache=CACHE, nogil=True, error_model="numpy")
 inline = numba.njit(inline="always", cache=CACHE)
 
 
@@ -197,20 +206,37 @@ def channel_block_unit(unit, groups, blocks, bands, band, rows_total, channels, 
 
 
 @inline
+def inside_columns(width, wide, pw):
+    """``(lo, hi)``: the columns ``q`` of a row of ``wide`` padded columns that hold input column ``q - pw`` of an
+    input ``width`` wide (the others are padding; ``lo <= hi``)."""
+    lo = min(pw, wide)
+    return lo, max(lo, min(wide, width + pw))
+
+
+@inline
+def zero_row_padding(scratch, row_start, wide, lanes, lo, hi, y, height):
+    """Zero the padding of the channels-last row ``scratch[row_start:row_start + wide*lanes]`` (``lanes`` elements per
+    column): its columns outside ``[lo, hi)``, or the whole row where input row ``y`` lies outside ``[0, height)``.
+    Returns whether it lies inside (then columns ``[lo, hi)`` are the caller's to fill)."""
+    row_length = wide * lanes
+    if y < 0 or y >= height:
+        scratch[row_start:row_start + row_length] = 0
+        return False
+    scratch[row_start:row_start + lo * lanes] = 0
+    scratch[row_start + hi * lanes:row_start + row_length] = 0
+    return True
+
+
+@inline
 def load_channels_last(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``scratch[start + (r*wide + q)*lanes + l] = x[c0 + l, y0 + r, q - pw]`` for ``l < valid``; zero in the
     padding, past the image and in lanes ``l >= valid``."""
-    row_length = wide * lanes
-    inside_lo = min(pw, wide)
-    inside_hi = max(inside_lo, min(wide, width + pw))
+    inside_lo, inside_hi = inside_columns(width, wide, pw)
     for r in range(rows):
         y = y0 + r
-        row_start = start + r * row_length
-        if y < 0 or y >= height:
-            scratch[row_start:row_start + row_length] = 0
+        row_start = start + r * wide * lanes
+        if not zero_row_padding(scratch, row_start, wide, lanes, inside_lo, inside_hi, y, height):
             continue
-        scratch[row_start:row_start + inside_lo * lanes] = 0
-        scratch[row_start + inside_hi * lanes:row_start + row_length] = 0
         for l in range(lanes):
             if l < valid:
                 source = ((c0 + l) * height + y) * width - pw
@@ -268,8 +294,8 @@ def rows_per_unit(batch, groups, group_channels, lanes, out_h, wide, kernel_h, s
 def load_channels_last_by_four(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``load_channels_last`` four columns at a time, transposed in registers."""
     lane_count = simd.count(lanes)
-    inside_lo = min(pw, wide)
-    if max(inside_lo, min(wide, width + pw)) - inside_lo < 4:
+    inside_lo, inside_hi = inside_columns(width, wide, pw)
+    if inside_hi - inside_lo < 4:
         load_channels_last(x_flat, scratch, start, c0, valid, lane_count, height, width, y0, rows, wide, pw)
         return
     load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw, False)
@@ -281,17 +307,12 @@ def load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, 
     """``load_channels_last`` on rows of at least 4 (``whole_vectors``: ``lanes``) inside columns: four columns at
     a time (``simd.load_columns``), or ``lanes`` at a time (``simd.copy_transposed``), transposed in registers."""
     lane_count = simd.count(lanes)
-    row_length = wide * lane_count
-    inside_lo = min(pw, wide)
-    inside_hi = max(inside_lo, min(wide, width + pw))
+    inside_lo, inside_hi = inside_columns(width, wide, pw)
     for r in range(rows):
         y = y0 + r
-        row_start = start + r * row_length
-        if y < 0 or y >= height:
-            scratch[row_start:row_start + row_length] = 0
+        row_start = start + r * wide * lane_count
+        if not zero_row_padding(scratch, row_start, wide, lane_count, inside_lo, inside_hi, y, height):
             continue
-        scratch[row_start:row_start + inside_lo * lane_count] = 0
-        scratch[row_start + inside_hi * lane_count:row_start + row_length] = 0
         source = (c0 * height + y) * width - pw
         if whole_vectors:
             for q in range(inside_lo, inside_hi, lane_count):

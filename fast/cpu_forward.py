@@ -24,10 +24,10 @@ from numba import prange
 
 from . import simd
 from .cpu_blocks import (POSITIONS, SIMD_BLOCK, band_of_unit, band_slot, channel_block_unit, channel_lanes,
-                         group_of_channel, inline, input_coordinate, jit, kernel_offset, load_channels_last_blocks,
-                         load_channels_last_by_four, load_phases, load_wide_rows, multiply_add_flat, multiply_add_four,
-                         multiply_add_padding, output_range, rows_per_unit, simd_length, split_index, store_wide_rows,
-                         wide_layout, wide_scratch_elements, UnitChunks)
+                         group_of_channel, inline, input_coordinate, inside_columns, jit, jit_unit, kernel_offset,
+                         load_channels_last_blocks, load_channels_last_by_four, load_phases, load_wide_rows,
+                         multiply_add_flat, multiply_add_four, multiply_add_padding, output_range, rows_per_unit,
+                         simd_length, split_index, store_wide_rows, wide_layout, wide_scratch_elements, UnitChunks)
 
 
 # ---------------------------------------------------------------------------------------------- forward
@@ -321,7 +321,7 @@ def scratch_v8(geometry, workers: int) -> int:
 
 @inline
 def forward_row_by_four(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid, out_w,
-                   kernel_h, kernel_w, sw, row_step, dw, lanes):
+                        kernel_h, kernel_w, sw, row_step, dw, lanes):
     """One output row of a channel block: POSITIONS positions at a time (``multiply_add_taps_four``, stored by
     ``simd.store_columns``), or one at a time on rows narrower than a block; ``row_step`` is the scratch's
     elements per dilated kernel row, ``target_row`` the flat output index of the block's first channel."""
@@ -464,8 +464,8 @@ def multiply_add_taps_eight(kernel_flat, kernel_start, last, plane, scratch, sta
 def load_channels_last_by_vector(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw):
     """``load_channels_last`` ``lanes`` columns at a time (``simd.copy_transposed``); rows of fewer inside columns
     run ``load_channels_last_by_four``."""
-    inside_lo = min(pw, wide)
-    if max(inside_lo, min(wide, width + pw)) - inside_lo < simd.count(lanes):
+    inside_lo, inside_hi = inside_columns(width, wide, pw)
+    if inside_hi - inside_lo < simd.count(lanes):
         load_channels_last_by_four(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw)
         return
     load_channels_last_blocks(x_flat, scratch, start, c0, valid, lanes, height, width, y0, rows, wide, pw, True)
@@ -478,51 +478,62 @@ def slot_tail(out_w, sw, dw, lanes) -> int:
     return (POSITIONS_V8 - out_w) * sw * lanes
 
 
-@jit
-def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band, tail):
-    """``forward_channels_v6`` with blocks of eight positions where the row allows (``multiply_add_taps_eight``);
-    ``tail`` is :func:`slot_tail`."""
+@jit_unit
+def forward_unit_v8(x, kernel, out, scratch, start, unit, sh, sw, ph, pw, dh, dw, lanes, band):
+    """One work unit of :func:`forward_channels_v8`: a block of ``lanes`` channels of one (b, g), a band of ``band``
+    output rows, its channels-last copy at ``scratch[start:]``."""
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
     group_channels = channels // groups
     lane_count = simd.count(lanes)
     blocks, bands = (group_channels + lane_count - 1) // lane_count, (out_h + band - 1) // band
     wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
-    slot = band_slot(band, sh, kernel_h, dh, wide, lane_count) + tail
     plane, taps = out_h * out_w, kernel_h * kernel_w
     x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
-    scratch = np.empty(threads * slot, x.dtype)
     eights = dw == 1 and sw <= 2 and out_w >= NARROWEST_V8
     last = min(out_w, POSITIONS_V8) - 1  # the last live position of a block
-    units = batch * groups * blocks * bands
-    for unit in prange(units):
-        start = numba.get_thread_id() * slot
-        b, g, i0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, out_h, channels,
-                                                       group_channels, lane_count)
-        load_channels_last_by_vector(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
-                              (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
-        for i in range(i0, i0 + rows):
-            kernel_row = (b * groups + g) * taps * plane + i * out_w
-            scratch_row = start + (i - i0) * sh * wide * lane_count
-            target_row = c0 * plane + i * out_w
-            if eights:
-                for j in range(0, out_w, POSITIONS_V8):
-                    j = max(0, min(j, out_w - POSITIONS_V8))  # the row's last block ends at out_w (overlap)
-                    a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_taps_eight(
-                        kernel_flat, kernel_row + j, last, plane, scratch, scratch_row + j * sw * lane_count,
-                        kernel_h, kernel_w, dh * wide * lane_count, sw, lanes)
-                    simd.store_columns(out_flat, target_row + j, plane, valid, a0, a1, a2, a3)
-                    if last == 7:  # positions last - 3 .. last (overlapping the first four where last < 7)
-                        simd.store_columns(out_flat, target_row + j + 4, plane, valid, a4, a5, a6, a7)
-                    elif last == 6:
-                        simd.store_columns(out_flat, target_row + j + 3, plane, valid, a3, a4, a5, a6)
-                    elif last == 5:
-                        simd.store_columns(out_flat, target_row + j + 2, plane, valid, a2, a3, a4, a5)
-                    else:
-                        simd.store_columns(out_flat, target_row + j + 1, plane, valid, a1, a2, a3, a4)
-            else:
-                forward_row_by_four(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid,
-                               out_w, kernel_h, kernel_w, sw, dh * wide * lane_count, dw, lanes)
+    b, g, i0, rows, c0, valid = channel_block_unit(unit, groups, blocks, bands, band, out_h, channels,
+                                                   group_channels, lane_count)
+    load_channels_last_by_vector(x_flat, scratch, start, c0, valid, lanes, height, width, i0 * sh - ph,
+                                 (rows - 1) * sh + (kernel_h - 1) * dh + 1, wide, pw)
+    for i in range(i0, i0 + rows):
+        kernel_row = (b * groups + g) * taps * plane + i * out_w
+        scratch_row = start + (i - i0) * sh * wide * lane_count
+        target_row = c0 * plane + i * out_w
+        if eights:
+            for j in range(0, out_w, POSITIONS_V8):
+                j = max(0, min(j, out_w - POSITIONS_V8))  # the row's last block ends at out_w (overlap)
+                a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_taps_eight(
+                    kernel_flat, kernel_row + j, last, plane, scratch, scratch_row + j * sw * lane_count,
+                    kernel_h, kernel_w, dh * wide * lane_count, sw, lanes)
+                simd.store_columns(out_flat, target_row + j, plane, valid, a0, a1, a2, a3)
+                if last == 7:  # positions last - 3 .. last (overlapping the first four where last < 7)
+                    simd.store_columns(out_flat, target_row + j + 4, plane, valid, a4, a5, a6, a7)
+                elif last == 6:
+                    simd.store_columns(out_flat, target_row + j + 3, plane, valid, a3, a4, a5, a6)
+                elif last == 5:
+                    simd.store_columns(out_flat, target_row + j + 2, plane, valid, a2, a3, a4, a5)
+                else:
+                    simd.store_columns(out_flat, target_row + j + 1, plane, valid, a1, a2, a3, a4)
+        else:
+            forward_row_by_four(kernel_flat, kernel_row, plane, scratch, scratch_row, out_flat, target_row, valid,
+                                out_w, kernel_h, kernel_w, sw, dh * wide * lane_count, dw, lanes)
+
+
+@jit
+def forward_channels_v8(x, kernel, out, sh, sw, ph, pw, dh, dw, threads, lanes, band, tail):
+    """``forward_channels_v6`` with blocks of eight positions where the row allows (``multiply_add_taps_eight``);
+    ``tail`` is :func:`slot_tail`."""
+    batch, channels = x.shape[:2]
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    lane_count = simd.count(lanes)
+    blocks, bands = (channels // groups + lane_count - 1) // lane_count, (out_h + band - 1) // band
+    wide = (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+    slot = band_slot(band, sh, kernel_h, dh, wide, lane_count) + tail
+    scratch = np.empty(threads * slot, x.dtype)
+    for unit in prange(batch * groups * blocks * bands):
+        forward_unit_v8(x, kernel, out, scratch, numba.get_thread_id() * slot, numba.int64(unit), sh, sw, ph, pw, dh,
+                        dw, lanes, band)
 
 
 def forward_v8(x, kernel, out, sh, sw, ph, pw, dh, dw):

@@ -22,9 +22,10 @@ from numba import prange
 
 from . import simd
 from .cpu_blocks import (POSITIONS, SCRATCH_ELEMENTS, SIMD_BLOCK, band_of_unit, band_slot, channel_lanes, inline,
-                         input_coordinate, jit, kernel_offset, load_channels_last_by_four, load_phases, load_wide_rows,
-                         multiply_add_flat, multiply_add_padding, output_range, rows_per_unit, simd_length, split_index,
-                         store_wide_rows, units_wanted, wide_layout, wide_scratch_elements, UnitChunks)
+                         input_coordinate, jit, jit_unit, kernel_offset, load_channels_last_by_four, load_phases,
+                         load_wide_rows, multiply_add_flat, multiply_add_padding, output_range, rows_per_unit,
+                         simd_length, split_index, store_wide_rows, units_wanted, wide_layout, wide_scratch_elements,
+                         UnitChunks)
 
 
 # ------------------------------------------------------------------------------------ grad wrt kernel
@@ -324,14 +325,15 @@ rows_paired, rows_copied, positions_layout = inline(rows_paired), inline(rows_co
 
 
 def positions_plan(batch, groups, group_channels, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, dtype, workers):
-    """``(lanes, band, slot)``: positions per vector (:func:`position_lanes`), output rows per unit (about UNITS_PER_THREAD
-    units per thread, the unit's copies within SCRATCH_ELEMENTS, at least one row) and scratch elements per thread."""
+    """``(lanes, band, slot)``: positions per vector (:func:`position_lanes`), output rows per unit (about
+    UNITS_PER_THREAD units per thread, the unit's copies within SCRATCH_ELEMENTS, at least one row) and scratch elements
+    per thread."""
     lanes = position_lanes(out_w, dtype)
     phase_count = len(column_phases(kernel_w, sw, dw)[0])
 
     def slot(rows):
-        _, _, input_channel, output_channel = positions_layout.py_func(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
-                                                                dw, lanes, phase_count, rows)
+        _, _, input_channel, output_channel = positions_layout.py_func(group_channels, out_w, kernel_h, kernel_w, sh,
+                                                                       sw, dh, dw, lanes, phase_count, rows)
         return group_channels * (input_channel + output_channel)
 
     bands_wanted = units_wanted(workers, batch * groups)
@@ -498,6 +500,95 @@ def store_positions(target_flat, start, vector, count, whole):
         simd.store_first(target_flat, start, vector, count)
 
 
+@jit_unit
+def grad_kernel_unit_v9(grad_out, x, grad_kernel, scratch, start, unit, sh, sw, ph, pw, dh, dw, lanes, copy_lanes, band,
+                        phases, column_slot, column_shift, phase_ranges, block_offset, channel_offset):
+    """One work unit of :func:`grad_kernel_positions_v9`: one (b, g) and a band of ``band`` output rows, its copies at
+    ``scratch[start:]``; ``phase_ranges``, ``block_offset`` and ``channel_offset`` are the kernel's tables."""
+    batch, channels, height, width = x.shape
+    groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
+    group_channels = channels // groups
+    lane_count = simd.count(lanes)
+    bands = (out_h + band - 1) // band
+    pitch, phase_w, input_channel, output_channel = positions_layout(group_channels, out_w, kernel_h, kernel_w, sh, sw,
+                                                                     dh, dw, lane_count, len(phases), band)
+    row_step = len(phases) * phase_w  # one input row's phases
+    plane, taps = out_h * out_w, kernel_h * kernel_w
+    tap_step = kernel_w * plane  # one kernel row down a tap column
+    tap_blocks = (taps + TAPS_V9 - 1) // TAPS_V9
+    whole = out_w >= lane_count  # every vector of positions inside a row: whole-vector stores
+    paired = rows_paired(kernel_h, sh, dh)
+    x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
+    outputs = start + group_channels * input_channel  # the grad_out rows follow the input rows
+    b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
+    c0 = b * channels + g * group_channels
+    rows_in, rows_out = rows_copied(rows, kernel_h, sh, dh)
+    load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, i0 * sh - ph, rows_in, phases,
+                    phase_ranges, phase_w, sw, pw, input_channel, copy_lanes)
+    load_padded_rows(grad_out_flat, scratch, outputs, c0, group_channels, out_h, out_w, i0, rows_out, pitch,
+                     output_channel, copy_lanes)
+    target_image = (b * groups + g) * taps * plane
+    if paired:
+        for i in range(i0, i0 + rows, 2):
+            second = i + 1 < i0 + rows  # an odd band's last pair computes a spare row, not stored
+            for j in range(0, pitch, lane_count):
+                j = min(j, pitch - lane_count)
+                x_row = start + (i - i0) * sh * row_step + j
+                go_start = outputs + (i - i0) * pitch + j
+                for v in range(kernel_w):
+                    x_column = x_row + column_slot[v] * phase_w + column_shift[v]
+                    for u0 in range(0, kernel_h, COLUMN_TAPS_V9):
+                        a00, a01, a02, a03, a10, a11, a12, a13 = multiply_add_column_v9(
+                            scratch, x_column + u0 * row_step, go_start, channel_offset, output_channel,
+                            group_channels, row_step, pitch, lanes)
+                        k = target_image + (u0 * kernel_w + v) * plane + i * out_w + j
+                        store_column_pair(grad_kernel_flat, k, out_w, second, whole, a00, a10)
+                        if u0 + 1 < kernel_h:
+                            store_column_pair(grad_kernel_flat, k + tap_step, out_w, second, whole, a01, a11)
+                        if u0 + 2 < kernel_h:
+                            store_column_pair(grad_kernel_flat, k + 2 * tap_step, out_w, second, whole, a02, a12)
+                        if u0 + 3 < kernel_h:
+                            store_column_pair(grad_kernel_flat, k + 3 * tap_step, out_w, second, whole, a03, a13)
+        return
+    for i in range(i0, i0 + rows):
+        for j in range(0, pitch, lane_count):
+            j = min(j, pitch - lane_count)  # the row's last vector ends at its end (overlap: same values)
+            x_start = start + (i - i0) * sh * row_step + j
+            go_start = outputs + (i - i0) * pitch + j
+            target = target_image + i * out_w + j
+            for block in range(tap_blocks):
+                t = block * TAPS_V9
+                last = min(taps - t, TAPS_V9) - 1  # taps past it repeat tap t + last, and are not stored
+                o0, o1, o2, o3 = block_offset[block, 0], block_offset[block, 1], block_offset[block, 2], \
+                    block_offset[block, 3]
+                if last < TAIL_TAPS_V9:
+                    a0, a1, a2, a3 = multiply_add_channels_four_v9(
+                        scratch, x_start, go_start, channel_offset, output_channel, group_channels,
+                        o0, o1, o2, o3, lanes)
+                    a4 = a5 = a6 = a7 = a3
+                else:
+                    a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_channels_v9(
+                        scratch, x_start, go_start, channel_offset, output_channel, group_channels,
+                        o0, o1, o2, o3, block_offset[block, 4], block_offset[block, 5], block_offset[block, 6],
+                        block_offset[block, 7], lanes)
+                k = target + t * plane
+                store_positions(grad_kernel_flat, k, a0, out_w, whole)
+                if last >= 1:
+                    store_positions(grad_kernel_flat, k + plane, a1, out_w, whole)
+                if last >= 2:
+                    store_positions(grad_kernel_flat, k + 2 * plane, a2, out_w, whole)
+                if last >= 3:
+                    store_positions(grad_kernel_flat, k + 3 * plane, a3, out_w, whole)
+                if last >= 4:
+                    store_positions(grad_kernel_flat, k + 4 * plane, a4, out_w, whole)
+                if last >= 5:
+                    store_positions(grad_kernel_flat, k + 5 * plane, a5, out_w, whole)
+                if last >= 6:
+                    store_positions(grad_kernel_flat, k + 6 * plane, a6, out_w, whole)
+                if last >= 7:
+                    store_positions(grad_kernel_flat, k + 7 * plane, a7, out_w, whole)
+
+
 @jit
 def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, threads, lanes, copy_lanes, band,
                              phases, column_slot, column_shift):
@@ -507,14 +598,12 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
     batch, channels, height, width = x.shape
     groups, kernel_h, kernel_w, out_h, out_w = grad_kernel.shape[1:]
     group_channels = channels // groups
-    lane_count = simd.count(lanes)
     bands = (out_h + band - 1) // band
-    pitch, phase_w, input_channel, output_channel = positions_layout(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
-                                                              dw, lane_count, len(phases), band)
+    _, phase_w, input_channel, output_channel = positions_layout(group_channels, out_w, kernel_h, kernel_w, sh, sw, dh,
+                                                                 dw, simd.count(lanes), len(phases), band)
     row_step = len(phases) * phase_w  # one input row's phases
     slot = group_channels * (input_channel + output_channel)
-    plane, taps = out_h * out_w, kernel_h * kernel_w
-    tap_step = kernel_w * plane  # one kernel row down a tap column
+    taps = kernel_h * kernel_w
     tap_blocks = (taps + TAPS_V9 - 1) // TAPS_V9
     block_offset = np.empty((tap_blocks, TAPS_V9), np.int64)  # a block's taps' input vectors, from its position's
     for block in range(tap_blocks):
@@ -522,85 +611,17 @@ def grad_kernel_positions_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw, t
             tap = min(block * TAPS_V9 + k, taps - 1)  # taps past the last repeat it
             u, v = tap // kernel_w, tap % kernel_w
             block_offset[block, k] = u * dh * row_step + column_slot[v] * phase_w + column_shift[v]
-    channel_offset = np.arange(group_channels) * input_channel
+    channel_offset = np.empty(group_channels, np.int64)  # a loop, not an array expression: no parfor to compile
+    for c in range(group_channels):
+        channel_offset[c] = c * input_channel
     phase_ranges = np.empty((len(phases), 2), np.int64)
     for s in range(len(phases)):
         phase_ranges[s, 0], phase_ranges[s, 1] = output_range(phases[s], sw, 1, pw, width, phase_w)
-    whole = out_w >= lane_count  # every vector of positions inside a row: whole-vector stores
-    paired = rows_paired(kernel_h, sh, dh)
-    x_flat, grad_out_flat, grad_kernel_flat = x.reshape(-1), grad_out.reshape(-1), grad_kernel.reshape(-1)
     scratch = np.empty(threads * slot, x.dtype)
-    units = batch * groups * bands
-    for unit in prange(units):
-        start = numba.get_thread_id() * slot
-        outputs = start + group_channels * input_channel  # the grad_out rows follow the input rows
-        b, g, i0, rows = band_of_unit(unit, groups, bands, band, out_h)
-        c0 = b * channels + g * group_channels
-        rows_in, rows_out = rows_copied(rows, kernel_h, sh, dh)
-        load_phase_rows(x_flat, scratch, start, c0, group_channels, height, width, i0 * sh - ph, rows_in, phases,
-                        phase_ranges, phase_w, sw, pw, input_channel, copy_lanes)
-        load_padded_rows(grad_out_flat, scratch, outputs, c0, group_channels, out_h, out_w, i0, rows_out, pitch,
-                         output_channel, copy_lanes)
-        target_image = (b * groups + g) * taps * plane
-        if paired:
-            for i in range(i0, i0 + rows, 2):
-                second = i + 1 < i0 + rows  # an odd band's last pair computes a spare row, not stored
-                for j in range(0, pitch, lane_count):
-                    j = min(j, pitch - lane_count)
-                    x_row = start + (i - i0) * sh * row_step + j
-                    go_start = outputs + (i - i0) * pitch + j
-                    for v in range(kernel_w):
-                        x_column = x_row + column_slot[v] * phase_w + column_shift[v]
-                        for u0 in range(0, kernel_h, COLUMN_TAPS_V9):
-                            a00, a01, a02, a03, a10, a11, a12, a13 = multiply_add_column_v9(
-                                scratch, x_column + u0 * row_step, go_start, channel_offset, output_channel,
-                                group_channels, row_step, pitch, lanes)
-                            k = target_image + (u0 * kernel_w + v) * plane + i * out_w + j
-                            store_column_pair(grad_kernel_flat, k, out_w, second, whole, a00, a10)
-                            if u0 + 1 < kernel_h:
-                                store_column_pair(grad_kernel_flat, k + tap_step, out_w, second, whole, a01, a11)
-                            if u0 + 2 < kernel_h:
-                                store_column_pair(grad_kernel_flat, k + 2 * tap_step, out_w, second, whole, a02, a12)
-                            if u0 + 3 < kernel_h:
-                                store_column_pair(grad_kernel_flat, k + 3 * tap_step, out_w, second, whole, a03, a13)
-            continue
-        for i in range(i0, i0 + rows):
-            for j in range(0, pitch, lane_count):
-                j = min(j, pitch - lane_count)  # the row's last vector ends at its end (overlap: same values)
-                x_start = start + (i - i0) * sh * row_step + j
-                go_start = outputs + (i - i0) * pitch + j
-                target = target_image + i * out_w + j
-                for block in range(tap_blocks):
-                    t = block * TAPS_V9
-                    last = min(taps - t, TAPS_V9) - 1  # taps past it repeat tap t + last, and are not stored
-                    o0, o1, o2, o3 = block_offset[block, 0], block_offset[block, 1], block_offset[block, 2], \
-                        block_offset[block, 3]
-                    if last < TAIL_TAPS_V9:
-                        a0, a1, a2, a3 = multiply_add_channels_four_v9(
-                            scratch, x_start, go_start, channel_offset, output_channel, group_channels,
-                            o0, o1, o2, o3, lanes)
-                        a4 = a5 = a6 = a7 = a3
-                    else:
-                        a0, a1, a2, a3, a4, a5, a6, a7 = multiply_add_channels_v9(
-                            scratch, x_start, go_start, channel_offset, output_channel, group_channels,
-                            o0, o1, o2, o3, block_offset[block, 4], block_offset[block, 5], block_offset[block, 6],
-                            block_offset[block, 7], lanes)
-                    k = target + t * plane
-                    store_positions(grad_kernel_flat, k, a0, out_w, whole)
-                    if last >= 1:
-                        store_positions(grad_kernel_flat, k + plane, a1, out_w, whole)
-                    if last >= 2:
-                        store_positions(grad_kernel_flat, k + 2 * plane, a2, out_w, whole)
-                    if last >= 3:
-                        store_positions(grad_kernel_flat, k + 3 * plane, a3, out_w, whole)
-                    if last >= 4:
-                        store_positions(grad_kernel_flat, k + 4 * plane, a4, out_w, whole)
-                    if last >= 5:
-                        store_positions(grad_kernel_flat, k + 5 * plane, a5, out_w, whole)
-                    if last >= 6:
-                        store_positions(grad_kernel_flat, k + 6 * plane, a6, out_w, whole)
-                    if last >= 7:
-                        store_positions(grad_kernel_flat, k + 7 * plane, a7, out_w, whole)
+    for unit in prange(batch * groups * bands):
+        grad_kernel_unit_v9(grad_out, x, grad_kernel, scratch, numba.get_thread_id() * slot, numba.int64(unit), sh, sw,
+                            ph, pw, dh, dw, lanes, copy_lanes, band, phases, column_slot, column_shift, phase_ranges,
+                            block_offset, channel_offset)
 
 
 def grad_kernel_v9(grad_out, x, grad_kernel, sh, sw, ph, pw, dh, dw):
