@@ -1,6 +1,6 @@
 """RedNet's speed paths (issue 31) compute what they replace: the channels-last forward kernel
 (``involution.fast.cpu_forward_channels_last``) and the torch op's channels-last path, the strided layers' generation
-pool (``GenerationPool2d``), RedNet in ``channels_last`` against the plain-PyTorch ``taps`` op, and the benchmark's
+pool (``AvgPool2d``), RedNet in ``channels_last`` against the plain-PyTorch ``taps`` op, and the benchmark's
 floor networks and in-place ReLUs.
 
 Tolerances derive from the dtype: ``2**10`` epsilons relative to the largest magnitude (as tests/test_network_speed.py),
@@ -181,7 +181,7 @@ def test_rednet_channels_last_matches_taps(training):
 @pytest.mark.parametrize("shape, stride", [((2, 16, 8, 6), (2, 2)), ((1, 3, 7, 6), (2, 2)), ((2, 4, 9, 8), (3, 2)),
                                            ((1, 8, 4, 4), (1, 2))])
 def test_generation_pool_is_avg_pool_bitwise(shape, stride):
-    pool = models.GenerationPool2d(stride)
+    pool = models.AvgPool2d(stride)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(5))
     expected = torch.nn.functional.avg_pool2d(x, stride, stride, ceil_mode=True)
     for layout in (torch.contiguous_format, torch.channels_last):
