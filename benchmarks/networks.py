@@ -7,8 +7,8 @@ What is timed, float32 at ``batch x 3 x 224 x 224`` (issue 31):
 * a training step (forward, cross-entropy, backward, SGD step) at the largest batch size, eager and compiled.
 
 Each network runs in every configuration of :data:`EAGER_CONFIGURATIONS` (memory format; BN folded by
-:func:`involution.torch.models.fold_batch_norms` and ReLUs in place, :func:`relu_in_place`, at inference) and, for RedNet, each count of threads for the op's
-numba kernels (:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
+:func:`involution.torch.models.fold_batch_norms` and ReLUs in place, :func:`relu_in_place`, at inference) and,
+for RedNet, each count of threads for the op's numba kernels (:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
 configuration gives its time. Beside each RedNet, its floors (:data:`FLOORS`) run in the same configurations: the
 network with every involution layer replaced by a free stand-in (:func:`floor_network`), and that with the stem
 also ResNet's: what the layers RedNet shares with ResNet cost, the lower bound of its time whatever the op. Every
