@@ -430,6 +430,8 @@ def run(networks=("rednet50", BASELINE), batches=(1, 8), rounds: int = 5, compil
     import numba
     import torch
 
+    import involution.fast.runtime  # noqa: F401  (numba's threading layer, TBB, chosen before numba starts threads)
+
     torch.set_num_threads(numba.get_num_threads())
     names = list(dict.fromkeys([*networks, BASELINE]))
     load_before = os.getloadavg()
@@ -500,6 +502,8 @@ def run_arguments(args, command: str) -> int:
     import json
 
     import numba
+
+    import involution.fast.runtime  # noqa: F401  (numba's threading layer, TBB, chosen before numba starts threads)
 
     if args.threads:
         numba.set_num_threads(args.threads)

@@ -253,3 +253,22 @@ def test_relu_in_place_keeps_the_function():
         x = torch.randn(2, 3, 40, 36, generator=torch.Generator().manual_seed(7))
         with torch.no_grad():
             assert torch.equal(in_place(x), folded(x)), type(model).__name__
+
+
+def test_networks_command_sets_threads_on_the_project_layer(monkeypatch):
+    """``python -m involution.benchmarks.networks --threads N`` chooses numba's threading layer
+    (``involution.fast.runtime``: TBB, else workqueue) before it sets numba's threads: set first, numba starts its
+    OpenMP layer, which competes with torch's (two-thread runs measured 10-25x slower than one thread)."""
+    import subprocess
+    import sys
+
+    for name in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"):
+        monkeypatch.delenv(name, raising=False)
+    script = ("from involution.benchmarks import networks\n"
+              "networks.run = lambda *args, **kwargs: {}\n"
+              "networks.main(['--threads', '1', '--no-compile'])\n"
+              "from involution.fast import runtime\n"
+              "print(runtime.running_layer())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] in ("tbb", "workqueue"), result.stdout
