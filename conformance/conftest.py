@@ -183,8 +183,10 @@ class Prover:
         """
         self.declines, self.declined_label = declines, declined_label
         shrink = shrink and self.shrink
-        # No explain phase: its report (lines run only by failing examples, traced with sys.settrace) is not in
-        # the matrix, cannot see into a worker process, and tripled the time of a failing run.
+        # No explain phase: with it, hypothesis runs every example after the first failure (shrinking included)
+        # under sys.settrace for a report of the lines only failing examples ran, which the matrix never shows
+        # and which cannot see into a worker process; it made failing runs 2-3x a conformant one
+        # (docs/conformance.md, "How long a run takes").
         phases = [phase for phase in settings().phases
                   if phase != Phase.explain and (shrink or phase != Phase.shrink)]
         # Failing examples saved per implementation, and none unshrunk (see KeyedDatabase).
