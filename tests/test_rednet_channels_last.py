@@ -258,7 +258,7 @@ def test_relu_in_place_keeps_the_function():
 def test_networks_command_sets_threads_on_the_project_layer(monkeypatch):
     """``python -m involution.benchmarks.networks --threads N`` chooses numba's threading layer
     (``involution.fast.runtime``: TBB, else workqueue) before it sets numba's threads: set first, numba starts its
-    OpenMP layer, which competes with torch's (two-thread runs measured 10-25x slower than one thread)."""
+    OpenMP layer beside torch's OpenMP threads, not the layer the op is built and documented for."""
     import subprocess
     import sys
 
