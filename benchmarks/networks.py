@@ -516,10 +516,10 @@ def run_arguments(args, command: str) -> int:
         results = {"command": command, "rows": rows, "threads": torch.get_num_threads(),
                    "load_average_before": load_before, "load_average_after": os.getloadavg()}
     else:
-            results = {"command": command, **run(args.networks or ("rednet50",), args.batch or (1, 8),
-                                             args.repeats or (3 if args.quick else 7), not args.no_compile,
-                                             not args.no_training, not args.quick, args.quick,
-                                             floors=not getattr(args, "no_floor", False))}
+        results = {"command": command, **run(args.networks or ("rednet50",), args.batch or (1, 8),
+                                         args.repeats or (3 if args.quick else 7), not args.no_compile,
+                                         not args.no_training, not args.quick, args.quick,
+                                         floors=not getattr(args, "no_floor", False))}
     if args.json:
         from involution.arguments import write_atomically
 

@@ -1,11 +1,11 @@
 """Compile the fast CPU kernels ahead of the first call and cache them on disk (numba's cache: once per machine).
 
-For each ``--dtype``, runs the forward and both gradients once on one group of each of RedNet-50's involution
-layers at batch 1 and 2: the kernel versions the dispatch policy (``involution.fast.cpu.versions_for``) picks for
-those layers at any batch, compiled for the vector width of 16 channels per group; then, unless ``--rednet-only``,
-the versions it picks for groups of fewer than 5 channels (2, 3 and 4: the conformance suite's shapes) on a small
-geometry. Kernels already in the cache are loaded, not compiled again; a geometry the policy serves with another
-version compiles that one on its first call.
+For each ``--dtype``, runs the forward (also in the channels-last layout, ``involution.fast.cpu_forward_channels_last``)
+and both gradients once on one group of each of RedNet-50's involution layers at batch 1 and 2: the kernel versions
+the dispatch policy (``involution.fast.cpu.versions_for``) picks for those layers at any batch, compiled for the
+vector width of 16 channels per group; then, unless ``--rednet-only``, the versions it picks for groups of fewer than
+5 channels (2, 3 and 4: the conformance suite's shapes) on a small geometry. Kernels already in the cache are loaded,
+not compiled again; a geometry the policy serves with another version compiles that one on its first call.
 
 numba compiles one kernel at a time in one process, so the work is split into jobs (each dtype's forward kernels,
 and its backward ones) run in ``--jobs`` processes at once (default: one per core); numba's on-disk cache is safe
@@ -58,8 +58,10 @@ def warm(dtype: str, small: bool = True, passes=PASSES) -> list[str]:
     """Run the fast CPU ``passes`` ("forward", "backward": grad_x and grad_kernel) once on each of
     :func:`warmup_geometries` in ``dtype`` and, with ``small``, each of :data:`SMALL_VERSIONS` on a (1, 4, 8, 8) input
     with 3x3 taps; return the kernels that ran."""
+    import numpy as np
+
     from involution.benchmarks.layers import random_inputs
-    from involution.fast import cpu
+    from involution.fast import cpu, cpu_forward_channels_last
     from involution.spec import check_geometry
 
     ran = set()
@@ -68,6 +70,10 @@ def warm(dtype: str, small: bool = True, passes=PASSES) -> list[str]:
         hyper = dict(stride=geometry.stride, padding=geometry.padding, dilation=geometry.dilation)
         if "forward" in passes:
             cpu.involution2d(x, kernel, **hyper)
+            # the layout of channels_last torch tensors (involution.torch.ops): the same values, position-major
+            cpu_forward_channels_last.run(tuple(np.zeros(shape, dtype) for shape in
+                                                cpu_forward_channels_last.shapes(geometry)), geometry)
+            ran.add("forward channels-last")
         if "backward" in passes:
             cpu.involution2d_backward(grad_out, x, kernel, **hyper)
         ran.update(f"{kind} v{version}" for kind, version in cpu.versions_for(geometry).items()
