@@ -7,9 +7,12 @@ What is timed, float32 at ``batch x 3 x 224 x 224`` (issue 31):
 * a training step (forward, cross-entropy, backward, SGD step) at the largest batch size, eager and compiled.
 
 Each network runs in every configuration of :data:`EAGER_CONFIGURATIONS` (memory format; BN folded by
-:func:`involution.torch.models.fold_batch_norms` at inference) and, for RedNet, each count of threads for the op's
-numba kernels (:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
-configuration gives its time. Every configuration is checked before timing (its logits against the network's plain
+:func:`involution.torch.models.fold_batch_norms` and ReLUs in place, :func:`relu_in_place`, at inference) and,
+for RedNet, each count of threads for the op's numba kernels (:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
+configuration gives its time. Beside each RedNet, its floors (:data:`FLOORS`) run in the same configurations: the
+network with every involution layer replaced by a free stand-in (:func:`floor_network`), and that with the stem
+also ResNet's: what the layers RedNet shares with ResNet cost, the lower bound of its time whatever the op. Every
+configuration is checked before timing (its logits against the network's plain
 eager forward, RedNet's fast op against the plain-PyTorch ``taps`` op). Timed calls are interleaved (one call of each
 configuration of each network per round), so the load of other jobs falls on all of them alike; the median and the
 spread (lowest and highest) of the rounds are reported with the load average before and after. The training step
@@ -36,8 +39,12 @@ from involution.benchmarks.timing import interleaved_times
 # RedNet-50 / ResNet-50 time ratios issue 31 asks for; the goal is the FLOPs ratio (reference.complexity).
 TARGETS = {"inference": 0.75, "training": 0.85}
 BASELINE = "resnet50"
+# RedNet's floors, timed as networks "<rednet>/<floor>": (floor, ResNet's stem instead of RedNet's). Every involution
+# layer (the op and its kernel generation) is a free stand-in; "floor+stem" also takes ResNet's stem (7x7 conv, BN,
+# ReLU) for RedNet's (two 3x3 convs around an involution): what is left is what RedNet shares with ResNet.
+FLOORS = (("floor", False), ("floor+stem", True))
 NETWORKS = ("rednet26", "rednet38", "rednet50", "rednet101", "rednet152", "resnet50")
-EAGER_CONFIGURATIONS = (  # (name, memory format, fold BN at inference)
+EAGER_CONFIGURATIONS = (  # (name, memory format, fold BN and run the ReLUs in place at inference)
     ("contiguous", "contiguous", False),
     ("contiguous+folded", "contiguous", True),
     ("channels_last", "channels_last", False),
@@ -65,6 +72,58 @@ def build_network(name: str, backend: str = "fast"):
     family, depth = parse_model_name(name)
     network = RedNet(depth, seed=0, backend=backend) if family == "rednet" else ResNet(depth, seed=0)
     return network.eval()
+
+
+def _free_involution(stride):
+    """A module that costs (almost) nothing and gives an involution layer's output shape ``(B, C, ceil(H / sh),
+    ceil(W / sw))``: its input itself at stride 1, a strided view of it otherwise (no copy; a backward through it
+    scatters the gradient into a zero tensor of the input's shape)."""
+    from torch import nn
+
+    class FreeStandIn(nn.Module):
+        def forward(self, x):
+            return x if tuple(stride) == (1, 1) else x[:, :, ::stride[0], ::stride[1]]
+
+    return FreeStandIn()
+
+
+def floor_network(network, resnet_stem: bool = False):
+    """A copy of RedNet ``network`` with every ``Involution2d`` (the op and its kernel generation) a free stand-in of
+    its output shape, and with ``resnet_stem`` also ResNet's stem (7x7/2 conv, BN, ReLU: ``stem_channels`` out, the
+    shape RedNet's stem gives) instead of RedNet's: the layers RedNet shares with ResNet, the floor of its time.
+    ``network`` is left as it was; the copy's function is not RedNet's (timing only)."""
+    from torch import nn
+
+    from involution.torch.models import Involution2d
+
+    floor = copy.deepcopy(network)
+    for module in list(floor.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, Involution2d):
+                setattr(module, child_name, _free_involution(child.stride))
+    if resnet_stem:
+        backbone = floor.backbone
+        stem_in = backbone.stem[0].conv.in_channels
+        stem_out = backbone.stem[-1].conv.out_channels
+        backbone.stem = nn.Sequential(nn.Conv2d(stem_in, stem_out, 7, 2, 3, bias=False), nn.BatchNorm2d(stem_out),
+                                      nn.ReLU())
+    return floor.train(network.training)
+
+
+def timed_networks(names, floors: bool = True) -> dict:
+    """label -> network of each network of ``names`` (:func:`build_network`), each RedNet followed by its floors
+    (:data:`FLOORS`, labelled ``"<name>/<floor>"``) when ``floors``."""
+    result = {}
+    for name in names:
+        network = result[name] = build_network(name)
+        if floors and name.startswith("rednet"):
+            for floor, resnet_stem in FLOORS:
+                result[f"{name}/{floor}"] = floor_network(network, resnet_stem)
+    return result
+
+
+def is_floor(label: str) -> bool:
+    return "/" in label
 
 
 def flops_ratio(name: str, baseline: str = BASELINE) -> float:
@@ -112,10 +171,10 @@ def op_threads(count):
 
 def op_thread_choices(name: str) -> tuple:
     """The op thread counts to try for network ``name``: :data:`OP_THREADS` for RedNet ("torch" alone when torch
-    runs one thread, where both are the same), "torch" for ResNet (no op)."""
+    runs one thread, where both are the same), "torch" for ResNet and RedNet's floors (no op)."""
     import torch
 
-    if not name.startswith("rednet") or torch.get_num_threads() == 1:
+    if not name.startswith("rednet") or is_floor(name) or torch.get_num_threads() == 1:
         return ("torch",)
     return OP_THREADS
 
@@ -127,13 +186,25 @@ def with_op_threads(call, count):
     return run
 
 
+def relu_in_place(network):
+    """``network`` with every ``nn.ReLU`` in place (``inplace=True``, as torchvision builds ResNet): no new tensor per
+    ReLU. Safe in RedNet and ResNet, whose ReLUs each follow a BN, a convolution or a residual add whose output
+    nothing else reads. Returns ``network``."""
+    import torch
+
+    for module in network.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = True
+    return network
+
+
 def inference_variant(network, memory_format: str, fold: bool, compiled: bool):
     """``(forward, convert input)`` of ``network`` in one configuration (a copy: ``network`` is left as it was)."""
     import torch
 
     from involution.torch.models import fold_batch_norms
 
-    variant = fold_batch_norms(network) if fold else copy.deepcopy(network)
+    variant = relu_in_place(fold_batch_norms(network)) if fold else copy.deepcopy(network)
     layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     variant = variant.to(memory_format=layout)
     if compiled:
@@ -141,11 +212,11 @@ def inference_variant(network, memory_format: str, fold: bool, compiled: bool):
     return variant, (lambda images: images.contiguous(memory_format=layout))
 
 
-def network_variants(names, compiled: bool, compiled_configurations=COMPILED_CONFIGURATIONS) -> dict:
-    """``(network, mode, configuration, op threads) -> (forward, convert input)`` of every inference variant."""
+def network_variants(networks: dict, compiled: bool, compiled_configurations=COMPILED_CONFIGURATIONS) -> dict:
+    """``(label, mode, configuration, op threads) -> (forward, convert input)`` of every inference variant of
+    ``networks`` (label -> network, :func:`timed_networks`)."""
     variants = {}
-    for name in names:
-        network = build_network(name)
+    for name, network in networks.items():
         modes = [("eager", EAGER_CONFIGURATIONS)] + ([("compiled", compiled_configurations)] if compiled else [])
         for mode, configurations in modes:
             for configuration, memory_format, fold in configurations:
@@ -156,19 +227,21 @@ def network_variants(names, compiled: bool, compiled_configurations=COMPILED_CON
 
 
 def time_inference(names, batches, rounds: int, compiled: bool, log=print, size: int = 224,
-                   compiled_configurations=COMPILED_CONFIGURATIONS) -> list[dict]:
+                   compiled_configurations=COMPILED_CONFIGURATIONS, floors: bool = True) -> list[dict]:
     """Rows ``{network, mode, configuration, op_threads, batch, median_ms, min_ms, max_ms}`` of every inference
-    variant, validated first (AssertionError if one differs from the plain eager forward)."""
+    variant (RedNet's floors too, when ``floors``), validated first (AssertionError if one differs from the plain
+    eager forward of its network)."""
     import torch
 
-    variants = network_variants(names, compiled, compiled_configurations)
+    networks = timed_networks(names, floors)
+    variants = network_variants(networks, compiled, compiled_configurations)
     rows = []
     for batch in batches:
         images = torch.from_numpy(np.random.default_rng(batch).standard_normal((batch, 3, size, size),
                                                                               dtype=np.float32))
         calls, compile_seconds = {}, {}
         with torch.no_grad():
-            plain = {name: build_network(name)(images) for name in names}
+            plain = {label: network(images) for label, network in networks.items()}
             for name in names:
                 if name.startswith("rednet"):
                     check_close(plain[name], build_network(name, backend="taps")(images),
@@ -190,7 +263,7 @@ def time_inference(names, batches, rounds: int, compiled: bool, log=print, size:
             if mode == "compiled":
                 row["first_call_s"] = compile_seconds[key]
             rows.append(row)
-            log(f"{name:>10s} {mode:>8s} {configuration:>21s} op threads {threads!s:>5s}  batch {batch}  "
+            log(f"{name:>19s} {mode:>8s} {configuration:>21s} op threads {threads!s:>5s}  batch {batch}  "
                 f"{row['median_ms']:8.1f} ms  ({row['min_ms']:.1f} to {row['max_ms']:.1f})")
     return rows
 
@@ -231,17 +304,17 @@ def training_step(network, images, labels, compiled: bool):
 
 
 def time_training(names, batch: int, rounds: int, compiled: bool, log=print, size: int = 224,
-                  configurations=COMPILED_CONFIGURATIONS) -> list[dict]:
+                  configurations=COMPILED_CONFIGURATIONS, floors: bool = True) -> list[dict]:
     """Rows ``{network, mode, configuration, op_threads, batch, median_ms, ..., saved_mib}`` of the training step
-    in each memory format, eager (and compiled), with the eager step's saved-for-backward size."""
+    in each memory format, eager (and compiled), with the eager step's saved-for-backward size; RedNet's floors
+    too when ``floors``."""
     import torch
 
     images = torch.from_numpy(np.random.default_rng(batch).standard_normal((batch, 3, size, size),
                                                                           dtype=np.float32))
     labels = torch.arange(batch) % 1000
     calls, saved = {}, {}
-    for name in names:
-        network = build_network(name)
+    for name, network in timed_networks(names, floors).items():
         for mode in ("eager", "compiled") if compiled else ("eager",):
             for configuration, memory_format, _ in configurations:
                 layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
@@ -259,7 +332,7 @@ def time_training(names, batch: int, rounds: int, compiled: bool, log=print, siz
         rows.append({"network": name, "mode": f"training {mode}", "configuration": configuration,
                      "op_threads": threads, "batch": batch, **summary(seconds),
                      "saved_mib": saved[(name, configuration)] / 2 ** 20})
-        log(f"{name:>10s} training {mode:>8s} {configuration:>13s} op threads {threads!s:>5s}  batch {batch}  "
+        log(f"{name:>19s} training {mode:>8s} {configuration:>13s} op threads {threads!s:>5s}  batch {batch}  "
             f"{rows[-1]['median_ms']:8.1f} ms  ({rows[-1]['min_ms']:.1f} to {rows[-1]['max_ms']:.1f}), saved for "
             f"backward {rows[-1]['saved_mib']:.0f} MiB")
     return rows
@@ -286,7 +359,7 @@ def ratios(rows, baseline: str = BASELINE) -> list[dict]:
         target = TARGETS["training" if mode.startswith("training") else "inference"] if name == "rednet50" else None
         ratio = row["median_ms"] / base["median_ms"]
         result.append({"network": name, "mode": mode, "batch": batch, "ratio": ratio, "flops_ratio":
-                       flops_ratio(name, baseline), "target": target,
+                       None if is_floor(name) else flops_ratio(name, baseline), "target": target,
                        "target_met": None if target is None else ratio <= target,
                        "configuration": f"{row['configuration']} (op threads {row['op_threads']})",
                        "baseline_configuration": base["configuration"]})
@@ -327,18 +400,26 @@ def profile_shares(names, batch: int, calls: int = 3, log=print, size: int = 224
 
 
 def format_ratios(result) -> str:
-    lines = [f"{'network':>10s} {'mode':>17s} {'batch':>5s} {'time ratio':>10s} {'FLOPs ratio':>11s}  target"]
-    for row in result:
-        target = "" if row["target"] is None else (f"<= {row['target']}: " + ("met" if row["target_met"]
-                                                                                 else "NOT met"))
-        lines.append(f"{row['network']:>10s} {row['mode']:>17s} {row['batch']:>5d} {row['ratio']:>10.2f} "
-                     f"{row['flops_ratio']:>11.2f}  {target}")
+    """The ratios as a text table, each RedNet's floors (:data:`FLOORS`) on the lines after it."""
+    lines = [f"{'network':>19s} {'mode':>17s} {'batch':>5s} {'time ratio':>10s} {'FLOPs ratio':>11s}  target"]
+    for row in sorted(result, key=lambda row: (row["mode"], row["batch"], row["network"])):
+        if is_floor(row["network"]):
+            target = "the floor: involution layers free" + (", ResNet's stem" if row["network"].endswith("stem")
+                                                             else "")
+        else:
+            target = "" if row["target"] is None else (f"<= {row['target']}: " + ("met" if row["target_met"]
+                                                                                     else "NOT met"))
+        flops = "" if row["flops_ratio"] is None else f"{row['flops_ratio']:.2f}"
+        lines.append(f"{row['network']:>19s} {row['mode']:>17s} {row['batch']:>5d} {row['ratio']:>10.2f} "
+                     f"{flops:>11s}  {target}")
     return "\n".join(lines)
 
 
 def run(networks=("rednet50", BASELINE), batches=(1, 8), rounds: int = 5, compiled: bool = True,
-        training: bool = True, profile: bool = True, quick: bool = False, size: int = 224, log=print) -> dict:
+        training: bool = True, profile: bool = True, quick: bool = False, size: int = 224, log=print,
+        floors: bool = True) -> dict:
     """The whole benchmark (see the module docstring); a JSON-ready dict with ``rows``, ``ratios``, ``profile``.
+    ``floors``: RedNet's floors (:data:`FLOORS`) timed beside it.
 
     Raises
     ------
@@ -349,13 +430,15 @@ def run(networks=("rednet50", BASELINE), batches=(1, 8), rounds: int = 5, compil
     import numba
     import torch
 
+    import involution.fast.runtime  # noqa: F401  (numba's threading layer, TBB, chosen before numba starts threads)
+
     torch.set_num_threads(numba.get_num_threads())
     names = list(dict.fromkeys([*networks, BASELINE]))
     load_before = os.getloadavg()
     compiled_configurations = COMPILED_CONFIGURATIONS[:1] if quick else COMPILED_CONFIGURATIONS
-    rows = time_inference(names, batches, rounds, compiled, log, size, compiled_configurations)
+    rows = time_inference(names, batches, rounds, compiled, log, size, compiled_configurations, floors)
     if training:
-        rows += time_training(names, max(batches), rounds, compiled, log, size, compiled_configurations)
+        rows += time_training(names, max(batches), rounds, compiled, log, size, compiled_configurations, floors)
     result = ratios(rows)
     log(format_ratios(result))
     shares = profile_shares(names, min(batches), log=log, size=size) if profile else {}
@@ -406,6 +489,8 @@ def add_arguments(parser) -> None:
                              "2-core machine with inductor's cache cold)")
     parser.add_argument("--no-compile", action="store_true", help="eager only (no inductor compiling)")
     parser.add_argument("--no-training", action="store_true", help="inference only")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="without RedNet's floors (its involution layers free stand-ins; also ResNet's stem)")
     parser.add_argument("--paper-cpu-setting", action="store_true",
                         help="instead: RedNet-50 and ResNet-50 eager, batch 1, with torch's mkldnn convolutions on "
                              "and off (the paper's Table 2 CPU times)")
@@ -418,6 +503,8 @@ def run_arguments(args, command: str) -> int:
 
     import numba
 
+    import involution.fast.runtime  # noqa: F401  (numba's threading layer, TBB, chosen before numba starts threads)
+
     if args.threads:
         numba.set_num_threads(args.threads)
     if args.paper_cpu_setting:
@@ -429,9 +516,10 @@ def run_arguments(args, command: str) -> int:
         results = {"command": command, "rows": rows, "threads": torch.get_num_threads(),
                    "load_average_before": load_before, "load_average_after": os.getloadavg()}
     else:
-            results = {"command": command, **run(args.networks or ("rednet50",), args.batch or (1, 8),
-                                             args.repeats or (3 if args.quick else 7), not args.no_compile,
-                                             not args.no_training, not args.quick, args.quick)}
+        results = {"command": command, **run(args.networks or ("rednet50",), args.batch or (1, 8),
+                                         args.repeats or (3 if args.quick else 7), not args.no_compile,
+                                         not args.no_training, not args.quick, args.quick,
+                                         floors=not getattr(args, "no_floor", False))}
     if args.json:
         from involution.arguments import write_atomically
 

@@ -280,7 +280,7 @@ CAUGHT_BY = {
     "wrong_behind_narrow_limits": (1, ["core_cases_computed"]),
     "flipped_taps": (1, ["core_cases_computed", "forward_matches_oracle"]),
     "taps_major_kernel_channels": (1, ["core_cases_computed", "forward_matches_oracle"]),
-    "same_padding_like_tensorflow": (1, ["forward_matches_oracle"]),
+    "same_padding_like_tensorflow": (1, ["core_cases_computed"]),  # random draws differ only at even sizes
     "output_size_floor_divided": (1, ["core_cases_computed", "forward_matches_oracle"]),
     "interleaved_groups_and_flipped_taps": (1, ["core_cases_computed", "forward_matches_oracle"]),
     "grad_kernel_from_last_channel": (1, ["core_cases_computed", "backward_matches_autograd"]),

@@ -19,6 +19,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
+from hypothesis.database import ExampleDatabase
 from hypothesis.errors import Unsatisfiable
 
 from involution.conformance.backends import PROJECT_BACKENDS, Implementation, InputModified, cached_load, close_all
@@ -89,6 +90,35 @@ def impl(request) -> Implementation:
     return implementation
 
 
+class KeyedDatabase(ExampleDatabase):
+    """``database`` with every key prefixed by ``prefix``: one implementation's saved failing examples kept apart
+    from another's.
+
+    Hypothesis keys a test's saved examples by the test function, and a property's function (the closure
+    :class:`Prover` runs) is the same for every implementation. A failing example it finds saved is replayed
+    first and, when it still fails, reported without shrinking (Hypothesis' fast path: a saved example is taken
+    as shrunk already), so one port's failing input, or one drawn under ``--no-shrink``, would be shown as
+    another run's shrunk case. Hypothesis' pytest plugin keys parametrized tests by node id the same way; the
+    closures here are not pytest items, so the prefix is the node id and the framework.
+    """
+
+    def __init__(self, database: ExampleDatabase, prefix: str):
+        super().__init__()
+        self.database, self.prefix = database, prefix.encode()
+
+    def save(self, key: bytes, value: bytes) -> None:
+        self.database.save(self.prefix + key, value)
+
+    def fetch(self, key: bytes):
+        return self.database.fetch(self.prefix + key)
+
+    def delete(self, key: bytes, value: bytes) -> None:
+        self.database.delete(self.prefix + key, value)
+
+    def move(self, src: bytes, dest: bytes, value: bytes) -> None:
+        self.database.move(self.prefix + src, self.prefix + dest, value)
+
+
 class Prover:
     """Runs a hypothesis property on one implementation and calls it; declined draws are rejected and counted.
 
@@ -146,13 +176,25 @@ class Prover:
         ``single_threaded`` also runs numba's parallel kernels on one thread, for properties that
         call the implementation hundreds of times per example; the others keep every thread, so races show.
         ``shrink=False`` reports the first failing example as drawn (for draws that are small already and whose
-        every shrinking step can cost a compilation in the implementation); ``--no-shrink`` does it everywhere.
+        every shrinking step can cost a compilation in the implementation); ``--no-shrink`` does it everywhere. Such
+        a run neither replays nor saves examples of Hypothesis' database; a shrinking run keeps its examples apart
+        per implementation (:class:`KeyedDatabase`).
         When the first ``max_examples`` draws are all declined and none was answered, the property stops there.
         """
         self.declines, self.declined_label = declines, declined_label
         shrink = shrink and self.shrink
-        phases = [phase for phase in settings().phases if shrink or phase != Phase.shrink]
+        # No explain phase: with it, hypothesis runs every example after the first failure (shrinking included)
+        # under sys.settrace for a report of the lines only failing examples ran, which the matrix never shows
+        # and which cannot see into a worker process; it made failing runs 2-3x a conformant one
+        # (docs/conformance.md, "How long a run takes").
+        phases = [phase for phase in settings().phases
+                  if phase != Phase.explain and (shrink or phase != Phase.shrink)]
+        # Failing examples saved per implementation, and none unshrunk (see KeyedDatabase).
+        database = settings().database
+        if database is not None:
+            database = KeyedDatabase(database, f"{self.node.nodeid} {self.impl.framework}") if shrink else None
         config = settings(settings(), max_examples=self.max_examples, deadline=None, phases=phases,
+                          database=database,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

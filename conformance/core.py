@@ -1,7 +1,7 @@
 """The core cases: calls every implementation must compute, whatever limits it declares (``test_op_core.py``).
 
-Stride 1 and 2, G = 1 and G > 1, 1 to 16 channels per group, K = 1, 3 and 7, odd sizes, H != W, zero and "same"
-padding, float32 and float64.
+Stride 1 and 2, G = 1 and G > 1, 1 to 16 channels per group, K = 1, 3 and 7, odd and even sizes, H != W, zero and
+"same" padding, float32 and float64.
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ CORE = [
     # 5 and 16 channels per group (every RedNet layer has 16): the channel-vector CPU kernels run here.
     (2, 10, 2, 6, 9, 3, 1, 1, "float32"),
     (1, 16, 1, 9, 8, 7, 1, 3, "float64"),
+    # Even sizes at stride 2: the output needs an odd total padding (1 here), which TensorFlow's SAME puts at the
+    # bottom/right, where the definition pads `padding` rows on both sides; the odd sizes above cannot tell them apart.
+    (2, 6, 2, 8, 6, 3, 2, 1, "float32"),
 ]
 
 

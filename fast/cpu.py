@@ -7,6 +7,10 @@ every threshold it uses. :func:`versions_for` tells callers and benchmarks what 
 ``version=`` a geometry cannot take is a ValueError, never a silent substitute. Every version computes the
 definition, non-finite values included (an infinite weight on a tap reading the zero padding gives NaN).
 
+One forward lies outside the table: ``cpu_forward_channels_last`` runs on the memory of torch's ``channels_last``
+tensors (``x`` as (B, H, W, C), a position-major kernel), which no version here takes; the torch op calls its
+``run`` for such tensors (``involution.torch.ops.channels_last_forward``) and this module's for all others.
+
 Two levels, like ``involution.fast.cuda``: :func:`involution2d` and :func:`involution2d_backward` validate, copy to
 C order and allocate; :func:`run` takes arrays and a geometry already validated (the torch op's path) and runs one
 pass into a given result.

@@ -79,8 +79,8 @@ def test_the_cache_falls_back_to_the_temporary_folder_when_others_are_read_only(
 
 @pytest.mark.slow
 def test_warmup_compiles_what_a_rednet_layers_first_call_needs(tmp_path):
-    """After ``involution warmup --rednet-only`` in one process, another's first forward and backward on RedNet-50's
-    64@56 7x7 layer at batch 2 compiles nothing (numba broadcasts no compile event for a kernel loaded from the
+    """After ``involution warmup --rednet-only`` in one process, another's first forward (contiguous and
+    channels-last) and backward on RedNet-50's 64@56 7x7 layer at batch 2 compiles nothing (numba broadcasts no compile event for a kernel loaded from the
     cache). The machine's own cache (make's install step fills it): warmup compiles only what it lacks."""
     env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
     warmup = subprocess.run([sys.executable, "-m", "involution", "warmup", "--rednet-only"], capture_output=True,
@@ -97,11 +97,15 @@ class Record(event.Listener):
     def on_end(self, e):
         pass
 from involution.benchmarks.layers import REDNET_LAYERS, layer_geometry, random_inputs
-from involution.fast import cpu
+import numpy as np
+from involution.fast import cpu, cpu_forward_channels_last
 geometry = layer_geometry(REDNET_LAYERS[1], 2)
 x, kernel, grad_out = random_inputs(geometry, "float32")
 event.register("numba:compile", Record())
 cpu.involution2d(x, kernel, padding=3)
+x_last, kernel_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(kernel.transpose(0, 4, 5, 1, 2, 3))
+cpu_forward_channels_last.run((x_last, kernel_last, np.empty(cpu_forward_channels_last.shapes(geometry)[2], x.dtype)),
+                              geometry)
 cpu.involution2d_backward(grad_out, x, kernel, padding=3)
 print(compiled)
 """

@@ -5,19 +5,20 @@ Every implementation here runs through the worker-process path (``--impl``, or `
 """
 import ast
 import json
+import random
 from pathlib import Path
 
 import pytest
+from hypothesis import find, settings
+from hypothesis.database import InMemoryExampleDatabase
 
 from involution.cli import main
 from involution.conformance import broken, verdict
 from involution.conformance.runner import PROPERTY_FILES, WIDTH, run_suite, write_report
+from involution.conformance.strategies import geometries
 
 EXAMPLES = 10
 BROKEN_EXAMPLES = 20  # enough for hypothesis to find each bug every time (1 < G < C, odd sizes, dilation)
-# TensorFlow's SAME padding differs from the symmetric one only where the output size's floor division leaves an odd
-# total padding (even sizes at stride 2): 20 derandomized draws miss it, 40 find it (no core case selects it yet).
-EXAMPLES_FOR = {"same_padding_like_tensorflow": 40}
 # Broken implementations run without shrinking: the verdict is the same, only the printed example is not minimal.
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "docs" / "examples"
 # What the report says when the implementation hangs or ends its process (on a stride-2 core case).
@@ -38,13 +39,15 @@ def test_suite_rejects_broken_implementation(name):
     expected_code, failing = broken.CAUGHT_BY[name]
     spec = f"involution.conformance.broken:{name}"
     properties = failing or ["core_cases_computed", "forward_matches_oracle", "forward_rejects_ill_posed_input"]
-    result = run_suite(impls=[spec], max_examples=EXAMPLES_FOR.get(name, BROKEN_EXAMPLES), properties=properties,
-                       timeout=3, shrink=False)
+    result = run_suite(impls=[spec], max_examples=BROKEN_EXAMPLES, properties=properties, timeout=3, shrink=False)
     cells = {prop: result.matrix[prop][spec] for prop in properties}
     assert result.exit_code == expected_code, \
         f"{name}: exit {result.exit_code}, cells {cells}\n{result.format_matrix()}"
     assert all(cells[prop] == verdict.FAIL for prop in failing), f"{name}: every listed property should fail: {cells}"
     assert result.verdicts[spec].verdict != verdict.CONFORMANT
+    if "core_cases_computed" in failing:  # the fixed cases name the slip every time, whatever the draws
+        reasons = " ".join(result.verdicts[spec].reasons)
+        assert all(slip in reasons for slip in broken.NAMED_SLIPS.get(name, [])), reasons
     if not failing:  # computes nothing: declines the core cases and every draw, still rejects ill-posed input
         assert cells == {"core_cases_computed": verdict.LIMITED, "forward_matches_oracle": verdict.UNSUPPORTED,
                          "forward_rejects_ill_posed_input": verdict.PASS}, cells
@@ -55,6 +58,45 @@ def test_suite_rejects_broken_implementation(name):
     if name in DETAILS:
         detail = next(o.detail for o in result.outcomes if o.outcome == "failed")
         assert DETAILS[name] in detail, detail
+
+
+@pytest.fixture
+def example_database():
+    """Hypothesis' example database for the suite's runs in this test, fresh and in memory (the ci profile has
+    none: it is derandomized; the CLI's users have one, ``.hypothesis/`` in their working directory)."""
+    previous = settings.get_current_profile_name()
+    database = InMemoryExampleDatabase()
+    settings.register_profile("conformance-example-database", settings(derandomize=False, database=database))
+    settings.load_profile("conformance-example-database")
+    yield database
+    settings.load_profile(previous)
+
+
+def test_failure_shows_the_shrunk_input_whatever_ran_before(example_database):
+    """Hypothesis replays a saved failing example first and, if it still fails, reports it unshrunk. The suite
+    keeps each implementation's examples apart and saves none from a run without shrinking, so the case shown
+    is the shrunk one: for interleaved groups the smallest input where ``c % G`` and ``c // (C // G)`` differ
+    (one pixel, C = 4 in G = 2 groups), for a padding slip one pixel."""
+    def shown(name, shrink):
+        result = run_suite(impls=[f"involution.conformance.broken:{name}"], max_examples=BROKEN_EXAMPLES,
+                           properties=["forward_matches_oracle"], shrink=shrink, timeout=10)
+        return next(o.detail for o in result.outcomes if o.outcome == "failed")
+
+    first_drawn = shown("wrong_group_rule", shrink=False)  # 1 < G < C: never the smallest input
+    assert "Case(x (1, 4, 1, 1) " not in first_drawn, first_drawn
+    shrunk = shown("wrong_group_rule", shrink=True)
+    assert "Case(x (1, 4, 1, 1) " in shrunk and "kernel (1, 2, 1, 1, 1, 1) " in shrunk, shrunk
+    shrunk = shown("padding_off_by_one", shrink=True)
+    assert "Case(x (1, 1, 1, 1) " in shrunk and "kernel (1, 1, 1, 1, 1, 1) " in shrunk, shrunk
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_group_channels_shrink_from_the_wide_range_to_the_narrow_one(seed):
+    """Channels per group are drawn 1-4 or 5-16 (``strategies.group_channels``); a failure that needs two or more
+    shrinks to two, whichever range it was first drawn in."""
+    found = find(geometries(), lambda geometry: geometry.group_channels >= 2, random=random.Random(seed),
+                 settings=settings(database=None, max_examples=50))
+    assert found.group_channels == 2 and found.x_shape == (1, found.groups * 2, 1, 1), found
 
 
 def test_self_consistency_holds_whatever_the_group_rule():

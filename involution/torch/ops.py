@@ -35,11 +35,35 @@ DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, torch.float64)  # the numba kernels' own; the others are computed in float32
 
 
+def channels_last_forward(x: torch.Tensor, kernel: torch.Tensor) -> bool:
+    """Whether the forward runs in the channels-last layout (``involution.fast.cpu_forward_channels_last``, no copies)
+    and returns a ``channels_last`` output: a CPU ``x`` that is ``channels_last``-contiguous and not contiguous, and a
+    position-major ``kernel`` (memory ``(B, Ho, Wo, G, Kh, Kw)``, what a ``channels_last`` generation convolution gives
+    viewed as ``(B, G, Kh, Kw, Ho, Wo)``). The fake implementation decides alike, so both give the same strides."""
+    return (x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and kernel.permute(0, 4, 5, 1, 2, 3).is_contiguous())
+
+
+def _channels_last_output(geometry: Geometry, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(geometry.out_shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+
+
 def _cpu_call(name, tensors, geometry: Geometry):
     """``name`` ("involution2d" or "involution2d_backward") through ``involution.fast.cpu.run``, the validated level
-    (the op checked the tensors): on NumPy views of ``tensors``, into new tensors it returns."""
+    (the op checked the tensors): on NumPy views of ``tensors``, into new tensors it returns. A forward on
+    channels-last tensors (:func:`channels_last_forward`) runs ``involution.fast.cpu_forward_channels_last`` on
+    their memory as it lies."""
     from involution.fast import cpu
 
+    if name == "involution2d" and channels_last_forward(*tensors):
+        from involution.fast import cpu_forward_channels_last
+
+        x, kernel = tensors
+        out = _channels_last_output(geometry, x)
+        cpu_forward_channels_last.run((x.detach().permute(0, 2, 3, 1).numpy(),
+                                       kernel.detach().permute(0, 4, 5, 1, 2, 3).numpy(),
+                                       out.permute(0, 2, 3, 1).numpy()), geometry)
+        return (out,)
     arrays = tuple(tensor.detach().contiguous().numpy() for tensor in tensors)
     if name == "involution2d":
         x, kernel = arrays
@@ -116,6 +140,8 @@ def _involution2d_kernel(x, kernel, stride, padding, dilation):
 
 def _involution2d_fake(x, kernel, stride, padding, dilation):
     geometry = check_tensors(x, kernel, stride, padding, dilation, dtypes=DTYPES)
+    if channels_last_forward(x, kernel):
+        return _channels_last_output(geometry, x)
     return x.new_empty(geometry.out_shape)
 
 
