@@ -99,7 +99,8 @@ def run(args) -> int:
     from involution.fast import runtime
 
     dtypes = list(dict.fromkeys(args.dtype or ["float32"]))
-    jobs = [(dtype, (kind,)) for dtype in dtypes for kind in PASSES]
+    # the backward jobs (two kernels per geometry) first: the processes end about together
+    jobs = [(dtype, (kind,)) for kind in reversed(PASSES) for dtype in dtypes]
     started = time.perf_counter()
     if args.jobs == 1:
         results = [_timed_warm(dtype, not args.rednet_only, passes) for dtype, passes in jobs]
