@@ -8,6 +8,7 @@ the CLI runs in this test's process, so a line with this process's id is code of
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -224,7 +225,10 @@ def run_cli_process(name, properties, tmp_path, *extra, cwd=None, env=None):
     argv += [arg for prop in properties for arg in ("--property", prop)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **(env or {})}
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or tmp_path, env=env)
+        # SIGINT as a shell starts a command: a test runner's process may ignore it, and an ignored SIGINT is
+        # inherited (Python then installs no KeyboardInterrupt handler), which would hide the interrupt under test
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or tmp_path, env=env,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         peak = 0
         while process.poll() is None:
             try:

@@ -1,7 +1,6 @@
 """RedNet's speed paths (issue 31) compute what they replace: the channels-last forward kernel
-(``involution.fast.cpu_forward_channels_last``) and the torch op's channels-last path, the strided layers' generation
-pool (``AvgPool2d``), RedNet in ``channels_last`` against the plain-PyTorch ``taps`` op, and the benchmark's
-floor networks and in-place ReLUs.
+(``involution.fast.cpu_forward_channels_last``) and the torch op's channels-last path, RedNet in ``channels_last``
+against the plain-PyTorch ``taps`` op, and the benchmark's floor networks and in-place ReLUs.
 
 Tolerances derive from the dtype: ``2**10`` epsilons relative to the largest magnitude (as tests/test_network_speed.py),
 far below what a wrong tap, channel or group gives. The channels-last kernel sums each output in the order of the
@@ -176,26 +175,6 @@ def test_rednet_channels_last_matches_taps(training):
     assert_close(results["fast"][1], results["taps"][1], "input gradient")
     for key, grad in results["taps"][2].items():
         assert_close(results["fast"][2][key], grad, f"gradient of {key}")
-
-
-@pytest.mark.parametrize("shape, stride", [((2, 16, 8, 6), (2, 2)), ((1, 3, 7, 6), (2, 2)), ((2, 4, 9, 8), (3, 2)),
-                                           ((1, 8, 4, 4), (1, 2))])
-def test_generation_pool_is_avg_pool_bitwise(shape, stride):
-    pool = models.AvgPool2d(stride)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(5))
-    expected = torch.nn.functional.avg_pool2d(x, stride, stride, ceil_mode=True)
-    for layout in (torch.contiguous_format, torch.channels_last):
-        with torch.no_grad():
-            assert torch.equal(pool(x.contiguous(memory_format=layout)), expected)
-    leaf = x.clone().requires_grad_()
-    pool(leaf).sum().backward()  # the gradient path: avg_pool2d's own backward
-    expected_grad = torch.zeros_like(x)
-    rows, cols = -(-shape[2] // stride[0]), -(-shape[3] // stride[1])
-    for i in range(rows):
-        for j in range(cols):
-            window = expected_grad[:, :, i * stride[0]:(i + 1) * stride[0], j * stride[1]:(j + 1) * stride[1]]
-            window += 1 / (window.shape[2] * window.shape[3])
-    assert torch.equal(leaf.grad, expected_grad)
 
 
 # --- the benchmark's floors and in-place ReLUs ---------------------------------------------------------------

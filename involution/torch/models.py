@@ -8,9 +8,10 @@ the involution op is a torch backend of :mod:`involution.backends`: ``"fast"`` (
 fastest that imports here.
 
 One deliberate difference from the official code: the kernel-generation pool of a strided involution is
-``nn.AvgPool2d(stride, stride, ceil_mode=True)`` (:class:`AvgPool2d`). The official floor-mode pool gives ``H // s``
-rows while the strided involution gives ``ceil(H / s)``, so the official layer breaks for odd sizes; for even sizes
-both agree.
+``nn.AvgPool2d(stride, stride, ceil_mode=True)``. The official floor-mode pool gives ``H // s`` rows while the
+strided involution gives ``ceil(H / s)``, so the official layer breaks for odd sizes; for even sizes both agree.
+It stays exactly ``nn.AvgPool2d`` (not a faster subclass): mmcv's FLOPs counter, which gives the published figures,
+recognises layers by exact type.
 """
 from __future__ import annotations
 
@@ -44,38 +45,6 @@ class ConvModule(nn.Sequential):
             self.bn = nn.BatchNorm2d(out_channels)
         if activate:
             self.activate = nn.ReLU()
-
-
-def _tracing() -> bool:
-    """Whether torch.compile, torch.export or torch.jit traces the current call."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-
-
-class AvgPool2d(nn.AvgPool2d):
-    """``nn.AvgPool2d(stride, stride, ceil_mode=True)`` with a faster path: the kernel-generation pool of a strided
-    involution (a subclass of the same name, so hooks, type names and ``state_dict`` are ``nn.AvgPool2d``'s).
-
-    Where nothing needs its gradient (inference), the input is contiguous (not ``channels_last``), ``H``, ``W``
-    are multiples of the stride and no compiler or exporter traces it (their graphs keep one ``avg_pool2d``), it
-    sums the ``sh * sw`` strided views in the pool's order (rows, then columns, from the first) and divides by their
-    count: bitwise ``avg_pool2d``'s result (tested), 3-5x faster than torch's contiguous ``avg_pool2d`` on
-    RedNet-50's strided layers (``(B, 128, 56, 56)`` at batch 8: 2.0 ms against 9.7, one thread, interleaved
-    medians). Elsewhere it is ``nn.AvgPool2d`` (its ``channels_last`` kernel is fast already).
-    """
-
-    def __init__(self, stride):
-        super().__init__(stride, stride, ceil_mode=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sh, sw = self.stride
-        if (x.dim() != 4 or not x.is_contiguous() or x.shape[2] % sh or x.shape[3] % sw
-                or (torch.is_grad_enabled() and x.requires_grad) or _tracing()):
-            return super().forward(x)
-        views = [x[:, :, u::sh, v::sw] for u in range(sh) for v in range(sw)]
-        total = views[0] + views[1] if len(views) > 1 else views[0].clone()
-        for view in views[2:]:
-            total += view
-        return total.div_(sh * sw)
 
 
 class Involution2d(nn.Module):
@@ -114,7 +83,7 @@ class Involution2d(nn.Module):
         self.reduction, self.kernel_gen = options.reduction, options.kernel_gen
         self.set_backend(backend)
         if options.strided:
-            self.avgpool = AvgPool2d(options.stride)
+            self.avgpool = nn.AvgPool2d(options.stride, options.stride, ceil_mode=True)
         if options.kernel_gen == "bottleneck":
             self.conv1 = ConvModule(options.channels, options.hidden, 1)
         self.conv2 = ConvModule(options.hidden, options.taps, 1, norm=False, activate=False)
