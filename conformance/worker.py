@@ -528,17 +528,22 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def _kill(pids) -> None:
+    """SIGKILL each of ``pids``; one already gone, or not ours to signal, is passed over."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def kill_descendants() -> None:
     """Kill every process below this one (the guard adopted the escaped ones) and reap them."""
     for _ in range(50):
         alive = descendants(os.getpid())
         if not alive:
             return
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _kill(alive)
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
             try:
@@ -586,11 +591,7 @@ def kill_strays(everything: bool = False) -> None:
         strays = [pid for pid in descendants(os.getpid()) if pid not in keep]
         if not strays:
             return
-        for pid in strays:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _kill(strays)
         time.sleep(0.02)
         for pid in strays:  # adopted ones are children here now: reap them (the others' parents do)
             try:
