@@ -173,10 +173,13 @@ def load_wide_rows(source_flat, source_start, wide_flat, wide_start, out_h, out_
 
 @inline
 def store_wide_rows(wide_flat, wide_start, wide, target_flat, target_start, out_w, rows):
-    """``target[r, j] = wide[r*wide + j]`` for ``r < rows``, ``j < out_w``: drop the junk columns."""
+    """``target[r, j] = wide[r*wide + j]`` for ``r < rows``, ``j < out_w``: drop the junk columns. Element by element:
+    a slice assignment between two arrays checks at run time whether they overlap, which in a ``numba.cfunc`` (whose
+    array arguments may alias) made forward v4 up to 1.4x slower on small rows."""
     for r in range(rows):
-        target_flat[target_start + r * out_w:target_start + (r + 1) * out_w] = (
-            wide_flat[wide_start + r * wide:wide_start + r * wide + out_w])
+        source, target = wide_start + r * wide, target_start + r * out_w
+        for j in range(out_w):
+            target_flat[numba.uint64(target + j)] = wide_flat[numba.uint64(source + j)]
 
 
 # ---------------------------------------------- channel vectors (v5's layout, run by v6-v9): channels-last copies

@@ -18,11 +18,15 @@ Versions (gaps are history: the public versions that changed only another pass):
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import prange
+from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from . import simd
+from .runtime import CACHE
 from .cpu_blocks import (POSITIONS, SIMD_BLOCK, band_of_unit, band_slot, channel_block_unit, channel_lanes,
                          group_of_channel, inline, input_coordinate, inside_columns, jit, jit_unit, kernel_offset,
                          load_channels_last_blocks, load_channels_last_by_four, load_phases, load_wide_rows,
@@ -170,12 +174,17 @@ def forward_v3(x, kernel, out, sh, sw, ph, pw, dh, dw):
 
 # ------------------------------------------------------- v4: a kernel row per pass, two channels per load
 # v3's loop loads and stores its accumulator for every tap. v4 keeps v3's bands, phases and wide kernel copies
-# but runs one loop per kernel row u: it sums the row's Kw taps in registers (Kw is the length of the tuple
-# arguments, a compile-time constant, so LLVM unrolls the tap loop and vectorises along the band) for
-# CHANNEL_BLOCK channels at once, each kernel value loaded once for them. Same summation order as v3.
+# but runs one loop per kernel row u: it sums the row's Kw taps in registers (Kw is the length of the tuples
+# ``column_phase`` and ``column_shift``, a compile-time constant, so LLVM unrolls the tap loop and vectorises along
+# the band) for CHANNEL_BLOCK channels at once, each kernel value loaded once for them. Same summation order as v3.
+# Compile time: only the loops over a worker's units depend on Kw. They are a C callback per (dtype, Kw),
+# :func:`bands_v4` (a ``numba.cfunc``, cached on disk), which the parallel kernel :func:`forward_rows_v4` (compiled
+# once per dtype) calls through a function pointer once per worker: a new Kw compiles the callback alone (about 1.6 s),
+# where a kernel with Kw in its signature compiled the whole parallel kernel again (about 4.5 s; the conformance suite
+# draws Kw 1-7). Same code, so results are bitwise the previous v4's, and its speed (docs/performance.md, "Cold start").
 CHANNEL_BLOCK = 2  # channels per pass; larger blocks need more alias checks than LLVM's vectoriser allows
-# Widest kernel row v4 unrolls (one compile per Kw); numba's parfor lowering rejects tuples past ~100
-# elements (UnsupportedParforsError), and the dispatcher runs v3 for wider rows.
+# Widest kernel row v4 unrolls (one callback per Kw: longer rows compile longer, and numba's parfor lowering
+# rejected tuples past ~100 elements); the dispatcher runs v3 for wider rows.
 MAX_ROW_TAPS = 32
 
 
@@ -196,30 +205,32 @@ def multiply_add_tap_row(out_wide, pitch, kernel_wide, kernel_start, span, phase
         out_wide[numba.uint64(pitch + j)] = second_channel
 
 
-@jit
-def forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, column_phase, column_shift):
-    """``forward_v4`` given tap column ``v``'s stride phase ``v*dw % sw`` and shift ``v*dw // sw`` as tuples."""
-    batch, channels, height, width = x.shape
-    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
-    group_channels = channels // groups
-    reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
-    phases_length, kernel_length, out_length = forward_scratch(CHANNEL_BLOCK, group_channels, out_h, out_w, kernel_h,
-                                                               kernel_w, sh, sw, dh, dw)
-    bands = (out_h + band - 1) // band
-    plane, span = (band + reach_h) * wide, band * wide
-    channel_step, pitch = sh * sw * plane, span + SIMD_BLOCK
-    x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
-    units = batch * groups * bands
-    workers = min(workers, units)
-    for worker in prange(workers):  # one scratch set per thread, units dealt round-robin
-        # one spare channel of zero phases: an odd group's last pass reads it and drops the result
-        phases = np.empty(phases_length, x.dtype)
-        kernel_wide = np.empty(kernel_length, x.dtype)
-        kernel_wide[kernel_length - SIMD_BLOCK:] = 0
-        out_wide = np.empty(out_length, x.dtype)
-        for unit in range(worker, units, workers):
+def bands_signature(dtype):
+    """numba signature of the :func:`bands_v4` callbacks for ``dtype`` (float32 or float64)."""
+    element = numba.from_dtype(np.dtype(dtype))
+    flat = numba.types.Array(element, 1, "C")
+    return numba.types.void(numba.types.Array(element, 4, "C"), numba.types.Array(element, 6, "C"),
+                            numba.types.Array(element, 4, "C"), flat, flat, flat,
+                            numba.types.Array(numba.types.int64, 1, "C"), *(numba.types.int64,) * 8)
+
+
+def _bands(width):
+    """The Python function of :func:`bands_v4` for kernel rows of ``width`` taps (a closure constant)."""
+    def bands_of_worker(x, kernel, out, phases, kernel_wide, out_wide, columns, worker, workers, sh, sw, ph, pw, dh,
+                        dw):
+        column_phase = to_fixed_tuple(columns[:width], width)
+        column_shift = to_fixed_tuple(columns[width:], width)
+        batch, channels, height, x_width = x.shape
+        groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+        group_channels = channels // groups
+        reach_h, wide, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+        bands = (out_h + band - 1) // band
+        plane, span = (band + reach_h) * wide, band * wide
+        channel_step, pitch = sh * sw * plane, span + SIMD_BLOCK
+        x_flat, kernel_flat, out_flat = x.reshape(-1), kernel.reshape(-1), out.reshape(-1)
+        for unit in range(worker, batch * groups * bands, workers):
             i0, rows, first, length = load_forward_band(x_flat, kernel_flat, phases, kernel_wide, unit, channels,
-                                                        groups, group_channels, height, width, kernel_h, kernel_w,
+                                                        groups, group_channels, height, x_width, kernel_h, kernel_w,
                                                         out_h, out_w, sh, sw, ph, pw, reach_h, wide, band, bands)
             for c in range(0, group_channels, CHANNEL_BLOCK):
                 out_wide[:] = 0
@@ -229,18 +240,66 @@ def forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, column_phas
                                          (c * sh + ru) * sw * plane + qu * wide, channel_step, plane, column_phase,
                                          column_shift, length)
                 for n in range(min(CHANNEL_BLOCK, group_channels - c)):
-                    store_wide_rows(out_wide, n * pitch, wide, out_flat, ((first + c + n) * out_h + i0) * out_w, out_w,
-                                    rows)
+                    store_wide_rows(out_wide, n * pitch, wide, out_flat, ((first + c + n) * out_h + i0) * out_w,
+                                    out_w, rows)
+    return bands_of_worker
+
+
+@functools.lru_cache(maxsize=None)
+def bands_v4(width: int, dtype):
+    """The C callback running one worker's share of :func:`forward_rows_v4` for kernel rows of ``width`` taps in
+    ``dtype``, compiled (or loaded from numba's cache) on first use: ``bands(x, kernel, out, phases, kernel_wide,
+    out_wide, columns, worker, workers, sh, sw, ph, pw, dh, dw)`` runs units ``worker, worker + workers, ...`` on
+    the worker's scratch; ``columns`` holds each tap column's stride phase, then its shift (``2 * width`` int64)."""
+    return Callback(numba.cfunc(bands_signature(dtype), cache=CACHE, error_model="numpy")(_bands(width)))
+
+
+class Callback:
+    """A ``numba.cfunc`` as a kernel argument, its numba type built once: for a cfunc itself numba builds the type on
+    every call (about 10 us). Implements numba's wrapper address protocol (``numba.experimental.function_type``)."""
+
+    def __init__(self, cfunc):
+        self.cfunc = cfunc
+        self._numba_type_ = numba.types.FunctionType(cfunc._sig)
+
+    def __wrapper_address__(self) -> int:
+        return self.cfunc.address
+
+
+@jit
+def forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, workers, columns, bands_of_worker):
+    """``forward_v4`` given tap column ``v``'s stride phase ``v*dw % sw`` and shift ``v*dw // sw`` (``columns``:
+    phases, then shifts) and the :func:`bands_v4` callback of the kernel's width and the arrays' dtype."""
+    batch, channels = x.shape[:2]
+    groups, kernel_h, kernel_w, out_h, out_w = kernel.shape[1:]
+    _, _, band = wide_layout(out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw)
+    phases_length, kernel_length, out_length = forward_scratch(CHANNEL_BLOCK, channels // groups, out_h, out_w,
+                                                               kernel_h, kernel_w, sh, sw, dh, dw)
+    workers = min(workers, batch * groups * ((out_h + band - 1) // band))
+    for worker in prange(workers):  # one scratch set per thread, units dealt round-robin
+        # one spare channel of zero phases: an odd group's last pass reads it and drops the result
+        phases = np.empty(phases_length, x.dtype)
+        kernel_wide = np.empty(kernel_length, x.dtype)
+        kernel_wide[kernel_length - SIMD_BLOCK:] = 0
+        out_wide = np.empty(out_length, x.dtype)
+        bands_of_worker(x, kernel, out, phases, kernel_wide, out_wide, columns, numba.int64(worker), workers, sh, sw,
+                        ph, pw, dh, dw)
 
 
 def forward_v4(x, kernel, out, sh, sw, ph, pw, dh, dw):
     """Kernel rows in registers: per (b, g, band) and pair of channels, each kernel row is one vector loop
     (kernel rows up to ``MAX_ROW_TAPS`` wide)."""
     kernel_w = kernel.shape[3]  # at most MAX_ROW_TAPS: involution.fast.cpu.check_version refuses wider rows
-    columns = range(0, kernel_w * dw, dw)  # v * dw for each tap column v
-    forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, numba.get_num_threads(),
-                    tuple(column % sw for column in columns),
-                    tuple(column // sw for column in columns))
+    forward_rows_v4(x, kernel, out, sh, sw, ph, pw, dh, dw, numba.get_num_threads(), tap_columns(kernel_w, sw, dw),
+                    bands_v4(kernel_w, x.dtype))
+
+
+@functools.lru_cache(maxsize=1024)
+def tap_columns(kernel_w: int, sw: int, dw: int) -> np.ndarray:
+    """Each tap column ``v``'s stride phase ``v*dw % sw``, then its shift ``v*dw // sw``: ``2 * kernel_w`` int64
+    (kept per arguments and shared: the kernels only read it)."""
+    columns = np.arange(0, kernel_w * dw, dw, dtype=np.int64)  # v * dw for each tap column v
+    return np.concatenate((columns % sw, columns // sw))
 
 
 def scratch_v4(geometry, workers: int) -> int:
