@@ -113,3 +113,62 @@ print(compiled)
                             cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+V4_WIDTHS = """
+import numpy as np
+from involution.fast import cpu, cpu_forward
+from involution.reference import involution2d
+for kernel_w in (1, 2, 5):
+    x = np.random.default_rng(kernel_w).standard_normal((1, 4, 6, 9))
+    kernel = np.random.default_rng(0).standard_normal((1, 2, 3, kernel_w, 6, 10 - kernel_w))
+    out = cpu.involution2d(x, kernel, padding=(1, 0), version=4)
+    np.testing.assert_allclose(out, involution2d(x, kernel, padding=(1, 0)), rtol=1e-12, atol=1e-12)
+print(len(cpu_forward.forward_rows_v4.signatures), cpu_forward.bands_v4.cache_info().currsize)
+"""
+
+
+@pytest.mark.slow
+def test_forward_v4_compiles_its_parallel_kernel_once_for_all_kernel_widths(tmp_path):
+    """The kernel width is a compile-time constant of v4's tap rows: each width compiles a small callback
+    (``cpu_forward.bands_v4``), not the parallel kernel again (4.5 s a width; the conformance suite draws 1-7)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", V4_WIDTHS], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "3"], f"(parallel kernel signatures, callbacks): {result.stdout}"
+
+
+def cached_kernels(folder) -> set[str]:
+    """The compiled kernels (numba's ``*.nbc`` files) in cache folder ``folder``."""
+    return {os.path.relpath(os.path.join(root, name), folder) for root, _, names in os.walk(folder)
+            for name in names if name.endswith(".nbc")}
+
+
+DEMO_CONFORMANCE = """
+from involution.cli import main
+from involution.commands import demo
+demo.quiet_floating_point_warnings()
+demo.derandomize_hypothesis()
+raise SystemExit(main(["conformance", "--max-examples", "5",
+                       *[arg for name in demo.judged_backends("numpy") for arg in ("--backend", name)]]))
+"""
+
+
+@pytest.mark.slow
+def test_after_warmup_the_demos_conformance_run_compiles_nothing(request, tmp_path):
+    """``involution warmup`` for both dtypes (as the demo runs it), then the demo's NumPy conformance section
+    (derandomized): numba's cache gains no kernel, so no call of the suite's compiled (forward v4's kernel widths and
+    the float32 8-lane kernels did: 83 s of a cold demo). Minutes of compiling: run with ``pytest -m slow`` (or
+    ``INVOLUTION_SLOW_TESTS=1``)."""
+    if "slow" not in (request.config.option.markexpr or "") and os.environ.get("INVOLUTION_SLOW_TESTS") != "1":
+        pytest.skip("an empty cache's whole warmup: run with -m slow or INVOLUTION_SLOW_TESTS=1")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    warmup = subprocess.run([sys.executable, "-m", "involution", "warmup", "--dtype", "float32", "--dtype", "float64"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
+    assert warmup.returncode == 0, warmup.stderr
+    warmed = cached_kernels(cache)
+    suite = subprocess.run([sys.executable, "-c", DEMO_CONFORMANCE], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=1200)
+    assert suite.returncode == 0, suite.stdout[-3000:] + suite.stderr[-3000:]
+    assert cached_kernels(cache) == warmed, f"compiled by the suite: {sorted(cached_kernels(cache) - warmed)}"

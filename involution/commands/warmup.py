@@ -3,13 +3,16 @@
 For each ``--dtype``, runs the forward (also in the channels-last layout, ``involution.fast.cpu_forward_channels_last``)
 and both gradients once on one group of each of RedNet-50's involution layers at batch 1 and 2: the kernel versions
 the dispatch policy (``involution.fast.cpu.versions_for``) picks for those layers at any batch, compiled for the
-vector width of 16 channels per group; then, unless ``--rednet-only``, the versions it picks for groups of fewer than
-5 channels (2, 3 and 4: the conformance suite's shapes) on a small geometry. Kernels already in the cache are loaded,
-not compiled again; a geometry the policy serves with another version compiles that one on its first call.
+vector width of 16 channels per group. Then, unless ``--rednet-only``, what the conformance suite's small geometries
+need: the versions the policy picks for groups of fewer than 5 channels (forward v2, v3 and v4 for each kernel width
+up to :data:`SMALL_KERNEL_WIDTHS`, whose tap rows compile per width; gradients v2 and v3) and, in float32, the
+channel-vector kernels for 5 to 8 channels per group (8-lane vectors; float64 vectors hold 8 channels for RedNet's
+16 already). Kernels already in the cache are loaded, not compiled again; a geometry the policy serves with another
+version compiles that one on its first call.
 
-numba compiles one kernel at a time in one process, so the work is split into jobs (each dtype's forward kernels,
-and its backward ones) run in ``--jobs`` processes at once (default: one per core); numba's on-disk cache is safe
-for several processes writing it.
+numba compiles one kernel at a time in one process, so the work is split into :data:`JOBS` (each a few kernels of one
+dtype), run in ``--jobs`` processes at once (default: one per core), the longest first, so that the processes end
+about together; numba's on-disk cache is safe for several processes writing it.
 """
 from __future__ import annotations
 
@@ -21,17 +24,17 @@ import time
 from involution.arguments import positive_int
 
 DTYPES = ("float32", "float64")
-# The versions the policy picks where the channel-vector kernels do not fit (cpu.choose_version): forward 4, 3 or 2,
-# gradients 3 or 2 (version 4's gradients are version 3's).
-SMALL_VERSIONS = {"forward": (2, 3, 4), "backward": (2, 3)}
-PASSES = ("forward", "backward")  # a job: one dtype, one of these
+SMALL_KERNEL_WIDTHS = 7  # forward v4 for kernel rows of 1 to 7 taps: the conformance suite's draws
+SMALL_CHANNELS = 4  # channels per group where the policy runs v2-v4 (fewer than 5: cpu.channel_vectors_fit)
+LANE_CHANNELS = 8  # channels per group where float32 vectors have 8 lanes (cpu_blocks.channel_lanes: 5 to 8)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--dtype", action="append", choices=DTYPES,
                         help="element type to compile for (repeatable; default float32)")
     parser.add_argument("--rednet-only", action="store_true",
-                        help="only the versions RedNet-50's layers need, not those of groups under 5 channels")
+                        help="only the versions RedNet-50's layers need, not those of the conformance suite's small "
+                             "groups")
     parser.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
                         help="processes compiling at once (default: one per core)")
 
@@ -54,44 +57,96 @@ def warmup_geometries() -> list:
     return list(chosen.values())
 
 
-def warm(dtype: str, small: bool = True, passes=PASSES) -> list[str]:
-    """Run the fast CPU ``passes`` ("forward", "backward": grad_x and grad_kernel) once on each of
-    :func:`warmup_geometries` in ``dtype`` and, with ``small``, each of :data:`SMALL_VERSIONS` on a (1, 4, 8, 8) input
-    with 3x3 taps; return the kernels that ran."""
+def _run(name: str, geometry, dtype: str, version: int | None = None) -> str:
+    """Run pass ``name`` once on random inputs of ``geometry``; return ``"<name> v<version that ran>"``."""
     import numpy as np
 
     from involution.benchmarks.layers import random_inputs
-    from involution.fast import cpu, cpu_forward_channels_last
-    from involution.spec import check_geometry
+    from involution.fast import cpu
+
+    x, kernel, grad_out = random_inputs(geometry, dtype)
+    inputs = {"forward": (x, kernel), "grad_x": (grad_out, kernel), "grad_kernel": (grad_out, x)}[name]
+    result = {"forward": geometry.out_shape, "grad_x": geometry.x_shape, "grad_kernel": geometry.kernel_shape}[name]
+    return f"{name} v{cpu.run(name, (*inputs, np.empty(result, dtype)), geometry, version)}"
+
+
+def rednet_forward(dtype: str) -> set[str]:
+    """The forward on :func:`warmup_geometries`, also channels-last (the layout of channels_last torch tensors,
+    involution.torch.ops: the same values, position-major)."""
+    import numpy as np
+
+    from involution.fast import cpu_forward_channels_last
 
     ran = set()
     for geometry in warmup_geometries():
-        x, kernel, grad_out = random_inputs(geometry, dtype)
-        hyper = dict(stride=geometry.stride, padding=geometry.padding, dilation=geometry.dilation)
-        if "forward" in passes:
-            cpu.involution2d(x, kernel, **hyper)
-            # the layout of channels_last torch tensors (involution.torch.ops): the same values, position-major
-            cpu_forward_channels_last.run(tuple(np.zeros(shape, dtype) for shape in
-                                                cpu_forward_channels_last.shapes(geometry)), geometry)
-            ran.add("forward channels-last")
-        if "backward" in passes:
-            cpu.involution2d_backward(grad_out, x, kernel, **hyper)
-        ran.update(f"{kind} v{version}" for kind, version in cpu.versions_for(geometry).items()
-                   if ("forward" if kind == "forward" else "backward") in passes)
-    if small:
-        x, kernel, grad_out = random_inputs(check_geometry((1, 4, 8, 8), (1, 2, 3, 3, 8, 8), 1, 1, 1), dtype)
-        for version in SMALL_VERSIONS["forward"] if "forward" in passes else ():
-            cpu.involution2d(x, kernel, padding=1, version=version)
-            ran.add(f"forward v{version}")
-        for version in SMALL_VERSIONS["backward"] if "backward" in passes else ():
-            cpu.involution2d_backward(grad_out, x, kernel, padding=1, version=version)
-            ran.update((f"grad_x v{version}", f"grad_kernel v{version}"))
-    return sorted(ran)
+        ran.add(_run("forward", geometry, dtype))
+        cpu_forward_channels_last.run(tuple(np.zeros(shape, dtype) for shape in
+                                            cpu_forward_channels_last.shapes(geometry)), geometry)
+        ran.add("forward channels-last")
+    return ran
 
 
-def _timed_warm(dtype: str, small: bool, passes) -> tuple[float, list[str]]:
+def rednet_pass(name: str, dtype: str) -> set[str]:
+    """Pass ``name`` ("grad_x" or "grad_kernel") on :func:`warmup_geometries`, as the policy picks."""
+    return {_run(name, geometry, dtype) for geometry in warmup_geometries()}
+
+
+def small_geometry(kernel_w: int = 3, channels: int = SMALL_CHANNELS):
+    """A (1, 2 * ``channels``, 8, 8) input in two groups, 3 x ``kernel_w`` taps, padding 1 along the rows."""
+    from involution.spec import check_geometry
+
+    return check_geometry((1, 2 * channels, 8, 8), (1, 2, 3, kernel_w, 8, 8 - kernel_w + 1), 1, (1, 0), 1)
+
+
+def small_forward(dtype: str) -> set[str]:
+    """Forward v2 and v3 on groups of :data:`SMALL_CHANNELS` channels, and v4 for each kernel width up to
+    :data:`SMALL_KERNEL_WIDTHS` (its tap rows compile per width)."""
+    for kernel_w in range(1, SMALL_KERNEL_WIDTHS + 1):
+        _run("forward", small_geometry(kernel_w), dtype, 4)
+    return {_run("forward", small_geometry(), dtype, version) for version in (2, 3)} | {
+        f"forward v4 (Kw 1-{SMALL_KERNEL_WIDTHS})"}
+
+
+def small_backward(dtype: str) -> set[str]:
+    """Both gradients' v2 and v3 on groups of :data:`SMALL_CHANNELS` channels."""
+    return {_run(name, small_geometry(), dtype, version) for name in ("grad_x", "grad_kernel") for version in (2, 3)}
+
+
+def lane_pass(name: str, versions: tuple[int, ...], dtype: str) -> set[str]:
+    """Pass ``name``'s channel-vector ``versions`` on groups of :data:`LANE_CHANNELS` channels: 8-lane vectors in
+    float32 (float64 vectors have 8 lanes for RedNet's 16 channels already: nothing to do)."""
+    if dtype != "float32":
+        return set()
+    return {f"{_run(name, small_geometry(channels=LANE_CHANNELS), dtype, version)} (8 lanes)" for version in versions}
+
+
+# name: (function warming the job's kernels, its arguments before the dtype, compile seconds per dtype (numba's compile
+# events, 2-core Xeon, load 1-2; 0: nothing to do), whether RedNet-50 needs it). Longest first: --jobs processes then
+# end about together.
+JOBS = {
+    "rednet grad_kernel": (rednet_pass, ("grad_kernel",), {"float32": 20, "float64": 19}, True),
+    "small forward": (small_forward, (), {"float32": 17, "float64": 17}, False),
+    "rednet forward": (rednet_forward, (), {"float32": 15, "float64": 15}, True),
+    "rednet grad_x": (rednet_pass, ("grad_x",), {"float32": 15, "float64": 15}, True),
+    "small backward": (small_backward, (), {"float32": 11, "float64": 11}, False),
+    "8-lane grad_kernel": (lane_pass, ("grad_kernel", (7, 9)), {"float32": 19, "float64": 0}, False),
+    "8-lane grad_x": (lane_pass, ("grad_x", (8,)), {"float32": 10, "float64": 0}, False),
+    "8-lane forward": (lane_pass, ("forward", (8,)), {"float32": 8, "float64": 0}, False),
+}
+
+
+def jobs_for(dtypes, rednet_only: bool) -> list[tuple[str, str]]:
+    """``(job name, dtype)`` pairs to run, longest first (:data:`JOBS`' seconds)."""
+    chosen = [(seconds[dtype], name, dtype) for name, (_, _, seconds, rednet) in JOBS.items() for dtype in dtypes
+              if seconds[dtype] and (rednet or not rednet_only)]
+    return [(name, dtype) for _, name, dtype in sorted(chosen, key=lambda job: -job[0])]
+
+
+def _timed(name: str, dtype: str) -> tuple[float, set[str]]:
+    """Run job ``name`` of :data:`JOBS` for ``dtype``; return its wall seconds and the kernels that ran."""
     started = time.perf_counter()
-    ran = warm(dtype, small, passes)
+    warm, arguments, _, _ = JOBS[name]
+    ran = warm(*arguments, dtype)
     return time.perf_counter() - started, ran
 
 
@@ -99,23 +154,20 @@ def run(args) -> int:
     from involution.fast import runtime
 
     dtypes = list(dict.fromkeys(args.dtype or ["float32"]))
-    # the backward jobs (two kernels per geometry) first: the processes end about together
-    jobs = [(dtype, (kind,)) for kind in reversed(PASSES) for dtype in dtypes]
+    jobs = jobs_for(dtypes, args.rednet_only)
+    processes = min(args.jobs, len(jobs))
     started = time.perf_counter()
-    if args.jobs == 1:
-        results = [_timed_warm(dtype, not args.rednet_only, passes) for dtype, passes in jobs]
+    if processes == 1:
+        results = [_timed(name, dtype) for name, dtype in jobs]
     else:  # fresh interpreters ("spawn"): no numba or threading state copied from this process
-        with concurrent.futures.ProcessPoolExecutor(min(args.jobs, len(jobs)),
-                                                    mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_timed_warm, *zip(*((dtype, not args.rednet_only, passes)
-                                                          for dtype, passes in jobs))))
+        with concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_timed, *zip(*jobs)))
     for dtype in dtypes:
-        mine = [result for (job_dtype, _), result in zip(jobs, results) if job_dtype == dtype]
-        ran = sorted(set().union(*(kernels for _, kernels in mine)))
-        seconds = " + ".join(f"{passes[0]} {elapsed:.1f} s" for (job_dtype, passes), (elapsed, _) in zip(jobs, results)
-                             if job_dtype == dtype)
-        print(f"{dtype}: the fast CPU kernels ready ({seconds}: {', '.join(ran)})")
-    print(f"all ready in {time.perf_counter() - started:.1f} s wall, {min(args.jobs, len(jobs))} processes at once")
+        mine = [(name, elapsed, ran) for (name, job_dtype), (elapsed, ran) in zip(jobs, results) if job_dtype == dtype]
+        kernels = sorted(set().union(*(ran for _, _, ran in mine)))
+        seconds = ", ".join(f"{name} {elapsed:.1f} s" for name, elapsed, _ in mine)
+        print(f"{dtype}: the fast CPU kernels ready ({seconds}: {', '.join(kernels)})")
+    print(f"all ready in {time.perf_counter() - started:.1f} s wall, {processes} processes at once")
     folder = runtime.cache_folder() if runtime.CACHE else None
     print(f"cached in {runtime.display_path(folder)}" if folder else "not cached: no writable folder (set NUMBA_CACHE_DIR)")
     return 0
