@@ -8,8 +8,10 @@ What is timed, float32 at ``batch x 3 x 224 x 224`` (issue 31):
 * a training step (forward, cross-entropy, backward, SGD step) at the largest batch size, eager and compiled.
 
 Each network runs in every configuration of :data:`EAGER_CONFIGURATIONS` (memory format; BN folded by
-:func:`involution.torch.models.fold_batch_norms` and ReLUs in place, :func:`relu_in_place`, at inference) and,
-for RedNet, each count of threads for the op's numba kernels (:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
+:func:`involution.torch.models.fold_batch_norms` and ReLUs in place, :func:`relu_in_place`, at inference; every
+convolution through oneDNN, :func:`involution.torch.models.onednn_convolutions`), the training step also in
+:data:`ONEDNN_TRAINING_CONFIGURATIONS`, and, for RedNet, each count of threads for the op's numba kernels
+(:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
 configuration gives its time. Beside each RedNet, its floors (:data:`FLOORS`) run in the same configurations: the
 network with every involution layer replaced by a free stand-in (:func:`floor_network`), and that with the stem
 also ResNet's: what the layers RedNet shares with ResNet cost, the lower bound of its time whatever the op. Every
@@ -59,6 +61,7 @@ ONEDNN_TRAINING_CONFIGURATIONS = (("contiguous+onednn", "contiguous", False, Tru
                                   ("channels_last+onednn", "channels_last", False, True))  # eager only
 TRAINING_CONFIGURATIONS = COMPILED_CONFIGURATIONS + ONEDNN_TRAINING_CONFIGURATIONS
 OP_THREADS = ("torch", 1)  # the op's numba threads: torch's count, or one
+COMPILES_PER_FORWARD = 256  # dynamo's recompile limit in the benchmark (:func:`compile_limits`)
 RELATIVE_TOLERANCE = 1e-4  # float32 logits through ~50 layers: catches a wrong op or transform, not rounding
 CATEGORIES = (  # (category, substrings of profiler op names), first match wins; the rest is "other"
     ("convolution", ("convolution", "conv2d", "addmm", "mkldnn_linear", "linear")),
@@ -224,16 +227,26 @@ def inference_variant(network, memory_format: str, fold: bool, compiled: bool, o
 def frozen(compiled_forward):
     """``compiled_forward`` called with inductor's ``freezing`` on: parameters become constants, so inductor folds
     BN into the convolutions and prepacks their weights for oneDNN (``mkldnn._convolution_pointwise``, ReLUs fused).
-    The flag must be set while dynamo traces, at the first call and any recompile: ``torch.compile(...,
-    options={"freezing": True})`` reaches inductor but not dynamo, which then passes the parameters as inputs and
-    nothing is frozen (pytorch/pytorch#139272; checked by tests/test_rednet_channels_last.py)."""
+    The flag must be on while dynamo traces (at the first call and any recompile), which reads it to turn parameters
+    into constants (pytorch/pytorch#139272): ``torch.compile(..., options={"freezing": True})`` alone froze nothing
+    here, its generated code calling unpacked convolutions with the weights as inputs (the check:
+    tests/test_rednet_channels_last.py)."""
     import torch
 
     def forward(images):
-        with torch._inductor.config.patch(freezing=True):
+        with torch._inductor.config.patch(freezing=True), compile_limits():
             return compiled_forward(images)
 
     return forward
+
+
+def compile_limits():
+    """A context raising dynamo's recompile limit: every network and floor shares one ``forward`` code object
+    (``involution.torch.models``), compiled once per network, memory format, batch size and mode, beyond dynamo's
+    default of 8 per code object (``fullgraph=True`` then fails instead of falling back)."""
+    import torch
+
+    return torch._dynamo.config.patch(recompile_limit=COMPILES_PER_FORWARD)
 
 
 def network_variants(networks: dict, compiled: bool, compiled_configurations=COMPILED_CONFIGURATIONS) -> dict:
@@ -324,7 +337,9 @@ def training_step(network, images, labels, compiled: bool, onednn: bool = False)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(forward(images), labels)
+        with compile_limits():
+            logits = forward(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
         loss.backward()
         optimizer.step()
         return loss
