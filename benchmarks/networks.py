@@ -3,12 +3,15 @@
 What is timed, float32 at ``batch x 3 x 224 x 224`` (issue 31):
 
 * inference (``eval()``, ``torch.no_grad()``), eager and compiled (``torch.compile(fullgraph=True)``, inductor
-  with ``freezing``, which folds BN into the convolutions and prepacks their weights), at each batch size;
+  with ``freezing`` (:func:`frozen`), which folds BN into the convolutions and prepacks their weights), at each
+  batch size;
 * a training step (forward, cross-entropy, backward, SGD step) at the largest batch size, eager and compiled.
 
 Each network runs in every configuration of :data:`EAGER_CONFIGURATIONS` (memory format; BN folded by
-:func:`involution.torch.models.fold_batch_norms` and ReLUs in place, :func:`relu_in_place`, at inference) and,
-for RedNet, each count of threads for the op's numba kernels (:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
+:func:`involution.torch.models.fold_batch_norms` and ReLUs in place, :func:`relu_in_place`, at inference; every
+convolution through oneDNN, :func:`involution.torch.models.onednn_convolutions`), the training step also in
+:data:`ONEDNN_TRAINING_CONFIGURATIONS`, and, for RedNet, each count of threads for the op's numba kernels
+(:data:`OP_THREADS`); the same torch options are offered to both networks, and each network's fastest
 configuration gives its time. Beside each RedNet, its floors (:data:`FLOORS`) run in the same configurations: the
 network with every involution layer replaced by a free stand-in (:func:`floor_network`), and that with the stem
 also ResNet's: what the layers RedNet shares with ResNet cost, the lower bound of its time whatever the op. Every
@@ -44,14 +47,21 @@ BASELINE = "resnet50"
 # ReLU) for RedNet's (two 3x3 convs around an involution): what is left is what RedNet shares with ResNet.
 FLOORS = (("floor", False), ("floor+stem", True))
 NETWORKS = ("rednet26", "rednet38", "rednet50", "rednet101", "rednet152", "resnet50")
-EAGER_CONFIGURATIONS = (  # (name, memory format, fold BN and run the ReLUs in place at inference)
-    ("contiguous", "contiguous", False),
-    ("contiguous+folded", "contiguous", True),
-    ("channels_last", "channels_last", False),
-    ("channels_last+folded", "channels_last", True),
+# (name, memory format, fold BN and run the ReLUs in place at inference, every convolution through oneDNN)
+EAGER_CONFIGURATIONS = (
+    ("contiguous", "contiguous", False, False),
+    ("contiguous+folded", "contiguous", True, False),
+    ("channels_last", "channels_last", False, False),
+    ("channels_last+folded", "channels_last", True, False),
+    ("contiguous+folded+onednn", "contiguous", True, True),
+    ("channels_last+folded+onednn", "channels_last", True, True),
 )
-COMPILED_CONFIGURATIONS = (("contiguous", "contiguous", False), ("channels_last", "channels_last", False))
+COMPILED_CONFIGURATIONS = (("contiguous", "contiguous", False, False), ("channels_last", "channels_last", False, False))
+ONEDNN_TRAINING_CONFIGURATIONS = (("contiguous+onednn", "contiguous", False, True),
+                                  ("channels_last+onednn", "channels_last", False, True))  # eager only
+TRAINING_CONFIGURATIONS = COMPILED_CONFIGURATIONS + ONEDNN_TRAINING_CONFIGURATIONS
 OP_THREADS = ("torch", 1)  # the op's numba threads: torch's count, or one
+COMPILES_PER_FORWARD = 256  # dynamo's recompile limit in the benchmark (:func:`compile_limits`)
 RELATIVE_TOLERANCE = 1e-4  # float32 logits through ~50 layers: catches a wrong op or transform, not rounding
 CATEGORIES = (  # (category, substrings of profiler op names), first match wins; the rest is "other"
     ("convolution", ("convolution", "conv2d", "addmm", "mkldnn_linear", "linear")),
@@ -198,18 +208,45 @@ def relu_in_place(network):
     return network
 
 
-def inference_variant(network, memory_format: str, fold: bool, compiled: bool):
+def inference_variant(network, memory_format: str, fold: bool, compiled: bool, onednn: bool = False):
     """``(forward, convert input)`` of ``network`` in one configuration (a copy: ``network`` is left as it was)."""
     import torch
 
-    from involution.torch.models import fold_batch_norms
+    from involution.torch.models import fold_batch_norms, onednn_convolutions
 
     variant = relu_in_place(fold_batch_norms(network)) if fold else copy.deepcopy(network)
+    if onednn:
+        variant = onednn_convolutions(variant)
     layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     variant = variant.to(memory_format=layout)
     if compiled:
-        variant = torch.compile(variant, fullgraph=True, options={"freezing": True})
+        variant = frozen(torch.compile(variant, fullgraph=True))
     return variant, (lambda images: images.contiguous(memory_format=layout))
+
+
+def frozen(compiled_forward):
+    """``compiled_forward`` called with inductor's ``freezing`` on: parameters become constants, so inductor folds
+    BN into the convolutions and prepacks their weights for oneDNN (``mkldnn._convolution_pointwise``, ReLUs fused).
+    The flag must be on while dynamo traces (at the first call and any recompile), which reads it to turn parameters
+    into constants (pytorch/pytorch#139272): ``torch.compile(..., options={"freezing": True})`` alone froze nothing
+    here, its generated code calling unpacked convolutions with the weights as inputs (the check:
+    tests/test_rednet_channels_last.py)."""
+    import torch
+
+    def forward(images):
+        with torch._inductor.config.patch(freezing=True), compile_limits():
+            return compiled_forward(images)
+
+    return forward
+
+
+def compile_limits():
+    """A context raising dynamo's recompile limit: every network and floor shares one ``forward`` code object
+    (``involution.torch.models``), compiled once per network, memory format, batch size and mode, beyond dynamo's
+    default of 8 per code object (``fullgraph=True`` then fails instead of falling back)."""
+    import torch
+
+    return torch._dynamo.config.patch(recompile_limit=COMPILES_PER_FORWARD)
 
 
 def network_variants(networks: dict, compiled: bool, compiled_configurations=COMPILED_CONFIGURATIONS) -> dict:
@@ -219,8 +256,8 @@ def network_variants(networks: dict, compiled: bool, compiled_configurations=COM
     for name, network in networks.items():
         modes = [("eager", EAGER_CONFIGURATIONS)] + ([("compiled", compiled_configurations)] if compiled else [])
         for mode, configurations in modes:
-            for configuration, memory_format, fold in configurations:
-                forward = inference_variant(network, memory_format, fold, mode == "compiled")
+            for configuration, memory_format, fold, onednn in configurations:
+                forward = inference_variant(network, memory_format, fold, mode == "compiled", onednn)
                 for threads in op_thread_choices(name):
                     variants[(name, mode, configuration, threads)] = forward
     return variants
@@ -285,17 +322,24 @@ def saved_for_backward_bytes(step) -> int:
     return sum(storages.values())
 
 
-def training_step(network, images, labels, compiled: bool):
-    """A callable running one SGD step (forward, cross-entropy, backward, update) of a copy of ``network``."""
+def training_step(network, images, labels, compiled: bool, onednn: bool = False):
+    """A callable running one SGD step (forward, cross-entropy, backward, update) of a copy of ``network``, with
+    ``onednn`` its convolutions :class:`involution.torch.models.OneDNNConv2d`."""
     import torch
 
+    from involution.torch.models import onednn_convolutions
+
     model = copy.deepcopy(network).train()
+    if onednn:
+        model = onednn_convolutions(model)
     forward = torch.compile(model, fullgraph=True) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(forward(images), labels)
+        with compile_limits():
+            logits = forward(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
         loss.backward()
         optimizer.step()
         return loss
@@ -304,7 +348,7 @@ def training_step(network, images, labels, compiled: bool):
 
 
 def time_training(names, batch: int, rounds: int, compiled: bool, log=print, size: int = 224,
-                  configurations=COMPILED_CONFIGURATIONS, floors: bool = True) -> list[dict]:
+                  configurations=TRAINING_CONFIGURATIONS, floors: bool = True) -> list[dict]:
     """Rows ``{network, mode, configuration, op_threads, batch, median_ms, ..., saved_mib}`` of the training step
     in each memory format, eager (and compiled), with the eager step's saved-for-backward size; RedNet's floors
     too when ``floors``."""
@@ -316,10 +360,12 @@ def time_training(names, batch: int, rounds: int, compiled: bool, log=print, siz
     calls, saved = {}, {}
     for name, network in timed_networks(names, floors).items():
         for mode in ("eager", "compiled") if compiled else ("eager",):
-            for configuration, memory_format, _ in configurations:
+            for configuration, memory_format, _, onednn in configurations:
+                if onednn and mode == "compiled":  # inductor picks its own convolutions
+                    continue
                 layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
                 step = training_step(network.to(memory_format=layout), images.contiguous(memory_format=layout),
-                                     labels, mode == "compiled")
+                                     labels, mode == "compiled", onednn)
                 for threads in op_thread_choices(name):
                     key = (name, mode, configuration, threads)
                     calls[key] = with_op_threads(step, threads)
@@ -438,7 +484,8 @@ def run(networks=("rednet50", BASELINE), batches=(1, 8), rounds: int = 5, compil
     compiled_configurations = COMPILED_CONFIGURATIONS[:1] if quick else COMPILED_CONFIGURATIONS
     rows = time_inference(names, batches, rounds, compiled, log, size, compiled_configurations, floors)
     if training:
-        rows += time_training(names, max(batches), rounds, compiled, log, size, compiled_configurations, floors)
+        rows += time_training(names, max(batches), rounds, compiled, log, size,
+                              compiled_configurations + ONEDNN_TRAINING_CONFIGURATIONS, floors)
     result = ratios(rows)
     log(format_ratios(result))
     shares = profile_shares(names, min(batches), log=log, size=size) if profile else {}

@@ -6,6 +6,8 @@ Tolerances derive from the dtype: ``2**10`` epsilons relative to the largest mag
 far below what a wrong tap, channel or group gives. The channels-last kernel sums each output in the order of the
 channel-vector kernels (u, then v, from zero, fused multiply-adds), so it is compared with forward v8 bitwise.
 """
+import copy
+
 import numpy as np
 import pytest
 
@@ -20,10 +22,12 @@ from involution.torch import models, ops  # noqa: E402
 from test_network_speed import assert_close, randomize_batch_norms  # noqa: E402
 
 # (B, C, G, H, W, K, stride, padding, dilation): RedNet's 7x7 layer shapes shrunk, stride 2 (odd and even sizes),
-# dilation, no padding, groups of 2, 5 and 24 channels (masked vectors), the wide-kernel edge (K > W)
+# dilation, no padding, groups of 2, 5 and 24 channels (masked vectors), the wide-kernel edge (K > W); rows wide
+# enough for blocks of four columns with every tap inside (the kernel's unchecked path) at stride 1 and 2, dilation 2
 CASES = [(2, 32, 2, 9, 12, 7, 1, 3, 1), (2, 32, 2, 11, 10, 7, 2, 3, 1), (1, 48, 3, 12, 12, 3, 1, 2, 2),
          (1, 32, 2, 9, 30, 3, 1, 0, 1), (2, 6, 3, 7, 5, 3, 2, 1, 1), (1, 10, 2, 5, 6, 3, 1, 1, 1),
-         (1, 48, 2, 6, 7, 3, 1, 1, 1), (1, 16, 1, 3, 4, 7, 1, 3, 1)]
+         (1, 48, 2, 6, 7, 3, 1, 1, 1), (1, 16, 1, 3, 4, 7, 1, 3, 1), (2, 32, 2, 9, 30, 3, 2, 1, 1),
+         (2, 64, 4, 11, 40, 3, 2, 2, 2), (2, 32, 2, 13, 27, 7, 1, 3, 1), (2, 40, 2, 9, 23, 3, 1, 1, 1)]
 
 
 def channels_last_arrays(case, dtype, seed=0):
@@ -251,3 +255,81 @@ def test_networks_command_sets_threads_on_the_project_layer(monkeypatch):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] in ("tbb", "workqueue"), result.stdout
+
+
+def convolution_kernels(module, x) -> set:
+    """The ATen convolution kernels ``module(x)`` runs (``torch.profiler`` event names)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as profiler:
+        module(x)
+    return {event.key for event in profiler.key_averages()
+            if event.key in ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward")}
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_onednn_convolutions_take_onednn_with_the_same_function(memory_format):
+    """On one thread torch sends a 1x1 stride-1 convolution at batch 8 to its im2col + GEMM path; the oneDNN
+    configuration runs oneDNN's kernel instead, with the same outputs and gradients (float32 rounding)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        generator = torch.Generator().manual_seed(3)
+        plain = torch.nn.Conv2d(16, 24, 1, bias=True)
+        model = models.onednn_convolutions(torch.nn.Sequential(copy.deepcopy(plain), torch.nn.ReLU()))
+        assert type(model[0]) is models.OneDNNConv2d and not isinstance(model[1], torch.nn.Conv2d)
+        x = torch.randn(8, 16, 9, 7, generator=generator).contiguous(memory_format=memory_format)
+        assert convolution_kernels(plain, x) == {"aten::_slow_conv2d_forward"}  # what the option changes
+        assert convolution_kernels(model[0], x) == {"aten::mkldnn_convolution"}
+        for module in (plain, model[0]):
+            module.zero_grad()
+        inputs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+        outputs = [plain(inputs[0]), model[0](inputs[1])]
+        tolerance = 2 ** 10 * torch.finfo(torch.float32).eps
+        assert_close(outputs[1], outputs[0], "output", tolerance)
+        grad = torch.randn(outputs[0].shape, generator=generator)
+        for output in outputs:
+            output.backward(grad)
+        assert_close(inputs[1].grad, inputs[0].grad, "grad_x", tolerance)
+        assert_close(model[0].weight.grad, plain.weight.grad, "grad_weight", tolerance)
+        assert_close(model[0].bias.grad, plain.bias.grad, "grad_bias", tolerance)
+        plain64, model64, x64 = copy.deepcopy(plain).double(), copy.deepcopy(model[0]).double(), x.double()
+        assert convolution_kernels(model64, x64) == convolution_kernels(plain64, x64)  # float64: nn.Conv2d's path
+        with torch.no_grad():
+            assert torch.equal(model64(x64), plain64(x64))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_onednn_convolutions_reject_what_is_not_a_module():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got list"):
+        models.onednn_convolutions([torch.nn.Conv2d(1, 1, 1)])
+
+
+def test_onednn_convolutions_compile_to_the_same_function():
+    """torch.compile cannot trace oneDNN's op (no fake-tensor kernel): the converted module compiles through
+    ``nn.Conv2d``'s forward and gives the plain module's values."""
+    plain = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 1), torch.nn.ReLU(), torch.nn.Conv2d(6, 3, 3, padding=1))
+    converted = models.onednn_convolutions(copy.deepcopy(plain))
+    x = torch.randn(2, 4, 5, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert_close(torch.compile(converted, fullgraph=True, backend="eager")(x), plain(x), "compiled",
+                     2 ** 10 * torch.finfo(torch.float32).eps)
+
+
+def test_compiled_configuration_freezes_the_network():
+    """The benchmark's compiled inference runs with inductor's freezing: BN folded, convolution weights prepacked
+    for oneDNN. ``torch.compile(options={"freezing": True})`` alone froze nothing (the generated code called
+    ``extern_kernels.convolution`` with the weights as inputs); :func:`networks.frozen` must give packed kernels."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 8, 3, padding=1)).eval()
+    x = torch.randn(2, 8, 10, 10, generator=torch.Generator().manual_seed(5))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        expected = model(x)
+        forward = networks.frozen(torch.compile(copy.deepcopy(model), fullgraph=True))
+        got, code = run_and_get_code(forward, x)
+    assert_close(got, expected, "frozen compiled forward", 2 ** 10 * torch.finfo(torch.float32).eps)
+    assert "mkldnn._convolution_pointwise" in "\n".join(code), "no prepacked convolution: freezing did not apply"

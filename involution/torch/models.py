@@ -332,3 +332,43 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
                 setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
                 setattr(parent, bn_name, nn.Identity())
     return folded.eval()
+
+
+class OneDNNConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` whose CPU float32 forward always takes oneDNN's convolution (``aten::mkldnn_convolution``).
+
+    PyTorch's own dispatch sends some convolutions to its im2col + GEMM path (``aten::_slow_conv2d_forward`` in
+    ``torch.profiler``): on one thread every 1x1 stride-1 convolution of ResNet-50 and RedNet-50 at batch 1 and 8,
+    on two threads RedNet-50's smallest 1x1 convolutions at batch 1. Whether oneDNN is faster for a network depends
+    on the shapes and the memory format, so the network benchmark offers it as a configuration (``python -m
+    involution.benchmarks.networks``, the ``+onednn`` rows). The same function (oneDNN and the GEMM path agree to
+    float rounding); autograd works through it. Other devices, dtypes and padding modes, and ``torch.compile``
+    (which cannot trace oneDNN's op and picks its own convolutions), take ``nn.Conv2d``'s forward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.padding_mode != "zeros" or \
+                isinstance(self.padding, str) or torch.compiler.is_compiling():  # oneDNN's op has no fake tensors
+            return super().forward(x)
+        return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                        self.groups)
+
+
+def onednn_convolutions(model: nn.Module) -> nn.Module:
+    """``model`` with every ``nn.Conv2d`` an :class:`OneDNNConv2d` (the same parameters; changed in place).
+
+    A speed option for CPU inference and training, offered to RedNet and ResNet alike (``python -m
+    involution.benchmarks.networks``). The changed modules are no longer exactly ``nn.Conv2d``: FLOP counters that
+    match layers by exact type (mmcv's) do not count them, so count on the unchanged model.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not an ``nn.Module``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = OneDNNConv2d
+    return model
