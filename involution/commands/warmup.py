@@ -40,20 +40,27 @@ def add_arguments(parser) -> None:
 
 
 def warmup_geometries() -> list:
-    """One small geometry per distinct set of versions the policy picks for RedNet-50's layers at batch 1 and 8:
-    the layer with one group of 16 channels, at batch 1 or 2 (checked to pick the full layer's versions)."""
+    """One small geometry per distinct set of versions the policy picks for RedNet-50's layers at batch 1 and 8 and
+    of grad_kernel v9's output positions per vector (``cpu_grad_kernel.position_lanes``, part of its compiled
+    signature: 8 float32 positions for RedNet's 7-wide layer, 16 for the wider ones): the layer with one group of 16
+    channels, at batch 1 or 2 (checked to pick the full layer's versions)."""
+    import numpy as np
+
     from involution.benchmarks.layers import REDNET_LAYERS, Layer, layer_geometry
-    from involution.fast import cpu
+    from involution.fast import cpu, cpu_grad_kernel
 
     chosen = {}
     for layer in REDNET_LAYERS:
         for batch, small_batch in ((1, 1), (8, 2)):
-            versions = tuple(cpu.versions_for(layer_geometry(layer, batch)).items())
+            geometry = layer_geometry(layer, batch)
+            versions = tuple(cpu.versions_for(geometry).items())
+            out_w = geometry.out_shape[-1]
+            lanes = tuple(cpu_grad_kernel.position_lanes(out_w, dtype) for dtype in (np.float32, np.float64))
             small = layer_geometry(Layer(layer.group_channels, layer.size, layer.stride, layer.kernel,
                                          layer.group_channels), small_batch)
             if tuple(cpu.versions_for(small).items()) != versions:  # keep the policy's pick: run the full layer
-                small = layer_geometry(layer, batch)
-            chosen.setdefault(versions, small)
+                small = geometry
+            chosen.setdefault((versions, lanes), small)
     return list(chosen.values())
 
 
