@@ -28,12 +28,11 @@ from involution.spec import check_geometry
 name = sys.argv[1]
 g = check_geometry((2, 64, 56, 56), (2, 4, 7, 7, 56, 56), 1, 3, 1)
 rng = np.random.default_rng(0)
-x, kernel, grad_out = (rng.standard_normal(shape).astype(np.float32)
-                       for shape in (g.x_shape, g.kernel_shape, g.out_shape))
-inputs = {"forward": (x, kernel), "grad_x": (grad_out, kernel), "grad_kernel": (grad_out, x)}[name]
-result = np.empty({"forward": g.out_shape, "grad_x": g.x_shape, "grad_kernel": g.kernel_shape}[name], np.float32)
+first, second, result = cpu.pass_shapes(name, g)
+arrays = (rng.standard_normal(first).astype(np.float32), rng.standard_normal(second).astype(np.float32),
+          np.empty(result, np.float32))
 wall, cpu_time = time.perf_counter(), time.process_time()
-version = cpu.run(name, (*inputs, result), g)
+version = cpu.run(name, arrays, g)
 print(version, time.perf_counter() - wall, time.process_time() - cpu_time)
 """
 

@@ -220,8 +220,9 @@ def _check_kind(name: str) -> None:
         raise ValueError(f"kernel name must be one of {KINDS}, got {name!r}")
 
 
-def _shapes(name: str, geometry: Geometry):
-    """The shapes of pass ``name``'s arrays: its two inputs, then its result."""
+def pass_shapes(name: str, geometry: Geometry) -> tuple[tuple, tuple, tuple]:
+    """The shapes of pass ``name``'s arrays for :func:`run`: its two inputs, then its result (``forward``: x, kernel,
+    out; ``grad_x``: grad_out, kernel, grad_x; ``grad_kernel``: grad_out, x, grad_kernel)."""
     g = geometry
     return {"forward": (g.x_shape, g.kernel_shape, g.out_shape), "grad_x": (g.out_shape, g.kernel_shape, g.x_shape),
             "grad_kernel": (g.out_shape, g.x_shape, g.kernel_shape)}[name]
@@ -261,7 +262,7 @@ def run(name: str, arrays, geometry: Geometry, version: int | None = None) -> in
     if len(arrays) != 3:
         raise ValueError(f"arrays must be three ndarrays for {name} (two inputs, then the result), got {len(arrays)}")
     dtype = arrays[-1].dtype
-    for index, (array, shape) in enumerate(zip(arrays, _shapes(name, geometry))):
+    for index, (array, shape) in enumerate(zip(arrays, pass_shapes(name, geometry))):
         if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != dtype or \
                 dtype not in (np.float32, np.float64) or not array.flags.c_contiguous:
             raise ValueError(f"arrays[{index}] of {name} must be a C-contiguous float32 or float64 ndarray of shape "

@@ -68,13 +68,13 @@ def _run(name: str, geometry, dtype: str, version: int | None = None) -> str:
     """Run pass ``name`` once on random inputs of ``geometry``; return ``"<name> v<version that ran>"``."""
     import numpy as np
 
-    from involution.benchmarks.layers import random_inputs
     from involution.fast import cpu
 
-    x, kernel, grad_out = random_inputs(geometry, dtype)
-    inputs = {"forward": (x, kernel), "grad_x": (grad_out, kernel), "grad_kernel": (grad_out, x)}[name]
-    result = {"forward": geometry.out_shape, "grad_x": geometry.x_shape, "grad_kernel": geometry.kernel_shape}[name]
-    return f"{name} v{cpu.run(name, (*inputs, np.empty(result, dtype)), geometry, version)}"
+    rng = np.random.default_rng(0)
+    first, second, result = cpu.pass_shapes(name, geometry)
+    arrays = (rng.standard_normal(first).astype(dtype), rng.standard_normal(second).astype(dtype),
+              np.empty(result, dtype))
+    return f"{name} v{cpu.run(name, arrays, geometry, version)}"
 
 
 def rednet_forward(dtype: str) -> set[str]:
@@ -129,8 +129,8 @@ def lane_pass(name: str, versions: tuple[int, ...], dtype: str) -> set[str]:
 
 # name: (function warming the job's kernels, its arguments before the dtype, its seconds per dtype (wall, 2-core Xeon,
 # load 1-2, the process's imports included; 0: nothing to do), whether RedNet-50 needs it). Run longest first, so that
-# --jobs processes end about together. Not here: grad_kernel v9 with 8 lanes (rows of 7 or more outputs; the demo's
-# derandomized suite draws none; about 6 s where a call needs it).
+# --jobs processes end about together. grad_kernel v9's variants (positions per vector, not channels) come with the
+# RedNet jobs: :func:`warmup_geometries` covers each of its position counts, whatever the group's channels.
 JOBS = {
     "rednet grad_kernel": (rednet_pass, ("grad_kernel",), {"float32": 27, "float64": 28}, True),
     "small forward": (small_forward, (), {"float32": 19, "float64": 18}, False),
