@@ -1,6 +1,7 @@
 """Compile the fast CPU kernels ahead of the first call and cache them on disk (numba's cache: once per machine).
 
-For each ``--dtype``, runs the forward (also in the channels-last layout, ``involution.fast.cpu_forward_channels_last``)
+For each ``--dtype``, runs the forward (also in the channels-last layout, ``involution.fast.cpu_forward_channels_last``,
+and fused with the kernel generation's span convolution, ``involution.fast.cpu_forward_span``)
 and both gradients once on one group of each of RedNet-50's involution layers at batch 1 and 2: the kernel versions
 the dispatch policy (``involution.fast.cpu.versions_for``) picks for those layers at any batch, compiled for the
 vector width of 16 channels per group. Then, unless ``--rednet-only``, what the conformance suite's small geometries
@@ -79,10 +80,11 @@ def _run(name: str, geometry, dtype: str, version: int | None = None) -> str:
 
 def rednet_forward(dtype: str) -> set[str]:
     """The forward on :func:`warmup_geometries`, also channels-last (the layout of channels_last torch tensors,
-    involution.torch.ops: the same values, position-major)."""
+    involution.torch.ops: the same values, position-major) and with the span convolution fused
+    (``involution.fast.cpu_forward_span``, what an ``Involution2d`` runs at inference in channels_last)."""
     import numpy as np
 
-    from involution.fast import cpu_forward_channels_last
+    from involution.fast import cpu_forward_channels_last, cpu_forward_span
 
     ran = set()
     for geometry in warmup_geometries():
@@ -90,6 +92,8 @@ def rednet_forward(dtype: str) -> set[str]:
         cpu_forward_channels_last.run(tuple(np.zeros(shape, dtype) for shape in
                                             cpu_forward_channels_last.shapes(geometry)), geometry)
         ran.add("forward channels-last")
+        cpu_forward_span.run(tuple(np.zeros(shape, dtype) for shape in cpu_forward_span.shapes(geometry, 4)), geometry)
+        ran.add("forward span")
     return ran
 
 
@@ -133,9 +137,9 @@ def lane_pass(name: str, versions: tuple[int, ...], dtype: str) -> set[str]:
 # RedNet jobs: :func:`warmup_geometries` covers each of its position counts, whatever the group's channels.
 JOBS = {
     "rednet grad_kernel": (rednet_pass, ("grad_kernel",), {"float32": 27, "float64": 28}, True),
+    "rednet forward": (rednet_forward, (), {"float32": 21, "float64": 23}, True),
     "small forward": (small_forward, (), {"float32": 19, "float64": 18}, False),
     "rednet grad_x": (rednet_pass, ("grad_x",), {"float32": 16, "float64": 15}, True),
-    "rednet forward": (rednet_forward, (), {"float32": 10, "float64": 13}, True),
     "small backward": (small_backward, (), {"float32": 12, "float64": 11}, False),
     "8-lane grad_kernel": (lane_pass, ("grad_kernel", (7,)), {"float32": 11, "float64": 0}, False),
     "8-lane grad_x": (lane_pass, ("grad_x", (8,)), {"float32": 9, "float64": 0}, False),

@@ -66,6 +66,11 @@ class Involution2d(nn.Module):
     backend : {"fast", "taps"} or None
         A torch backend of :mod:`involution.backends`; ``None``: ``"fast"`` where numba imports, else ``"taps"``.
 
+    Attribute ``fuse_span`` (default True): with the ``"fast"`` backend, a float32 or float64 CPU ``x`` in
+    ``channels_last`` and no derivative wanted (inference), ``conv2`` and the op run as one pass,
+    :func:`involution.torch.span.involution2d_span`, which never writes the generated kernel to memory; the result
+    equals the two-step path's up to rounding. Set it False for the two steps.
+
     Shapes: x ``(B, C, H, W)`` -> ``(B, C, ceil(H / sh), ceil(W / sw))``. Options are checked by
     :func:`involution.reference.involution_layer.check_involution_options` (the NumPy layer's checks);
     ``kernel_size``, ``stride``, ``dilation`` and ``padding`` are stored as ``(h, w)`` pairs.
@@ -87,6 +92,7 @@ class Involution2d(nn.Module):
         if options.kernel_gen == "bottleneck":
             self.conv1 = ConvModule(options.channels, options.hidden, 1)
         self.conv2 = ConvModule(options.hidden, options.taps, 1, norm=False, activate=False)
+        self.fuse_span = True
 
     def set_backend(self, backend: str | None) -> None:
         """Use torch backend ``backend`` ("fast", "taps"; ``None``: the fastest available) for the op from now on."""
@@ -94,10 +100,31 @@ class Involution2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.avgpool(x) if "avgpool" in self._modules else x
-        weight = self.conv2(self.conv1(pooled) if self.kernel_gen == "bottleneck" else pooled)
+        hidden = self.conv1(pooled) if self.kernel_gen == "bottleneck" else pooled
+        if self._spans_in_one_pass(x, hidden):
+            from .span import involution2d_span
+
+            conv = self.conv2.conv
+            return involution2d_span(x, hidden, conv.weight, conv.bias, self.kernel_size, self.stride, self.padding,
+                                     self.dilation)
+        weight = self.conv2(hidden)
         batch, _, out_h, out_w = weight.shape
         kernel = weight.view(batch, self.groups, *self.kernel_size, out_h, out_w)
         return self._involution2d(x, kernel, self.stride, self.padding, self.dilation)
+
+    def _spans_in_one_pass(self, x: torch.Tensor, hidden: torch.Tensor) -> bool:
+        """Whether ``conv2`` and the op run as one pass (see ``fuse_span``): inference on CPU ``channels_last``."""
+        conv = self.conv2.conv
+        layout = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if not (getattr(self, "fuse_span", True) and self.backend == "fast" and x.device.type == "cpu" and layout and
+                x.dtype in (torch.float32, torch.float64) and hidden.dtype == x.dtype and
+                isinstance(conv, nn.Conv2d) and conv.bias is not None):
+            return False
+        from torch.autograd import forward_ad
+
+        wanted = torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad or
+                                              any(p.requires_grad for p in conv.parameters()))
+        return not wanted and forward_ad._current_level < 0
 
 
 class Bottleneck(nn.Module):

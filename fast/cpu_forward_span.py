@@ -1,0 +1,309 @@
+"""The involution layer's last two steps in one pass: the span convolution generating the kernel, then the op.
+
+An involution layer generates its kernel with a 1x1 convolution, the *span* ``W0`` of the paper's kernel
+generation (Li et al., CVPR 2021, eq. 6: ``W0 (C/r -> K*K*G)`` after the reduction ``W1 (C -> C/r)``), and the op
+reads that kernel back once. Written whole, the kernel is ``G*Kh*Kw`` values per output position, three times the
+input at RedNet's K = 7 and 16 channels per group, and the span convolution has only ``C/r`` multiply-adds per value
+it writes, so both steps spend their time moving it. Here each block of output positions generates its kernel into a
+small buffer, uses it and drops it::
+
+    kernel[b, i, j, g, u, v] = bias[g*Kh*Kw + u*Kw + v] + sum_r weight[g*Kh*Kw + u*Kw + v, r] * hidden[b, i, j, r]
+    out[b, i, j, c] = sum_{u, v} kernel[b, i, j, g, u, v] * x_pad[b, i*sh + u*dh, j*sw + v*dw, c],  g = c // (C / G)
+
+on channels-last arrays (the memory of torch's ``channels_last`` tensors): ``x (B, H, W, C)``, ``hidden (B, Ho, Wo,
+R)`` (the reduction's output, or the pooled input for a linear kernel generation), ``weight (G*Kh*Kw, R)``, ``bias
+(G*Kh*Kw,)``, ``out (B, Ho, Wo, C)``. The kernel's channel order is ``conv2``'s output viewed as ``(B, G, Kh, Kw, Ho,
+Wo)``, the official layer's.
+
+Kernel versions (a new one replaces the last; each measured against the span convolution through torch followed by
+``cpu_forward_channels_last``, float32, ``channels_last`` torch tensors, on RedNet-50's involution layers: ``python -m
+involution.benchmarks.span``):
+
+1. Blocks of ``2 * lanes`` consecutive output positions (consecutive across rows and images in this layout, so short
+   rows still fill whole vectors), a few blocks per ``prange`` unit (each unit allocates its buffers once). The span
+   convolution vectorises over the block's positions: the block's ``hidden`` rows transposed into an ``(R, 2 *
+   lanes)`` buffer, four kernel taps at a time for both vectors of positions (eight independent multiply-add chains
+   sharing each weight), into a ``(Kh*Kw, 2 * lanes)`` buffer per group. The op then sums each position's group
+   channels, vectorised over channels, two positions at a time with four partial sums each (tap ``t`` into sum ``t %
+   4``) where both windows lie inside the input (tap offsets precomputed); at the borders, and for a group's last,
+   partial channel vector, every tap is checked and a tap reading the zero padding multiplies its weight by 0, so
+   an infinite weight there gives NaN, as in the op.
+
+Tried and dropped: eight taps at a time in the span convolution (more chains, 10-25% slower than four); copying each
+group's input under a block into a contiguous zero-padded region first, so the op runs without checks and its loads
+do not fall on the few cache sets a ``channels_last`` pixel stride of 256-2048 bytes maps a group to (about 15%
+slower over RedNet-50's layers at batch 8 and 1: the copy costs more than it saves).
+
+Results differ from the two-step path by rounding only: the partial sums change the order of the op's sum, and the
+span convolution here sums ``r`` in order where oneDNN blocks it. Bitwise the same for any thread count (every
+output element has one writer). Forward only: the layer takes this path for inference (no gradient wanted).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from involution.spec import Geometry
+
+from . import simd
+from .cpu_blocks import UNITS_PER_THREAD, channel_lanes, inline, jit
+from .runtime import call_guard, call_threads
+
+ALIGNMENT = 64  # bytes: a cache line
+SPAN_TAPS = 4  # kernel taps generated together: four independent multiply-add chains per hidden channel
+
+
+@inline
+def aligned(size, dtype):
+    """An uninitialised 1-D array of ``size`` elements starting on a 64-byte boundary (a cache line: whole-vector
+    loads from it never straddle two lines)."""
+    raw = np.empty(size + ALIGNMENT, dtype)
+    skip = (-raw.ctypes.data % ALIGNMENT) // raw.itemsize
+    return raw[skip:skip + size]
+
+
+@jit
+def forward_span(x, hidden, weight, bias, out, kernel_h, kernel_w, sh, sw, ph, pw, dh, dw, per_unit,
+                 lanes):
+    """``x (B, H, W, C)``, ``hidden (B, Ho, Wo, R)``, ``weight (G*Kh*Kw, R)``, ``bias (G*Kh*Kw,)`` into ``out (B, Ho,
+    Wo, C)``, all C-contiguous; blocks of ``2 * lanes`` positions, ``per_unit`` of them per ``prange`` unit."""
+    batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    reduced = hidden.shape[3]
+    taps = kernel_h * kernel_w
+    groups = weight.shape[0] // taps
+    group_channels = channels // groups
+    n1 = simd.count(lanes)
+    n = 2 * n1
+    positions = batch * out_h * out_w
+    x_flat, hidden_flat, out_flat = x.reshape(-1), hidden.reshape(-1), out.reshape(-1)
+    weight_flat = weight.reshape(-1)
+    one = np.ones(1, x.dtype)
+    offsets = np.empty(taps, np.int64)  # a tap's distance from the window's corner in x_flat
+    for u in range(kernel_h):
+        for v in range(kernel_w):
+            offsets[u * kernel_w + v] = (u * dh * width + v * dw) * channels
+    blocks = (positions + n - 1) // n
+    for unit in prange((blocks + per_unit - 1) // per_unit):
+        transposed = aligned(reduced * n, x.dtype)  # a block's hidden rows transposed
+        transposed[:] = 0
+        inside = np.empty(n, np.bool_)  # the whole window of position p0 + q lies inside x
+        corner = np.empty(n, np.int64)  # x_flat index of the window's first tap (its top-left corner)
+        rows_b, rows_i, cols_j = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+        kernel = np.empty(taps * n, x.dtype)  # one group's kernel at the block's positions, tap-major
+        for block in range(unit * per_unit, min(blocks, (unit + 1) * per_unit)):
+            p0 = block * n
+            count = min(n, positions - p0)
+            if count < n:  # the lanes past the last position: finite, never used
+                transposed[:] = 0
+            for q in range(count):
+                for r in range(reduced):
+                    transposed[r * n + q] = hidden_flat[(p0 + q) * reduced + r]
+            b, i, j = p0 // (out_h * out_w), (p0 // out_w) % out_h, p0 % out_w
+            for q in range(count):
+                row, col = i * sh - ph, j * sw - pw
+                inside[q] = (row >= 0 and row + (kernel_h - 1) * dh < height and
+                             col >= 0 and col + (kernel_w - 1) * dw < width)
+                corner[q] = ((b * height + row) * width + col) * channels
+                rows_b[q], rows_i[q], cols_j[q] = b, i, j
+                j += 1
+                if j == out_w:
+                    j, i = 0, i + 1
+                    if i == out_h:
+                        i, b = 0, b + 1
+            for g in range(groups):
+                t = 0
+                while t < taps:
+                    chains = min(SPAN_TAPS, taps - t)
+                    row0 = (g * taps + t) * reduced
+                    a0 = simd.splat(bias[g * taps + t], lanes)
+                    a1 = simd.splat(bias[g * taps + t + 1], lanes) if chains > 1 else a0
+                    a2 = simd.splat(bias[g * taps + t + 2], lanes) if chains > 2 else a0
+                    a3 = simd.splat(bias[g * taps + t + 3], lanes) if chains > 3 else a0
+                    if chains == SPAN_TAPS:
+                        b0, b1, b2, b3 = a0, a1, a2, a3
+                        for r in range(reduced):
+                            values = simd.load(transposed, r * n, lanes)
+                            more = simd.load(transposed, r * n + n1, lanes)
+                            w0 = simd.splat(weight_flat[row0 + r], lanes)
+                            w1 = simd.splat(weight_flat[row0 + reduced + r], lanes)
+                            w2 = simd.splat(weight_flat[row0 + 2 * reduced + r], lanes)
+                            w3 = simd.splat(weight_flat[row0 + 3 * reduced + r], lanes)
+                            a0 = simd.multiply_add(w0, values, a0)
+                            a1 = simd.multiply_add(w1, values, a1)
+                            a2 = simd.multiply_add(w2, values, a2)
+                            a3 = simd.multiply_add(w3, values, a3)
+                            b0 = simd.multiply_add(w0, more, b0)
+                            b1 = simd.multiply_add(w1, more, b1)
+                            b2 = simd.multiply_add(w2, more, b2)
+                            b3 = simd.multiply_add(w3, more, b3)
+                        simd.store(kernel, (t + 1) * n, a1)
+                        simd.store(kernel, (t + 2) * n, a2)
+                        simd.store(kernel, (t + 3) * n, a3)
+                        simd.store(kernel, (t + 1) * n + n1, b1)
+                        simd.store(kernel, (t + 2) * n + n1, b2)
+                        simd.store(kernel, (t + 3) * n + n1, b3)
+                        simd.store(kernel, t * n + n1, b0)
+                    else:  # the last taps, one at a time
+                        b0 = a0
+                        for r in range(reduced):
+                            w0 = simd.splat(weight_flat[row0 + r], lanes)
+                            a0 = simd.multiply_add(w0, simd.load(transposed, r * n, lanes), a0)
+                            b0 = simd.multiply_add(w0, simd.load(transposed, r * n + n1, lanes), b0)
+                        simd.store(kernel, t * n + n1, b0)
+                        chains = 1
+                    simd.store(kernel, t * n, a0)
+                    t += chains
+                q = 0
+                while q < count:
+                    p = p0 + q
+                    paired = q + 1 < count and inside[q] and inside[q + 1] and group_channels % n1 == 0
+                    for c0 in range(g * group_channels, (g + 1) * group_channels, n1):
+                        valid = min(n1, (g + 1) * group_channels - c0)
+                        if paired:
+                            start = corner[q] + c0
+                            start1 = corner[q + 1] + c0
+                            s0 = simd.zeros(x_flat, lanes)
+                            s1 = simd.zeros(x_flat, lanes)
+                            s2 = simd.zeros(x_flat, lanes)
+                            s3 = simd.zeros(x_flat, lanes)
+                            e0 = simd.zeros(x_flat, lanes)
+                            e1 = simd.zeros(x_flat, lanes)
+                            e2 = simd.zeros(x_flat, lanes)
+                            e3 = simd.zeros(x_flat, lanes)
+                            t = 0
+                            while t + 4 <= taps:
+                                s0 = simd.multiply_add(simd.splat(kernel[t * n + q], lanes),
+                                                       simd.load(x_flat, start + offsets[t], lanes), s0)
+                                e0 = simd.multiply_add(simd.splat(kernel[t * n + q + 1], lanes),
+                                                       simd.load(x_flat, start1 + offsets[t], lanes), e0)
+                                s1 = simd.multiply_add(simd.splat(kernel[(t + 1) * n + q], lanes),
+                                                       simd.load(x_flat, start + offsets[t + 1], lanes), s1)
+                                e1 = simd.multiply_add(simd.splat(kernel[(t + 1) * n + q + 1], lanes),
+                                                       simd.load(x_flat, start1 + offsets[t + 1], lanes), e1)
+                                s2 = simd.multiply_add(simd.splat(kernel[(t + 2) * n + q], lanes),
+                                                       simd.load(x_flat, start + offsets[t + 2], lanes), s2)
+                                e2 = simd.multiply_add(simd.splat(kernel[(t + 2) * n + q + 1], lanes),
+                                                       simd.load(x_flat, start1 + offsets[t + 2], lanes), e2)
+                                s3 = simd.multiply_add(simd.splat(kernel[(t + 3) * n + q], lanes),
+                                                       simd.load(x_flat, start + offsets[t + 3], lanes), s3)
+                                e3 = simd.multiply_add(simd.splat(kernel[(t + 3) * n + q + 1], lanes),
+                                                       simd.load(x_flat, start1 + offsets[t + 3], lanes), e3)
+                                t += 4
+                            while t < taps:
+                                s0 = simd.multiply_add(simd.splat(kernel[t * n + q], lanes),
+                                                       simd.load(x_flat, start + offsets[t], lanes), s0)
+                                e0 = simd.multiply_add(simd.splat(kernel[t * n + q + 1], lanes),
+                                                       simd.load(x_flat, start1 + offsets[t], lanes), e0)
+                                t += 1
+                            unit = simd.splat(one[0], lanes)
+                            total = simd.multiply_add(unit, simd.multiply_add(unit, s0, s1),
+                                                      simd.multiply_add(unit, s2, s3))
+                            simd.store(out_flat, p * channels + c0, total)
+                            total = simd.multiply_add(unit, simd.multiply_add(unit, e0, e1),
+                                                      simd.multiply_add(unit, e2, e3))
+                            simd.store(out_flat, (p + 1) * channels + c0, total)
+                        else:
+                            if inside[q] and valid == n1:
+                                start = corner[q] + c0
+                                s0 = simd.zeros(x_flat, lanes)
+                                s1 = simd.zeros(x_flat, lanes)
+                                s2 = simd.zeros(x_flat, lanes)
+                                s3 = simd.zeros(x_flat, lanes)
+                                t = 0
+                                while t + 4 <= taps:
+                                    s0 = simd.multiply_add(simd.splat(kernel[t * n + q], lanes),
+                                                           simd.load(x_flat, start + offsets[t], lanes), s0)
+                                    s1 = simd.multiply_add(simd.splat(kernel[(t + 1) * n + q], lanes),
+                                                           simd.load(x_flat, start + offsets[t + 1], lanes), s1)
+                                    s2 = simd.multiply_add(simd.splat(kernel[(t + 2) * n + q], lanes),
+                                                           simd.load(x_flat, start + offsets[t + 2], lanes), s2)
+                                    s3 = simd.multiply_add(simd.splat(kernel[(t + 3) * n + q], lanes),
+                                                           simd.load(x_flat, start + offsets[t + 3], lanes), s3)
+                                    t += 4
+                                while t < taps:
+                                    s0 = simd.multiply_add(simd.splat(kernel[t * n + q], lanes),
+                                                           simd.load(x_flat, start + offsets[t], lanes), s0)
+                                    t += 1
+                                unit = simd.splat(one[0], lanes)
+                                total = simd.multiply_add(unit, simd.multiply_add(unit, s0, s1),
+                                                          simd.multiply_add(unit, s2, s3))
+                            else:  # the borders (and a group's last, partial channel vector): every tap checked
+                                b, i, j = rows_b[q], rows_i[q], cols_j[q]
+                                s0 = simd.zeros(x_flat, lanes)
+                                s1 = simd.zeros(x_flat, lanes)
+                                for u in range(kernel_h):
+                                    row = i * sh - ph + u * dh
+                                    for v in range(kernel_w):
+                                        col = j * sw - pw + v * dw
+                                        weight_uv = simd.splat(kernel[(u * kernel_w + v) * n + q], lanes)
+                                        if 0 <= row < height and 0 <= col < width:
+                                            start = ((b * height + row) * width + col) * channels + c0
+                                            values = simd.load_range(x_flat, start, 0, valid, lanes)
+                                        else:  # the zero padding: x_pad = 0, so an infinite weight gives NaN
+                                            values = simd.zeros(x_flat, lanes)
+                                        if v % 2:
+                                            s1 = simd.multiply_add(weight_uv, values, s1)
+                                        else:
+                                            s0 = simd.multiply_add(weight_uv, values, s0)
+                                total = simd.multiply_add(simd.splat(one[0], lanes), s0, s1)
+                            simd.store_first(out_flat, p * channels + c0, total, valid)
+                    q += 2 if paired else 1
+
+
+def shapes(geometry: Geometry, reduced: int) -> tuple[tuple, ...]:
+    """The shapes ``(x (B, H, W, C), hidden (B, Ho, Wo, R), weight (G*Kh*Kw, R), bias (G*Kh*Kw,), out (B, Ho, Wo, C))``
+    for ``R = reduced`` hidden channels."""
+    batch, channels, height, width = geometry.x_shape
+    _, groups, kernel_h, kernel_w, out_h, out_w = geometry.kernel_shape
+    generated = groups * kernel_h * kernel_w
+    return ((batch, height, width, channels), (batch, out_h, out_w, reduced), (generated, reduced), (generated,),
+            (batch, out_h, out_w, channels))
+
+
+def run(arrays, geometry: Geometry) -> None:
+    """The span convolution and the forward in one pass, on channels-last arrays; overwrites ``out``.
+
+    Parameters
+    ----------
+    arrays : tuple ``(x, hidden, weight, bias, out)`` of C-contiguous ndarrays of one dtype, float32 or float64
+        Shapes of :func:`shapes` for ``R = hidden.shape[-1]`` (``R >= 1``): ``x (B, H, W, C)``, ``hidden (B, Ho, Wo,
+        R)``, the span convolution's ``weight (G*Kh*Kw, R)`` (an ``nn.Conv2d`` weight ``(G*Kh*Kw, R, 1, 1)``
+        reshaped) and ``bias (G*Kh*Kw,)``, ``out (B, Ho, Wo, C)``: the memory of torch's ``channels_last`` tensors.
+    geometry : Geometry
+        From ``involution.spec.check_geometry``, in the (B, C, H, W) convention: ``x`` and the kernel the span
+        convolution generates, ``(B, G, Kh, Kw, Ho, Wo)``.
+
+    Raises
+    ------
+    ValueError
+        ``arrays`` whose count, shapes, dtype or layout do not match ``geometry``.
+    """
+    if len(arrays) != 5:
+        raise ValueError(f"arrays must be five ndarrays (x, hidden, weight, bias, out), got {len(arrays)}")
+    hidden = arrays[1]
+    reduced = hidden.shape[-1] if isinstance(hidden, np.ndarray) and hidden.ndim == 4 and hidden.shape[-1] > 0 else -1
+    names = ("x", "hidden", "weight", "bias", "out")
+    dtype = arrays[-1].dtype
+    for name, array, shape in zip(names, arrays, shapes(geometry, reduced)):
+        if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != dtype or \
+                dtype not in (np.float32, np.float64) or not array.flags.c_contiguous:
+            raise ValueError(f"{name} of the span forward must be a C-contiguous float32 or float64 ndarray of shape "
+                             f"{shape} (R >= 1) and the result's dtype ({dtype}), got {type(array).__name__} "
+                             f"{getattr(array, 'shape', '')} {getattr(array, 'dtype', '')}")
+    x, hidden, weight, bias, out = arrays
+    if out.size == 0:
+        return
+    _, _, kernel_h, kernel_w, _, _ = geometry.kernel_shape
+    lanes = simd.Lanes(channel_lanes(geometry.group_channels, dtype))
+    with call_guard(), call_threads() as threads:
+        forward_span(x, hidden, weight, bias, out, kernel_h, kernel_w, *geometry.stride, *geometry.padding,
+                     *geometry.dilation, blocks_per_unit(out.shape[0] * out.shape[1] * out.shape[2], lanes.count,
+                                                         threads), lanes)
+
+
+def blocks_per_unit(positions: int, lanes: int, threads: int) -> int:
+    """Blocks of ``2 * lanes`` positions per ``prange`` unit: about UNITS_PER_THREAD units per thread (each unit
+    allocates its buffers once)."""
+    blocks = -(-positions // (2 * lanes))
+    return max(1, blocks // (UNITS_PER_THREAD * threads))

@@ -1,0 +1,117 @@
+"""``torch.ops.involution.involution2d_span``: an involution layer's span convolution and the op in one pass.
+
+An :class:`~involution.torch.Involution2d` generates its kernel with ``conv2``, a 1x1 convolution (the span ``W0`` of
+the paper's kernel generation) from the hidden features ``conv1`` gives, then runs the op on that kernel. This op
+does both on the CPU without writing the kernel to memory (``involution.fast.cpu_forward_span``): for inference on
+``channels_last`` tensors, where the layer takes it (:meth:`Involution2d.forward <involution.torch.Involution2d>`).
+It has no autograd formula: the layer takes the two-step path whenever a derivative is wanted. A fake
+implementation gives the output's shape and strides, so ``torch.compile(fullgraph=True)`` keeps the op in its graph.
+"""
+from __future__ import annotations
+
+import torch
+
+from involution.spec import Geometry, check_geometry, output_size, pair
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation) -> Geometry:
+    """Validate the op's arguments; return the :class:`~involution.spec.Geometry` of the involution it runs.
+
+    Works on real, meta and fake tensors. Raises ``TypeError`` (not a tensor, a dtype other than float32/float64,
+    two dtypes, a device other than the CPU) or ``ValueError`` (shapes that do not fit, naming the argument).
+    """
+    tensors = dict(x=(x, 4, "(B, C, H, W)"), hidden=(hidden, 4, "(B, R, Ho, Wo)"),
+                   weight=(weight, 4, "(G*Kh*Kw, R, 1, 1)"), bias=(bias, 1, "(G*Kh*Kw,)"))
+    for name, (tensor, ndim, layout) in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(tensor).__name__}")
+        if tensor.layout != torch.strided or tensor.dtype not in DTYPES:
+            raise TypeError(f"{name} must be a dense float32 or float64 tensor, got {tensor.layout} {tensor.dtype}")
+        if tensor.dtype != x.dtype:
+            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {tensor.dtype}")
+        if tensor.device.type not in ("cpu", "meta"):
+            raise TypeError(f"{name} must be a CPU tensor (the op has a CPU kernel only), got {tensor.device}")
+        if tensor.dim() != ndim:
+            raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(tensor.shape)}")
+    kernel_h, kernel_w = pair(kernel_size, "kernel_size", minimum=1)
+    stride, padding = pair(stride, "stride", minimum=1), pair(padding, "padding", minimum=0)
+    dilation = pair(dilation, "dilation", minimum=1)
+    generated, reduced = weight.shape[0], weight.shape[1]
+    taps = kernel_h * kernel_w
+    if weight.shape[2:] != (1, 1) or reduced < 1 or generated % taps or generated == 0:
+        raise ValueError(f"weight must be a 1x1 convolution's weight (G*Kh*Kw, R, 1, 1) with Kh*Kw = {taps} and "
+                         f"R >= 1, got shape {tuple(weight.shape)}")
+    if tuple(bias.shape) != (generated,):
+        raise ValueError(f"bias must have shape ({generated},) (weight.shape[0]), got {tuple(bias.shape)}")
+    batch, channels, height, width = x.shape
+    groups = generated // taps
+    if channels % groups:
+        raise ValueError(f"weight.shape[0] = G*Kh*Kw = {generated} gives G = {groups} kernel groups, which must "
+                         f"divide the C = {channels} channels of x")
+    out_h = output_size(height, kernel_h, stride[0], padding[0], dilation[0])
+    out_w = output_size(width, kernel_w, stride[1], padding[1], dilation[1])
+    if min(out_h, out_w) >= 1 and tuple(hidden.shape) != (batch, reduced, out_h, out_w):
+        raise ValueError(f"hidden must have shape {(batch, reduced, out_h, out_w)} (x's batch, weight.shape[1] "
+                         f"channels, the output's size), got {tuple(hidden.shape)}")
+    return check_geometry(tuple(x.shape), (batch, groups, kernel_h, kernel_w, out_h, out_w), stride, padding,
+                          dilation)
+
+
+def _output(geometry: Geometry, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(geometry.out_shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("involution::involution2d_span", mutates_args=(), device_types="cpu")
+def _involution2d_span(x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       kernel_size: list[int], stride: list[int], padding: list[int],
+                       dilation: list[int]) -> torch.Tensor:
+    from involution.fast import cpu_forward_span
+
+    geometry = check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation)
+    out = _output(geometry, x)
+    last = torch.channels_last
+    arrays = (x.detach().contiguous(memory_format=last).permute(0, 2, 3, 1).numpy(),
+              hidden.detach().contiguous(memory_format=last).permute(0, 2, 3, 1).numpy(),
+              weight.detach().reshape(weight.shape[0], weight.shape[1]).contiguous().numpy(),
+              bias.detach().contiguous().numpy(), out.permute(0, 2, 3, 1).numpy())
+    cpu_forward_span.run(arrays, geometry)
+    return out
+
+
+@_involution2d_span.register_fake
+def _involution2d_span_fake(x, hidden, weight, bias, kernel_size, stride, padding, dilation):
+    return _output(check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation), x)
+
+
+def involution2d_span(x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel_size,
+                      stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """The involution of ``x`` with the kernel ``conv2d(hidden, weight, bias)`` generates, in one pass (CPU).
+
+    ``kernel = conv2d(hidden, weight, bias).view(B, G, Kh, Kw, Ho, Wo)``, then
+    ``out[b, c, i, j] = sum_{u, v} kernel[b, g, u, v, i, j] * x_pad[b, c, i*sh + u*dh, j*sw + v*dw]``,
+    ``g = c // (C // G)``: what ``Involution2d`` computes from its ``conv2``, without the kernel in memory.
+
+    Parameters
+    ----------
+    x : Tensor, shape (B, C, H, W), float32 or float64, CPU; fastest in ``channels_last`` (others are copied)
+    hidden : Tensor, shape (B, R, Ho, Wo), dtype of ``x``
+        The span convolution's input (``conv1``'s output, or the pooled input of a linear kernel generation).
+    weight : Tensor, shape (G*Kh*Kw, R, 1, 1); ``G`` divides ``C``
+    bias : Tensor, shape (G*Kh*Kw,)
+    kernel_size, stride, padding, dilation : int or (h, w) pair
+
+    Returns
+    -------
+    out : Tensor, shape (B, C, Ho, Wo), ``channels_last``, dtype of ``x``. Not differentiable (no autograd
+    formula): equal, up to rounding, to ``involution2d(x, kernel, ...)`` on the generated kernel.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`check_span`, before any kernel runs (also for fake and meta tensors).
+    """
+    return _involution2d_span(x, hidden, weight, bias, list(pair(kernel_size, "kernel_size", minimum=1)),
+                              list(pair(stride, "stride", minimum=1)), list(pair(padding, "padding", minimum=0)),
+                              list(pair(dilation, "dilation", minimum=1)))
