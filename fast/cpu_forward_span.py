@@ -276,22 +276,31 @@ def run(arrays, geometry: Geometry) -> None:
 
     Raises
     ------
+    TypeError
+        ``geometry`` not a Geometry.
     ValueError
-        ``arrays`` whose count, shapes, dtype or layout do not match ``geometry``.
+        ``arrays`` whose count, type (exactly ``np.ndarray``), shapes, dtype or layout do not match ``geometry``; a
+        read-only ``out``, or one sharing memory with an input.
     """
     if len(arrays) != 5:
         raise ValueError(f"arrays must be five ndarrays (x, hidden, weight, bias, out), got {len(arrays)}")
     hidden = arrays[1]
     reduced = hidden.shape[-1] if isinstance(hidden, np.ndarray) and hidden.ndim == 4 and hidden.shape[-1] > 0 else -1
     names = ("x", "hidden", "weight", "bias", "out")
-    dtype = arrays[-1].dtype
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"geometry must be an involution.spec.Geometry, got {type(geometry).__name__}")
+    dtype = arrays[-1].dtype if isinstance(arrays[-1], np.ndarray) else None
     for name, array, shape in zip(names, arrays, shapes(geometry, reduced)):
-        if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != dtype or \
+        if type(array) is not np.ndarray or array.shape != shape or array.dtype != dtype or \
                 dtype not in (np.float32, np.float64) or not array.flags.c_contiguous:
             raise ValueError(f"{name} of the span forward must be a C-contiguous float32 or float64 ndarray of shape "
                              f"{shape} (R >= 1) and the result's dtype ({dtype}), got {type(array).__name__} "
                              f"{getattr(array, 'shape', '')} {getattr(array, 'dtype', '')}")
     x, hidden, weight, bias, out = arrays
+    if not out.flags.writeable:
+        raise ValueError("out of the span forward must be writeable, got a read-only array")
+    if any(np.may_share_memory(out, array) for array in arrays[:4]):
+        raise ValueError("out of the span forward must not share memory with x, hidden, weight or bias")
     if out.size == 0:
         return
     _, _, kernel_h, kernel_w, _, _ = geometry.kernel_shape

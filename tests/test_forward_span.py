@@ -220,6 +220,17 @@ def test_run_rejects_arrays_that_do_not_match():
         cpu_forward_span.run((x, hidden, weight, out), geometry)
     with pytest.raises(ValueError, match=r"^out of the span forward"):
         cpu_forward_span.run((x, hidden, weight, bias, out[:, :-1]), geometry)
+    read_only = out.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^out of the span forward must be writeable"):
+        cpu_forward_span.run((x, hidden, weight, bias, read_only), geometry)
+    with pytest.raises(ValueError, match=r"^x of the span forward must be a C-contiguous"):  # a mask it would ignore
+        cpu_forward_span.run((np.ma.masked_array(x), hidden, weight, bias, out), geometry)
+    if x.shape == out.shape:  # stride 1, same padding: out may not alias x
+        with pytest.raises(ValueError, match=r"must not share memory"):
+            cpu_forward_span.run((x, hidden, weight, bias, x), geometry)
+    with pytest.raises(TypeError, match=r"^geometry must be"):
+        cpu_forward_span.run((x, hidden, weight, bias, out), None)
 
 
 # --- 5. the torch op ------------------------------------------------------------------------------------------
@@ -304,6 +315,13 @@ def test_op_rejects_what_does_not_fit():
         involution2d_span(x, hidden[:, :2], weight, bias, *hyper)
     with pytest.raises(ValueError, match=r"^weight must be a 1x1 convolution's weight"):
         involution2d_span(x, hidden, weight[:-1], bias[:-1], *hyper)
+    for name, index in (("hidden", 1), ("weight", 2), ("bias", 3)):  # a meta tensor beside CPU ones
+        arguments = [x, hidden, weight, bias]
+        arguments[index] = arguments[index].to("meta")
+        with pytest.raises(ValueError, match=rf"^{name} must be on the device of x \(cpu\), got meta"):
+            involution2d_span(*arguments, *hyper)
+    with pytest.raises(ValueError, match=r"^output size would be"):  # a dilated kernel wider than x
+        involution2d_span(x, hidden, weight, bias, hyper[0], hyper[1], 0, 9)
 
 
 def test_op_names_hidden_when_its_positions_do_not_fit():
@@ -380,6 +398,56 @@ def test_layer_takes_the_two_steps_where_it_must():
         assert_close(primal, expected, "forward AD primal")
     calls, _ = span_calls(layer, x)  # grad enabled, parameters requiring grad
     assert calls == 0, f"grad enabled with parameters requiring grad: {calls} fused calls"
+
+
+def test_layer_calls_what_changes_conv2s_forward():
+    """The fused pass reads ``conv2``'s weight and bias and does not call it: a forward hook, a pre-hook
+    (``weight_norm``), a subclass forward or a replaced ``conv2`` take the two steps, and give their result."""
+    layer, x = make_layer(LAYERS[0])
+    with torch.no_grad():
+        calls, plain = span_calls(layer, x)
+        assert calls == 1, f"plain layer: {calls} fused calls"
+        hooked = copy.deepcopy(layer)
+        seen = []
+        hooked.conv2.conv.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+        calls, out = span_calls(hooked, x)
+        assert calls == 0 and len(seen) == 1, f"forward hook: {calls} fused calls, hook called {len(seen)} times"
+        assert_close(out, plain, "forward hook")
+
+        class Doubled(torch.nn.Conv2d):
+            def forward(self, inputs):
+                return 2 * super().forward(inputs)
+
+        doubled = copy.deepcopy(layer)
+        conv = doubled.conv2.conv
+        doubled.conv2.conv = Doubled(conv.in_channels, conv.out_channels, 1)
+        doubled.conv2.conv.load_state_dict(conv.state_dict())
+        calls, out = span_calls(doubled, x)
+        assert calls == 0, f"Conv2d subclass with its own forward: {calls} fused calls"
+        expected = copy.deepcopy(layer)
+        expected.fuse_span = False
+        expected.conv2.conv.weight.mul_(2)
+        expected.conv2.conv.bias.mul_(2)
+        assert_close(out, expected(x), "Conv2d subclass with its own forward")
+        bare = copy.deepcopy(layer)
+        bare.conv2 = bare.conv2.conv  # any module mapping hidden to G*K*K channels
+        calls, out = span_calls(bare, x)
+        assert calls == 0, f"conv2 replaced by a bare Conv2d: {calls} fused calls"
+        assert_close(out, plain, "conv2 replaced by a bare Conv2d")
+
+
+def test_layer_takes_the_two_steps_under_vmap_and_autocast():
+    """``torch.func.vmap`` (layout queries fail on batched tensors) and autocast (the two steps give the autocast
+    dtype) never fuse."""
+    layer, x = make_layer(LAYERS[0])
+    with torch.no_grad():
+        looped = torch.stack([layer(sample[None])[0] for sample in x.contiguous()])
+        assert_close(torch.func.vmap(lambda sample: layer(sample[None])[0])(x.contiguous()), looped, "vmap")
+        linear = models.Involution2d(16, 3, group_channels=4, kernel_gen="linear").eval()
+        inputs = torch.randn(1, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            calls, out = span_calls(linear, inputs)
+        assert calls == 0 and out.dtype == torch.bfloat16, f"autocast: {calls} fused calls, output {out.dtype}"
 
 
 def test_layer_with_grad_takes_the_differentiable_path():

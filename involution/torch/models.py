@@ -113,12 +113,20 @@ class Involution2d(nn.Module):
         return self._involution2d(x, kernel, self.stride, self.padding, self.dilation)
 
     def _spans_in_one_pass(self, x: torch.Tensor, hidden: torch.Tensor) -> bool:
-        """Whether ``conv2`` and the op run as one pass (see ``fuse_span``): inference on CPU ``channels_last``."""
-        conv = self.conv2.conv
-        layout = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        if not (getattr(self, "fuse_span", True) and self.backend == "fast" and x.device.type == "cpu" and layout and
-                x.dtype in (torch.float32, torch.float64) and hidden.dtype == x.dtype and
-                isinstance(conv, nn.Conv2d) and conv.bias is not None):
+        """Whether ``conv2`` and the op run as one pass (see ``fuse_span``): inference on CPU ``channels_last``, with
+        ``conv2`` the plain ``ConvModule`` of a 1x1 convolution with bias whose forward nothing changes (no hooks, no
+        subclass forward: the fused pass reads its weight and bias and does not call it)."""
+        if not (getattr(self, "fuse_span", True) and self.backend == "fast" and x.device.type == "cpu" and
+                x.dtype in (torch.float32, torch.float64) and hidden.dtype == x.dtype):
+            return False
+        if torch._C._functorch.is_batchedtensor(x) or torch.is_autocast_enabled("cpu"):
+            return False  # vmap (layout queries fail on batched tensors); autocast (the two steps cast, this does not)
+        module, conv = self.conv2, getattr(self.conv2, "conv", None)
+        if type(module) is not ConvModule or len(module) != 1 or type(conv) not in (nn.Conv2d, OneDNNConv2d) or \
+                conv.bias is None or any(m._forward_hooks or m._forward_pre_hooks for m in (module, conv)) or \
+                nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return False
+        if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
             return False
         from torch.autograd import forward_ad
 

@@ -20,7 +20,8 @@ def check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation) 
     """Validate the op's arguments; return the :class:`~involution.spec.Geometry` of the involution it runs.
 
     Works on real, meta and fake tensors. Raises ``TypeError`` (not a tensor, a dtype other than float32/float64,
-    two dtypes, a device other than the CPU) or ``ValueError`` (shapes that do not fit, naming the argument).
+    two dtypes, a device other than the CPU) or ``ValueError`` (tensors on two devices, shapes or hyper-parameters
+    that do not fit, naming the argument).
     """
     tensors = dict(x=(x, 4, "(B, C, H, W)"), hidden=(hidden, 4, "(B, R, Ho, Wo)"),
                    weight=(weight, 4, "(G*Kh*Kw, R, 1, 1)"), bias=(bias, 1, "(G*Kh*Kw,)"))
@@ -33,6 +34,8 @@ def check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation) 
             raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {tensor.dtype}")
         if tensor.device.type not in ("cpu", "meta"):
             raise TypeError(f"{name} must be a CPU tensor (the op has a CPU kernel only), got {tensor.device}")
+        if tensor.device != x.device:
+            raise ValueError(f"{name} must be on the device of x ({x.device}), got {tensor.device}")
         if tensor.dim() != ndim:
             raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(tensor.shape)}")
     kernel_h, kernel_w = pair(kernel_size, "kernel_size", minimum=1)
@@ -52,11 +55,15 @@ def check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation) 
                          f"divide the C = {channels} channels of x")
     out_h = output_size(height, kernel_h, stride[0], padding[0], dilation[0])
     out_w = output_size(width, kernel_w, stride[1], padding[1], dilation[1])
-    if min(out_h, out_w) >= 1 and tuple(hidden.shape) != (batch, reduced, out_h, out_w):
+    if min(out_h, out_w) < 1:
+        raise ValueError(f"output size would be {out_h}x{out_w} (< 1): x {height}x{width}, kernel_size "
+                         f"{kernel_h}x{kernel_w}, stride {stride}, padding {padding}, dilation {dilation}")
+    geometry = check_geometry(tuple(x.shape), (batch, groups, kernel_h, kernel_w, out_h, out_w), stride, padding,
+                              dilation)
+    if tuple(hidden.shape) != (batch, reduced, out_h, out_w):
         raise ValueError(f"hidden must have shape {(batch, reduced, out_h, out_w)} (x's batch, weight.shape[1] "
                          f"channels, the output's size), got {tuple(hidden.shape)}")
-    return check_geometry(tuple(x.shape), (batch, groups, kernel_h, kernel_w, out_h, out_w), stride, padding,
-                          dilation)
+    return geometry
 
 
 def _output(geometry: Geometry, like: torch.Tensor) -> torch.Tensor:
