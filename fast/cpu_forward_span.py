@@ -29,7 +29,8 @@ involution.benchmarks.span``):
    partial channel vector, every tap is checked and a tap reading the zero padding multiplies its weight by 0, so
    an infinite weight there gives NaN, as in the op.
 
-Tried and dropped: eight taps at a time in the span convolution (more chains, 10-25% slower than four); copying each
+The single-position inside path repeats the two-position one on purpose: merged into it (the second position the
+first again), or both written as inline helpers, the layers ran 15-50% slower. Tried and dropped: eight taps at a time in the span convolution (more chains, 10-25% slower than four); copying each
 group's input under a block into a contiguous zero-padded region first, so the op runs without checks and its loads
 do not fall on the few cache sets a ``channels_last`` pixel stride of 256-2048 bytes maps a group to (about 15%
 slower over RedNet-50's layers at batch 8 and 1: the copy costs more than it saves).
