@@ -69,7 +69,9 @@ class Involution2d(nn.Module):
     Attribute ``fuse_span`` (default True): with the ``"fast"`` backend, a float32 or float64 CPU ``x`` in
     ``channels_last`` and no derivative wanted (inference), ``conv2`` and the op run as one pass,
     :func:`involution.torch.span.involution2d_span`, which never writes the generated kernel to memory; the result
-    equals the two-step path's up to rounding. Set it False for the two steps.
+    equals the two-step path's up to rounding. The two steps run instead under ``torch.func.vmap`` or autocast, and
+    when ``conv2`` is not the plain 1x1 convolution with bias it is built as (hooks, a replaced or subclassed
+    convolution: the fused pass reads its weight and bias and does not call it). Set it False for the two steps.
 
     Shapes: x ``(B, C, H, W)`` -> ``(B, C, ceil(H / sh), ceil(W / sw))``. Options are checked by
     :func:`involution.reference.involution_layer.check_involution_options` (the NumPy layer's checks);
