@@ -30,10 +30,11 @@ involution.benchmarks.span``):
    an infinite weight there gives NaN, as in the op.
 
 The single-position inside path repeats the two-position one on purpose: merged into it (the second position the
-first again), or both written as inline helpers, the layers ran 15-50% slower. Tried and dropped: eight taps at a time in the span convolution (more chains, 10-25% slower than four); copying each
-group's input under a block into a contiguous zero-padded region first, so the op runs without checks and its loads
-do not fall on the few cache sets a ``channels_last`` pixel stride of 256-2048 bytes maps a group to (about 15%
-slower over RedNet-50's layers at batch 8 and 1: the copy costs more than it saves).
+first again), or both written as inline helpers, the layers ran 15-50% slower. Tried and dropped: eight taps at a
+time in the span convolution (more chains, 10-25% slower than four); copying each group's input under a block into a
+contiguous zero-padded region first, so the op runs without checks and its loads do not fall on the few cache sets a
+``channels_last`` pixel stride of 256-2048 bytes maps a group to (about 15% slower over RedNet-50's layers at batch 8
+and 1: the copy costs more than it saves).
 
 Results differ from the two-step path by rounding only: the partial sums change the order of the op's sum, and the
 span convolution here sums ``r`` in order where oneDNN blocks it. Bitwise the same for any thread count (every
@@ -87,7 +88,6 @@ def forward_span(x, hidden, weight, bias, out, kernel_h, kernel_w, sh, sw, ph, p
     blocks = (positions + n - 1) // n
     for unit in prange((blocks + per_unit - 1) // per_unit):
         transposed = aligned(reduced * n, x.dtype)  # a block's hidden rows transposed
-        transposed[:] = 0
         inside = np.empty(n, np.bool_)  # the whole window of position p0 + q lies inside x
         corner = np.empty(n, np.int64)  # x_flat index of the window's first tap (its top-left corner)
         rows_b, rows_i, cols_j = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
@@ -114,47 +114,48 @@ def forward_span(x, hidden, weight, bias, out, kernel_h, kernel_w, sh, sw, ph, p
                         i, b = 0, b + 1
             for g in range(groups):
                 t = 0
-                while t < taps:
-                    chains = min(SPAN_TAPS, taps - t)
+                while t + SPAN_TAPS <= taps:
                     row0 = (g * taps + t) * reduced
                     a0 = simd.splat(bias[g * taps + t], lanes)
-                    a1 = simd.splat(bias[g * taps + t + 1], lanes) if chains > 1 else a0
-                    a2 = simd.splat(bias[g * taps + t + 2], lanes) if chains > 2 else a0
-                    a3 = simd.splat(bias[g * taps + t + 3], lanes) if chains > 3 else a0
-                    if chains == SPAN_TAPS:
-                        b0, b1, b2, b3 = a0, a1, a2, a3
-                        for r in range(reduced):
-                            values = simd.load(transposed, r * n, lanes)
-                            more = simd.load(transposed, r * n + n1, lanes)
-                            w0 = simd.splat(weight_flat[row0 + r], lanes)
-                            w1 = simd.splat(weight_flat[row0 + reduced + r], lanes)
-                            w2 = simd.splat(weight_flat[row0 + 2 * reduced + r], lanes)
-                            w3 = simd.splat(weight_flat[row0 + 3 * reduced + r], lanes)
-                            a0 = simd.multiply_add(w0, values, a0)
-                            a1 = simd.multiply_add(w1, values, a1)
-                            a2 = simd.multiply_add(w2, values, a2)
-                            a3 = simd.multiply_add(w3, values, a3)
-                            b0 = simd.multiply_add(w0, more, b0)
-                            b1 = simd.multiply_add(w1, more, b1)
-                            b2 = simd.multiply_add(w2, more, b2)
-                            b3 = simd.multiply_add(w3, more, b3)
-                        simd.store(kernel, (t + 1) * n, a1)
-                        simd.store(kernel, (t + 2) * n, a2)
-                        simd.store(kernel, (t + 3) * n, a3)
-                        simd.store(kernel, (t + 1) * n + n1, b1)
-                        simd.store(kernel, (t + 2) * n + n1, b2)
-                        simd.store(kernel, (t + 3) * n + n1, b3)
-                        simd.store(kernel, t * n + n1, b0)
-                    else:  # the last taps, one at a time
-                        b0 = a0
-                        for r in range(reduced):
-                            w0 = simd.splat(weight_flat[row0 + r], lanes)
-                            a0 = simd.multiply_add(w0, simd.load(transposed, r * n, lanes), a0)
-                            b0 = simd.multiply_add(w0, simd.load(transposed, r * n + n1, lanes), b0)
-                        simd.store(kernel, t * n + n1, b0)
-                        chains = 1
+                    a1 = simd.splat(bias[g * taps + t + 1], lanes)
+                    a2 = simd.splat(bias[g * taps + t + 2], lanes)
+                    a3 = simd.splat(bias[g * taps + t + 3], lanes)
+                    b0, b1, b2, b3 = a0, a1, a2, a3
+                    for r in range(reduced):
+                        values = simd.load(transposed, r * n, lanes)
+                        more = simd.load(transposed, r * n + n1, lanes)
+                        w0 = simd.splat(weight_flat[row0 + r], lanes)
+                        w1 = simd.splat(weight_flat[row0 + reduced + r], lanes)
+                        w2 = simd.splat(weight_flat[row0 + 2 * reduced + r], lanes)
+                        w3 = simd.splat(weight_flat[row0 + 3 * reduced + r], lanes)
+                        a0 = simd.multiply_add(w0, values, a0)
+                        a1 = simd.multiply_add(w1, values, a1)
+                        a2 = simd.multiply_add(w2, values, a2)
+                        a3 = simd.multiply_add(w3, values, a3)
+                        b0 = simd.multiply_add(w0, more, b0)
+                        b1 = simd.multiply_add(w1, more, b1)
+                        b2 = simd.multiply_add(w2, more, b2)
+                        b3 = simd.multiply_add(w3, more, b3)
                     simd.store(kernel, t * n, a0)
-                    t += chains
+                    simd.store(kernel, (t + 1) * n, a1)
+                    simd.store(kernel, (t + 2) * n, a2)
+                    simd.store(kernel, (t + 3) * n, a3)
+                    simd.store(kernel, t * n + n1, b0)
+                    simd.store(kernel, (t + 1) * n + n1, b1)
+                    simd.store(kernel, (t + 2) * n + n1, b2)
+                    simd.store(kernel, (t + 3) * n + n1, b3)
+                    t += SPAN_TAPS
+                while t < taps:  # the last taps, one at a time
+                    row0 = (g * taps + t) * reduced
+                    a0 = simd.splat(bias[g * taps + t], lanes)
+                    b0 = a0
+                    for r in range(reduced):
+                        w0 = simd.splat(weight_flat[row0 + r], lanes)
+                        a0 = simd.multiply_add(w0, simd.load(transposed, r * n, lanes), a0)
+                        b0 = simd.multiply_add(w0, simd.load(transposed, r * n + n1, lanes), b0)
+                    simd.store(kernel, t * n, a0)
+                    simd.store(kernel, t * n + n1, b0)
+                    t += 1
                 q = 0
                 while q < count:
                     p = p0 + q
@@ -197,12 +198,12 @@ def forward_span(x, hidden, weight, bias, out, kernel_h, kernel_w, sh, sw, ph, p
                                 e0 = simd.multiply_add(simd.splat(kernel[t * n + q + 1], lanes),
                                                        simd.load(x_flat, start1 + offsets[t], lanes), e0)
                                 t += 1
-                            unit = simd.splat(one[0], lanes)
-                            total = simd.multiply_add(unit, simd.multiply_add(unit, s0, s1),
-                                                      simd.multiply_add(unit, s2, s3))
+                            ones = simd.splat(one[0], lanes)
+                            total = simd.multiply_add(ones, simd.multiply_add(ones, s0, s1),
+                                                      simd.multiply_add(ones, s2, s3))
                             simd.store(out_flat, p * channels + c0, total)
-                            total = simd.multiply_add(unit, simd.multiply_add(unit, e0, e1),
-                                                      simd.multiply_add(unit, e2, e3))
+                            total = simd.multiply_add(ones, simd.multiply_add(ones, e0, e1),
+                                                      simd.multiply_add(ones, e2, e3))
                             simd.store(out_flat, (p + 1) * channels + c0, total)
                         else:
                             if inside[q] and valid == n1:
@@ -226,9 +227,9 @@ def forward_span(x, hidden, weight, bias, out, kernel_h, kernel_w, sh, sw, ph, p
                                     s0 = simd.multiply_add(simd.splat(kernel[t * n + q], lanes),
                                                            simd.load(x_flat, start + offsets[t], lanes), s0)
                                     t += 1
-                                unit = simd.splat(one[0], lanes)
-                                total = simd.multiply_add(unit, simd.multiply_add(unit, s0, s1),
-                                                          simd.multiply_add(unit, s2, s3))
+                                ones = simd.splat(one[0], lanes)
+                                total = simd.multiply_add(ones, simd.multiply_add(ones, s0, s1),
+                                                          simd.multiply_add(ones, s2, s3))
                             else:  # the borders (and a group's last, partial channel vector): every tap checked
                                 b, i, j = rows_b[q], rows_i[q], cols_j[q]
                                 s0 = simd.zeros(x_flat, lanes)
