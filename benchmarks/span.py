@@ -4,9 +4,11 @@ Per layer (float32, 224x224 input, ``channels_last`` torch tensors as the networ
 ``Involution2d`` runs with ``fuse_span = False`` (``conv2``, a 1x1 convolution with bias through torch, then the
 fast op on the ``channels_last`` kernel it gives) against ``torch.ops.involution.involution2d_span``
 (``involution.fast.cpu_forward_span``), each checked against the other first, calls interleaved, medians; the
-total weights each layer by its count in RedNet-50. ``--network`` also times RedNet-50's forward (``channels_last``,
-eager with BN folded and compiled with inductor's freezing, as ``involution.benchmarks.networks`` runs it) with
-``fuse_span`` on and off, interleaved, beside ResNet-50 in the same configuration::
+total weights each layer by its count in RedNet-50. The fused pass runs on torch's OpenMP threads where torch has
+them (``involution.torch.span.torch_openmp``), and again on numba's threads (``USE_TORCH_OPENMP = False``).
+``--network`` also times RedNet-50's forward (``channels_last``, eager with BN folded and compiled with inductor's
+freezing, as ``involution.benchmarks.networks`` runs it) with ``fuse_span`` on (on torch's and on numba's threads)
+and off, interleaved, beside ResNet-50 in the same configuration::
 
     python -m involution.benchmarks.span --threads 1 --batch 1 8 --repeats 9 [--network]
 """
@@ -20,6 +22,20 @@ import numpy as np
 
 from .layers import REDNET_LAYERS, layer_geometry, layer_name
 from .timing import interleaved_times
+
+
+def on_numba_threads(call):
+    """``call`` with the fused pass on numba's threads instead of torch's OpenMP threads."""
+    from involution.torch import span
+
+    def run():
+        previous, span.USE_TORCH_OPENMP = span.USE_TORCH_OPENMP, False
+        try:
+            return call()
+        finally:
+            span.USE_TORCH_OPENMP = previous
+
+    return run
 
 # How many times RedNet-50 runs each of REDNET_LAYERS: the stem's involution, then stages of 3, 4, 6, 3 blocks
 # whose first block of stages 2-4 is the strided one.
@@ -60,34 +76,38 @@ def layer_calls(layer, batch: int, seed: int = 0):
 
 
 def time_layers(batches, rounds: int, log=print) -> list[dict]:
-    """Rows ``{layer, batch, two_step_ms, fused_ms, speedup, fused_gflops}`` per layer and batch, then a total row
+    """Rows ``{layer, batch, two_step_ms, fused_ms, fused_numba_ms, speedup, fused_gflops}`` per layer and batch
+    (``fused_numba_ms``: the fused pass on numba's threads), then a total row
     per batch weighted by REDNET50_COUNTS; each layer's two paths checked against each other first
     (AssertionError beyond RELATIVE_TOLERANCE)."""
     import torch
 
     rows = []
     for batch in batches:
-        totals = [0.0, 0.0]
+        totals = [0.0, 0.0, 0.0]
         for layer, count in zip(REDNET_LAYERS, REDNET50_COUNTS):
             two_step, fused, flops = layer_calls(layer, batch)
             with torch.no_grad():
                 expected, got = two_step(), fused()
                 error = float((got - expected).abs().max() / expected.abs().max())
                 assert error <= RELATIVE_TOLERANCE, f"{layer_name(layer)} batch {batch}: fused differs by {error:.1e}"
-                times = interleaved_times({"two_step": two_step, "fused": fused}, rounds)
+                times = interleaved_times({"two_step": two_step, "fused": fused,
+                                           "fused_numba": on_numba_threads(fused)}, rounds)
             medians = {key: float(np.median(value)) * 1e3 for key, value in times.items()}
-            totals[0] += count * medians["two_step"]
-            totals[1] += count * medians["fused"]
+            for index, key in enumerate(("two_step", "fused", "fused_numba")):
+                totals[index] += count * medians[key]
             row = {"layer": layer_name(layer), "batch": batch, "two_step_ms": medians["two_step"],
-                   "fused_ms": medians["fused"], "speedup": medians["two_step"] / medians["fused"],
+                   "fused_ms": medians["fused"], "fused_numba_ms": medians["fused_numba"],
+                   "speedup": medians["two_step"] / medians["fused"],
                    "fused_gflops": flops / medians["fused"] / 1e6, "relative_error": error}
             rows.append(row)
             log(f"{row['layer']:>16s} batch {batch}: two steps {row['two_step_ms']:7.2f} ms, fused "
-                f"{row['fused_ms']:7.2f} ms ({row['fused_gflops']:5.1f} GFLOP/s), {row['speedup']:.2f}x")
+                f"{row['fused_ms']:7.2f} ms ({row['fused_gflops']:5.1f} GFLOP/s), {row['speedup']:.2f}x; on numba's "
+                f"threads {row['fused_numba_ms']:7.2f} ms")
         rows.append({"layer": "RedNet-50 (weighted)", "batch": batch, "two_step_ms": totals[0], "fused_ms": totals[1],
-                     "speedup": totals[0] / totals[1]})
+                     "fused_numba_ms": totals[2], "speedup": totals[0] / totals[1]})
         log(f"RedNet-50's involution layers, batch {batch}: two steps {totals[0]:.1f} ms, fused {totals[1]:.1f} ms, "
-            f"{totals[0] / totals[1]:.2f}x")
+            f"{totals[0] / totals[1]:.2f}x; fused on numba's threads {totals[2]:.1f} ms")
     return rows
 
 
@@ -104,7 +124,7 @@ def time_network(batches, rounds: int, log=print) -> list[dict]:
     for module in two_step.modules():
         if hasattr(module, "fuse_span"):
             module.fuse_span = False
-    models = {"rednet50 fused": rednet, "rednet50 two steps": two_step,
+    models = {"rednet50 fused": rednet, "rednet50 fused, numba": rednet, "rednet50 two steps": two_step,
               networks.BASELINE: networks.build_network(networks.BASELINE)}
     rows = []
     with networks.compile_limits():
@@ -119,6 +139,8 @@ def time_network(batches, rounds: int, log=print) -> list[dict]:
                                                                       mode == "compiled")
                         inputs = convert(images)
                         calls[(name, mode)] = lambda forward=forward, inputs=inputs: forward(inputs)
+                        if name.endswith(", numba"):
+                            calls[(name, mode)] = on_numba_threads(calls[(name, mode)])
                         networks.check_close(calls[(name, mode)](), model(images), f"{name} {mode}", log)
                 times = interleaved_times(calls, rounds)
             for (name, mode), seconds in times.items():
@@ -130,8 +152,9 @@ def time_network(batches, rounds: int, log=print) -> list[dict]:
                 time_of = {row["network"]: row["median_ms"] for row in rows if row["mode"] == mode
                            and row["batch"] == batch}
                 baseline = time_of[networks.BASELINE]
-                log(f"{mode} batch {batch}: RedNet-50 / ResNet-50 fused {time_of['rednet50 fused'] / baseline:.2f}, "
-                    f"two steps {time_of['rednet50 two steps'] / baseline:.2f}")
+                log(f"{mode} batch {batch}: RedNet-50 / ResNet-50 fused {time_of['rednet50 fused'] / baseline:.2f} "
+                    f"(on numba's threads {time_of['rednet50 fused, numba'] / baseline:.2f}), two steps "
+                    f"{time_of['rednet50 two steps'] / baseline:.2f}")
     return rows
 
 

@@ -14,6 +14,8 @@ variables keeps them in registers (one zmm for 16 float32 lanes with AVX-512, tw
 * ``multiply_add(a, b, c)``: ``a * b + c`` lane by lane (LLVM ``fmuladd``: fused where the CPU has FMA)
 * ``lane(vector, index)``: one lane, a scalar
 * ``count(lanes)``: the lane count as an integer constant
+* ``lanes_of(count)``: the ``Lanes`` value of an integer literal, inside a kernel (a ``cfunc`` has no ``Lanes``
+  argument)
 * ``prefetch(array, start)``: a hint to bring the cache line of ``array[start]`` closer (never faults, so ``start``
   may lie outside the array; not bounds-checked)
 * ``load_columns``, ``store_columns``: four columns of channels to four channel vectors and back
@@ -232,6 +234,18 @@ def splat(typingctx, value, lanes):
         return builder.shuffle_vector(single, single, ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None))
 
     return vector(value, lanes), codegen
+
+
+@intrinsic
+def lanes_of(typingctx, count):
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    lanes = LanesType(count.literal_value)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant_null(lanes)
+
+    return lanes(count), codegen
 
 
 @intrinsic

@@ -49,7 +49,7 @@ def test_weighted_total_is_the_counted_sum():
     rows = span.time_layers([1], rounds=1, log=lines.append)
     layers, total = rows[:-1], rows[-1]
     assert [row["layer"] for row in layers] == [layer_name(layer) for layer in REDNET_LAYERS]
-    for key in ("two_step_ms", "fused_ms"):
+    for key in ("two_step_ms", "fused_ms", "fused_numba_ms"):
         expected = sum(count * row[key] for count, row in zip(span.REDNET50_COUNTS, layers))
         assert total[key] == pytest.approx(expected), f"{key}: total {total[key]}, counted sum {expected}"
     assert total["speedup"] == pytest.approx(total["two_step_ms"] / total["fused_ms"])

@@ -203,6 +203,74 @@ def test_span_kernel_is_bitwise_the_same_for_one_and_two_threads(monkeypatch):
                                   f"first {tuple(differ[0])}: {one[tuple(differ[0])]!r} vs {two[tuple(differ[0])]!r}")
 
 
+def torch_runtime():
+    from involution.torch.span import torch_openmp
+
+    found = torch_openmp()
+    if found is None:
+        pytest.skip("torch has no GNU OpenMP runtime here (not a Linux wheel, or another parallel backend)")
+    return found
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_span_pass_on_torchs_openmp_threads_is_bitwise_the_numba_one(monkeypatch, dtype):
+    """The pass run as a cfunc on torch's GNU OpenMP threads (``run(..., runtime)``, what the torch op does) writes
+    every element, bit for bit what numba's threads write, on one thread and two."""
+    openmp = torch_runtime()
+    monkeypatch.setattr(runtime, "DYNAMIC_THREADS", False)
+    previous = numba.get_num_threads()
+    try:
+        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(count)
+            for case in (CASES[0], CASES[3], CASES[9], CASES[12]):
+                arrays, geometry = span_arrays(case, dtype, seed=5)
+                numba_threads = run_span(arrays, geometry)
+                out = np.full(cpu_forward_span.shapes(geometry, arrays[1].shape[-1])[4], np.nan, dtype)
+                cpu_forward_span.run((*arrays, out), geometry, openmp)
+                torch_threads = out.transpose(0, 3, 1, 2)
+                differ = np.argwhere(~((torch_threads == numba_threads) | np.isnan(torch_threads) & np.isnan(
+                    numba_threads)) | np.isnan(torch_threads))
+                assert differ.size == 0, (
+                    f"{case_id(case)}, {count} threads: {len(differ)} elements differ between torch's and numba's "
+                    f"threads (or are unwritten), first {tuple(differ[0])}: {torch_threads[tuple(differ[0])]!r} vs "
+                    f"{numba_threads[tuple(differ[0])]!r}")
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _child_pass(runtime_found, queue):
+    """In a forked child: whether the runtime says it is usable, and the pass's failure against the definition
+    (None when it matches)."""
+    try:
+        arrays, geometry = span_arrays(CASES[0], np.float32, seed=6)
+        out = np.full(cpu_forward_span.shapes(geometry, arrays[1].shape[-1])[4], np.nan, np.float32)
+        cpu_forward_span.run((*arrays, out), geometry, runtime_found)
+        assert_arrays_close(out.transpose(0, 3, 1, 2), expected_span(arrays, geometry), "forked child",
+                            2 ** 10 * np.finfo(np.float32).eps)
+        queue.put((runtime_found.usable, None))
+    except BaseException as error:  # reported to the parent, which fails the test
+        queue.put((None, repr(error)))
+
+
+def test_forked_child_runs_the_pass_on_numba_threads():
+    """GNU OpenMP's pool does not survive fork(): in a child the runtime says it is not usable and the pass runs on
+    numba's threads, with the right result, instead of waiting for threads the child does not have."""
+    import multiprocessing
+
+    openmp = torch_runtime()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_pass, args=(openmp, queue))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the span pass in a forked child did not finish within 120 s")
+    usable, failure = queue.get(timeout=10)
+    assert failure is None, f"in the forked child: {failure}"
+    assert usable is False, "in a forked child the parent's OpenMP runtime says it is usable"
+
+
 # --- 4. run's checks --------------------------------------------------------------------------------------------
 def test_run_rejects_arrays_that_do_not_match():
     (x, hidden, weight, bias), geometry = span_arrays(CASES[1], np.float32)
@@ -273,6 +341,35 @@ def test_op_passes_opcheck():
     x, hidden, weight, bias = tensors
     for inputs in ((x, hidden, weight, bias), (x.contiguous(), hidden.contiguous(), weight, bias)):
         torch.library.opcheck(torch.ops.involution.involution2d_span.default, (*inputs, *hyper))
+
+
+def test_op_is_called_directly_in_plain_eager_and_dispatched_otherwise(monkeypatch):
+    """Plain eager calls (no derivative wanted, no mode, tracer or profiler) run the implementation without the
+    dispatcher, with the same result; under a dispatch mode the op is dispatched, so the mode sees it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from involution.torch import span
+
+    tensors, hyper, _ = span_tensors(CASES[0])
+    dispatched = []
+    original = span._involution2d_span
+    monkeypatch.setattr(span, "_involution2d_span", lambda *arguments: dispatched.append(1) or original(*arguments))
+    direct = involution2d_span(*tensors, *hyper)
+    assert not dispatched, "a plain eager call went through the dispatcher"
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as mode:
+        through_mode = involution2d_span(*tensors, *hyper)
+    assert dispatched and any("involution2d_span" in name for name in mode.names), mode.names
+    assert torch.equal(direct, through_mode), "the direct call and the dispatched op differ"
 
 
 def test_op_refuses_to_differentiate_instead_of_dropping_the_gradient():

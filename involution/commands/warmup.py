@@ -81,10 +81,12 @@ def _run(name: str, geometry, dtype: str, version: int | None = None) -> str:
 def rednet_forward(dtype: str) -> set[str]:
     """The forward on :func:`warmup_geometries`, also channels-last (the layout of channels_last torch tensors,
     involution.torch.ops: the same values, position-major) and with the span convolution fused
-    (``involution.fast.cpu_forward_span``, what an ``Involution2d`` runs at inference in channels_last)."""
+    (``involution.fast.cpu_forward_span``, what an ``Involution2d`` runs at inference in channels_last, on numba's
+    threads or, as a cfunc, on torch's OpenMP threads)."""
     import numpy as np
 
     from involution.fast import cpu_forward_channels_last, cpu_forward_span
+    from involution.fast.cpu_blocks import channel_lanes
 
     ran = set()
     for geometry in warmup_geometries():
@@ -93,6 +95,7 @@ def rednet_forward(dtype: str) -> set[str]:
                                             cpu_forward_channels_last.shapes(geometry)), geometry)
         ran.add("forward channels-last")
         cpu_forward_span.run(tuple(np.zeros(shape, dtype) for shape in cpu_forward_span.shapes(geometry, 4)), geometry)
+        cpu_forward_span.openmp_worker(np.dtype(dtype), channel_lanes(geometry.group_channels, dtype))
         ran.add("forward span")
     return ran
 

@@ -9,19 +9,25 @@ implementation gives the output's shape and strides, so ``torch.compile(fullgrap
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
 from involution.spec import Geometry, check_geometry, output_size, pair
 
 DTYPES = (torch.float32, torch.float64)
+# Run the pass on torch's own OpenMP threads where torch has them (:func:`torch_openmp`); False: numba's threads.
+USE_TORCH_OPENMP = True
 
 
-def check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation) -> Geometry:
+def check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation, shapes=None) -> Geometry:
     """Validate the op's arguments; return the :class:`~involution.spec.Geometry` of the involution it runs.
 
     Works on real, meta and fake tensors. Raises ``TypeError`` (not a tensor, a dtype other than float32/float64,
     two dtypes, a device other than the CPU) or ``ValueError`` (tensors on two devices, shapes or hyper-parameters
-    that do not fit, naming the argument).
+    that do not fit, naming the argument). ``shapes``: the function checking the shapes (default
+    :func:`span_geometry`).
     """
     tensors = dict(x=(x, 4, "(B, C, H, W)"), hidden=(hidden, 4, "(B, R, Ho, Wo)"),
                    weight=(weight, 4, "(G*Kh*Kw, R, 1, 1)"), bias=(bias, 1, "(G*Kh*Kw,)"))
@@ -38,17 +44,29 @@ def check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation) 
             raise ValueError(f"{name} must be on the device of x ({x.device}), got {tensor.device}")
         if tensor.dim() != ndim:
             raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(tensor.shape)}")
+    return (shapes or span_geometry)(tuple(x.shape), tuple(hidden.shape), tuple(weight.shape), tuple(bias.shape),
+                                     _hashable(kernel_size), _hashable(stride), _hashable(padding), _hashable(dilation))
+
+
+def _hashable(value):
+    """A list hyper-parameter as a tuple (the op's schema gives lists)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def span_geometry(x_shape, hidden_shape, weight_shape, bias_shape, kernel_size, stride, padding,
+                  dilation) -> Geometry:
+    """:func:`check_span`'s checks of the shapes (4-D, 4-D, 4-D and 1-D) and hyper-parameters."""
     kernel_h, kernel_w = pair(kernel_size, "kernel_size", minimum=1)
     stride, padding = pair(stride, "stride", minimum=1), pair(padding, "padding", minimum=0)
     dilation = pair(dilation, "dilation", minimum=1)
-    generated, reduced = weight.shape[0], weight.shape[1]
+    generated, reduced = weight_shape[0], weight_shape[1]
     taps = kernel_h * kernel_w
-    if weight.shape[2:] != (1, 1) or reduced < 1 or generated % taps or generated == 0:
+    if tuple(weight_shape[2:]) != (1, 1) or reduced < 1 or generated % taps or generated == 0:
         raise ValueError(f"weight must be a 1x1 convolution's weight (G*Kh*Kw, R, 1, 1) with Kh*Kw = {taps} and "
-                         f"R >= 1, got shape {tuple(weight.shape)}")
-    if tuple(bias.shape) != (generated,):
-        raise ValueError(f"bias must have shape ({generated},) (weight.shape[0]), got {tuple(bias.shape)}")
-    batch, channels, height, width = x.shape
+                         f"R >= 1, got shape {tuple(weight_shape)}")
+    if tuple(bias_shape) != (generated,):
+        raise ValueError(f"bias must have shape ({generated},) (weight.shape[0]), got {tuple(bias_shape)}")
+    batch, channels, height, width = x_shape
     groups = generated // taps
     if channels % groups:
         raise ValueError(f"weight.shape[0] = G*Kh*Kw = {generated} gives G = {groups} kernel groups, which must "
@@ -58,38 +76,81 @@ def check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation) 
     if min(out_h, out_w) < 1:
         raise ValueError(f"output size would be {out_h}x{out_w} (< 1): x {height}x{width}, kernel_size "
                          f"{kernel_h}x{kernel_w}, stride {stride}, padding {padding}, dilation {dilation}")
-    geometry = check_geometry(tuple(x.shape), (batch, groups, kernel_h, kernel_w, out_h, out_w), stride, padding,
+    geometry = check_geometry(tuple(x_shape), (batch, groups, kernel_h, kernel_w, out_h, out_w), stride, padding,
                               dilation)
-    if tuple(hidden.shape) != (batch, reduced, out_h, out_w):
+    if tuple(hidden_shape) != (batch, reduced, out_h, out_w):
         raise ValueError(f"hidden must have shape {(batch, reduced, out_h, out_w)} (x's batch, weight.shape[1] "
-                         f"channels, the output's size), got {tuple(hidden.shape)}")
+                         f"channels, the output's size), got {tuple(hidden_shape)}")
     return geometry
+
+
+# The same answers for the same concrete shapes and hyper-parameters (errors are raised again each time).
+_known_span_geometry = functools.lru_cache(maxsize=256)(span_geometry)
 
 
 def _output(geometry: Geometry, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(geometry.out_shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
-@torch.library.custom_op("involution::involution2d_span", mutates_args=(), device_types="cpu")
-def _involution2d_span(x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                       kernel_size: list[int], stride: list[int], padding: list[int],
-                       dilation: list[int]) -> torch.Tensor:
+@functools.lru_cache(maxsize=1)
+def _torch_openmp_runtime():
+    from involution.fast.openmp import runtime_at
+
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    return runtime_at(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1"))
+
+
+def torch_openmp():
+    """torch's GNU OpenMP runtime, on whose threads the fused pass runs (``involution.fast.openmp``): the
+    ``libgomp.so.1`` of torch's Linux wheels when torch's parallel backend is OpenMP, as an
+    ``involution.fast.openmp.Runtime``; None elsewhere, or when :data:`USE_TORCH_OPENMP` is False (then numba's
+    threads run it). Either way the result is the same, bit for bit."""
+    return _torch_openmp_runtime() if USE_TORCH_OPENMP else None
+
+
+def _span_forward(x, hidden, weight, bias, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """The op's CPU implementation."""
     from involution.fast import cpu_forward_span
 
-    geometry = check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation)
+    geometry = check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation, _known_span_geometry)
     out = _output(geometry, x)
     last = torch.channels_last
     arrays = (x.detach().contiguous(memory_format=last).permute(0, 2, 3, 1).numpy(),
               hidden.detach().contiguous(memory_format=last).permute(0, 2, 3, 1).numpy(),
               weight.detach().reshape(weight.shape[0], weight.shape[1]).contiguous().numpy(),
               bias.detach().contiguous().numpy(), out.permute(0, 2, 3, 1).numpy())
-    cpu_forward_span.run(arrays, geometry)
+    cpu_forward_span.launch(arrays, geometry, torch_openmp())  # arrays made here: check_span checked their shapes
     return out
+
+
+@torch.library.custom_op("involution::involution2d_span", mutates_args=(), device_types="cpu")
+def _involution2d_span(x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       kernel_size: list[int], stride: list[int], padding: list[int],
+                       dilation: list[int]) -> torch.Tensor:
+    return _span_forward(x, hidden, weight, bias, kernel_size, stride, padding, dilation)
 
 
 @_involution2d_span.register_fake
 def _involution2d_span_fake(x, hidden, weight, bias, kernel_size, stride, padding, dilation):
     return _output(check_span(x, hidden, weight, bias, kernel_size, stride, padding, dilation), x)
+
+
+def _plain_eager(*tensors) -> bool:
+    """Whether calling the op's implementation directly does what dispatching the op would: plain CPU tensors (no
+    subclass), no derivative wanted (the op refuses one), no compiler or tracer, no dispatch or function mode, no
+    profiler (which should see the op by name). The dispatcher's own cost (a Python custom op: about 100 us a call)
+    is then saved."""
+    from torch.autograd import forward_ad
+    from torch.utils import _python_dispatch
+
+    if not all(type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu"
+               for tensor in tensors):
+        return False
+    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors) or forward_ad._current_level >= 0:
+        return False
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _python_dispatch.is_in_torch_dispatch_mode()
+                or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled)
 
 
 def involution2d_span(x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel_size,
@@ -119,6 +180,9 @@ def involution2d_span(x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tenso
     TypeError, ValueError
         As :func:`check_span`, before any kernel runs (also for fake and meta tensors).
     """
-    return _involution2d_span(x, hidden, weight, bias, list(pair(kernel_size, "kernel_size", minimum=1)),
-                              list(pair(stride, "stride", minimum=1)), list(pair(padding, "padding", minimum=0)),
-                              list(pair(dilation, "dilation", minimum=1)))
+    arguments = (x, hidden, weight, bias, list(pair(kernel_size, "kernel_size", minimum=1)),
+                 list(pair(stride, "stride", minimum=1)), list(pair(padding, "padding", minimum=0)),
+                 list(pair(dilation, "dilation", minimum=1)))
+    if _plain_eager(*arguments[:4]):
+        return _span_forward(*arguments)
+    return _involution2d_span(*arguments)
