@@ -16,8 +16,11 @@ shapes, the hyper-parameters), rebuilds the arrays with ``numba.carray`` over :f
 is one of them; the call returns when all have returned; ctypes releases the GIL meanwhile). Results do not depend
 on which thread ran which unit.
 
-GNU OpenMP's pool does not survive ``fork()``: :attr:`Runtime.usable` is False in a forked child, where callers run
-numba's own threads (TBB is fork-safe) instead.
+GNU OpenMP's pool does not survive ``fork()`` (torch's own operators wait forever in a child that asks for more
+than one thread): :attr:`Runtime.usable` is False in a child forked after this module was imported, where callers
+run numba's own threads (TBB is fork-safe) instead; and callers ask torch's runtime for at most torch's thread count
+(``torch.get_num_threads()``, which DataLoader workers set to 1), so that a child forked before the import is no
+worse off than with torch's own operators.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import ctypes
 import functools
 import os
 
+import numpy as np
 from numba.core import types
 from numba.core.extending import intrinsic
 
@@ -60,41 +64,60 @@ def pointer(typingctx, address, dtype):
     return target(address, dtype), codegen
 
 
-class Runtime:
-    """A GNU OpenMP runtime loaded from ``path`` (its ``GOMP_parallel`` entry point).
+_FORKED = False  # this process is a fork() child of one that had imported this module
 
-    Loading a library the process has already loaded (as torch has its ``libgomp.so.1``) returns that library:
-    the same thread pool. Raises ``OSError`` when ``path`` cannot be loaded, ``AttributeError`` when it has no
-    ``GOMP_parallel``.
+
+def _mark_forked() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_mark_forked)
+
+
+class Runtime:
+    """A GNU OpenMP runtime: the library ``name`` (a path, or a soname such as ``"libgomp.so.1"``), its
+    ``GOMP_parallel`` entry point.
+
+    With ``loaded_only`` the library must already be in the process (``RTLD_NOLOAD``): for ``"libgomp.so.1"`` that
+    is the copy torch's libraries were bound to, whichever file it came from. Raises ``OSError`` when the library
+    cannot be loaded (or is not loaded), ``AttributeError`` when it has no ``GOMP_parallel``.
     """
 
-    def __init__(self, path: str):
-        library = ctypes.CDLL(path)
+    def __init__(self, name: str, loaded_only: bool = False):
+        mode = ctypes.DEFAULT_MODE | (getattr(os, "RTLD_NOLOAD", 0) if loaded_only else 0)
+        library = ctypes.CDLL(name, mode=mode)
         self._parallel = library.GOMP_parallel  # void GOMP_parallel(void (*fn)(void *), void *data, unsigned, unsigned)
         self._parallel.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint)
         self._parallel.restype = None
-        self.path = path
+        self.name = name
         self.pid = os.getpid()
 
     @property
     def usable(self) -> bool:
-        """False in a process forked after loading (GNU OpenMP's threads are not the child's)."""
-        return os.getpid() == self.pid
+        """False in a process forked after this module was imported, or after this runtime was loaded: GNU
+        OpenMP's threads are the parent's, and a region waits for them forever."""
+        return not _FORKED and os.getpid() == self.pid
 
-    def run(self, function: int, block, threads: int) -> None:
+    def run(self, function: int, block: np.ndarray, threads: int) -> None:
         """Call the ``void(void*)`` function at address ``function`` with ``block``'s address (a C-contiguous int64
         ndarray, kept alive by the caller) on ``threads`` threads of the runtime, the calling thread one of them;
-        returns when every call has returned."""
+        returns when every call has returned. Raises ``ValueError`` for another ``block``, ``RuntimeError`` when
+        the runtime is not :attr:`usable`."""
+        if type(block) is not np.ndarray or block.dtype != np.int64 or not block.flags.c_contiguous:
+            raise ValueError(f"block must be a C-contiguous int64 ndarray, got {type(block).__name__} "
+                             f"{getattr(block, 'dtype', '')}")
+        if not self.usable:
+            raise RuntimeError(f"the OpenMP runtime {self.name} was loaded by another process (this one is a fork)")
         self._parallel(function, block.ctypes.data, max(1, int(threads)), 0)
 
 
 @functools.lru_cache(maxsize=None)
-def runtime_at(path: str) -> Runtime | None:
-    """The :class:`Runtime` of the library at ``path`` (one per path), or None when it cannot be loaded or is not a
-    GNU OpenMP runtime."""
-    if not os.path.isfile(path):
-        return None
+def runtime_at(name: str, loaded_only: bool = False) -> Runtime | None:
+    """The :class:`Runtime` of library ``name`` (one per name; see :class:`Runtime`), or None when it cannot be
+    loaded (with ``loaded_only``: is not loaded) or is not a GNU OpenMP runtime."""
     try:
-        return Runtime(path)
+        return Runtime(name, loaded_only)
     except (OSError, AttributeError):
         return None

@@ -15,6 +15,7 @@ tests/test_network_speed.py and tests/test_rednet_channels_last.py), far above t
 order and far below what a wrong tap, group, position or bias gives.
 """
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -226,7 +227,13 @@ def test_span_pass_on_torchs_openmp_threads_is_bitwise_the_numba_one(monkeypatch
                 arrays, geometry = span_arrays(case, dtype, seed=5)
                 numba_threads = run_span(arrays, geometry)
                 out = np.full(cpu_forward_span.shapes(geometry, arrays[1].shape[-1])[4], np.nan, dtype)
+                calls = []
+                monkeypatch.setattr(openmp, "run", lambda *arguments: calls.append(1) or type(openmp).run(
+                    openmp, *arguments))
                 cpu_forward_span.run((*arrays, out), geometry, openmp)
+                monkeypatch.undo()
+                monkeypatch.setattr(runtime, "DYNAMIC_THREADS", False)
+                assert calls == [1], f"{case_id(case)}: the pass did not run on torch's OpenMP runtime"
                 torch_threads = out.transpose(0, 3, 1, 2)
                 differ = np.argwhere(~((torch_threads == numba_threads) | np.isnan(torch_threads) & np.isnan(
                     numba_threads)) | np.isnan(torch_threads))
@@ -238,29 +245,34 @@ def test_span_pass_on_torchs_openmp_threads_is_bitwise_the_numba_one(monkeypatch
         numba.set_num_threads(previous)
 
 
-def _child_pass(runtime_found, queue):
-    """In a forked child: whether the runtime says it is usable, and the pass's failure against the definition
-    (None when it matches)."""
+def _child_pass(queue):
+    """In a forked child: whether torch's OpenMP runtime, loaded there, says it is usable, and the pass's failure
+    against the definition (None when it matches)."""
+    from involution.fast import openmp
+
     try:
+        child_runtime = openmp.Runtime("libgomp.so.1", loaded_only=True)  # loaded after the fork: still the parent's
         arrays, geometry = span_arrays(CASES[0], np.float32, seed=6)
         out = np.full(cpu_forward_span.shapes(geometry, arrays[1].shape[-1])[4], np.nan, np.float32)
-        cpu_forward_span.run((*arrays, out), geometry, runtime_found)
+        cpu_forward_span.run((*arrays, out), geometry, child_runtime)
         assert_arrays_close(out.transpose(0, 3, 1, 2), expected_span(arrays, geometry), "forked child",
                             2 ** 10 * np.finfo(np.float32).eps)
-        queue.put((runtime_found.usable, None))
+        queue.put((child_runtime.usable, None))
     except BaseException as error:  # reported to the parent, which fails the test
         queue.put((None, repr(error)))
 
 
 def test_forked_child_runs_the_pass_on_numba_threads():
-    """GNU OpenMP's pool does not survive fork(): in a child the runtime says it is not usable and the pass runs on
-    numba's threads, with the right result, instead of waiting for threads the child does not have."""
+    """GNU OpenMP's pool does not survive fork() (a region on two threads waits forever, torch's own operators too):
+    in a child, even one that loads the runtime itself after the fork, the runtime says it is not usable and the
+    pass runs on numba's threads, with the right result."""
     import multiprocessing
 
-    openmp = torch_runtime()
+    torch_runtime()
+    torch.randn(1 << 20).exp_()  # torch's OpenMP threads started in the parent
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_child_pass, args=(openmp, queue))
+    child = context.Process(target=_child_pass, args=(queue,))
     child.start()
     child.join(120)
     if child.is_alive():
@@ -268,7 +280,20 @@ def test_forked_child_runs_the_pass_on_numba_threads():
         pytest.fail("the span pass in a forked child did not finish within 120 s")
     usable, failure = queue.get(timeout=10)
     assert failure is None, f"in the forked child: {failure}"
-    assert usable is False, "in a forked child the parent's OpenMP runtime says it is usable"
+    assert usable is False, "in a forked child the OpenMP runtime says it is usable"
+
+
+def test_a_failing_openmp_worker_is_reported():
+    """A worker whose share raises (here: a buffer of 2**40 * 32 values cannot be allocated) sets the block's
+    failure flag instead of returning as if it had written ``out``."""
+    openmp = torch_runtime()
+    arrays, geometry = span_arrays(CASES[0], np.float32)
+    out = np.zeros(cpu_forward_span.shapes(geometry, arrays[1].shape[-1])[4], np.float32)
+    block = cpu_forward_span.argument_block((*arrays, out), geometry, 1, 1)
+    block[cpu_forward_span.BLOCK_FIELDS.index("reduced")] = 1 << 40
+    openmp.run(cpu_forward_span.openmp_worker(np.dtype(np.float32), 16).address, block, 1)
+    assert block[cpu_forward_span.FAILED] == 1, "the worker's failure was not reported"
+    assert not out.any(), "a failed worker wrote to out"
 
 
 # --- 4. run's checks --------------------------------------------------------------------------------------------
@@ -370,6 +395,27 @@ def test_op_is_called_directly_in_plain_eager_and_dispatched_otherwise(monkeypat
         through_mode = involution2d_span(*tensors, *hyper)
     assert dispatched and any("involution2d_span" in name for name in mode.names), mode.names
     assert torch.equal(direct, through_mode), "the direct call and the dispatched op differ"
+    x, hidden, weight, bias = tensors
+    dispatched.clear()
+
+    def one_image(image, image_hidden):
+        return involution2d_span(image.unsqueeze(0), image_hidden.unsqueeze(0), weight, bias, *hyper)[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's slow vmap fallback for ops without a batching rule
+        mapped = torch.func.vmap(one_image)(x, hidden)
+    assert dispatched, "under vmap the op was called directly (its tensors are vmap's)"
+    assert_close(mapped, direct, "vmap over the batch", 2 ** 10 * torch.finfo(x.dtype).eps)
+
+
+def test_op_refuses_a_forward_mode_derivative():
+    from torch.autograd import forward_ad
+
+    (x, hidden, weight, bias), hyper, _ = span_tensors(CASES[1])
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(x, torch.ones_like(x))
+        with pytest.raises(RuntimeError, match="no forward-mode derivative"):
+            involution2d_span(dual, hidden, weight, bias, *hyper)
 
 
 def test_op_refuses_to_differentiate_instead_of_dropping_the_gradient():

@@ -55,8 +55,9 @@ def torch_runtime():
 
 @numba.cfunc(numba.types.void(numba.types.voidptr))
 def _mark_units(data):
-    """Argument block: [counter, units, address of an int64 array of ``units`` marks]."""
-    block = numba.carray(openmp.pointer(data, numba.int64), (3,))
+    """Argument block: [counter, units, address of an int64 array of ``units`` marks, calls]."""
+    block = numba.carray(openmp.pointer(data, numba.int64), (4,))
+    openmp.fetch_add(block[3:], 1)  # one call per thread of the region
     marks = numba.carray(openmp.pointer(block[2], numba.int64), (block[1],))
     unit = openmp.fetch_add(block[:1], 1)
     while unit < block[1]:
@@ -68,11 +69,13 @@ def _mark_units(data):
 def test_runtime_runs_a_cfunc_on_its_threads_once_per_unit(threads):
     openmp_runtime = torch_runtime()
     marks = np.zeros(5_000, np.int64)
-    block = np.array([0, marks.size, marks.ctypes.data], np.int64)
+    block = np.array([0, marks.size, marks.ctypes.data, 0], np.int64)
     openmp_runtime.run(_mark_units.address, block, threads)
+    assert block[3] == threads, f"asked for {threads} threads, the function ran {block[3]} times"
     wrong = np.flatnonzero(marks != 1)
     assert wrong.size == 0, f"{threads} threads: {wrong.size} units not run exactly once, first {wrong[0]}"
-    assert block[0] >= marks.size + 1, f"the counter ended at {block[0]}: some thread did not look for more work"
+    with pytest.raises(ValueError, match="block must be a C-contiguous int64"):
+        openmp_runtime.run(_mark_units.address, block.astype(np.int32), threads)
 
 
 def test_runtime_at_refuses_what_is_not_a_gnu_openmp_runtime(tmp_path):
@@ -80,19 +83,39 @@ def test_runtime_at_refuses_what_is_not_a_gnu_openmp_runtime(tmp_path):
     not_a_library = tmp_path / "text.so"
     not_a_library.write_text("not a shared library")
     assert openmp.runtime_at(str(not_a_library)) is None
+    assert openmp.runtime_at("libinvolution-never-loaded.so.1", loaded_only=True) is None
     libc = ctypes.util.find_library("c")
     if libc:  # loads, but has no GOMP_parallel
-        import os
-
-        for folder in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib"):
-            path = os.path.join(folder, libc)
-            if os.path.isfile(path):
-                assert openmp.runtime_at(path) is None, f"{path} taken for a GNU OpenMP runtime"
-                break
+        assert openmp.runtime_at(libc) is None, f"{libc} taken for a GNU OpenMP runtime"
 
 
-def test_runtime_is_not_usable_in_another_process(monkeypatch):
-    openmp_runtime = torch_runtime()
-    assert openmp_runtime.usable
-    monkeypatch.setattr(openmp_runtime, "pid", openmp_runtime.pid + 1)  # as after a fork
-    assert not openmp_runtime.usable
+def _in_child(queue):
+    try:
+        child_runtime = openmp.Runtime("libgomp.so.1", loaded_only=True)
+        try:
+            child_runtime.run(_mark_units.address, np.zeros(4, np.int64), 2)
+            refused = False
+        except RuntimeError:
+            refused = True
+        queue.put((child_runtime.usable, refused))
+    except BaseException as error:
+        queue.put((None, repr(error)))
+
+
+def test_runtime_is_not_usable_in_a_forked_child():
+    """Loaded in the parent or in the child, the runtime says it is not usable in a fork, and refuses to run
+    there (a region on two threads would wait forever for the parent's threads)."""
+    import multiprocessing
+
+    parent_runtime = torch_runtime()
+    assert parent_runtime.usable
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child did not finish within 60 s")
+    usable, refused = queue.get(timeout=10)
+    assert usable is False and refused is True, f"in the forked child: usable {usable}, refused {refused}"

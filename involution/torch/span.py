@@ -10,7 +10,6 @@ implementation gives the output's shape and strides, so ``torch.compile(fullgrap
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
@@ -98,12 +97,12 @@ def _torch_openmp_runtime():
 
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return None
-    return runtime_at(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1"))
+    return runtime_at("libgomp.so.1", loaded_only=True)  # the copy torch's libraries are bound to
 
 
 def torch_openmp():
-    """torch's GNU OpenMP runtime, on whose threads the fused pass runs (``involution.fast.openmp``): the
-    ``libgomp.so.1`` of torch's Linux wheels when torch's parallel backend is OpenMP, as an
+    """torch's GNU OpenMP runtime, on whose threads the fused pass runs (``involution.fast.openmp``): the loaded
+    ``libgomp.so.1`` torch's libraries use (its Linux wheels ship one) when torch's parallel backend is OpenMP, as an
     ``involution.fast.openmp.Runtime``; None elsewhere, or when :data:`USE_TORCH_OPENMP` is False (then numba's
     threads run it). Either way the result is the same, bit for bit."""
     return _torch_openmp_runtime() if USE_TORCH_OPENMP else None
@@ -120,7 +119,8 @@ def _span_forward(x, hidden, weight, bias, kernel_size, stride, padding, dilatio
               hidden.detach().contiguous(memory_format=last).permute(0, 2, 3, 1).numpy(),
               weight.detach().reshape(weight.shape[0], weight.shape[1]).contiguous().numpy(),
               bias.detach().contiguous().numpy(), out.permute(0, 2, 3, 1).numpy())
-    cpu_forward_span.launch(arrays, geometry, torch_openmp())  # arrays made here: check_span checked their shapes
+    # arrays made here (check_span checked their shapes); on torch's runtime at most torch's thread count
+    cpu_forward_span.launch(arrays, geometry, torch_openmp(), torch.get_num_threads())
     return out
 
 
@@ -138,19 +138,21 @@ def _involution2d_span_fake(x, hidden, weight, bias, kernel_size, stride, paddin
 
 def _plain_eager(*tensors) -> bool:
     """Whether calling the op's implementation directly does what dispatching the op would: plain CPU tensors (no
-    subclass), no derivative wanted (the op refuses one), no compiler or tracer, no dispatch or function mode, no
-    profiler (which should see the op by name). The dispatcher's own cost (a Python custom op: about 100 us a call)
-    is then saved."""
+    subclass, none of ``torch.func``'s transforms), no derivative wanted (the op refuses one), no compiler or tracer,
+    no dispatch or function mode, no profiler (which should see the op by name). The dispatcher's own cost (a
+    Python custom op: about 100 us a call) is then saved."""
     from torch.autograd import forward_ad
     from torch.utils import _python_dispatch
 
-    if not all(type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu"
-               for tensor in tensors):
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # first: what follows is not for dynamo to trace
         return False
+    if not all(type(tensor) in (torch.Tensor, torch.nn.Parameter) and tensor.device.type == "cpu" and
+               not torch._C._functorch.is_functorch_wrapped_tensor(tensor) for tensor in tensors):
+        return False  # a subclass, another device, or a tensor of vmap or grad (torch.func)
     if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors) or forward_ad._current_level >= 0:
         return False
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _python_dispatch.is_in_torch_dispatch_mode()
-                or torch._C._is_torch_function_mode_enabled() or torch.autograd.profiler._is_profiler_enabled)
+    return not (_python_dispatch.is_in_torch_dispatch_mode() or torch._C._is_torch_function_mode_enabled()
+                or torch.autograd.profiler._is_profiler_enabled)
 
 
 def involution2d_span(x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel_size,
@@ -179,7 +181,16 @@ def involution2d_span(x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tenso
     ------
     TypeError, ValueError
         As :func:`check_span`, before any kernel runs (also for fake and meta tensors).
+    RuntimeError
+        A dual tensor (``torch.autograd.forward_ad``) among the inputs; a backward through the result.
     """
+    from torch.autograd import forward_ad
+
+    if forward_ad._current_level >= 0 and any(isinstance(tensor, torch.Tensor) and
+                                              forward_ad.unpack_dual(tensor).tangent is not None
+                                              for tensor in (x, hidden, weight, bias)):
+        raise RuntimeError("involution2d_span has no forward-mode derivative (a dual tensor came): run the two steps, "
+                           "conv2d then involution2d, or an Involution2d, which takes them when a derivative is wanted")
     arguments = (x, hidden, weight, bias, list(pair(kernel_size, "kernel_size", minimum=1)),
                  list(pair(stride, "stride", minimum=1)), list(pair(padding, "padding", minimum=0)),
                  list(pair(dilation, "dilation", minimum=1)))
