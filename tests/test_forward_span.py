@@ -29,6 +29,7 @@ from involution.torch import models, ops  # noqa: E402
 from involution.torch.span import involution2d_span  # noqa: E402
 
 from test_network_speed import assert_close, randomize_batch_norms  # noqa: E402
+from test_openmp import in_forked_child  # noqa: E402
 
 SPAN_EVENT = "involution::involution2d_span"
 
@@ -266,19 +267,9 @@ def test_forked_child_runs_the_pass_on_numba_threads():
     """GNU OpenMP's pool does not survive fork() (a region on two threads waits forever, torch's own operators too):
     in a child, even one that loads the runtime itself after the fork, the runtime says it is not usable and the
     pass runs on numba's threads, with the right result."""
-    import multiprocessing
-
     torch_runtime()
     torch.randn(1 << 20).exp_()  # torch's OpenMP threads started in the parent
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_child_pass, args=(queue,))
-    child.start()
-    child.join(120)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("the span pass in a forked child did not finish within 120 s")
-    usable, failure = queue.get(timeout=10)
+    usable, failure = in_forked_child(_child_pass, 120)
     assert failure is None, f"in the forked child: {failure}"
     assert usable is False, "in a forked child the OpenMP runtime says it is usable"
 

@@ -102,20 +102,26 @@ def _in_child(queue):
         queue.put((None, repr(error)))
 
 
+def in_forked_child(target, timeout: float):
+    """What ``target(queue)``, run in a forked child, put on ``queue``; fails the test when the child takes longer
+    than ``timeout`` seconds (a region waiting for the parent's threads)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=target, args=(queue,))
+    child.start()
+    child.join(timeout)
+    if child.is_alive():
+        child.kill()
+        pytest.fail(f"the forked child ({target.__name__}) did not finish within {timeout} s")
+    return queue.get(timeout=10)
+
+
 def test_runtime_is_not_usable_in_a_forked_child():
     """Loaded in the parent or in the child, the runtime says it is not usable in a fork, and refuses to run
     there (a region on two threads would wait forever for the parent's threads)."""
-    import multiprocessing
-
     parent_runtime = torch_runtime()
     assert parent_runtime.usable
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_in_child, args=(queue,))
-    child.start()
-    child.join(60)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("the forked child did not finish within 60 s")
-    usable, refused = queue.get(timeout=10)
+    usable, refused = in_forked_child(_in_child, 60)
     assert usable is False and refused is True, f"in the forked child: usable {usable}, refused {refused}"
