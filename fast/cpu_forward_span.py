@@ -32,9 +32,11 @@ involution.benchmarks.span``):
    per worker), so that the pass runs either on numba's threads (:func:`forward_span`, a ``prange`` over workers)
    or as a ``cfunc`` on the threads of torch's GNU OpenMP runtime (:func:`openmp_worker`, ``involution.fast.openmp``),
    which are the threads the kernel generation's convolution just ran on; where there are fewer blocks than units
-   wanted (7x7 images at batch 1), each block's groups are split into units (:func:`work_split`). On two threads, over RedNet-50's layers
-   weighted by count: 8.2 ms on torch's threads against 12.1 ms on numba's at batch 1, 43.3 against 59.7 ms at batch
-   8 (``python -m involution.benchmarks.span --threads 2 --batch 1 8 --repeats 9``, one run).
+   wanted (7x7 images at batch 1), each block's groups are split into units (:func:`work_split`). On two threads,
+   over RedNet-50's layers weighted by count: 4.9 ms on torch's threads against 6.7 ms on numba's at batch 1, 26.3
+   against 38.9 ms at batch 8 (``python -m involution.benchmarks.span --threads 2 --batch 1 8 --repeats 13``; an
+   earlier run on a slower VM: 8.2 / 12.1 and 43.3 / 59.7 ms). One thread, against version 1 in one process, over the
+   7x7 stride-1 layers: the same time (33.4 against 34.5 ms at batch 8, 4.32 against 4.41 ms at batch 1).
 
 The single-position inside path repeats the two-position one on purpose: merged into it (the second position the
 first again), or both written as inline helpers, the layers ran 15-50% slower. Tried and dropped: eight taps at a
