@@ -75,6 +75,37 @@ def layer_calls(layer, batch: int, seed: int = 0):
     return two_step, fused, 2 * macs
 
 
+def involution_flops() -> dict:
+    """FLOPs (2 per multiply-add) of RedNet-50's involution layers per image, each layer weighted by its count:
+    ``{"span_and_op": ..., "reduce": ..., "total": ...}`` (the span convolution and the op, as :func:`layer_calls`
+    counts them; the reduce convolution C -> C/4 at the output positions, which the pass does not include)."""
+    span_and_op = reduce = 0
+    for layer, count in zip(REDNET_LAYERS, REDNET50_COUNTS):
+        _, groups, kernel_h, kernel_w, out_h, out_w = layer_geometry(layer, 1).kernel_shape
+        hidden_channels = layer.channels // REDUCTION
+        span_and_op += count * 2 * out_h * out_w * kernel_h * kernel_w * (groups * hidden_channels + layer.channels)
+        reduce += count * 2 * out_h * out_w * layer.channels * hidden_channels
+    return {"span_and_op": span_and_op, "reduce": reduce, "total": span_and_op + reduce}
+
+
+def sgemm_gflops(size: int = 2048, rounds: int = 7) -> float:
+    """torch's float32 matrix product ``size`` x ``size`` x ``size`` on torch's threads, GFLOP/s (median of
+    ``rounds``): the machine's GEMM ceiling, against which the layers' FLOPs give the least time they could take."""
+    import statistics
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(seconds) / 1e9
+
+
 def time_layers(batches, rounds: int, log=print) -> list[dict]:
     """Rows ``{layer, batch, two_step_ms, fused_ms, fused_numba_ms, speedup, fused_gflops}`` per layer and batch
     (``fused_numba_ms``: the fused pass on numba's threads), then a total row
@@ -177,6 +208,12 @@ def main(argv=None) -> int:
         numba.set_num_threads(args.threads)
     torch.set_num_threads(numba.get_num_threads())
     print(f"threads {numba.get_num_threads()}, load average before {os.getloadavg()[0]:.2f}")
+    flops = involution_flops()
+    print(f"RedNet-50's involution layers: {flops['total'] / 1e9:.3f} GFLOP per image (span convolution and op "
+          f"{flops['span_and_op'] / 1e9:.3f}, reduce convolution {flops['reduce'] / 1e9:.3f})")
+    ceiling = sgemm_gflops()
+    print(f"torch sgemm 2048^3 on {torch.get_num_threads()} threads: {ceiling:.0f} GFLOP/s; at that rate the layers "
+          f"would take {flops['total'] / ceiling / 1e6:.2f} ms per image")
     time_layers(args.batch, args.repeats)
     if args.network:
         time_network(args.batch, max(3, args.repeats // 2))

@@ -55,3 +55,14 @@ def test_weighted_total_is_the_counted_sum():
     assert total["speedup"] == pytest.approx(total["two_step_ms"] / total["fused_ms"])
     assert all(row["relative_error"] <= span.RELATIVE_TOLERANCE for row in layers), layers
     assert len(lines) == len(rows), lines
+
+
+def test_involution_flops_are_the_layers_counted_sum():
+    """The per-image FLOPs the benchmark prints: the span convolution and op as each layer's timed call counts them,
+    plus the reduce convolution (C -> C/4 at the output positions), each layer by its count."""
+    flops = span.involution_flops()
+    timed = sum(count * span.layer_calls(layer, 1)[2] for layer, count in zip(REDNET_LAYERS, span.REDNET50_COUNTS))
+    assert flops["span_and_op"] == timed, (flops, timed)
+    reduce = sum(count * 2 * (layer.size // layer.stride) ** 2 * layer.channels * (layer.channels // span.REDUCTION)
+                 for layer, count in zip(REDNET_LAYERS, span.REDNET50_COUNTS))
+    assert flops["reduce"] == reduce and flops["total"] == timed + reduce, (flops, reduce)
