@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from .layers import REDNET_LAYERS, layer_geometry, layer_name
-from .timing import interleaved_times
+from .timing import interleaved_times, torch_sgemm_gflops
 
 
 def on_numba_threads(call):
@@ -70,40 +70,28 @@ def layer_calls(layer, batch: int, seed: int = 0):
     def fused():
         return involution2d_span(x, hidden, conv.weight, conv.bias, (kernel_h, kernel_w), *hyper)
 
-    taps = kernel_h * kernel_w
-    macs = batch * out_h * out_w * taps * (groups * hidden_channels + layer.channels)  # span convolution, then op
-    return two_step, fused, 2 * macs
+    return two_step, fused, layer_flops(layer, batch)["span_and_op"]
+
+
+def layer_flops(layer, batch: int) -> dict:
+    """FLOPs (2 per multiply-add) of ``layer``'s kernel generation and op at ``batch``: ``{"span_and_op": ...,
+    "reduce": ...}``, the span convolution (C/4 -> G*Kh*Kw) and the op, which the fused pass does, and the reduce
+    convolution (C -> C/4) at the output positions, which it does not."""
+    _, groups, kernel_h, kernel_w, out_h, out_w = layer_geometry(layer, batch).kernel_shape
+    hidden_channels = layer.channels // REDUCTION
+    positions = batch * out_h * out_w
+    return {"span_and_op": 2 * positions * kernel_h * kernel_w * (groups * hidden_channels + layer.channels),
+            "reduce": 2 * positions * layer.channels * hidden_channels}
 
 
 def involution_flops() -> dict:
-    """FLOPs (2 per multiply-add) of RedNet-50's involution layers per image, each layer weighted by its count:
-    ``{"span_and_op": ..., "reduce": ..., "total": ...}`` (the span convolution and the op, as :func:`layer_calls`
-    counts them; the reduce convolution C -> C/4 at the output positions, which the pass does not include)."""
-    span_and_op = reduce = 0
+    """FLOPs of RedNet-50's involution layers per image (:func:`layer_flops`), each layer weighted by its count:
+    ``{"span_and_op": ..., "reduce": ..., "total": ...}``."""
+    flops = {"span_and_op": 0, "reduce": 0}
     for layer, count in zip(REDNET_LAYERS, REDNET50_COUNTS):
-        _, groups, kernel_h, kernel_w, out_h, out_w = layer_geometry(layer, 1).kernel_shape
-        hidden_channels = layer.channels // REDUCTION
-        span_and_op += count * 2 * out_h * out_w * kernel_h * kernel_w * (groups * hidden_channels + layer.channels)
-        reduce += count * 2 * out_h * out_w * layer.channels * hidden_channels
-    return {"span_and_op": span_and_op, "reduce": reduce, "total": span_and_op + reduce}
-
-
-def sgemm_gflops(size: int = 2048, rounds: int = 7) -> float:
-    """torch's float32 matrix product ``size`` x ``size`` x ``size`` on torch's threads, GFLOP/s (median of
-    ``rounds``): the machine's GEMM ceiling, against which the layers' FLOPs give the least time they could take."""
-    import statistics
-    import time
-
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(seconds) / 1e9
+        for key, value in layer_flops(layer, 1).items():
+            flops[key] += count * value
+    return {**flops, "total": flops["span_and_op"] + flops["reduce"]}
 
 
 def time_layers(batches, rounds: int, log=print) -> list[dict]:
@@ -211,7 +199,7 @@ def main(argv=None) -> int:
     flops = involution_flops()
     print(f"RedNet-50's involution layers: {flops['total'] / 1e9:.3f} GFLOP per image (span convolution and op "
           f"{flops['span_and_op'] / 1e9:.3f}, reduce convolution {flops['reduce'] / 1e9:.3f})")
-    ceiling = sgemm_gflops()
+    ceiling = torch_sgemm_gflops()
     print(f"torch sgemm 2048^3 on {torch.get_num_threads()} threads: {ceiling:.0f} GFLOP/s; at that rate the layers "
           f"would take {flops['total'] / ceiling / 1e6:.2f} ms per image")
     time_layers(args.batch, args.repeats)

@@ -48,10 +48,25 @@ def median_seconds(call, repeats: int, warmup: int = 1) -> float:
     return statistics.median(call_seconds(call, repeats, warmup))
 
 
+def matmul_gflops(a, b, repeats: int) -> float:
+    """GFLOP/s of ``a @ b`` for square ``size x size`` operands (2 size^3 FLOPs), median of ``repeats`` calls."""
+    return 2 * a.shape[0] ** 3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
+
+
 def sgemm_gflops(size: int = 1024, repeats: int = 10) -> float:
     """GFLOP/s of NumPy's float32 ``size x size`` matmul (2 size^3 FLOPs): the machine's practical ceiling."""
     a, b = (np.random.default_rng(seed).standard_normal((size, size), dtype=np.float32) for seed in (0, 1))
-    return 2 * size**3 / median_seconds(lambda: a @ b, repeats, warmup=2) / 1e9
+    return matmul_gflops(a, b, repeats)
+
+
+def torch_sgemm_gflops(size: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of torch's float32 ``size x size`` matmul on torch's threads (``torch.get_num_threads()``, which
+    NumPy's BLAS does not follow): the ceiling beside torch networks."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
+    return matmul_gflops(a, b, repeats)
 
 
 SETTLE_SECONDS = 0.02  # untimed calls of an implementation before each of its timed calls (see interleaved_medians)

@@ -63,6 +63,10 @@ def test_involution_flops_are_the_layers_counted_sum():
     flops = span.involution_flops()
     timed = sum(count * span.layer_calls(layer, 1)[2] for layer, count in zip(REDNET_LAYERS, span.REDNET50_COUNTS))
     assert flops["span_and_op"] == timed, (flops, timed)
+    span_and_op = sum(count * 2 * (layer.size // layer.stride) ** 2 * layer.kernel ** 2 *
+                      (layer.channels // 16 * (layer.channels // span.REDUCTION) + layer.channels)
+                      for layer, count in zip(REDNET_LAYERS, span.REDNET50_COUNTS))  # 16 channels per group
+    assert timed == span_and_op, (timed, span_and_op)
     reduce = sum(count * 2 * (layer.size // layer.stride) ** 2 * layer.channels * (layer.channels // span.REDUCTION)
                  for layer, count in zip(REDNET_LAYERS, span.REDNET50_COUNTS))
     assert flops["reduce"] == reduce and flops["total"] == timed + reduce, (flops, reduce)
